@@ -1,0 +1,32 @@
+"""vlbridge: LLaVA-family vision-language models (vision encoder + connector + LLM) as one system.
+
+Public API only; heavy modules load on first use so `import vlbridge` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "connectors", "load"]
+
+if TYPE_CHECKING:
+    from vlbridge.model.processor import Processor
+    from vlbridge.model.vlm import VisionLanguageModel
+
+
+def load(
+    path: str | None = None, vision: bool = True, device: str = "cpu", dtype: Any = None
+) -> tuple[VisionLanguageModel, Processor]:
+    """Load a model and its processor from a vlbridge or HF llava-layout directory (None: the embedded default)."""
+    from vlbridge.model.io import load as _load
+
+    return _load(path, vision=vision, device=device, dtype=dtype)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("connectors", "eval"):
+        import importlib
+
+        return importlib.import_module(f"vlbridge.{name}")
+    raise AttributeError(f"module 'vlbridge' has no attribute {name!r}")

@@ -1,0 +1,196 @@
+"""Nested, typed configs: dataclasses read from YAML/dicts, with `--set a.b=c` overrides.
+
+Configs are never mutated; derived values come from `dataclasses.replace`. An unknown key or a value of the
+wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from vlbridge.errors import ConfigError
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """A ViT vision encoder (CLIP or SigLIP layout) and which of its features the connector sees."""
+
+    family: str = "clip"  # "clip" (CLS token, pre-LN) or "siglip" (no CLS)
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    position: str = "learned"  # "learned" absolute, or "rope2d" for ViTs trained from scratch
+    rope_theta: float = 10000.0
+    use_head: bool = False  # SigLIP's attention-pooling head (kept for weight parity, unused by LLaVA)
+    feature_layer: int | list[int] = -2  # index into hidden states (0 = embeddings), LLaVA-1.5 uses -2
+    select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps every token
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """A Llama-family decoder (Llama, Vicuna, Mistral, Qwen2, SmolLM)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    attention_bias: bool = False  # Qwen2 sets q/k/v biases
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = None
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """Per-head width, explicit or derived."""
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """Which connector bridges vision to language, and its settings (connector-specific ones in `options`)."""
+
+    name: str = "mlp"
+    depth: int = 2  # mlp: number of Linear layers (LLaVA-1.5 mlp2x_gelu = 2)
+    hidden_act: str = "gelu"
+    bias: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageProcessorConfig:
+    """Image preprocessing equal to CLIPImageProcessor / SiglipImageProcessor, plus LLaVA's pad-to-square."""
+
+    resize_mode: str = "shortest_edge"  # "shortest_edge" (CLIP) or "exact" (SigLIP: resize to crop size)
+    size: int = 224  # shortest edge in "shortest_edge" mode
+    crop_size: int = 224  # square output side
+    do_center_crop: bool = True
+    resample: int = 3  # PIL code: 3 bicubic (CLIP), 2 bilinear (SigLIP)
+    rescale_factor: float = 1 / 255
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    pad_to_square: bool = False  # LLaVA "pad": expand to a square filled with the mean colour first
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole vision-language model; a checkpoint's saved config records every choice."""
+
+    language_model: LMConfig = field(default_factory=LMConfig)
+    vision: VisionConfig | None = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
+    image_token: str = "<image>"
+    image_token_id: int = 32000
+    template: str | None = None  # built-in template name; None: the tokenizer's own chat template
+    text_only_images: str = "refuse"  # text-only mode: "refuse" prompts with <image>, or "strip" the placeholder
+
+
+def _check(tp: Any, value: Any, where: str) -> Any:
+    """Validate (and for dataclasses, build) `value` against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got a boolean {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _check(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (YAML/JSON-ready) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or non-mapping file raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `a.b=c` set (the value parsed as YAML)."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
