@@ -46,8 +46,9 @@ class Connector(nn.Module, ABC):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N_images, P, Dv) -> (N_images, num_tokens(P), D)."""
 
-    def lm_hooks(self, visual: torch.Tensor) -> dict[int, LayerHook]:
-        """Hooks into LM layers, keyed by layer index; most connectors need none."""
+    def lm_hooks(self, features: torch.Tensor, image_mask: torch.Tensor) -> dict[int, LayerHook]:
+        """Hooks into LM layers, keyed by layer index, given the vision features (N_images, P, Dv) and where the
+        images sit in the sequence (B, T) bool; most connectors need none."""
         return {}
 
 

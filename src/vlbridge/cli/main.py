@@ -1,0 +1,40 @@
+"""The `vlbridge` command: one entry point, one thin module per subcommand.
+
+vlbridge info PATH
+vlbridge chat [--model PATH] [--image FILE] ["question"]
+vlbridge data synth --out DIR --n N --seed S
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vlbridge.cli import chat, data, info
+from vlbridge.errors import VlbridgeError
+
+SUBCOMMANDS = (info, chat, data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="vlbridge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors print one clear line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except VlbridgeError as err:
+        print(f"vlbridge: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

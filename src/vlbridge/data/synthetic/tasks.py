@@ -1,0 +1,256 @@
+"""Questions, answers and captions about synthetic scenes, balanced per question type.
+
+Nine question types probe what a connector must carry from the image to the language model: attributes
+(colour, shape), counting, absolute position, relations between two objects, existence (binding colour to shape),
+reading the rendered word, multiple choice (the answer is a letter) and a short description of one object.
+Answers come from small fixed vocabularies (`ANSWERS`). Every object a question names is named by a unique
+combination of attributes (the fewest that single it out, never the attribute asked about), so no question is
+ambiguous.
+
+Balance is by construction: `propose(kind, scene, answer, rng)` writes a question with a *given* answer or
+returns None, `stratified_answer` deals the answers of one type out in shuffled rounds (so counts per answer
+differ by at most one), and `sample_item` rejects whole scenes until one can pose the dealt answer. Extra turns
+on a fixed scene take the least used answer the scene allows (`least_used`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from vlbridge.data.synthetic.scenes import (
+    COLOURS,
+    MAX_OBJECTS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    WORDS,
+    Scene,
+    SceneObject,
+    derive_seed,
+    sample_scene,
+)
+
+TYPES: tuple[str, ...] = (
+    "colour",
+    "shape",
+    "count",
+    "position",
+    "relation",
+    "existence",
+    "text",
+    "multiple_choice",
+    "description",
+)
+LETTERS = ("A", "B", "C", "D")
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "count": tuple(str(k) for k in range(1, MAX_OBJECTS + 1)),
+    "position": POSITIONS,
+    "relation": ("yes", "no"),
+    "existence": ("yes", "no"),
+    "text": WORDS,
+    "multiple_choice": LETTERS,
+    "description": tuple(f"{size} {colour} {shape}" for size in SIZES for colour in COLOURS for shape in SHAPES),
+}
+CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short description of the image.", "What is in the image?")
+IMAGE_TOKEN = "<image>"
+MAX_ATTEMPTS = 20_000  # scenes tried per item; the rarest answer (one description) fits about 1 scene in 30
+
+_PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
+_PLURAL |= {"cross": "crosses", "star": "stars"}
+_REFERENCE_ORDER = (
+    ("shape",),
+    ("colour",),
+    ("colour", "shape"),
+    ("size", "shape"),
+    ("size", "colour"),
+    ("size",),
+    ("size", "colour", "shape"),
+)  # the fewest attributes first; phrases with a shape noun first among equals
+
+
+@dataclass(frozen=True)
+class QA:
+    """One question about a scene, its answer, and for multiple choice the options in letter order."""
+
+    type: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+
+
+def refer(scene: Scene, obj: SceneObject, exclude: frozenset[str] = frozenset()) -> str:
+    """The shortest phrase that names `obj` alone in `scene`, using no attribute in `exclude`.
+
+    Attributes are "size", "colour", "shape" and, as a last resort, "position" ("the object in the top left").
+    """
+    for keys in _REFERENCE_ORDER:
+        if exclude.intersection(keys):
+            continue
+        matches = [o for o in scene.objects if all(getattr(o, k) == getattr(obj, k) for k in keys)]
+        if len(matches) == 1:
+            words = [getattr(obj, k) for k in ("size", "colour") if k in keys]
+            return "the " + " ".join([*words, obj.shape if "shape" in keys else "object"])
+    assert "position" not in exclude, "colour and shape together are unique in every scene"
+    return f"the object in the {obj.position}"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _colour(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    objects = [o for o in scene.objects if o.colour == answer]
+    if not objects:
+        return None
+    return QA("colour", f"What colour is {refer(scene, rng.choice(objects), frozenset({'colour'}))}?", answer)
+
+
+def _shape(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    objects = [o for o in scene.objects if o.shape == answer]
+    if not objects:
+        return None
+    return QA("shape", f"What shape is {refer(scene, rng.choice(objects), frozenset({'shape'}))}?", answer)
+
+
+def _count(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    tallies = {"How many objects are there?": len(scene.objects)}
+    tallies |= {f"How many {c} objects are there?": n for c, n in Counter(o.colour for o in scene.objects).items()}
+    tallies |= {f"How many {_PLURAL[s]} are there?": n for s, n in Counter(o.shape for o in scene.objects).items()}
+    questions = [q for q, n in tallies.items() if str(n) == answer]
+    return QA("count", rng.choice(questions), answer) if questions else None
+
+
+def _position(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    objects = [o for o in scene.objects if o.position == answer]
+    if not objects:
+        return None
+    return QA("position", f"Where is {refer(scene, objects[0], frozenset({'position'}))}?", answer)
+
+
+def _relation(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    options = []
+    for a in scene.objects:
+        for b in scene.objects:
+            facts = []
+            if a.col != b.col:
+                facts += [("left of", a.col < b.col), ("right of", a.col > b.col)]
+            if a.row != b.row:
+                facts += [("above", a.row < b.row), ("below", a.row > b.row)]
+            options += [(a, b, word) for word, holds in facts if holds == (answer == "yes")]
+    if not options:
+        return None
+    a, b, word = rng.choice(options)
+    no_position = frozenset({"position"})
+    return QA("relation", f"Is {refer(scene, a, no_position)} {word} {refer(scene, b, no_position)}?", answer)
+
+
+def _existence(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    present = sorted({(o.colour, o.shape) for o in scene.objects})
+    if answer == "yes":
+        colour, shape = rng.choice(present)
+    else:
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        colours, shapes = {c for c, _ in present}, {s for _, s in present}
+        near_misses = [(c, s) for c, s in absent if c in colours or s in shapes]  # right colour or shape, not both
+        colour, shape = rng.choice(near_misses or absent)
+    return QA("existence", f"Is there {_article(colour)} {colour} {shape}?", answer)
+
+
+def _text(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    return QA("text", "What does the text say?", answer) if scene.text == answer else None
+
+
+def _multiple_choice(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    kind = rng.choice(("colour", "shape", "text"))
+    if kind == "text":
+        stem, correct = "What does the text say?", scene.text
+    else:
+        obj = rng.choice(scene.objects)
+        stem, correct = f"What {kind} is {refer(scene, obj, frozenset({kind}))}?", getattr(obj, kind)
+    options = rng.sample([a for a in ANSWERS[kind] if a != correct], len(LETTERS) - 1)
+    options.insert(LETTERS.index(answer), correct)
+    lines = [stem, *(f"{letter}. {option}" for letter, option in zip(LETTERS, options, strict=True))]
+    question = "\n".join([*lines, "Answer with the option's letter."])
+    return QA("multiple_choice", question, answer, tuple(options))
+
+
+def _description(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    objects = [o for o in scene.objects if f"{o.size} {o.colour} {o.shape}" == answer]
+    if not objects:
+        return None
+    return QA("description", f"Describe the object in the {objects[0].position}.", answer)
+
+
+_PROPOSERS: dict[str, Callable[[Scene, str, random.Random], QA | None]] = {
+    "colour": _colour,
+    "shape": _shape,
+    "count": _count,
+    "position": _position,
+    "relation": _relation,
+    "existence": _existence,
+    "text": _text,
+    "multiple_choice": _multiple_choice,
+    "description": _description,
+}
+
+
+def propose(kind: str, scene: Scene, answer: str, rng: random.Random) -> QA | None:
+    """A question of type `kind` about `scene` whose answer is `answer`, or None if the scene cannot pose one."""
+    return _PROPOSERS[kind](scene, answer, rng)
+
+
+def stratified_answer(kind: str, k: int, *seed_parts: object) -> str:
+    """The k-th answer dealt for type `kind`: shuffled rounds of its answer vocabulary, so counts stay level."""
+    space = ANSWERS[kind]
+    order = random.Random(derive_seed(*seed_parts, kind, k // len(space))).sample(space, len(space))
+    return order[k % len(space)]
+
+
+def sample_item(
+    kind: str, answer: str, rng: random.Random, reject: Callable[[Scene], bool] | None = None
+) -> tuple[Scene, QA]:
+    """Sample scenes (each from its own seed drawn from `rng`) until one poses `kind` with `answer`.
+
+    `reject` vetoes scenes, e.g. those already used by another split.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        scene = sample_scene(rng.getrandbits(63))
+        if reject is not None and reject(scene):
+            continue
+        qa = propose(kind, scene, answer, rng)
+        if qa is not None:
+            return scene, qa
+    raise RuntimeError(f"no scene posed a {kind} question answered {answer!r} in {MAX_ATTEMPTS} tries")
+
+
+def least_used(kind: str, scene: Scene, counts: Counter[str], rng: random.Random) -> QA | None:
+    """The question of type `kind` on this fixed scene whose answer has been used least so far (ties at random)."""
+    space = list(ANSWERS[kind])
+    rng.shuffle(space)
+    for answer in sorted(space, key=lambda a: counts[a]):
+        qa = propose(kind, scene, answer, rng)
+        if qa is not None:
+            return qa
+    return None
+
+
+def caption(scene: Scene) -> str:
+    """A one-sentence description of every object (in reading order) and the word."""
+    objects = sorted(scene.objects, key=lambda o: o.cell)
+    parts = [f"{_article(o.size)} {o.size} {o.colour} {o.shape} in the {o.position}" for o in objects]
+    noun = "shape" if len(objects) == 1 else "shapes"
+    return f"{len(objects)} {noun}: {', '.join(parts)}. The text says {scene.text}."
+
+
+def conversation(qas: Iterable[QA]) -> list[dict[str, str]]:
+    """LLaVA conversation turns for these questions; `<image>` opens the first human turn only."""
+    turns = []
+    for i, qa in enumerate(qas):
+        prefix = f"{IMAGE_TOKEN}\n" if i == 0 else ""
+        turns += [{"from": "human", "value": prefix + qa.question}, {"from": "gpt", "value": qa.answer}]
+    return turns

@@ -1,0 +1,213 @@
+"""Write a synthetic dataset folder: images, stage-1 captions, stage-2 instructions, held-out questions, stats.
+
+The folder is what vlbridge's training and evaluation read (SPEC sections 4 and 7):
+
+- `images/<split>_<index>.png`, rendered scenes;
+- `captions.json`, stage 1 (feature alignment): LLaVA conversation JSON, one caption per training image;
+- `instruct.json`, stage 2: multi-turn LLaVA conversations (2-5 question types per image, `<image>` in the first
+  human turn only) on the same training images;
+- `val.jsonl` and `test.jsonl`, held-out questions, one per image, `{"question_id", "image", "question",
+  "answer", "type"}` plus `"choices"` for multiple choice;
+- `scenes.jsonl`, the scene behind every image, so answers can be re-derived and images re-rendered;
+- `stats.json`, per split and question type: counts, the answer distribution, and the majority-answer baseline
+  (the accuracy of always giving the type's most common answer), the floor a model must clear.
+
+Image paths in the JSON files are relative to the dataset folder. Every item draws from its own seed, derived
+from (seed, split, index), so a given index renders the same image whatever `n` is (a held-out one can change only
+if a new training scene now matches it); held-out scenes must differ from every training scene (and test scenes
+from validation ones) in content, i.e. objects, regions and word, not just in seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from vlbridge.data.synthetic.scenes import Scene, derive_seed, render_scene
+from vlbridge.data.synthetic.tasks import (
+    ANSWERS,
+    CAPTION_PROMPTS,
+    IMAGE_TOKEN,
+    QA,
+    TYPES,
+    caption,
+    conversation,
+    least_used,
+    sample_item,
+    stratified_answer,
+)
+from vlbridge.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+OUTPUT_FILES = ("captions.json", "instruct.json", "val.jsonl", "test.jsonl", "scenes.jsonl", "stats.json")
+MIN_TURNS, MAX_TURNS = 2, 5
+
+
+def _split_sizes(n: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
+    """Images per split; raises ConfigError for sizes that leave no training images."""
+    if n < 1:
+        raise ConfigError(f"n must be a positive number of images, got {n}")
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    if n - n_test - n_val < 1:
+        raise ConfigError(f"n={n} leaves no training images after test/val; raise n or lower the fractions")
+    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    """Create the folder; refuse a non-empty one unless `overwrite`, then clear only files this writer makes."""
+    if out.exists() and not out.is_dir():
+        raise DataError("the output path is a file; give a folder", out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError("the output folder is not empty; choose a new folder or pass overwrite=True", out)
+        for split in SPLITS:
+            for old in (out / "images").glob(f"{split}_*.png"):
+                old.unlink()
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+
+def _train_item(index: int, seed: int, counts: dict[str, Counter[str]]) -> tuple[Scene, list[QA], str]:
+    """One training image: a dealt first question picks the scene, further turns take the least used answers."""
+    rng = random.Random(derive_seed(seed, "train", index))
+    kind = TYPES[index % len(TYPES)]
+    scene, first = sample_item(kind, stratified_answer(kind, index // len(TYPES), seed, "train"), rng)
+    qas = [first]
+    turns = rng.randint(MIN_TURNS, MAX_TURNS)
+    others = [t for t in TYPES if t != kind]
+    for extra in rng.sample(others, len(others)):  # a type the scene cannot pose (relation, one object) is skipped
+        if len(qas) == turns:
+            break
+        qa = least_used(extra, scene, counts[extra], rng)
+        if qa is not None:
+            qas.append(qa)
+    for qa in qas:
+        counts[qa.type][qa.answer] += 1
+    return scene, qas, rng.choice(CAPTION_PROMPTS)
+
+
+def _answer_stats(qas: Iterable[QA]) -> dict[str, Any]:
+    """Counts, answer distribution and majority-answer baseline per question type."""
+    by_type: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
+    for qa in qas:
+        by_type[qa.type][qa.answer] += 1
+    types = {}
+    for kind, counts in by_type.items():
+        total = sum(counts.values())
+        top_answer, top = max(counts.items(), key=lambda kv: kv[1]) if counts else (None, 0)
+        types[kind] = {
+            "count": total,
+            "majority_answer": top_answer,
+            "majority_baseline": top / total if total else 0.0,
+            "answers": {a: counts[a] for a in ANSWERS[kind]},
+        }
+    posed = [t for t in types.values() if t["count"]]
+    mean = sum(t["majority_baseline"] for t in posed) / len(posed) if posed else 0.0
+    return {"questions": sum(t["count"] for t in posed), "mean_majority_baseline": mean, "types": types}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _write_held_out(
+    out: Path, split: str, count: int, seed: int, image_size: int, seen: set[tuple], scene_rows: list[dict]
+) -> list[QA]:
+    """Render one question per image for a held-out split, whose scenes must not match any scene in `seen`."""
+    rows, qas, signatures = [], [], []
+    for index in range(count):
+        rng = random.Random(derive_seed(seed, split, index))
+        kind = TYPES[index % len(TYPES)]
+        answer = stratified_answer(kind, index // len(TYPES), seed, split)
+        scene, qa = sample_item(kind, answer, rng, reject=lambda s: s.signature() in seen)
+        name = f"{split}_{index:06d}"
+        image = f"images/{name}.png"
+        render_scene(scene, image_size).save(out / image, format="PNG")
+        row = {"question_id": name, "image": image, "question": qa.question, "answer": qa.answer, "type": kind}
+        rows.append(row | ({"choices": list(qa.choices)} if qa.choices else {}))
+        scene_rows.append({"id": name, "image": image, "split": split, "scene": scene.to_dict()})
+        qas.append(qa)
+        signatures.append(scene.signature())
+    seen.update(signatures)  # later held-out splits differ from this one too
+    _write_jsonl(out / f"{split}.jsonl", rows)
+    return qas
+
+
+def synthesize(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    image_size: int = 96,
+    test_fraction: float = 0.1,
+    val_fraction: float = 0.05,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
+
+    The same arguments give byte-identical files. `image_size` below 48 makes the text illegible and is refused.
+    """
+    if image_size < 48:
+        raise ConfigError(f"image_size must be >= 48 pixels for the text to stay legible, got {image_size}")
+    sizes = _split_sizes(n, test_fraction, val_fraction)
+    out = Path(out_dir)
+    _prepare(out, overwrite)
+    captions, instruct, scene_rows, train_qas = [], [], [], []
+    counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
+    seen: set[tuple] = set()
+    for index in range(sizes["train"]):
+        scene, qas, prompt = _train_item(index, seed, counts)
+        name = f"train_{index:06d}"
+        image = f"images/{name}.png"
+        render_scene(scene, image_size).save(out / image, format="PNG")
+        human = {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}
+        captions.append(
+            {"id": name, "image": image, "conversations": [human, {"from": "gpt", "value": caption(scene)}]}
+        )
+        instruct.append({"id": name, "image": image, "conversations": conversation(qas)})
+        scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
+        train_qas += qas
+        seen.add(scene.signature())
+    stats: dict[str, Any] = {"seed": seed, "image_size": image_size, "images": sizes}
+    stats["splits"] = {"train": _answer_stats(train_qas)}
+    for split in ("val", "test"):
+        qas = _write_held_out(out, split, sizes[split], seed, image_size, seen, scene_rows)
+        stats["splits"][split] = _answer_stats(qas)
+    _write_json(out / "captions.json", captions)
+    _write_json(out / "instruct.json", instruct)
+    _write_jsonl(out / "scenes.jsonl", scene_rows)
+    _write_json(out / "stats.json", stats)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `vlbridge data synth --out DIR --n N --seed S` (wired by the CLI) or direct use."""
+    parser = argparse.ArgumentParser(prog="vlbridge data synth", description=synthesize.__doc__)
+    parser.add_argument("--out", required=True, help="output folder (new or empty)")
+    parser.add_argument("--n", type=int, default=5000, help="number of images over all splits")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--test-fraction", type=float, default=0.1)
+    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    args = parser.parse_args(argv)
+    stats = synthesize(
+        args.out, args.n, args.seed, args.image_size, args.test_fraction, args.val_fraction, args.overwrite
+    )
+    print(f"wrote {stats['images']} images to {args.out}")
+    for split, summary in stats["splits"].items():
+        baseline = summary["mean_majority_baseline"]
+        print(f"{split}: {summary['questions']} questions, mean majority-answer baseline {baseline:.3f}")
+    return 0

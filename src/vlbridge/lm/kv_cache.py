@@ -1,0 +1,65 @@
+"""A preallocated key/value cache for autoregressive decoding, kept outside the model class.
+
+Decoding one token at a time re-uses the keys and values of every earlier position (Pope et al., "Efficiently
+Scaling Transformer Inference", 2022). Growing the cache with `torch.cat` each step allocates and copies the whole
+history per layer per token; this cache allocates (B, H_kv, max_length, hd) buffers once and writes each step's
+keys/values in place, so the decode hot path allocates nothing here. All layers share one `length`, advanced once per
+forward by the model after every layer has written.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vlbridge.errors import ContextOverflowError
+
+
+class KVCache:
+    """Per-layer key/value buffers (B, H_kv, max_length, hd), filled left to right."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        max_length: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        if max_length < 1:
+            raise ContextOverflowError(f"a KV cache needs max_length >= 1, got {max_length}")
+        shape = (batch_size, num_kv_heads, max_length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.length = 0
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H_kv, t, hd) at [length, length + t); return views (B, H_kv, length + t, hd) of all stored."""
+        end = self.length + k.shape[2]
+        if end > self.max_length:
+            raise ContextOverflowError(
+                f"the sequence needs {end} tokens but the KV cache holds at most {self.max_length}; "
+                "shorten the prompt, lower max_new_tokens, or allocate a larger cache"
+            )
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+    def advance(self, t: int) -> None:
+        """Mark t more tokens as stored; the model calls it once per forward, after every layer wrote."""
+        assert self.length + t <= self.max_length, "advance past a write that update() would have refused"
+        self.length += t
+
+    def reset(self) -> None:
+        """Forget every stored token (the buffers are kept for reuse)."""
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the key and value buffers, in bytes."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

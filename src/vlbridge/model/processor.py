@@ -1,0 +1,222 @@
+"""The multimodal Processor: prompts with `<image>` placeholders + images -> input_ids, attention_mask, pixel_values.
+
+As transformers' LlavaProcessor does (Liu et al., "Visual Instruction Tuning", 2023), each `<image>` is expanded to
+as many image-token copies as that image takes in the language model's sequence before tokenizing, so sequence
+positions line up with the logits and the model splices visual tokens in place. Without an image processor the
+Processor serves a text-only deployment: images are refused, and prompt placeholders refused or stripped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlbridge.data import templates
+from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError
+from vlbridge.lm.tokenizer import Tokenizer
+from vlbridge.vision.processor import ImageProcessor, ImageSource
+
+TEXT_ONLY_IMAGES = ("refuse", "strip")
+
+
+class Processor:
+    """Tokenizer + image preprocessing + `<image>` expansion: builds the model's inputs from prompts and images."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_processor: ImageProcessor | None,
+        *,
+        image_token: str = "<image>",
+        image_token_id: int,
+        tokens_per_image: Callable[[int, int], int],
+        max_length: int | None = None,
+        template: str | None = None,
+        text_only_images: str = "refuse",
+    ) -> None:
+        """`image_processor` None: text-only; `tokens_per_image(height, width)` counts one preprocessed image."""
+        if text_only_images not in TEXT_ONLY_IMAGES:
+            raise ConfigError(f"text_only_images is {text_only_images!r}; choose one of {', '.join(TEXT_ONLY_IMAGES)}")
+        if template is not None:
+            templates.TEMPLATES.get(template)  # an unknown name fails now, listing the known ones
+        found = tokenizer.token_to_id(image_token)
+        if image_processor is not None and found != image_token_id:
+            raise ConfigError(
+                f"the tokenizer maps the image token {image_token!r} to id {found}, but the model expects "
+                f"{image_token_id}; add it with tokenizer.add_special_tokens([{image_token!r}]) and set image_token_id "
+                "to the id it gets (resizing the LM's embeddings)"
+            )
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token = image_token
+        self.image_token_id = image_token_id
+        self.tokens_per_image = tokens_per_image
+        self.max_length = max_length
+        self.template = template
+        self.text_only_images = text_only_images
+
+    @property
+    def has_vision(self) -> bool:
+        """Whether this processor accepts images."""
+        return self.image_processor is not None
+
+    def _images_per_prompt(self, prompts: list[str], images: Any) -> list[list[ImageSource]]:
+        """Images grouped per prompt: a list of lists as given, a flat list dealt out by placeholder count."""
+        if images is None:
+            images = []
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        counts = [p.count(self.image_token) for p in prompts]
+        if images and all(isinstance(group, (list, tuple)) for group in images):
+            if len(images) != len(prompts):
+                raise PlaceholderError(
+                    f"got {len(images)} image lists for {len(prompts)} prompts; pass one list per prompt"
+                )
+            groups = [list(group) for group in images]
+        else:
+            if len(images) != sum(counts):
+                per_prompt = ", ".join(f"prompt {i}: {c}" for i, c in enumerate(counts))
+                raise PlaceholderError(
+                    f"the prompts hold {sum(counts)} {self.image_token} placeholder(s) ({per_prompt}) but "
+                    f"{len(images)} image(s) were given; put one {self.image_token} in the text per image"
+                )
+            starts = [sum(counts[:i]) for i in range(len(counts))]
+            groups = [list(images[s : s + c]) for s, c in zip(starts, counts, strict=True)]
+        for i, (count, group) in enumerate(zip(counts, groups, strict=True)):
+            if count != len(group):
+                raise PlaceholderError(
+                    f"prompt {i} holds {count} {self.image_token} placeholder(s) but {len(group)} image(s) were "
+                    f"given for it; put one {self.image_token} in the text per image"
+                )
+        return groups
+
+    def _text_only(self, prompts: list[str], images: Any) -> list[str]:
+        """Refuse images; refuse placeholders, or strip them (with the newline LLaVA puts after one), as configured."""
+        flat = images if isinstance(images, (list, tuple)) else [images]
+        if images is not None and any(not isinstance(g, (list, tuple)) or g for g in flat):
+            raise ModalityError(
+                "this deployment is text-only (no vision plug-in loaded) and cannot take images; "
+                "send the request without images, or load the model with vision=True"
+            )
+        with_placeholder = [i for i, p in enumerate(prompts) if self.image_token in p]
+        if with_placeholder and self.text_only_images == "refuse":
+            raise ModalityError(
+                f"prompt(s) {with_placeholder} contain {self.image_token} but this deployment is text-only; "
+                "remove the placeholder, load the model with vision=True, or set text_only_images='strip'"
+            )
+        return [p.replace(self.image_token + "\n", "").replace(self.image_token, "") for p in prompts]
+
+    def __call__(
+        self,
+        text: str | list[str],
+        images: Any = None,
+        return_tensors: str = "pt",
+        padding_side: str = "left",
+    ) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask (B, T), padded; pixel_values (N_images, 3, H, W) in prompt order if images.
+
+        `images`: None, a list of PIL images/paths for one prompt (or dealt out in order over several prompts by
+        their placeholder counts), or a list of lists, one per prompt.
+        """
+        if return_tensors != "pt":
+            raise ConfigError(f"return_tensors={return_tensors!r} is not supported; use 'pt'")
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side={padding_side!r}; choose 'left' or 'right'")
+        prompts = [text] if isinstance(text, str) else list(text)
+        out: dict[str, torch.Tensor] = {}
+        n_images, visual = [0] * len(prompts), [0] * len(prompts)
+        if self.image_processor is None:
+            prompts = self._text_only(prompts, images)
+        else:
+            groups = self._images_per_prompt(prompts, images)
+            n_images = [len(group) for group in groups]
+            flat = [image for group in groups for image in group]
+            if flat:
+                pixel_values = self.image_processor(flat)  # (N, 3, H, W)
+                counts = [self.tokens_per_image(*p.shape[-2:]) for p in pixel_values]
+                prompts, visual = self._expand(prompts, n_images, counts)
+                out["pixel_values"] = pixel_values
+        ids = self.tokenizer.encode_batch(prompts)
+        self._check_length(ids, n_images, visual)
+        out.update(self._pad(ids, padding_side))
+        return out
+
+    def _expand(self, prompts: list[str], n_images: list[int], counts: list[int]) -> tuple[list[str], list[int]]:
+        """Replace the k-th placeholder by counts[k] image tokens; returns prompts and visual tokens per prompt."""
+        expanded, visual, k = [], [], 0
+        for prompt, n in zip(prompts, n_images, strict=True):
+            parts = prompt.split(self.image_token)  # n + 1 pieces
+            text = parts[0]
+            for j in range(n):
+                text += self.image_token * counts[k + j] + parts[j + 1]
+            expanded.append(text)
+            visual.append(sum(counts[k : k + n]))
+            k += n
+        return expanded, visual
+
+    def expand_images(self, text: str, counts: Sequence[int]) -> str:
+        """`text` with its k-th `<image>` replaced by counts[k] image tokens: the expansion `__call__` applies.
+
+        Public for the training pipeline, which expands each template piece itself to keep label boundaries.
+        """
+        n = text.count(self.image_token)
+        if n != len(counts):
+            raise PlaceholderError(
+                f"the text holds {n} {self.image_token} placeholder(s) but {len(counts)} image token count(s) were "
+                f"given; give one count per {self.image_token}"
+            )
+        return self._expand([text], [n], list(counts))[0][0]
+
+    def _check_length(self, ids: list[list[int]], n_images: list[int], visual: list[int]) -> None:
+        """ContextOverflowError, counting text and visual tokens apart, when a prompt exceeds max_length."""
+        if self.max_length is None:
+            return
+        for i, (seq, n, vis) in enumerate(zip(ids, n_images, visual, strict=True)):
+            if len(seq) > self.max_length:
+                raise ContextOverflowError(
+                    f"prompt {i} needs {len(seq)} tokens ({len(seq) - vis} text + {vis} visual from {n} image(s)) "
+                    f"but the context holds {self.max_length}; shorten the text, send fewer images, or use a "
+                    "connector with fewer visual tokens per image (e.g. pool, perceiver or mini)"
+                )
+
+    def _pad(self, ids: list[list[int]], side: str) -> dict[str, torch.Tensor]:
+        """(B, T) input_ids and attention_mask, padded on `side` with the pad id (else eos, else 0)."""
+        pad = next((i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if i is not None), 0)
+        length = max((len(seq) for seq in ids), default=0)
+        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            cols = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
+            input_ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+            mask[row, cols] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt for `messages`: the built-in `template` if set, else the tokenizer's own chat template."""
+        if self.template is not None:
+            return templates.render(self.template, messages, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """Text of one sequence of ids."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        """Text of each row of `ids` (B, T)."""
+        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids]
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Tokenizer files, and preprocessor_config.json when this processor takes images; no weights."""
+        from vlbridge.vision.hf_keys import image_processor_config_to_hf
+
+        path = Path(path)
+        self.tokenizer.save(path)
+        if self.image_processor is not None:
+            config = self.image_processor.config
+            family = "siglip" if config.resize_mode == "exact" else "clip"
+            hf = image_processor_config_to_hf(config, family)
+            (path / "preprocessor_config.json").write_text(json.dumps(hf, indent=2) + "\n")

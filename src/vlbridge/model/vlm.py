@@ -1,0 +1,186 @@
+"""VisionLanguageModel: vision encoder + connector + language model as one module (LLaVA's "trinity").
+
+Liu et al., "Visual Instruction Tuning" (2023). The vision encoder and connector are a plug-in: built without them
+(`vision=False`) the same class is a plain text LLM whose logits equal the full model's on text-only input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlbridge.config import ModelConfig
+from vlbridge.connectors import ConnectorContext, LayerHook, build_connector
+from vlbridge.errors import ModalityError
+from vlbridge.lm.decoder import DecoderLM
+from vlbridge.lm.kv_cache import KVCache
+from vlbridge.model.generate import GenerationConfig, Generator
+from vlbridge.model.splice import image_token_mask, splice
+from vlbridge.vision.vit import ViT
+
+if TYPE_CHECKING:
+    from vlbridge.model.processor import Processor
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VLMOutput:
+    """Forward result: logits (B, T, V) and, when labels were given, the mean next-token loss."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of position t predicting label t+1; IGNORE_INDEX (-100) labels are skipped."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (B*(T-1), V)
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+class VisionLanguageModel(nn.Module):
+    """Vision encoder -> connector -> visual tokens spliced at `<image>` -> Llama-family LM."""
+
+    def __init__(self, config: ModelConfig, vision: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.language_model = DecoderLM(config.language_model)
+        self.vision_encoder: ViT | None = None
+        self.connector: nn.Module | None = None
+        if vision and config.vision is not None:
+            self.vision_encoder = ViT(config.vision)
+            context = ConnectorContext(
+                vision_hidden_size=self.vision_encoder.hidden_size,
+                lm_config=config.language_model,
+                block_cls=self.language_model.block_cls,
+            )
+            self.connector = build_connector(config.connector, context)
+        self.processor: Processor | None = None  # attached by vlbridge.load so save_pretrained writes it too
+
+    @property
+    def has_vision(self) -> bool:
+        """Whether the vision plug-in is loaded."""
+        return self.vision_encoder is not None
+
+    def tokens_per_image(self, height: int, width: int) -> int:
+        """Visual tokens one preprocessed image of this pixel size takes in the LM sequence."""
+        if self.vision_encoder is None or self.connector is None:
+            raise ModalityError("this model has no vision plug-in loaded; load it with vision=True")
+        return self.connector.num_tokens(self.vision_encoder.num_patches(height, width))
+
+    def embed(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[int, LayerHook]]:
+        """The LM input embeddings with visual tokens spliced in, and any LM hooks the connector needs."""
+        mask = image_token_mask(input_ids, self.config.image_token_id)
+        has_image_tokens = bool(mask.any())
+        if not self.has_vision and (pixel_values is not None or has_image_tokens):
+            raise ModalityError(
+                "this model was loaded text-only (vision=False) and cannot take images: "
+                "load it with vision=True, or drop the images and <image> placeholders from the prompt"
+            )
+        embeds = self.language_model.embed(input_ids.masked_fill(mask, 0))  # (B, T, D)
+        if pixel_values is None:
+            if has_image_tokens:
+                raise ModalityError("the prompt has image tokens but no pixel_values were given; pass the images")
+            return embeds, {}
+        assert self.vision_encoder is not None and self.connector is not None
+        features = self.vision_encoder(pixel_values.to(embeds.dtype))  # (N, P, Dv)
+        visual = self.connector(features)  # (N, K, D)
+        return splice(embeds, mask, visual), self.connector.lm_hooks(features, mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> VLMOutput:
+        """Logits for every position; with `labels` (-100 ignored) also the next-token loss."""
+        embeds, hooks = self.embed(input_ids, pixel_values)
+        logits = self.language_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, hooks=hooks
+        )
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return VLMOutput(logits=logits, loss=loss)
+
+    def generation_config(self, **overrides: Any) -> GenerationConfig:
+        """Generation settings with this model's EOS and pad ids filled in."""
+        lm = self.config.language_model
+        eos = lm.eos_token_id
+        eos_ids = () if eos is None else (tuple(eos) if isinstance(eos, list) else (eos,))
+        pad = lm.pad_token_id if lm.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        base = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad)
+        if isinstance(overrides.get("eos_token_id"), int):
+            overrides["eos_token_id"] = (overrides["eos_token_id"],)
+        if "stop_strings" in overrides:
+            overrides["stop_strings"] = tuple(overrides["stop_strings"] or ())
+        return replace(base, **overrides)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        **generation: Any,
+    ) -> torch.Tensor:
+        """(B, T + new) ids: the prompt followed by generated tokens (greedy, or sampling with temperature/top-k/
+        top-p), finished rows padded; keyword arguments are GenerationConfig fields."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        generator = Generator(_VisionStep(self), detokenize=self._detokenize())
+        return generator.generate(
+            mask, self.generation_config(**generation), input_ids, input_ids=input_ids, pixel_values=pixel_values
+        )
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        **generation: Any,
+    ) -> Iterator[torch.Tensor]:
+        """Yields the new token of each row, (B,), step by step, as `generate` would produce them."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        generator = Generator(_VisionStep(self), detokenize=self._detokenize())
+        yield from generator.stream(
+            mask, self.generation_config(**generation), input_ids, input_ids=input_ids, pixel_values=pixel_values
+        )
+
+    def _detokenize(self) -> Any:
+        return self.processor.decode if self.processor is not None else None
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config, weights (safetensors) and, if attached, the processor's files; atomically per file."""
+        from vlbridge.model.io import save_pretrained
+
+        save_pretrained(self, path)
+
+
+class _VisionStep:
+    """The Generator's StepModel view of a VLM for one generate call: prefill splices images, decode is text."""
+
+    def __init__(self, model: VisionLanguageModel) -> None:
+        self.model = model
+        self.hooks: dict[int, LayerHook] = {}
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        return self.model.language_model.new_cache(batch_size, max_length)
+
+    def prefill(
+        self, cache: KVCache, attention_mask: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
+    ) -> torch.Tensor:
+        embeds, self.hooks = self.model.embed(input_ids, pixel_values)
+        return self.model.language_model.prefill(cache, attention_mask, inputs_embeds=embeds, hooks=self.hooks)
+
+    def decode_step(self, cache: KVCache, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.decode_step(cache, token_ids, attention_mask, hooks=self.hooks)

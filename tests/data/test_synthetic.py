@@ -1,0 +1,305 @@
+"""The synthetic visual world: determinism, held-out splits, answers re-derived from scenes, balance, formats."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFont
+
+from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
+from vlbridge.data.synthetic import scenes as scenes_module
+from vlbridge.data.synthetic.scenes import COLOURS, RADIUS, SHAPES, SIZES, WORDS, text_mask
+from vlbridge.data.synthetic.tasks import QA, propose, stratified_answer
+from vlbridge.data.synthetic.writer import _answer_stats
+from vlbridge.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small dataset with a large held-out share, so every type appears several times in each split."""
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, n=240, seed=7, test_fraction=0.4, val_fraction=0.1)
+    return out
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _scenes(out: Path) -> dict[str, Scene]:
+    return {r["image"]: Scene.from_dict(r["scene"]) for r in _jsonl(out / "scenes.jsonl")}
+
+
+def _resolve(scene: Scene, ref: str):
+    """The single object a referring phrase names; fails if it names none or several (an ambiguous question)."""
+    where = re.fullmatch(r"the object in the (.+)", ref)
+    if where:
+        matches = [o for o in scene.objects if o.position == where[1]]
+    else:
+        *modifiers, noun = ref.removeprefix("the ").split()
+        matches = [
+            o
+            for o in scene.objects
+            if (noun == "object" or o.shape == noun)
+            and all(m in (o.size, o.colour) and m in (*SIZES, *COLOURS) for m in modifiers)
+        ]
+    assert len(matches) == 1, f"{ref!r} names {len(matches)} objects"
+    return matches[0]
+
+
+def _truth(scene: Scene, question: str) -> str:
+    """The answer to a question, worked out from the scene independently of the generator."""
+    objects = scene.objects
+    if m := re.fullmatch(r"What colour is (.+)\?", question):
+        assert not set(m[1].split()) & set(COLOURS), "a colour question must not name the colour"
+        return _resolve(scene, m[1]).colour
+    if m := re.fullmatch(r"What shape is (.+)\?", question):
+        assert not set(m[1].split()) & set(SHAPES), "a shape question must not name the shape"
+        return _resolve(scene, m[1]).shape
+    if question == "How many objects are there?":
+        return str(len(objects))
+    if m := re.fullmatch(r"How many (\w+) objects are there\?", question):
+        return str(sum(o.colour == m[1] for o in objects))
+    if m := re.fullmatch(r"How many (\w+) are there\?", question):
+        singular = {s + ("es" if s.endswith("s") else "s"): s for s in SHAPES}[m[1]]
+        return str(sum(o.shape == singular for o in objects))
+    if m := re.fullmatch(r"Where is (.+)\?", question):
+        return _resolve(scene, m[1]).position
+    if m := re.fullmatch(r"Is (the .+?) (left of|right of|above|below) (the .+)\?", question):
+        a, b = _resolve(scene, m[1]), _resolve(scene, m[3])
+        ax, ay, bx, by = a.x, a.y, b.x, b.y
+        holds = {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[m[2]]
+        gap = abs(ax - bx) if m[2] in ("left of", "right of") else abs(ay - by)
+        assert gap > 0.1, "relations are only asked between objects clearly apart on that axis"
+        return "yes" if holds else "no"
+    if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", question):
+        return "yes" if any(o.colour == m[1] and o.shape == m[2] for o in objects) else "no"
+    if question == "What does the text say?":
+        return scene.text
+    if m := re.fullmatch(r"Describe the object in the (.+)\.", question):
+        o = _resolve(scene, f"the object in the {m[1]}")
+        return f"{o.size} {o.colour} {o.shape}"
+    raise AssertionError(f"unrecognised question {question!r}")
+
+
+def _check_multiple_choice(scene: Scene, question: str, answer: str, choices: list[str] | None) -> None:
+    stem, *options, instruction = question.split("\n")
+    assert instruction == "Answer with the option's letter."
+    letters = [o.split(". ", 1)[0] for o in options]
+    texts = [o.split(". ", 1)[1] for o in options]
+    assert letters == ["A", "B", "C", "D"] and len(set(texts)) == 4
+    assert choices is None or choices == texts
+    truth = _truth(scene, stem)
+    assert texts[letters.index(answer)] == truth and texts.count(truth) == 1
+
+
+def _check(scene: Scene, question: str, answer: str, choices: list[str] | None = None) -> None:
+    if question.endswith("Answer with the option's letter."):
+        _check_multiple_choice(scene, question, answer, choices)
+    else:
+        assert _truth(scene, question) == answer, question
+
+
+def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for out, seed in zip(runs, (3, 3, 4), strict=True):
+        synthesize(out, n=30, seed=seed)
+    files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*") if p.is_file())
+    assert len(files) == 30 + 6
+    for rel in files:
+        assert (runs[0] / rel).read_bytes() == (runs[1] / rel).read_bytes(), rel
+    assert (runs[0] / "instruct.json").read_bytes() != (runs[2] / "instruct.json").read_bytes()
+    image = "images/train_000004.png"
+    assert (runs[0] / image).read_bytes() != (runs[2] / image).read_bytes()
+
+
+def test_an_index_renders_the_same_image_whatever_n(tmp_path: Path) -> None:
+    synthesize(tmp_path / "small", n=10, seed=1, test_fraction=0.2, val_fraction=0.0)
+    synthesize(tmp_path / "large", n=20, seed=1, test_fraction=0.2, val_fraction=0.0)
+    for name in ("train_000000.png", "train_000007.png", "test_000001.png"):
+        assert (tmp_path / "small/images" / name).read_bytes() == (tmp_path / "large/images" / name).read_bytes()
+
+
+def test_held_out_scenes_are_disjoint_from_training(dataset: Path) -> None:
+    rows = _jsonl(dataset / "scenes.jsonl")
+    by_split = {s: [Scene.from_dict(r["scene"]) for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    assert [len(v) for v in by_split.values()] == [120, 24, 96]
+    for held_out in ("val", "test"):
+        assert not {s.seed for s in by_split["train"]} & {s.seed for s in by_split[held_out]}
+        assert not {s.signature() for s in by_split["train"]} & {s.signature() for s in by_split[held_out]}
+    assert not {s.signature() for s in by_split["val"]} & {s.signature() for s in by_split["test"]}
+
+
+def test_every_question_type_is_present(dataset: Path) -> None:
+    assert {r["type"] for r in _jsonl(dataset / "test.jsonl")} == set(TYPES)
+    assert {r["type"] for r in _jsonl(dataset / "val.jsonl")} == set(TYPES)
+    stats = json.loads((dataset / "stats.json").read_text())
+    assert all(stats["splits"]["train"]["types"][t]["count"] > 0 for t in TYPES)
+
+
+def test_scenes_rebuild_from_their_seed(dataset: Path) -> None:
+    for scene in list(_scenes(dataset).values())[:50]:
+        assert sample_scene(scene.seed) == scene
+        assert Scene.from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+
+
+def test_held_out_answers_are_correct_for_the_scene(dataset: Path) -> None:
+    scenes = _scenes(dataset)
+    for split in ("val", "test"):
+        for row in _jsonl(dataset / f"{split}.jsonl"):
+            assert ("choices" in row) == (row["type"] == "multiple_choice")
+            _check(scenes[row["image"]], row["question"], row["answer"], row.get("choices"))
+
+
+def test_instruction_answers_are_correct_for_the_scene(dataset: Path) -> None:
+    scenes = _scenes(dataset)
+    for record in json.loads((dataset / "instruct.json").read_text()):
+        turns = record["conversations"]
+        for human, gpt in zip(turns[::2], turns[1::2], strict=True):
+            _check(scenes[record["image"]], human["value"].removeprefix("<image>\n"), gpt["value"])
+
+
+def test_captions_describe_the_scene(dataset: Path) -> None:
+    scenes = _scenes(dataset)
+    for record in json.loads((dataset / "captions.json").read_text())[:40]:
+        scene, text = scenes[record["image"]], record["conversations"][1]["value"]
+        assert text.startswith(f"{len(scene.objects)} shape") and text.endswith(f"The text says {scene.text}.")
+        for o in scene.objects:
+            assert f"{o.size} {o.colour} {o.shape} in the {o.position}" in text
+
+
+@pytest.mark.parametrize("name", ["captions.json", "instruct.json"])
+def test_conversations_are_valid_llava_json(dataset: Path, name: str) -> None:
+    records = json.loads((dataset / name).read_text())
+    assert len(records) == 120 and len({r["id"] for r in records}) == 120
+    turn_counts = Counter()
+    for record in records:
+        assert set(record) == {"id", "image", "conversations"}
+        turns = record["conversations"]
+        assert len(turns) >= 2 and len(turns) % 2 == 0
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        assert turns[0]["value"].startswith("<image>\n")
+        assert sum(t["value"].count("<image>") for t in turns) == 1
+        assert all(t["value"].strip() for t in turns)
+        turn_counts[len(turns) // 2] += 1
+    with Image.open(dataset / records[0]["image"]) as image:
+        assert image.size == (96, 96) and image.mode == "RGB"
+    if name == "instruct.json":
+        assert min(turn_counts) >= 2 and len(turn_counts) >= 3  # multi-turn, of varying length
+
+
+def test_held_out_answers_are_exactly_balanced(dataset: Path) -> None:
+    rows = _jsonl(dataset / "test.jsonl") + _jsonl(dataset / "val.jsonl")
+    for split in ("test", "val"):
+        for kind in TYPES:
+            counts = Counter(r["answer"] for r in rows if r["type"] == kind and r["question_id"].startswith(split))
+            per_answer = [counts[a] for a in ANSWERS[kind]]
+            assert max(per_answer) - min(per_answer) <= 1, (split, kind, counts)
+
+
+def test_training_answers_are_balanced(dataset: Path) -> None:
+    types = json.loads((dataset / "stats.json").read_text())["splits"]["train"]["types"]
+    for kind in ("relation", "existence", "count", "colour", "shape", "position", "multiple_choice"):
+        counts = list(types[kind]["answers"].values())
+        mean = sum(counts) / len(counts)
+        assert min(counts) >= 0.6 * mean and max(counts) <= 1.4 * mean, (kind, counts)
+    for kind in ("relation", "existence"):
+        assert 0.45 <= types[kind]["majority_baseline"] <= 0.55
+
+
+def test_stratified_answers_stay_level_at_every_prefix() -> None:
+    for kind in ("count", "relation", "description"):
+        counts = Counter()
+        for k in range(2 * len(ANSWERS[kind]) + 5):
+            counts[stratified_answer(kind, k, 0, "test")] += 1
+            level = [counts[a] for a in ANSWERS[kind]]
+            assert max(level) - min(level) <= 1
+
+
+def test_stats_report_the_majority_baseline(dataset: Path) -> None:
+    stats = _answer_stats([QA("relation", "q", a) for a in ("yes", "yes", "yes", "no")])
+    relation = stats["types"]["relation"]
+    assert relation["majority_baseline"] == 0.75 and relation["majority_answer"] == "yes"
+    assert relation["answers"] == {"yes": 3, "no": 1} and stats["questions"] == 4
+    assert stats["types"]["colour"]["count"] == 0
+
+    written = json.loads((dataset / "stats.json").read_text())["splits"]["test"]
+    rows = _jsonl(dataset / "test.jsonl")
+    assert written["questions"] == len(rows)
+    for kind in TYPES:
+        answers = Counter(r["answer"] for r in rows if r["type"] == kind)
+        assert written["types"][kind]["count"] == answers.total()
+        assert written["types"][kind]["majority_baseline"] == pytest.approx(max(answers.values()) / answers.total())
+        assert {a: c for a, c in written["types"][kind]["answers"].items() if c} == dict(answers)
+
+
+def test_propose_gives_the_requested_answer_or_none() -> None:
+    rng = random.Random(0)
+    for seed in range(40):
+        scene = sample_scene(seed)
+        for kind in TYPES:
+            for answer in ANSWERS[kind][:12]:
+                qa = propose(kind, scene, answer, rng)
+                if qa is not None:
+                    assert qa.answer == answer and qa.type == kind
+                    _check(scene, qa.question, qa.answer, list(qa.choices) if qa.choices else None)
+
+
+def test_objects_stay_inside_their_own_region() -> None:
+    for seed in range(300):
+        scene = sample_scene(seed)
+        cells = [o.cell for o in scene.objects] + [scene.text_cell]
+        assert 1 <= len(scene.objects) <= 6 and len(set(cells)) == len(cells)
+        assert len({(o.colour, o.shape) for o in scene.objects}) == len(scene.objects)
+        for o in scene.objects:
+            r = RADIUS[o.size]
+            assert o.col / 3 < o.x - r and o.x + r < (o.col + 1) / 3
+            assert o.row / 3 < o.y - r and o.y + r < (o.row + 1) / 3
+    assert {sample_scene(s).text for s in range(300)} == set(WORDS)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_rendering_paints_each_object_in_its_colour(size: int) -> None:
+    for seed in range(20):
+        scene = sample_scene(seed)
+        image = render_scene(scene, size)
+        assert image.size == (size, size)
+        for o in scene.objects:
+            pixel = image.getpixel((int(o.x * size), int(o.y * size)))
+            assert max(abs(p - q) for p, q in zip(pixel, COLOURS[o.colour], strict=True)) < 40, (o, pixel)
+
+
+def test_text_is_drawn_large_enough_with_either_font(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert text_mask("CAT", 25).height >= 15
+    monkeypatch.setattr(scenes_module, "_font", lambda px: ImageFont.load_default_imagefont())
+    bitmap = text_mask("CAT", 25)
+    assert 15 <= bitmap.height <= 40 and bitmap.getextrema() == (0, 255)
+
+
+def test_bad_arguments_raise_typed_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="n must be"):
+        synthesize(tmp_path / "a", n=0, seed=0)
+    with pytest.raises(ConfigError, match="test_fraction"):
+        synthesize(tmp_path / "a", n=10, seed=0, test_fraction=1.5)
+    with pytest.raises(ConfigError, match="no training images"):
+        synthesize(tmp_path / "a", n=2, seed=0, test_fraction=0.5, val_fraction=0.4)
+    with pytest.raises(ConfigError, match="image_size"):
+        synthesize(tmp_path / "a", n=10, seed=0, image_size=16)
+    synthesize(tmp_path / "b", n=12, seed=0)
+    with pytest.raises(DataError, match="not empty"):
+        synthesize(tmp_path / "b", n=6, seed=0)
+    synthesize(tmp_path / "b", n=6, seed=0, test_fraction=0.5, val_fraction=0.0, overwrite=True)
+    assert len(list((tmp_path / "b/images").iterdir())) == 6
+
+
+def test_main_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--out", str(tmp_path / "d"), "--n", "12", "--seed", "2", "--image-size", "64"]) == 0
+    assert "test:" in capsys.readouterr().out
+    with Image.open(next((tmp_path / "d/images").iterdir())) as image:
+        assert image.size == (64, 64)

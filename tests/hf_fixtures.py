@@ -1,0 +1,104 @@
+"""Tiny random-weight HF checkpoints written with transformers' own save_pretrained, so real loading code runs.
+
+transformers is a test-time oracle only. Nothing is downloaded: tokenizers are trained here on a few sentences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "a red circle is left of a blue square",
+    "how many objects are there? there are three objects",
+    "what colour is the triangle? the triangle is green",
+    "USER: describe the image ASSISTANT: a small yellow star above a large purple diamond",
+] * 4
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'] }} {% else %}"
+    "ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def make_tokenizer(vocab_size: int = 200):
+    """A byte-level BPE tokenizer wrapped as transformers' fast tokenizer, with <image> added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )
+    hf.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 0) -> Path:
+    """Write a random tiny llava-hf checkpoint with tokenizer and processor files to `path`."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision_kwargs = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    if family == "clip":
+        vision = CLIPVisionConfig(**vision_kwargs)
+        image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        extra_tokens = 1
+    else:
+        vision = SiglipVisionConfig(**vision_kwargs)
+        image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+        extra_tokens = 0
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        vision_feature_select_strategy="default" if family == "clip" else "full",
+        tie_word_embeddings=tie,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=extra_tokens,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    return path

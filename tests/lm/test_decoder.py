@@ -1,0 +1,140 @@
+"""DecoderLM behaviour that needs no oracle: fast paths equal plain ones, hooks, heads, training, RoPE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from vlbridge.config import LMConfig
+from vlbridge.errors import ConfigError
+from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary
+from vlbridge.lm.decoder import THIN_ROWS, DecoderLayer, Linear
+
+CFG = LMConfig(
+    vocab_size=53,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> DecoderLM:
+    torch.manual_seed(0)
+    return DecoderLM(CFG).eval()
+
+
+@pytest.mark.parametrize("rows", [1, 3, THIN_ROWS[1] + 1])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_fast_path_equals_f_linear(rows: int, bias: bool) -> None:
+    torch.manual_seed(rows)
+    layer = Linear(24, 40, bias=bias)
+    x = torch.randn(1, rows, 24, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (1, rows, 40)
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(1, rows, 24), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_one_row_uses_aten_gemv_and_restores_backend(model: DecoderLM) -> None:
+    lm = DecoderLM(CFG).eval()
+    lm.load_state_dict(model.state_dict())
+    lm = lm.to(torch.bfloat16)
+    flags: list[bool] = []
+    hooks = {1: lambda h: flags.append(torch.backends.mkldnn.enabled) or h}
+    ids = torch.randint(0, CFG.vocab_size, (4, 1))
+    with torch.no_grad():
+        one = torch.cat([lm(ids[i : i + 1], hooks=hooks) for i in range(4)])
+        batch = lm(ids, hooks=hooks)
+        ref = model(ids)
+    assert flags == [False] * 4 + [True]
+    assert torch.backends.mkldnn.enabled
+    scale = ref.abs().max()
+    assert (one - batch).abs().max() <= 0.02 * scale and (one - ref).abs().max() <= 0.05 * scale
+
+
+def test_hook_before_layer_zero_equals_shifted_embeddings(model: DecoderLM) -> None:
+    ids = torch.randint(0, CFG.vocab_size, (2, 5))
+    delta = torch.randn(2, 5, CFG.hidden_size)
+    with torch.no_grad():
+        hooked = model(ids, hooks={0: lambda h: h + delta})
+        shifted = model(inputs_embeds=model.embed(ids) + delta)
+        plain = model(ids)
+    torch.testing.assert_close(hooked, shifted)
+    assert (hooked - plain).abs().max() > 1e-3
+
+
+def test_hooks_reach_the_named_layer(model: DecoderLM) -> None:
+    seen: list[int] = []
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), hooks={1: lambda h: seen.append(h.shape[1]) or h})
+    assert seen == [3]
+
+
+def test_logits_to_keep_and_hidden(model: DecoderLM) -> None:
+    ids = torch.randint(0, CFG.vocab_size, (2, 6))
+    with torch.no_grad():
+        full = model(ids)
+        last = model(ids, logits_to_keep=2)
+        hidden = model(ids, return_hidden=True)
+    assert last.shape == (2, 2, CFG.vocab_size) and hidden.shape == (2, 6, CFG.hidden_size)
+    torch.testing.assert_close(last, full[:, -2:])
+    torch.testing.assert_close(model.lm_head(hidden), full)
+
+
+def test_position_ids_default_from_mask(model: DecoderLM) -> None:
+    """A left-padded row gives its real tokens the logits of the same prompt unpadded."""
+    ids = torch.randint(1, CFG.vocab_size, (1, 4))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, attention_mask=mask)[:, 3:], model(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_training_step_reduces_loss() -> None:
+    torch.manual_seed(1)
+    lm = DecoderLM(CFG)
+    ids = torch.randint(0, CFG.vocab_size, (4, 8))
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        logits = lm(ids[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, CFG.vocab_size), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_tied_head_shares_the_embedding() -> None:
+    from dataclasses import replace
+
+    lm = DecoderLM(replace(CFG, tie_word_embeddings=True))
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    assert "lm_head.weight" in lm.state_dict()
+    assert DecoderLM.block_cls is DecoderLayer and lm.hidden_size == CFG.hidden_size
+
+
+def test_bad_head_counts_raise() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="multiple"):
+        DecoderLM(replace(CFG, num_key_value_heads=3))
+
+
+def test_rope_matches_rotate_half_formula() -> None:
+    rope = RotaryEmbedding(head_dim=8, theta=100.0, initial_length=4)
+    pos = torch.tensor([[0, 5, 9]])
+    cos, sin = rope(pos, torch.float32)  # grows its table past the initial 4 positions
+    x = torch.randn(1, 2, 3, 8)
+    angles = pos[0, :, None].float() * (1.0 / 100.0 ** (torch.arange(0, 8, 2).float() / 8))  # (T, 4)
+    c, s = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)
+    rotated = torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
+    torch.testing.assert_close(apply_rotary(x, cos, sin), x * c + rotated * s)
+    assert torch.equal(cos[0, 0], torch.ones(8))

@@ -1,0 +1,148 @@
+"""Checkpoint round trips and strict, actionable loading errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import vlbridge
+from vlbridge.errors import CheckpointError
+
+
+def _inputs(proc):
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 36), (200, 30, 30))
+    return proc(text="USER: <image>\nwhat colour? ASSISTANT:", images=[image], return_tensors="pt")
+
+
+def test_round_trip_gives_identical_logits(clip_llava_dir: Path, tmp_path: Path) -> None:
+    model, proc = vlbridge.load(clip_llava_dir)
+    model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["format"] == "vlbridge" and meta["model"]["connector"]["name"] == "mlp"
+    again, proc2 = vlbridge.load(tmp_path / "ckpt")
+    inputs = _inputs(proc)
+    assert torch.equal(inputs["input_ids"], _inputs(proc2)["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+    assert not list((tmp_path / "ckpt").glob(".*.tmp")), "temporary files left behind"
+
+
+def test_tied_round_trip(siglip_llava_dir: Path, tmp_path: Path) -> None:
+    model, proc = vlbridge.load(siglip_llava_dir)
+    lm = model.language_model
+    assert lm.lm_head.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
+    model.save_pretrained(tmp_path / "tied")
+    assert "language_model.lm_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
+    again, _ = vlbridge.load(tmp_path / "tied")
+    inputs = _inputs(proc)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+
+
+def test_bf16_load(clip_llava_dir: Path) -> None:
+    model, proc = vlbridge.load(clip_llava_dir, dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    ref, _ = vlbridge.load(clip_llava_dir)
+    inputs = _inputs(proc)
+    with torch.no_grad():
+        got, want = model(**inputs).logits.float(), ref(**inputs).logits
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
+
+
+def test_sharded_hf_checkpoint_loads(clip_llava_dir: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(clip_llava_dir)
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="50KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        shutil.copy(clip_llava_dir / name, sharded / name)
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    model, proc = vlbridge.load(sharded)
+    ref, _ = vlbridge.load(clip_llava_dir)
+    inputs = _inputs(proc)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ref(**inputs).logits)
+
+
+def test_missing_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vlbridge.load(tmp_path / "nope")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        vlbridge.load(tmp_path / "file.bin")
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        vlbridge.load(tmp_path)
+
+
+def _edit_weights(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    tensors = load_file(dst / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, dst / "model.safetensors")
+    return dst
+
+
+def test_missing_and_unexpected_keys_are_listed(clip_llava_dir: Path, tmp_path: Path) -> None:
+    missing = _edit_weights(
+        clip_llava_dir, tmp_path / "missing", lambda t: t.pop("multi_modal_projector.linear_2.weight")
+    )
+    with pytest.raises(CheckpointError, match=r"missing 1 key\(s\): connector\.linear_2\.weight"):
+        vlbridge.load(missing)
+
+    def add_extra(t: dict) -> None:
+        t["language_model.model.layers.9.mlp.up_proj.weight"] = torch.zeros(2, 2)
+
+    extra = _edit_weights(clip_llava_dir, tmp_path / "extra", add_extra)
+    with pytest.raises(CheckpointError, match=r"unexpected 1 key\(s\): language_model\.model\.layers\.9"):
+        vlbridge.load(extra)
+
+    def add_alien(t: dict) -> None:
+        t["some_other_head.weight"] = torch.zeros(2)
+
+    alien = _edit_weights(clip_llava_dir, tmp_path / "alien", add_alien)
+    with pytest.raises(CheckpointError, match=r"unknown layout: some_other_head\.weight"):
+        vlbridge.load(alien)
+
+
+def test_wrong_shape_is_reported(clip_llava_dir: Path, tmp_path: Path) -> None:
+    def shrink(t: dict) -> None:
+        t["multi_modal_projector.linear_1.bias"] = torch.zeros(3)
+
+    bad = _edit_weights(clip_llava_dir, tmp_path / "shape", shrink)
+    with pytest.raises(CheckpointError, match=r"wrong shape: connector\.linear_1\.bias \(3,\)"):
+        vlbridge.load(bad)
+
+
+def test_unknown_model_type(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="model_type 'bert'"):
+        vlbridge.load(tmp_path)
+
+
+def test_text_llm_checkpoint_loads_text_only(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from hf_fixtures import make_tokenizer
+
+    config = transformers.LlamaConfig(
+        vocab_size=210,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    model, proc = vlbridge.load(tmp_path)
+    assert not model.has_vision
+    ids = proc(text="a red circle", return_tensors="pt")
+    with torch.no_grad():
+        assert (model(**ids).logits - hf(**ids).logits).abs().max() <= 1e-4

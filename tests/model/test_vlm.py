@@ -1,0 +1,105 @@
+"""VisionLanguageModel invariants on a tiny random model built from a config (no transformers needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
+from vlbridge.errors import ModalityError, PlaceholderError
+from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
+
+IMAGE_TOKEN = 99
+
+
+def tiny_config(connector: str = "mlp") -> ModelConfig:
+    return ModelConfig(
+        language_model=LMConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision=VisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
+        connector=ConnectorConfig(name=connector),
+        image_token_id=IMAGE_TOKEN,
+    )
+
+
+def _prompt(model: VisionLanguageModel, n_images: int) -> torch.Tensor:
+    k = model.tokens_per_image(16, 16)
+    ids = [1, 5, 6]
+    for _ in range(n_images):
+        ids += [IMAGE_TOKEN] * k + [7, 8]
+    return torch.tensor([ids])
+
+
+@pytest.mark.parametrize("connector", ["mlp", "linear"])
+def test_tokens_per_image_matches_connector_output(connector: str) -> None:
+    model = VisionLanguageModel(tiny_config(connector)).eval()
+    features = model.vision_encoder(torch.randn(2, 3, 16, 16))
+    assert model.connector(features).shape == (2, model.tokens_per_image(16, 16), 32)
+    assert model.tokens_per_image(16, 16) == 4  # (16/8)^2 patches, CLS dropped
+
+
+def test_loss_ignores_masked_labels() -> None:
+    torch.manual_seed(0)
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids = _prompt(model, 1)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, -2:] = ids[0, -2:]
+    out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16), labels=labels)
+    logp = out.logits[0].log_softmax(-1)
+    want = -(logp[-3, ids[0, -2]] + logp[-2, ids[0, -1]]) / 2
+    assert torch.allclose(out.loss, want, atol=1e-6)
+
+
+def test_placeholder_count_mismatch_is_an_error() -> None:
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids = _prompt(model, 2)
+    with pytest.raises(PlaceholderError, match="8 image-token positions but the images give 4 visual tokens"):
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16))
+    with pytest.raises(ModalityError, match="no pixel_values"):
+        model(input_ids=ids)
+
+
+def test_text_only_model_refuses_images() -> None:
+    model = VisionLanguageModel(tiny_config(), vision=False).eval()
+    with pytest.raises(ModalityError, match="loaded text-only"):
+        model(input_ids=_prompt(VisionLanguageModel(tiny_config()), 1), pixel_values=torch.randn(1, 3, 16, 16))
+
+
+def test_cached_generation_equals_full_recomputation_with_images() -> None:
+    torch.manual_seed(0)
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids = _prompt(model, 2)
+    pixels = torch.randn(2, 3, 16, 16)
+    got = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=8, eos_token_id=())
+    seq = ids
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = model(input_ids=seq, pixel_values=pixels).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(got, seq)
+
+
+def test_stream_yields_generate_tokens() -> None:
+    torch.manual_seed(1)
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids = _prompt(model, 1)
+    pixels = torch.randn(1, 3, 16, 16)
+    full = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
+    streamed = torch.stack(list(model.stream(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())))
+    assert torch.equal(streamed[:, 0], full[0, ids.shape[1] :])
