@@ -1,0 +1,235 @@
+"""Supervised (instruction-tuning) samples from LLaVA records, and the padding collator for training batches.
+
+As in LLaVA (Liu et al., "Visual Instruction Tuning", 2023) only the assistant replies and their end-of-turn marker
+are supervised: every other label is IGNORE_INDEX (-100). The template's pieces (`templates.render_segments`) are
+tokenised one by one, after the Processor's own `<image>` expansion, so label boundaries fall exactly between
+pieces; the ids then equal tokenising the whole rendered prompt (what the Processor does at inference) whenever the
+tokenizer splits text at those boundaries, as vlbridge's trained byte-level BPE does with the built-in templates
+(tested). When it does not (SentencePiece's Metaspace tokenises a piece alone as the start of a text, prefixing
+"▁"; BPE merges may straddle a boundary), the sample keeps the whole prompt's ids and the boundaries are found by
+aligning the ids of each prefix with them, a straddling token being supervised; such samples count as `realigned`.
+
+Samples are tokenised eagerly, so truncation counts are known before training: a sample longer than `max_length`
+is cut from the end, unless the cut would go through (or drop) an image's token block, in which case the sample is
+dropped; a sample left with no supervised token is dropped too. Images are read lazily, per item.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import Dataset
+
+from vlbridge.data import templates
+from vlbridge.data.llava_json import Record
+from vlbridge.errors import ConfigError, DataError, ImageError, ModalityError
+from vlbridge.model.processor import Processor
+from vlbridge.model.vlm import IGNORE_INDEX
+
+PADDING_SIDES = ("left", "right")
+
+
+@dataclass
+class SupervisedStats:
+    """What building a SupervisedDataset did to its records."""
+
+    records: int = 0
+    kept: int = 0
+    truncated: int = 0  # kept, but cut to max_length
+    realigned: int = 0  # kept with the whole prompt's ids, labels placed by prefix alignment
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> count
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+
+def _where(record: Record) -> str:
+    return f"{record.source}:{record.line}: " if record.source is not None else ""
+
+
+def fixed_image_side(processor: Processor) -> int:
+    """The side every preprocessed image has; batches need one size, so the preprocessing must fix it."""
+    config = processor.image_processor.config
+    if config.resize_mode != "exact" and not config.do_center_crop:
+        raise ConfigError(
+            "training needs every image preprocessed to one size; set image_processor.do_center_crop: true "
+            "or image_processor.resize_mode: exact"
+        )
+    return config.crop_size
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class SupervisedDataset(Dataset):
+    """LLaVA records -> input_ids, labels (assistant replies only) and pixel_values (n_images, 3, H, W) or None."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        image_root: str | Path,
+        processor: Processor,
+        template: str,
+        max_length: int,
+    ) -> None:
+        """Tokenise every record now (counts in `.stats`); `image_root` resolves the records' image paths."""
+        templates.TEMPLATES.get(template)  # an unknown name fails now, listing the known ones
+        if max_length < 2:
+            raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
+        self.image_root = Path(image_root)
+        self.processor = processor
+        self.template = template
+        self.max_length = max_length
+        self.stats = SupervisedStats(records=len(records))
+        self._side = fixed_image_side(processor) if processor.has_vision else 0
+        self._tokens_per_image = processor.tokens_per_image(self._side, self._side) if processor.has_vision else 0
+        self._lead, self._trail = self._added_specials()
+        self._samples: list[tuple[torch.Tensor, torch.Tensor, Record]] = []
+        for record in records:
+            sample = self._encode(record)
+            if sample is not None:
+                self._samples.append((*sample, record))
+        self.stats.kept = len(self._samples)
+
+    def _added_specials(self) -> tuple[list[int], list[int]]:
+        """Ids the tokenizer's post-processor puts before and after a sequence (e.g. BOS)."""
+        tokenizer = self.processor.tokenizer
+        probe = "a"
+        bare, full = tokenizer.encode(probe, add_special_tokens=False), tokenizer.encode(probe)
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        raise ConfigError("the tokenizer's post-processor changes the text's own ids; vlbridge cannot place labels")
+
+    def _pieces(self, record: Record) -> list[tuple[str, bool]]:
+        """The template's (text, supervised) pieces with each `<image>` expanded as the Processor expands it."""
+        try:
+            segments = templates.render_segments(self.template, record.conversations)
+        except DataError as err:
+            raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
+        image_token, pieces, used = self.processor.image_token, [], 0
+        for text, supervised in segments:
+            text = text.replace(templates.IMAGE_PLACEHOLDER, image_token)
+            n = text.count(image_token)
+            if n:
+                text = self.processor.expand_images(text, [self._tokens_per_image] * n)
+                used += n
+            pieces.append((text, supervised))
+        assert used == len(record.images), "parse_record checks one placeholder per image"
+        return pieces
+
+    def _label(self, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+        """input_ids and labels for the pieces: piecewise ids if they equal the whole prompt's, else realigned."""
+        tokenizer = self.processor.tokenizer
+        lead, trail = self._lead, self._trail
+        piece_ids = tokenizer.encode_batch([text for text, _ in pieces], add_special_tokens=False)
+        ids, labels = list(lead), [IGNORE_INDEX] * len(lead)
+        for (_, supervised), chunk in zip(pieces, piece_ids, strict=True):
+            ids += chunk
+            labels += chunk if supervised else [IGNORE_INDEX] * len(chunk)
+        ids += trail
+        labels += [IGNORE_INDEX] * len(trail)
+        whole = tokenizer.encode("".join(text for text, _ in pieces))
+        if whole == ids:
+            return ids, labels
+        self.stats.realigned += 1
+        return whole, self._realign(whole, pieces)
+
+    def _realign(self, whole: list[int], pieces: list[tuple[str, bool]]) -> list[int]:
+        """Labels for the whole prompt's ids: piece boundaries from the ids of each prefix (their common prefix
+        with the whole); a token straddling a boundary holds reply text, so it is supervised."""
+        lead, trail = self._lead, self._trail
+        body = whole[len(lead) : len(whole) - len(trail)]
+        bounds, prefix = [(0, False)], ""  # (tokens agreeing with the whole, does the next one straddle?)
+        for text, _ in pieces[:-1]:
+            prefix += text
+            prefix_ids = self.processor.tokenizer.encode(prefix, add_special_tokens=False)
+            agree = _common_prefix(prefix_ids, body)
+            bounds.append((agree, len(prefix_ids) > agree))
+        bounds.append((len(body), False))
+        labels = [IGNORE_INDEX] * len(whole)
+        for (_, supervised), (start, _), (end, straddles) in zip(pieces, bounds[:-1], bounds[1:], strict=True):
+            end += straddles
+            if supervised and end > start:
+                labels[len(lead) + start : len(lead) + end] = body[start:end]
+        return labels
+
+    def _encode(self, record: Record) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(input_ids, labels) for one record, truncated; None (counted) when the record must be dropped."""
+        if record.images and not self.processor.has_vision:
+            raise ModalityError(
+                f"{_where(record)}record {record.id!r} has images but the processor is text-only; load the model "
+                "with vision, or pre-train the text model on conversation_texts(...) with TextDataset"
+            )
+        ids, labels = self._label(self._pieces(record))
+        if len(ids) > self.max_length:
+            image_positions = [i for i, t in enumerate(ids) if t == self.processor.image_token_id]
+            if image_positions and image_positions[-1] >= self.max_length:
+                self.stats.dropped["truncation would cut an image"] += 1
+                return None
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+            self.stats.truncated += 1
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            self.stats.dropped["no supervised tokens left"] += 1
+            return None
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | None]:
+        """input_ids (T,), labels (T,), pixel_values (n_images, 3, H, W) or None for a text-only sample."""
+        input_ids, labels, record = self._samples[index]
+        pixel_values = None
+        if record.images:
+            try:
+                pixel_values = self.processor.image_processor([self.image_root / p for p in record.images])
+            except ImageError as err:
+                raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
+            assert pixel_values.shape[-2:] == (self._side, self._side), "fixed-size preprocessing was checked"
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+
+    def record(self, index: int) -> Record:
+        """The record behind sample `index` (to report or inspect it)."""
+        return self._samples[index][2]
+
+
+def pad(sequences: Sequence[torch.Tensor], value: int, padding_side: str = "right") -> torch.Tensor:
+    """(B, T) from 1-D tensors, padded with `value` on `padding_side`."""
+    if padding_side not in PADDING_SIDES:
+        raise ConfigError(f"padding_side={padding_side!r}; choose 'left' or 'right'")
+    return pad_sequence(list(sequences), batch_first=True, padding_value=value, padding_side=padding_side)
+
+
+def collate(
+    batch: Sequence[dict[str, torch.Tensor | None]], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """A training batch: input_ids, attention_mask, labels (-100 on pads) (B, T); pixel_values when any image.
+
+    pixel_values concatenates every sample's images in batch order, i.e. the order their image tokens take in
+    the flattened batch, which is how the model splices them. Works for SupervisedDataset and TextDataset items.
+    """
+    if not batch:
+        raise DataError("cannot collate an empty batch")
+    input_ids = [sample["input_ids"] for sample in batch]
+    out = {
+        "input_ids": pad(input_ids, pad_token_id, padding_side),
+        "attention_mask": pad([torch.ones_like(ids) for ids in input_ids], 0, padding_side),
+        "labels": pad([sample["labels"] for sample in batch], IGNORE_INDEX, padding_side),
+    }
+    images = [sample["pixel_values"] for sample in batch if sample.get("pixel_values") is not None]
+    if images:
+        out["pixel_values"] = torch.cat(images)  # (N_images, 3, H, W)
+    return out

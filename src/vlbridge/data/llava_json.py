@@ -1,0 +1,279 @@
+"""Reading LLaVA-format datasets (conversation JSON or JSONL) and held-out question files, validated record by record.
+
+Liu et al., "Visual Instruction Tuning" (2023) store training data as a JSON list of records
+`{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`, where `image` is one path, a list of
+paths (multi-image) or absent (text-only), and each image has one `<image>` placeholder in a human turn. JSONL (one
+record per line) holds the same records. Held-out questions (`test.jsonl`, `val.jsonl`) are
+`{"question_id", "image", "question", "answer", "type"}` (+ `"choices"`), as the synthetic writer makes them.
+
+Every problem is a DataError naming the file, the line where the bad record starts (for a JSON list, found by
+decoding the array item by item with `json.JSONDecoder.raw_decode`) and what is wrong; `skip_malformed=True` skips
+and counts such records instead. Image files are checked eagerly at load time (pass `check_images=False` to defer
+the check to when an image is read). Invalid JSON in a JSON list is fatal even when skipping: past a syntax error
+the next record cannot be found reliably.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from vlbridge.data.templates import IMAGE_PLACEHOLDER
+from vlbridge.errors import DataError
+
+R = TypeVar("R")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One LLaVA conversation: image paths as written in the file (relative to the image root), turns, origin."""
+
+    id: str
+    images: tuple[str, ...]
+    conversations: tuple[dict[str, str], ...]  # {"from": "system"|"human"|"gpt", "value": str}
+    source: Path | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out question: the image path (relative to the image root, None for text-only) and its answers."""
+
+    question_id: str
+    image: str | None
+    question: str
+    answers: tuple[str, ...]  # one answer, or several (VQAv2 gives 10)
+    type: str
+    choices: tuple[str, ...] | None = None
+    source: Path | None = None
+    line: int | None = None
+
+    @property
+    def answer(self) -> str:
+        """The first (reference) answer."""
+        return self.answers[0]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A malformed record that `skip_malformed=True` left out, and why."""
+
+    path: Path
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[R]):
+    """What a loader read: the valid items, and the malformed ones it skipped (empty unless skipping)."""
+
+    items: list[R]
+    skipped: list[Skipped]
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+@dataclass(frozen=True)
+class _Invalid:
+    """Stands in for a JSONL line that is not valid JSON, so a skipping loader can count it and go on."""
+
+    reason: str
+
+
+def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line, parsed value) for each record of a JSON list file or a JSONL file, told apart by the first character.
+
+    A JSONL line that is not valid JSON yields an `_Invalid`; a JSON list with a syntax error raises at once.
+    """
+    if not path.is_file():
+        raise DataError("the dataset file does not exist; check the path", path)
+    text = path.read_text(encoding="utf-8-sig")
+    start = _WHITESPACE.match(text).end()
+    if text.startswith("[", start):
+        yield from _iter_list(path, text, start)
+        return
+    for number, raw in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
+        if not raw.strip():
+            continue
+        try:
+            yield number, json.loads(raw)
+        except json.JSONDecodeError as err:
+            hint = "; a JSON file must hold one list of records, a .jsonl file one record per line"
+            yield number, _Invalid(f"not valid JSON ({err.msg} at column {err.colno}){hint}")
+
+
+def _iter_list(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
+    """Items of the JSON array that opens at `start`, each with the line its first character is on."""
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0
+    pos = _WHITESPACE.match(text, start + 1).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise DataError(f"not valid JSON ({err.msg} at column {err.colno})", path, err.lineno) from err
+        yield line, value
+        pos = _WHITESPACE.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = _WHITESPACE.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            if text[pos + 1 :].strip():
+                raise DataError("not valid JSON (text after the closing ']')", path, text.count("\n", 0, pos) + 1)
+            return
+        else:
+            where = text.count("\n", 0, pos) + 1
+            raise DataError("not valid JSON (expected ',' or ']' after a record)", path, where)
+
+
+def _check_images(images: Sequence[str], image_root: Path | None) -> None:
+    if image_root is None:
+        return
+    for image in images:
+        if not (image_root / image).is_file():
+            raise DataError(f"image file {image_root / image} does not exist; fix the path or add the file")
+
+
+def _image_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    images = [value] if isinstance(value, str) else value
+    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        raise DataError(f"'image' must be a path, a list of paths or absent, got {value!r}")
+    return tuple(images)
+
+
+def _record_id(data: dict[str, Any], line: int) -> str:
+    value = data.get("id", f"line{line}")
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise DataError(f"'id' must be a string or an integer, got {value!r}")
+    return str(value)
+
+
+def parse_record(data: Any, line: int, image_root: Path | None = None) -> Record:
+    """Validate one LLaVA record (DataError without a location on any problem) and return it as a Record."""
+    if not isinstance(data, dict):
+        raise DataError(f"a record must be a JSON object, got {type(data).__name__}")
+    record_id = _record_id(data, line)
+    images = _image_list(data.get("image"))
+    turns = data.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"record {record_id!r} needs a non-empty 'conversations' list (missing key or wrong type)")
+    placeholders = 0
+    offset = 1 if isinstance(turns[0], dict) and turns[0].get("from") == "system" else 0
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not {"from", "value"} <= turn.keys() or not isinstance(turn["value"], str):
+            raise DataError(f"record {record_id!r}: turn {i} must be an object with 'from' and a string 'value'")
+        expected = ("human", "gpt")[(i - offset) % 2] if i >= offset else "system"
+        if turn["from"] != expected:
+            raise DataError(
+                f"record {record_id!r}: turn {i} is from {turn['from']!r} but {expected!r} was expected; turns must "
+                "alternate human, gpt, ... (after an optional leading system turn)"
+            )
+        if expected != "human" and IMAGE_PLACEHOLDER in turn["value"]:
+            raise DataError(
+                f"record {record_id!r}: turn {i} ({turn['from']}) contains {IMAGE_PLACEHOLDER}; only "
+                "human turns may hold image placeholders"
+            )
+        placeholders += turn["value"].count(IMAGE_PLACEHOLDER)
+    if turns[-1]["from"] != "gpt":
+        raise DataError(f"record {record_id!r} ends on a {turns[-1]['from']!r} turn; it must end with a gpt reply")
+    if placeholders != len(images):
+        raise DataError(
+            f"record {record_id!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s); "
+            f"put one {IMAGE_PLACEHOLDER} in a human turn per image"
+        )
+    _check_images(images, image_root)
+    conversations = tuple({"from": t["from"], "value": t["value"]} for t in turns)
+    return Record(id=record_id, images=images, conversations=conversations, line=line)
+
+
+def parse_eval_item(data: Any, line: int, image_root: Path | None = None) -> EvalItem:
+    """Validate one held-out question (DataError without a location on any problem) and return it as an EvalItem."""
+    if not isinstance(data, dict):
+        raise DataError(f"a question must be a JSON object, got {type(data).__name__}")
+    missing = [key for key in ("question_id", "question", "answer") if key not in data]
+    if missing:
+        raise DataError(f"missing key(s) {', '.join(missing)}; a question needs question_id, question and answer")
+    answers = data["answer"] if isinstance(data["answer"], list) else [data["answer"]]
+    if not answers or not all(isinstance(a, str) for a in answers) or not isinstance(data["question"], str):
+        raise DataError("'question' must be a string and 'answer' a string or a non-empty list of strings")
+    images = _image_list(data.get("image"))
+    if len(images) > 1:
+        raise DataError(f"'image' must be one path or absent, got {len(images)} paths")
+    choices = data.get("choices")
+    if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+        raise DataError(f"'choices' must be a list of strings, got {choices!r}")
+    _check_images(images, image_root)
+    return EvalItem(
+        question_id=str(data["question_id"]),
+        image=images[0] if images else None,
+        question=data["question"],
+        answers=tuple(answers),
+        type=str(data.get("type", "all")),
+        choices=None if choices is None else tuple(choices),
+        line=line,
+    )
+
+
+def _load(
+    path: str | Path, parse: Callable[[Any, int, Path | None], R], image_root: Path | None, skip_malformed: bool
+) -> Loaded[R]:
+    path = Path(path)
+    items: list[R] = []
+    skipped: list[Skipped] = []
+    for line, value in _iter_records(path):
+        try:
+            if isinstance(value, _Invalid):
+                raise DataError(value.reason)
+            item = parse(value, line, image_root)
+        except DataError as err:
+            if not skip_malformed:
+                raise DataError(str(err), path, line) from None
+            skipped.append(Skipped(path, line, str(err)))
+            continue
+        items.append(dataclasses.replace(item, source=path))
+    return Loaded(items, skipped)
+
+
+def load_llava(
+    path: str | Path, image_root: str | Path | None = None, *, skip_malformed: bool = False, check_images: bool = True
+) -> Loaded[Record]:
+    """Read a LLaVA JSON/JSONL dataset; image paths are relative to `image_root` (default: the file's folder).
+
+    Malformed records raise DataError(path, line), or with `skip_malformed` are left out and listed in `.skipped`.
+    With `check_images`, a record whose image file is missing counts as malformed.
+    """
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    return _load(path, parse_record, root if check_images else None, skip_malformed)
+
+
+def load_eval(
+    path: str | Path, image_root: str | Path | None = None, *, skip_malformed: bool = False, check_images: bool = True
+) -> Loaded[EvalItem]:
+    """Read held-out questions (JSONL or a JSON list) as `load_llava` reads conversations."""
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    return _load(path, parse_eval_item, root if check_images else None, skip_malformed)
+
+
+def conversation_texts(records: Sequence[Record]) -> list[str]:
+    """Plain text of each record (turn values joined by newlines, image placeholders removed): a text-LM corpus."""
+    texts = []
+    for record in records:
+        values = [
+            t["value"].replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
+            for t in record.conversations
+        ]
+        texts.append("\n".join(values))
+    return texts
