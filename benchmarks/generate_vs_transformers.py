@@ -17,44 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from checkpoints import IMAGE_TOKEN, write_llava_checkpoint
 
-from vlbridge.model.io import load_weights_strict, read_config, read_weights
+from vlbridge.model.io import load_weights, read_config
 from vlbridge.model.vlm import VisionLanguageModel
-
-IMAGE_TOKEN = 32000
-
-
-def write_checkpoint(path: Path) -> None:
-    """A random llava-hf checkpoint: CLIP ViT-B/16 (224px, 196 visual tokens) + Llama 768x12 (~134M)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    torch.manual_seed(0)
-    vision = CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-    )
-    text = LlamaConfig(
-        vocab_size=32064,
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-    )
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN)
-    LlavaForConditionalGeneration(config).save_pretrained(path)
 
 
 def load_vlbridge(path: Path) -> VisionLanguageModel:
     """Load through vlbridge's own loader (config conversion, key renaming, strict keys)."""
     config, rules = read_config(path)
     model = VisionLanguageModel(config)
-    load_weights_strict(model, read_weights(path, rules, vision=True), path)
+    load_weights(model, path, rules)
     return model.eval()
 
 
@@ -127,7 +100,7 @@ def main() -> None:
     print(f"{'dtype':<6} {'engine':<13} {'prefill ms':>11} {'decode tok/s':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
-        write_checkpoint(path)
+        write_llava_checkpoint(path)
         ours_fp32 = load_vlbridge(path)
         theirs_fp32 = LlavaForConditionalGeneration.from_pretrained(path).eval()
         n_params = sum(p.numel() for p in ours_fp32.parameters())

@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import chat, data, info
+from vlbridge.cli import chat, data, info, train
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data)
+SUBCOMMANDS = (info, chat, data, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,9 +73,9 @@ def read_config(path: Path) -> tuple[ModelConfig, tuple[tuple[str, str], ...] | 
     return model_config_from_hf(raw, path)
 
 
-def read_weights(path: Path, rules: tuple[tuple[str, str], ...] | None, vision: bool) -> dict[str, torch.Tensor]:
-    """Tensors under our names; with vision=False the vision tensors are never read from disk."""
-    tensors: dict[str, torch.Tensor] = {}
+def index_weights(path: Path, rules: tuple[tuple[str, str], ...] | None) -> dict[str, tuple[Path, str]]:
+    """Our name -> (file, stored key) for every tensor in the checkpoint; reads headers only, no tensor data."""
+    index: dict[str, tuple[Path, str]] = {}
     unmapped: list[str] = []
     for file in _weight_files(path):
         with safe_open(str(file), framework="pt") as handle:
@@ -83,11 +83,11 @@ def read_weights(path: Path, rules: tuple[tuple[str, str], ...] | None, vision: 
                 name = key if rules is None else rename_key(key, rules)
                 if name is None:
                     unmapped.append(key)
-                elif vision or not name.startswith(VISION_PREFIXES):
-                    tensors[name] = handle.get_tensor(key)
+                else:
+                    index[name] = (file, key)
     if unmapped:
         raise CheckpointError(f"{path}: {len(unmapped)} weight(s) of unknown layout: {_preview(unmapped)}")
-    return tensors
+    return index
 
 
 def _preview(keys: list[str], n: int = 8) -> str:
@@ -95,28 +95,46 @@ def _preview(keys: list[str], n: int = 8) -> str:
     return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_weights_strict(model: VisionLanguageModel, tensors: dict[str, Any], source: Path | str) -> None:
-    """Load `tensors`; any missing or unexpected key raises CheckpointError listing them."""
+def load_weights(
+    model: VisionLanguageModel, path: Path, rules: tuple[tuple[str, str], ...] | None, fresh: tuple[str, ...] = ()
+) -> None:
+    """Stream the checkpoint's tensors into `model`, one at a time, so loading needs no second copy in memory.
+
+    Strict: every model key must come from the checkpoint except those under the `fresh` prefixes (parts kept as
+    initialised, e.g. a vision plug-in added to a text LLM), and every checkpoint key must fit the model; a model
+    without vision skips the checkpoint's vision tensors without reading them. Violations raise CheckpointError.
+    """
+    index = index_weights(path, rules)
+    if not model.has_vision:
+        index = {k: v for k, v in index.items() if not k.startswith(VISION_PREFIXES)}
     tied = _tied_keys(model)
-    expected = set(model.state_dict()) - tied
-    missing = sorted(expected - set(tensors))
-    unexpected = sorted(set(tensors) - expected - tied)
+    params = {k: v for k, v in model.state_dict().items() if k not in tied}
+    expected = {k for k in params if not k.startswith(fresh)} if fresh else set(params)
+    missing = sorted(expected - set(index))
+    unexpected = sorted(set(index) - expected - tied)
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
-        raise CheckpointError(f"checkpoint {source} does not fit the model its config describes: " + "; ".join(parts))
-    shapes = model.state_dict()
-    wrong = [
-        f"{k} {tuple(v.shape)} != {tuple(shapes[k].shape)}"
-        for k, v in tensors.items()
-        if k not in tied and v.shape != shapes[k].shape
-    ]
+        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: " + "; ".join(parts))
+    by_file: dict[Path, list[str]] = {}
+    for name in expected:
+        by_file.setdefault(index[name][0], []).append(name)
+    wrong = []
+    with torch.no_grad():
+        for file, names in by_file.items():
+            with safe_open(str(file), framework="pt") as handle:
+                for name in names:
+                    key = index[name][1]
+                    shape = tuple(handle.get_slice(key).get_shape())
+                    if shape != tuple(params[name].shape):
+                        wrong.append(f"{name} {shape} != {tuple(params[name].shape)}")
+                    else:
+                        params[name].copy_(handle.get_tensor(key))
     if wrong:
-        raise CheckpointError(f"checkpoint {source} has weights of the wrong shape: {_preview(wrong)}")
-    model.load_state_dict({k: v for k, v in tensors.items() if k not in tied}, strict=False)
+        raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {_preview(wrong)}")
 
 
 def load(
@@ -138,10 +156,9 @@ def load(
     if not path.is_dir():
         raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
     config, rules = read_config(path)
-    model = VisionLanguageModel(config, vision=vision)
-    load_weights_strict(model, read_weights(path, rules, vision=model.has_vision), path)
-    torch_dtype = _resolve_dtype(dtype)
-    model.to(device=device, dtype=torch_dtype).eval()
+    model = VisionLanguageModel(config, vision=vision).to(dtype=_resolve_dtype(dtype))
+    load_weights(model, path, rules)
+    model.to(device=device).eval()
     model.processor = build_processor(model, path)
     return model, model.processor
 

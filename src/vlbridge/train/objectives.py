@@ -1,0 +1,161 @@
+"""Training objectives: what a batch is turned into a loss with, one small module per stage objective.
+
+- `causal_lm`: the VLM's next-token loss on supervised (assistant) tokens, images spliced in (LLaVA stages 1 and 2).
+- `text_lm`: causal-LM pre-training of the text model alone on plain text (stage 0 for a from-scratch LM).
+- `contrastive`: CLIP-style contrastive pre-training of the ViT on image-caption pairs (Radford et al., "Learning
+  Transferable Visual Models From Natural Language Supervision", 2021): a symmetric InfoNCE loss over the batch with
+  a learnable temperature (CLIP's logit scale, initialised to 1/0.07 and clamped at 100).
+
+Text embeddings for `contrastive`: a causal LM has no CLS token, so a caption is embedded as the mean of the LM's
+final (normed) hidden states over its real tokens; every position then contributes, not only the last one, which
+in a small LM trained from scratch sees the caption least reliably. Image embeddings are the ViT's pooled output
+(CLIP: the post-LN CLS token). Both go through a small linear projection into a shared space before L2 normalising,
+as CLIP does: the projections (and the temperature) belong to the objective, not to the VLM, so contrastive
+training never reshapes the LM's hidden space to fit the ViT's width; they are discarded with the stage. With the
+LM frozen, the ViT learns to map images next to the LM's own reading of their captions.
+
+Every objective is an nn.Module called as `objective(model, batch) -> ObjectiveOutput`; `TrainStep` bundles model
+and objective into the one module a distributed wrapper (DDP/FSDP) can wrap, so gradient sync covers both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlbridge.errors import ConfigError
+from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel, causal_lm_loss
+from vlbridge.registry import Registry
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class ObjectiveOutput:
+    """The micro-batch's mean loss and how many tokens it trained on (for tokens/s)."""
+
+    loss: torch.Tensor
+    tokens: int
+
+
+class Objective(nn.Module):
+    """Computes the loss of one batch on the model; may own trainable parts of its own (`parts`)."""
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Trainable modules the objective adds, by part name (none by default)."""
+        return {}
+
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+class CausalLMObjective(Objective):
+    """Next-token loss of the VLM on the batch's labels (-100: not supervised)."""
+
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            pixel_values=batch.get("pixel_values"),
+            labels=batch["labels"],
+        )
+        assert out.loss is not None
+        return ObjectiveOutput(out.loss, int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0)
+
+
+class TextLMObjective(Objective):
+    """Next-token loss of the language model alone on text; labels default to the ids with padding ignored."""
+
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        labels = batch.get("labels")
+        if labels is None:
+            labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
+        logits = model.language_model(input_ids=ids, attention_mask=mask)  # (B, T, V)
+        return ObjectiveOutput(causal_lm_loss(logits, labels), int(ids.numel() if mask is None else mask.sum()))
+
+
+class ContrastiveHead(nn.Module):
+    """The contrastive objective's own parameters: both projections and the learnable temperature."""
+
+    def __init__(self, vision_size: int, text_size: int, embed_size: int, init_temperature: float) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(vision_size, embed_size, bias=False)
+        self.text_proj = nn.Linear(text_size, embed_size, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+
+
+class ContrastiveObjective(Objective):
+    """Symmetric InfoNCE between ViT pooled image embeddings and mean-pooled LM caption embeddings."""
+
+    max_logit_scale = math.log(100.0)
+
+    def __init__(self, vision_size: int, text_size: int, embed_size: int = 256, init_temperature: float = 0.07) -> None:
+        super().__init__()
+        self.head = ContrastiveHead(vision_size, text_size, embed_size, init_temperature)
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"contrastive_head": self.head}
+
+    @property
+    def temperature(self) -> float:
+        """The current softmax temperature, 1 / exp(logit_scale)."""
+        return float(torch.exp(-self.head.logit_scale.detach()))
+
+    def embed_images(self, model: VisionLanguageModel, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image embeddings (B, E)."""
+        if model.vision_encoder is None:
+            raise ConfigError("the contrastive objective needs a vision encoder; build the model with vision")
+        return F.normalize(self.head.image_proj(model.vision_encoder.pooled(pixel_values)), dim=-1)
+
+    def embed_texts(self, model: VisionLanguageModel, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm caption embeddings (B, E): the masked mean of the LM's final hidden states, projected."""
+        hidden = model.language_model(input_ids=input_ids, attention_mask=mask, return_hidden=True)  # (B, T, D)
+        weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
+        return F.normalize(self.head.text_proj(pooled), dim=-1)
+
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask", torch.ones_like(ids))
+        images = self.embed_images(model, batch["pixel_values"]).float()
+        texts = self.embed_texts(model, ids, mask).float()
+        scale = self.head.logit_scale.clamp(max=self.max_logit_scale).exp()
+        logits = scale * images @ texts.t()  # (B, B): image i against caption j
+        target = torch.arange(logits.shape[0], device=logits.device)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        return ObjectiveOutput(loss, int(mask.sum()))
+
+
+def _contrastive(model: VisionLanguageModel) -> Objective:
+    if model.vision_encoder is None:
+        raise ConfigError("the contrastive objective needs a vision encoder; build the model with vision")
+    return ContrastiveObjective(model.vision_encoder.config.hidden_size, model.language_model.hidden_size)
+
+
+OBJECTIVES: Registry[Callable[[VisionLanguageModel], Objective]] = Registry("objective")
+OBJECTIVES.register("causal_lm")(lambda model: CausalLMObjective())
+OBJECTIVES.register("text_lm")(lambda model: TextLMObjective())
+OBJECTIVES.register("contrastive")(_contrastive)
+
+
+def build_objective(name: str, model: VisionLanguageModel) -> Objective:
+    """The objective registered as `name` (causal_lm | text_lm | contrastive), sized for `model`."""
+    return OBJECTIVES.get(name)(model)
+
+
+class TrainStep(nn.Module):
+    """Model + objective as one module: `forward(batch)` is one micro-batch's loss (what DDP/FSDP would wrap)."""
+
+    def __init__(self, model: VisionLanguageModel, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        return self.objective(self.model, batch)

@@ -1,0 +1,263 @@
+"""A whole training run: data, tokenizer and model prepared once, then the recipe's stages in order.
+
+`train(recipe, resume)` is what `vlbridge train` runs. The run directory holds:
+
+    recipe.yaml                the resolved recipe (what was asked, overrides applied)
+    tokenizer/                 the tokenizer (trained on the stage data when the recipe names none)
+    <stage>/                   per stage: ckpt-<step>.pt (mid-stage), metrics.jsonl, loss.png, adapter/ (LoRA),
+                               model/ (the model after the stage, a vlbridge checkpoint) and done.json
+    config.json, model.safetensors, tokenizer files   the final model: `vlbridge.load(run_dir)`
+
+Resume skips finished stages (those with done.json), reloads the last finished stage's model, and continues an
+unfinished stage from its newest checkpoint. Every stage starts from a seed derived from the recipe's, so a stage
+behaves the same whether the run reached it in one go or after a restart. A new run refuses a run directory that
+already holds one, so results are never overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from vlbridge.atomic import write_text
+from vlbridge.config import ModelConfig
+from vlbridge.data.collate import SupervisedDataset, collate
+from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
+from vlbridge.data.llava_json import conversation_texts, load_llava
+from vlbridge.errors import ConfigError
+from vlbridge.lm.tokenizer import Tokenizer
+from vlbridge.model import io
+from vlbridge.model.build import processor_for
+from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.train.checkpoint import checkpoints
+from vlbridge.train.distributed import World, init_world
+from vlbridge.train.recipe import Recipe, StageRecipe, recipe_to_dict
+from vlbridge.train.trainer import StageTrainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.yaml"
+TOKENIZER_DIR = "tokenizer"
+MODEL_DIR = "model"
+DONE_FILE = "done.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device {name!r} is not understood; use auto, cpu, cuda or cuda:N") from err
+
+
+def prepare_data(recipe: Recipe, world: World) -> Path:
+    """The data root; rendered from the synthetic world first when the recipe asks and the folder is empty."""
+    root = Path(recipe.data.root)
+    synth = recipe.data.synth
+    if synth is not None and (not root.is_dir() or not any(root.iterdir())):
+        if world.is_main:
+            from vlbridge.data.synthetic import synthesize
+
+            log.info("rendering %d synthetic scenes into %s", synth.n, root)
+            synthesize(root, n=synth.n, seed=synth.seed, image_size=synth.image_size)
+        world.barrier()
+    if not root.is_dir():
+        raise ConfigError(f"data root {root} does not exist; create it or set data.synth to render the synthetic world")
+    return root
+
+
+def _stage_texts(stage: StageRecipe, root: Path, skip_malformed: bool) -> list[str]:
+    """The plain texts of a stage's data file: one per line (data_format text), or a LLaVA file's conversations."""
+    path = root / stage.data
+    if stage.data_format == "text":
+        if not path.is_file():
+            raise ConfigError(f"stage {stage.name!r}: data file {path} does not exist")
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return conversation_texts(load_llava(path, root, skip_malformed=skip_malformed, check_images=False).items)
+
+
+def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -> Tokenizer:
+    """The recipe's tokenizer folder, the init checkpoint's tokenizer, or a BPE trained on the stage data (saved)."""
+    if recipe.tokenizer.path is not None:
+        return Tokenizer.from_dir(recipe.tokenizer.path)
+    if recipe.init_from is not None:
+        return Tokenizer.from_dir(recipe.init_from)
+    saved = run_dir / TOKENIZER_DIR
+    if not (saved / "tokenizer.json").is_file():
+        if world.is_main:
+            from vlbridge.lm.tokenizer_train import train_tokenizer
+
+            texts = [t for s in recipe.stages for t in _stage_texts(s, root, recipe.data.skip_malformed)]
+            log.info("training a %d-token BPE tokenizer on %d texts", recipe.tokenizer.vocab_size, len(texts))
+            train_tokenizer(texts, recipe.tokenizer.vocab_size, template=recipe.tokenizer.template).save(saved)
+        world.barrier()
+    return Tokenizer.from_dir(saved)
+
+
+def fit_config(config: ModelConfig, tokenizer: Tokenizer, template: str) -> ModelConfig:
+    """`config` with the tokenizer's vocabulary size and special-token ids (they override the recipe's), and a
+    conversation template (the model's own, else `template`)."""
+    lm = replace(
+        config.language_model,
+        vocab_size=tokenizer.vocab_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    image_id = tokenizer.token_to_id(config.image_token)
+    if config.vision is not None and image_id is None:
+        raise ConfigError(
+            f"the tokenizer has no {config.image_token!r} token; add it as a special token or train the tokenizer "
+            "with it (vlbridge's own tokenizer training does)"
+        )
+    return replace(
+        config,
+        language_model=lm,
+        image_token_id=config.image_token_id if image_id is None else image_id,
+        template=config.template or template,
+    )
+
+
+def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
+    """The model the first stage starts from: built from `model` (seeded init), or read from `init_from`.
+
+    `init_from` a text-only checkpoint plus a `model` with vision adds a freshly initialised vision encoder and
+    connector (from `model`'s vision, connector and image_processor sections) to the checkpoint's language model.
+    """
+    template = recipe.tokenizer.template
+    if recipe.init_from is None:
+        assert recipe.model is not None, "validate() requires model or init_from"
+        return VisionLanguageModel(fit_config(recipe.model, tokenizer, template))
+    path = Path(recipe.init_from)
+    base, rules = io.read_config(path)
+    config, grown = base, False
+    if recipe.model is not None:
+        if base.vision is not None:
+            raise ConfigError(
+                f"init_from {path} already describes a whole model; remove `model:` from the recipe (or start from a "
+                "text-only checkpoint to add vision to it)"
+            )
+        parts = recipe.model
+        image_id = tokenizer.token_to_id(parts.image_token)
+        if image_id is None or image_id >= base.language_model.vocab_size:
+            raise ConfigError(
+                f"the tokenizer of {path} has no {parts.image_token!r} token inside the LM's vocabulary "
+                f"({base.language_model.vocab_size}); add the token and resize the embeddings before adding vision"
+            )
+        config = replace(
+            base,
+            vision=parts.vision,
+            connector=parts.connector,
+            image_processor=parts.image_processor,
+            image_token=parts.image_token,
+            image_token_id=image_id,
+            template=base.template or template,
+        )
+        grown = parts.vision is not None
+        log.info("adding a new vision encoder and %s connector to the language model of %s", parts.connector.name, path)
+    model = VisionLanguageModel(config)
+    io.load_weights(model, path, rules, fresh=io.VISION_PREFIXES if grown else ())
+    return model
+
+
+def build_dataset(
+    stage: StageRecipe, root: Path, model: VisionLanguageModel, tokenizer: Tokenizer, skip_malformed: bool
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(dataset, collate function, data stats) for a stage's objective and data file."""
+    processor = processor_for(model, tokenizer)
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    limit = model.config.language_model.max_position_embeddings
+    if stage.max_length > limit:
+        raise ConfigError(
+            f"stage {stage.name!r}: max_length {stage.max_length} exceeds the model's context window {limit}"
+        )
+    if stage.objective == "text_lm":
+        dataset = TextDataset(_stage_texts(stage, root, skip_malformed), tokenizer, stage.max_length)
+        return dataset, partial(collate, pad_token_id=pad_id), {"samples": len(dataset)}
+    loaded = load_llava(root / stage.data, root, skip_malformed=skip_malformed)
+    stats: dict[str, Any] = {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
+    if stage.objective == "contrastive":
+        pairs = ImageTextDataset(loaded.items, root, processor, stage.max_length)
+        stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
+        return pairs, partial(collate_image_text, pad_token_id=pad_id), stats
+    template = stage.template or model.config.template or "plain"
+    dataset = SupervisedDataset(loaded.items, root, processor, template, stage.max_length)
+    stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
+    return dataset, partial(collate, pad_token_id=pad_id), stats
+
+
+def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+    saved = run_dir / RECIPE_FILE
+    if saved.is_file() and not resume:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != recipe_to_dict(recipe):
+        log.warning("the recipe differs from the one %s was started with; resuming with the new one", run_dir)
+
+
+def train(recipe: Recipe, resume: bool = False, world: World | None = None) -> Path:
+    """Run (or resume) every stage of `recipe`; returns the run directory, which holds the final model."""
+    world = world or init_world()
+    run_dir = Path(recipe.run_dir)
+    _check_run_dir(recipe, run_dir, resume)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    device = resolve_device(recipe.device)
+    root = prepare_data(recipe, world)
+    tokenizer = prepare_tokenizer(recipe, root, run_dir, world)
+    done = [(run_dir / s.name / DONE_FILE).is_file() for s in recipe.stages]
+    start = done.index(False) if False in done else len(done)
+    if start == 0:
+        seed_everything(recipe.seed)
+        model = initial_model(recipe, tokenizer)
+    else:
+        model, _ = io.load(run_dir / recipe.stages[start - 1].name / MODEL_DIR)
+        log.info(
+            "stages %s already finished; continuing from their model", ", ".join(s.name for s in recipe.stages[:start])
+        )
+    model.to(device)
+    for index in range(start, len(recipe.stages)):
+        run_stage(recipe, index, model, tokenizer, root, world, device, resume)
+    model.processor = processor_for(model, tokenizer)
+    if world.is_main:
+        model.save_pretrained(run_dir)
+    world.barrier()
+    return run_dir
+
+
+def run_stage(
+    recipe: Recipe,
+    index: int,
+    model: VisionLanguageModel,
+    tokenizer: Tokenizer,
+    root: Path,
+    world: World,
+    device: torch.device,
+    resume: bool,
+) -> None:
+    """Train stage `index` in place, then save its model and mark it done."""
+    stage = recipe.stages[index]
+    stage_dir = Path(recipe.run_dir) / stage.name
+    seed_everything(recipe.seed + 1 + index)
+    dataset, collate_fn, stats = build_dataset(stage, root, model, tokenizer, recipe.data.skip_malformed)
+    log.info("stage %s (%s): %s", stage.name, stage.objective, json.dumps(stats))
+    trainer = StageTrainer(
+        stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers
+    )
+    result = trainer.run(resume=resume)
+    if world.is_main:
+        model.processor = processor_for(model, tokenizer)
+        model.save_pretrained(stage_dir / MODEL_DIR)
+        write_text(stage_dir / DONE_FILE, json.dumps({**asdict(result), "data": stats}, indent=2) + "\n")
+        for ckpt in checkpoints(stage_dir):
+            ckpt.unlink()
+    world.barrier()

@@ -1,0 +1,180 @@
+"""Training recipes: the typed, flat YAML schema that drives `vlbridge train` (SPEC section 4).
+
+A recipe names the model (a ModelConfig, or `init_from` a checkpoint), the tokenizer (a folder, or one trained on the
+stage data), the dataset folder (rendered from the synthetic world when empty) and an ordered list of stages. Each
+stage is data: an objective, a data file, which parts are frozen / full / lora with a learning rate per trained part,
+and the optimisation settings. Recipes are read with `vlbridge.config.from_dict`, so an unknown key or a value of the
+wrong type raises ConfigError naming the dotted key; `validate` adds the cross-field checks a type cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.errors import ConfigError
+
+OBJECTIVES = ("causal_lm", "text_lm", "contrastive")
+DATA_FORMATS = ("llava", "text")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TokenizerRecipe:
+    """A tokenizer folder (`path`), or train a byte-level BPE of `vocab_size` on the stage data with `template`."""
+
+    path: str | None = None
+    vocab_size: int = 1024
+    template: str = "chatml"
+
+
+@dataclass(frozen=True)
+class SynthRecipe:
+    """Render the synthetic visual world into the data root when that folder is empty or missing."""
+
+    n: int = 5000
+    seed: int = 0
+    image_size: int = 96
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """Where stage data files live (stage `data` paths are relative to `root`)."""
+
+    root: str = "runs/default/data"
+    synth: SynthRecipe | None = None
+    skip_malformed: bool = False  # skip and count malformed records instead of raising DataError
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+
+
+@dataclass(frozen=True)
+class LoraRecipe:
+    """LoRA adapters (Hu et al., 2021) on the language model's linear layers, trained through `peft`."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    merge: bool = True  # merge into plain weights at the end of the stage; false keeps the base and saves the adapter
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One training stage: objective, data, the plan (parts + learning rates) and optimisation settings."""
+
+    name: str
+    objective: str = "causal_lm"  # causal_lm | text_lm | contrastive
+    data: str = "captions.json"  # relative to data.root
+    data_format: str = "llava"  # llava (conversation JSON/JSONL) | text (one document per line; text_lm only)
+    template: str | None = None  # conversation template override (default: the model's)
+    parts: dict[str, str] = field(default_factory=dict)  # part -> frozen | full | lora; unnamed parts are frozen
+    lr: dict[str, float] = field(default_factory=dict)  # part -> learning rate, one per trained part
+    steps: int | None = None  # optimiser steps; or
+    epochs: int | None = None  # passes over the data
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 256
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.0  # the cosine decays to this fraction of each peak learning rate
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad: float | None = 1.0
+    bf16: bool = False
+    grad_checkpointing: bool = False
+    lora: LoraRecipe | None = None
+    save_every: int = 100  # checkpoint every this many optimiser steps (0: only at the end)
+    keep_checkpoints: int = 2  # the newest this many mid-stage checkpoints are kept
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole training run: model, tokenizer, data and ordered stages."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    model: ModelConfig | None = None
+    init_from: str | None = None  # a vlbridge / HF llava checkpoint to start from
+    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    stages: list[StageRecipe] = field(default_factory=list)
+
+
+def _positive(value: int | float | None, where: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{where} must be positive, got {value}")
+
+
+def _check_tables(stage: StageRecipe, where: str) -> StageRecipe:
+    """Part modes must be strings and learning rates numbers (the generic reader leaves mapping values unchecked)."""
+    for part, mode in stage.parts.items():
+        if not isinstance(mode, str):
+            raise ConfigError(f"{where}.parts.{part} must be frozen, full or lora, got {mode!r}")
+    for part, lr in stage.lr.items():
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise ConfigError(f"{where}.lr.{part} must be a number, got {lr!r}")
+    return replace(stage, lr={part: float(lr) for part, lr in stage.lr.items()})
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Cross-field checks; raises ConfigError naming the stage and key. Returns the recipe, learning rates as floats."""
+    if recipe.model is None and recipe.init_from is None:
+        raise ConfigError("the recipe needs a `model` config or `init_from: PATH` (a checkpoint to start from)")
+    if not recipe.stages:
+        raise ConfigError("the recipe has no stages; add at least one under `stages:`")
+    names = [s.name for s in recipe.stages]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"stage names must be unique (they name the output folders); repeated: {', '.join(dupes)}")
+    for i, stage in enumerate(recipe.stages):
+        where = f"stages[{i}] ({stage.name})"
+        if not stage.name or "/" in stage.name or stage.name.startswith("."):
+            raise ConfigError(f"{where}: name {stage.name!r} must be a plain folder name")
+        if stage.objective not in OBJECTIVES:
+            raise ConfigError(f"{where}.objective is {stage.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if stage.data_format not in DATA_FORMATS:
+            raise ConfigError(f"{where}.data_format is {stage.data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
+        if stage.data_format == "text" and stage.objective != "text_lm":
+            raise ConfigError(f"{where}: plain-text data (data_format: text) serves the text_lm objective only")
+        if (stage.steps is None) == (stage.epochs is None):
+            raise ConfigError(f"{where}: set exactly one of `steps` or `epochs`")
+        for key in ("steps", "epochs", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
+            _positive(getattr(stage, key), f"{where}.{key}")
+        _positive(stage.clip_grad, f"{where}.clip_grad")
+        if stage.save_every < 0:
+            raise ConfigError(f"{where}.save_every must be >= 0 (0: no mid-stage checkpoints), got {stage.save_every}")
+        for key in ("warmup_ratio", "min_lr_ratio"):
+            if not 0 <= getattr(stage, key) <= 1:
+                raise ConfigError(f"{where}.{key} must be within [0, 1], got {getattr(stage, key)}")
+        if len(stage.betas) != 2 or not all(0 <= b < 1 for b in stage.betas):
+            raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {stage.betas}")
+        if stage.lora is not None:
+            unknown = sorted(set(stage.lora.targets) - set(LORA_TARGETS))
+            if unknown or not stage.lora.targets:
+                raise ConfigError(
+                    f"{where}.lora.targets {stage.lora.targets} must be a non-empty subset of {', '.join(LORA_TARGETS)}"
+                )
+            _positive(stage.lora.r, f"{where}.lora.r")
+    stages = [_check_tables(stage, f"stages[{i}] ({stage.name})") for i, stage in enumerate(recipe.stages)]
+    return replace(recipe, stages=stages)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """A validated Recipe from a plain mapping (unknown keys and wrong types raise ConfigError)."""
+    return validate(from_dict(Recipe, data))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, run_dir: str | None = None) -> Recipe:
+    """Read a YAML recipe, apply `a.b=c` overrides (and a run-dir override), and validate it."""
+    data = apply_overrides(load_yaml(path), list(overrides or []))
+    if run_dir is not None:
+        data["run_dir"] = run_dir
+    return recipe_from_dict(data)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a plain mapping (saved beside the run so it can be reproduced)."""
+    return to_dict(recipe)

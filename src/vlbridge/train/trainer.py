@@ -1,0 +1,273 @@
+"""The training loop of one stage: plan, optimiser, schedule, gradient accumulation, checkpoints, progress, metrics.
+
+`StageTrainer(...).run()` trains a model in place for one stage of a recipe. Per optimiser step it runs
+`grad_accum` micro-batches (each loss divided by grad_accum, so the update equals one of the mean loss over them),
+clips the global gradient norm, steps AdamW with per-part learning rates under linear warmup + cosine decay, and
+every `save_every` steps writes a checkpoint from which `resume` continues exactly: the data order is a seeded
+permutation per epoch (nothing is drawn from the global RNG for it), and the position within it is checkpointed.
+Options: bf16 autocast (weights stay float32), gradient checkpointing of the ViT and LM layers, fixed seeds. A tqdm
+bar shows loss, tokens/s and the ETA; rows go to metrics.jsonl; a loss curve is drawn at the end. All inter-process
+concerns go through `World` (train/distributed.py), so this file has no distributed code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vlbridge.errors import VlbridgeError
+from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.train import lora as lora_ops
+from vlbridge.train.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial,
+    save_checkpoint,
+)
+from vlbridge.train.distributed import SingleProcess, World
+from vlbridge.train.metrics import MetricsLog, plot_loss
+from vlbridge.train.objectives import Batch, TrainStep, build_objective
+from vlbridge.train.recipe import StageRecipe
+from vlbridge.train.schedule import build_scheduler, warmup_steps
+from vlbridge.train.stages import apply_plan, plan_for
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_lm_gradient_checkpointing(language_model: nn.Module, enabled: bool) -> None:
+    """Recompute each decoder layer in the backward pass instead of storing its activations (Chen et al., 2016).
+
+    The layers' forward is wrapped per instance, so module names and state_dict keys are unchanged.
+    """
+    for layer in language_model.model.layers:
+        if enabled:
+            layer.forward = functools.partial(checkpoint, type(layer).forward.__get__(layer), use_reentrant=False)
+        elif "forward" in vars(layer):
+            del layer.forward
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int, world: World) -> list[list[int]]:
+    """The epoch's batches of sample indices: a permutation seeded by (seed, epoch), this rank's shard, split into
+    full batches (one short batch only when the data is smaller than a batch)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = world.shard(torch.randperm(n, generator=generator).tolist())
+    if len(order) < batch_size:
+        return [order] if order else []
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@dataclass
+class StageResult:
+    """What a finished stage reports."""
+
+    steps: int
+    loss: float | None
+    tokens: int
+    elapsed_s: float
+
+
+class StageTrainer:
+    """Trains `model` in place for one stage; `run()` resumes from the stage's newest checkpoint when asked."""
+
+    def __init__(
+        self,
+        stage: StageRecipe,
+        model: VisionLanguageModel,
+        dataset: Dataset,
+        collate_fn: Callable[[Sequence[Any]], Batch],
+        stage_dir: str | Path,
+        seed: int,
+        world: World | None = None,
+        device: str | torch.device = "cpu",
+        num_workers: int = 0,
+    ) -> None:
+        self.stage, self.model, self.dataset, self.collate_fn = stage, model, dataset, collate_fn
+        self.stage_dir = Path(stage_dir)
+        self.seed = seed
+        self.world = world or SingleProcess()
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+        self.n_samples = len(dataset)  # type: ignore[arg-type]
+        if self.n_samples == 0:
+            raise VlbridgeError(f"stage {stage.name!r} has no training samples; check its data file")
+        batches = len(batch_order(self.n_samples, stage.batch_size, seed, 0, self.world))
+        self.total_steps = stage.steps or stage.epochs * max(1, math.ceil(batches / stage.grad_accum))
+
+    def _batches(self, state: TrainState) -> Iterator[Batch]:
+        """Micro-batches from `state`'s data position on, forever (epoch after epoch), advancing the position."""
+        while True:
+            batches = batch_order(self.n_samples, self.stage.batch_size, state.data_seed, state.epoch, self.world)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=batches[state.batch :],
+                collate_fn=self.collate_fn,
+                num_workers=self.num_workers,
+                generator=torch.Generator().manual_seed(state.data_seed),  # keeps the global RNG untouched
+            )
+            for batch in loader:
+                state.batch += 1
+                yield _to_device(batch, self.device)
+            state.epoch, state.batch = state.epoch + 1, 0
+
+    def _prepare(self) -> tuple[TrainStep, list[nn.Parameter], torch.optim.Optimizer, Any]:
+        stage, model = self.stage, self.model
+        if stage.lora is not None:
+            wrapped = lora_ops.apply_lora(model.language_model, stage.lora)
+            log.info(
+                "stage %s: LoRA r=%d alpha=%d on %d linear layers", stage.name, stage.lora.r, stage.lora.alpha, wrapped
+            )
+        objective = build_objective(stage.objective, model)
+        parts: dict[str, nn.Module | None] = {
+            "vision_encoder": model.vision_encoder,
+            "connector": model.connector,
+            "language_model": model.language_model,
+            **objective.parts(),
+        }
+        groups = apply_plan(plan_for(stage, list(objective.parts())), parts, stage.weight_decay)
+        train_step = TrainStep(model, objective).to(self.device)
+        params = [p for g in groups for p in g["params"]]
+        optimizer = torch.optim.AdamW(groups, betas=tuple(stage.betas))
+        scheduler = build_scheduler(
+            optimizer, self.total_steps, warmup_steps(self.total_steps, stage.warmup_ratio), stage.min_lr_ratio
+        )
+        if stage.grad_checkpointing:
+            set_lm_gradient_checkpointing(model.language_model, True)
+            if model.vision_encoder is not None:
+                model.vision_encoder.gradient_checkpointing = True
+        return train_step, params, optimizer, scheduler
+
+    def _finish(self) -> None:
+        """Undo the stage's training-only changes: checkpointing off, LoRA merged (or saved and removed)."""
+        model, stage = self.model, self.stage
+        set_lm_gradient_checkpointing(model.language_model, False)
+        if model.vision_encoder is not None:
+            model.vision_encoder.gradient_checkpointing = False
+        if stage.lora is not None:
+            if self.world.is_main:
+                lora_ops.save_adapter(model.language_model, self.stage_dir / "adapter", stage.lora)
+            if stage.lora.merge:
+                lora_ops.merge_lora(model.language_model)
+            else:
+                lora_ops.unload_lora(model.language_model)
+
+    def _restore(self, resume: bool, train_step: TrainStep, optimizer: Any, scheduler: Any) -> TrainState:
+        """A fresh state, or the newest checkpoint's (module, optimiser, scheduler and RNG restored too)."""
+        metrics = MetricsLog(self.stage_dir, enabled=self.world.is_main)
+        if resume and self.world.is_main:
+            remove_partial(self.stage_dir)
+        ckpt = latest_checkpoint(self.stage_dir) if resume else None
+        if ckpt is None:
+            metrics.truncate_after(0)
+            return TrainState(stage=self.stage.name, data_seed=self.seed)
+        state = load_checkpoint(ckpt, train_step, optimizer, scheduler)
+        metrics.truncate_after(state.step)
+        log.info("stage %s: resumed from %s (step %d of %d)", self.stage.name, ckpt.name, state.step, self.total_steps)
+        return state
+
+    def _update(
+        self, module: nn.Module, batches: Iterator[Batch], params: list[nn.Parameter], optimizer: Any, scheduler: Any
+    ) -> tuple[float, int, float, dict[str, float]]:
+        """One optimiser step over grad_accum micro-batches: (mean loss, tokens, grad norm, learning rates used)."""
+        stage = self.stage
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if stage.bf16 else contextlib.nullcontext()
+        losses, tokens = [], 0
+        for _ in range(stage.grad_accum):
+            with autocast:
+                out = module(next(batches))
+            (out.loss / stage.grad_accum).backward()
+            losses.append(out.loss.detach().float())
+            tokens += out.tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.clip_grad or math.inf)
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = float(self.world.all_reduce_mean(torch.stack(losses).mean()))
+        if not math.isfinite(loss):
+            raise VlbridgeError(
+                f"stage {stage.name!r}: the loss became {loss}; lower the learning rates, enable clip_grad, "
+                "or turn bf16 off"
+            )
+        return loss, tokens, float(grad_norm), lrs
+
+    def run(self, resume: bool = False) -> StageResult:
+        """Train the stage to its last step (from the newest checkpoint when `resume`), then finish it."""
+        stage, world = self.stage, self.world
+        train_step, params, optimizer, scheduler = self._prepare()
+        module = world.wrap(train_step)
+        state = self._restore(resume, train_step, optimizer, scheduler)
+        metrics = MetricsLog(self.stage_dir, enabled=world.is_main)
+        module.train()
+        batches = self._batches(state)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state.step,
+            desc=stage.name,
+            unit="step",
+            mininterval=0.5,
+            disable=not world.is_main,
+        )
+        window_tokens, window_start = 0, time.perf_counter()
+        while state.step < self.total_steps:
+            step_start = time.perf_counter()
+            loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
+            state.step += 1
+            state.tokens += tokens
+            state.elapsed_s += time.perf_counter() - step_start
+            state.window_losses.append(loss)
+            window_tokens += tokens
+            rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+            if state.step % stage.log_every == 0 or state.step == self.total_steps:
+                state.metrics = {
+                    "stage": stage.name,
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
+                    "grad_norm": grad_norm,
+                    "lr": lrs,  # the rates this step applied
+                    "tokens": state.tokens,
+                    "tokens_per_s": rate,
+                    "elapsed_s": state.elapsed_s,
+                }
+                metrics.append(state.metrics)
+                state.window_losses = []
+                window_tokens, window_start = 0, time.perf_counter()
+            if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
+                if world.is_main:
+                    save_checkpoint(self.stage_dir, train_step, optimizer, scheduler, state, stage.keep_checkpoints)
+                world.barrier()
+        bar.close()
+        self._finish()
+        if world.is_main:
+            plot_loss(metrics.path, self.stage_dir / "loss.png", title=f"stage {stage.name} ({stage.objective})")
+        loss = state.metrics.get("loss")
+        return StageResult(steps=state.step, loss=loss, tokens=state.tokens, elapsed_s=state.elapsed_s)

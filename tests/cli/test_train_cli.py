@@ -1,0 +1,138 @@
+"""`vlbridge train`: a run killed with SIGKILL mid-stage and resumed with --resume ends with the same weights as an
+uninterrupted run (tolerance: none, bitwise on CPU); user errors exit 2 with a clear line; every stage end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+
+import tiny_run
+from tiny_run import align_stage, instruct_stage, recipe, stage, write_recipe
+
+import vlbridge
+from vlbridge.cli import main as cli_main
+from vlbridge.cli import train as cli_train
+
+# Runs the CLI with `train` registered, whether or not cli/main.py lists it yet.
+RUNNER = (
+    "import sys; from vlbridge.cli import main, train; "
+    "main.SUBCOMMANDS = main.SUBCOMMANDS if train in main.SUBCOMMANDS else (*main.SUBCOMMANDS, train); "
+    "sys.exit(main.main(sys.argv[1:]))"
+)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; a busy 2-core machine makes 2 threads crawl
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch):
+    """In-process `vlbridge ...` with the train subcommand registered."""
+    if cli_train not in cli_main.SUBCOMMANDS:
+        monkeypatch.setattr(cli_main, "SUBCOMMANDS", (*cli_main.SUBCOMMANDS, cli_train))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield cli_main.main
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run.make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run.make_tokenizer(data, tmp_path_factory.mktemp("tokenizer"))
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-c", RUNNER, *args]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_resume_matches_uninterrupted_run(data, tokenizer_dir, tmp_path) -> None:
+    text = stage("text", "text_lm", "captions.json", {"language_model": "full"}, {"language_model": 1e-2}, steps=6)
+    long_align = align_stage(steps=150, batch_size=2, save_every=10, log_every=10)
+    config = write_recipe(tmp_path / "r.yaml", recipe(tmp_path / "unused", data, tokenizer_dir, [text, long_align]))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_command("train", "--config", str(config), "--run-dir", str(full)), env=ENV, check=True)
+
+    proc = subprocess.Popen(
+        _command("train", "--config", str(config), "--run-dir", str(cut)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list((cut / "align").glob("ckpt-*.pt")):  # kill right after the first align checkpoint appears
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert (cut / "text" / "done.json").is_file() and not (cut / "align" / "done.json").exists()
+    text_done = (cut / "text" / "done.json").stat().st_mtime_ns
+
+    resumed = subprocess.run(
+        _command("train", "--config", str(config), "--run-dir", str(cut), "--resume"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from ckpt-" in resumed.stderr
+    assert (cut / "text" / "done.json").stat().st_mtime_ns == text_done  # the finished stage was skipped
+    want, got = _weights(full), _weights(cut)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want), "resumed weights differ from the uninterrupted run"
+
+
+def test_user_errors_exit_2_with_a_clear_line(cli, data, tokenizer_dir, tmp_path, capsys) -> None:
+    config = write_recipe(tmp_path / "r.yaml", recipe(tmp_path / "run", data, tokenizer_dir, [align_stage(steps=1)]))
+    assert cli(["train", "--config", str(config), "--set", "stages=[{name: a, stepz: 1}]"]) == 2
+    assert "stages[0].stepz" in capsys.readouterr().err
+    assert cli(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(["train", "--config", str(config)]) == 0
+    assert "vlbridge chat --model" in capsys.readouterr().out
+    assert cli(["train", "--config", str(config)]) == 2  # the run dir already holds a run
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_every_stage_end_to_end_then_load_and_generate(cli, tmp_path) -> None:
+    clip = stage("clip", "contrastive", "captions.json", {"vision_encoder": "full"}, {"vision_encoder": 1e-3})
+    stages = [
+        stage("text", "text_lm", "instruct.json", {"language_model": "full"}, {"language_model": 3e-3}),
+        {**clip, "batch_size": 8, "max_length": 64},
+        align_stage(save_every=2),
+        instruct_stage(lora=True, max_length=200, grad_checkpointing=True, bf16=True),
+    ]
+    data = {"root": str(tmp_path / "data"), "synth": {"n": 24, "seed": 0, "image_size": 48}}
+    config = write_recipe(tmp_path / "r.yaml", {**recipe(tmp_path / "run", tmp_path, None, stages), "data": data})
+    assert cli(["train", "--config", str(config)]) == 0
+    run = tmp_path / "run"
+    for name in ("text", "clip", "align", "instruct"):
+        assert (run / name / "done.json").is_file() and (run / name / "loss.png").is_file()
+        assert (run / name / "model" / "model.safetensors").is_file()
+    assert (run / "instruct" / "adapter" / "adapter_model.safetensors").is_file()
+    model, processor = vlbridge.load(run)
+    assert model.config.template == "chatml"
+    assert model.config.language_model.vocab_size == processor.tokenizer.vocab_size
+    prompt = processor.apply_chat_template([{"role": "user", "content": "<image>\nWhat colour is the circle?"}])
+    inputs = processor(text=prompt, images=[tmp_path / "data" / "images" / "test_000000.png"], return_tensors="pt")
+    ids = model.generate(**inputs, max_new_tokens=5)
+    assert ids.shape[0] == 1 and inputs["input_ids"].shape[1] < ids.shape[1] <= inputs["input_ids"].shape[1] + 5
+    assert isinstance(processor.decode(ids[0, inputs["input_ids"].shape[1] :]), str)

@@ -1,0 +1,83 @@
+"""The run around the stages: the model fitted to the tokenizer, the saved recipe and tokenizer, the stage and
+final outputs, and progressive upgrade (a text-only checkpoint gains vision; its LM stays bitwise as it was)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny_run import TINY_MODEL, align_stage, recipe, stage
+
+import vlbridge
+from vlbridge.config import ModelConfig, from_dict
+from vlbridge.errors import ConfigError
+from vlbridge.train import recipe_from_dict, train
+from vlbridge.train.pipeline import fit_config, resolve_device
+
+
+def test_fit_config_takes_vocabulary_and_special_ids_from_the_tokenizer(tiny_tokenizer) -> None:
+    config = fit_config(from_dict(ModelConfig, TINY_MODEL), tiny_tokenizer, "chatml")
+    lm = config.language_model
+    assert lm.vocab_size == tiny_tokenizer.vocab_size == 320
+    assert (lm.bos_token_id, lm.eos_token_id, lm.pad_token_id) == (
+        tiny_tokenizer.bos_token_id,
+        tiny_tokenizer.eos_token_id,
+        tiny_tokenizer.pad_token_id,
+    )
+    assert config.image_token_id == tiny_tokenizer.token_to_id("<image>") and config.template == "chatml"
+
+
+def test_device_names() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="not understood"):
+        resolve_device("tpu-ish")
+
+
+def _text_stage(**kw) -> dict:
+    return stage("text", "text_lm", "instruct.json", {"language_model": "full"}, {"language_model": 1e-2}, **kw)
+
+
+def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: Path) -> None:
+    spec = recipe(tmp_path / "run", tmp_path / "data", None, [_text_stage(steps=2)])
+    spec["data"]["synth"] = {"n": 12, "seed": 0, "image_size": 48}
+    run = train(recipe_from_dict(spec))
+    assert (tmp_path / "data" / "captions.json").is_file()  # rendered because the root was empty
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["stages"][0]["name"] == "text"
+    assert {"done.json", "metrics.jsonl", "loss.png", "model"} <= {p.name for p in (run / "text").iterdir()}
+    model, processor = vlbridge.load(run)
+    assert processor.tokenizer.vocab_size == 320 and model.has_vision
+    stage_model = load_file(run / "text" / "model" / "model.safetensors")
+    final = load_file(run / "model.safetensors")
+    assert all(torch.equal(stage_model[k], final[k]) for k in final)
+
+
+def test_progressive_upgrade_keeps_the_text_llm_bitwise(tiny_data, tiny_tokenizer_dir, tmp_path) -> None:
+    text_only = {**TINY_MODEL, "vision": None}
+    base = recipe(tmp_path / "llm", tiny_data, tiny_tokenizer_dir, [_text_stage(steps=2)], model=text_only)
+    llm_dir = train(recipe_from_dict(base))
+    llm, _ = vlbridge.load(llm_dir)
+    assert not llm.has_vision
+    grown = recipe(tmp_path / "vlm", tiny_data, None, [align_stage(steps=2)], init_from=str(llm_dir))
+    del grown["tokenizer"]  # the checkpoint's own tokenizer is used
+    vlm_dir = train(recipe_from_dict(grown))
+    vlm, _ = vlbridge.load(vlm_dir)
+    assert vlm.has_vision
+    want, got = llm.language_model.state_dict(), vlm.language_model.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want), "the frozen LLM changed"
+    again = recipe(tmp_path / "bad", tiny_data, None, [align_stage(steps=1)], init_from=str(vlm_dir))
+    with pytest.raises(ConfigError, match="already describes a whole model"):
+        train(recipe_from_dict(again))
+
+
+def test_text_lm_reads_plain_text_files(tiny_tokenizer_dir, tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.txt").write_text("a red circle\n\nthe blue square is left of it\n" * 20)
+    text = stage("text", "text_lm", "corpus.txt", {"language_model": "full"}, {"language_model": 1e-2})
+    spec = recipe(tmp_path / "run", tmp_path / "data", tiny_tokenizer_dir, [{**text, "data_format": "text"}])
+    run = train(recipe_from_dict({**spec, "model": {**TINY_MODEL, "vision": None}}))
+    model, _ = vlbridge.load(run)
+    assert not model.has_vision and (run / "text" / "done.json").is_file()

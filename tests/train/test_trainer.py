@@ -1,0 +1,95 @@
+"""The stage loop: data order, gradient accumulation, metrics and plots, progress, bf16, epochs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlbridge.config import from_dict
+from vlbridge.data.collate import collate
+from vlbridge.errors import VlbridgeError
+from vlbridge.train.distributed import SingleProcess
+from vlbridge.train.recipe import StageRecipe
+from vlbridge.train.trainer import StageTrainer, batch_order
+
+
+class _Halves(SingleProcess):
+    """A pretend world of 2 ranks, seen from rank `rank`, to check sharding."""
+
+    world_size = 2
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def shard(self, indices):
+        return list(indices)[self.rank :: 2]
+
+
+def test_batch_order_is_seeded_per_epoch_and_sharded() -> None:
+    world = SingleProcess()
+    one = batch_order(10, 3, seed=5, epoch=0, world=world)
+    assert one == batch_order(10, 3, seed=5, epoch=0, world=world)
+    assert len(one) == 3 and all(len(b) == 3 for b in one)  # full batches only
+    assert one != batch_order(10, 3, seed=5, epoch=1, world=world)
+    assert len(batch_order(2, 4, seed=0, epoch=0, world=world)[0]) == 2  # data smaller than a batch: one short batch
+    shards = [[i for b in batch_order(8, 2, seed=1, epoch=0, world=_Halves(r)) for i in b] for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(8)) and not set(shards[0]) & set(shards[1])
+
+
+def _token_data(n: int = 8, length: int = 12) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    return [{"input_ids": (ids := torch.randint(10, 60, (length,), generator=gen)), "labels": ids} for _ in range(n)]
+
+
+def _stage(**kw) -> StageRecipe:
+    base = {"name": "text", "objective": "text_lm", "parts": {"language_model": "full"}, "lr": {"language_model": 1e-2}}
+    return from_dict(StageRecipe, {**base, "steps": 4, "save_every": 0, "log_every": 1, **kw})
+
+
+def _train(model, tmp_path: Path, data=None, **kw) -> StageTrainer:
+    trainer = StageTrainer(_stage(**kw), model, data or _token_data(), lambda b: collate(b, 0), tmp_path, seed=0)
+    trainer.run()
+    return trainer
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_model, tmp_path) -> None:
+    twin = type(tiny_model)(tiny_model.config)
+    twin.load_state_dict(tiny_model.state_dict())
+    _train(tiny_model, tmp_path / "a", batch_size=4, grad_accum=1)
+    _train(twin, tmp_path / "b", batch_size=2, grad_accum=2)  # the same samples per update, in two halves
+    a, b = tiny_model.state_dict(), twin.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # float32 summation order, amplified by Adam
+    rows = [[json.loads(r) for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ab"]
+    for one, two in zip(*rows, strict=True):  # the same loss and gradient (scale included) at every step
+        assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+        assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
+
+
+def test_metrics_plot_and_progress(tiny_model, tmp_path, capsys) -> None:
+    _train(tiny_model, tmp_path, batch_size=2, steps=6, warmup_ratio=0.5)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "epoch"} <= rows[0].keys()
+    assert [r["lr"]["language_model"] for r in rows[:3]] == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2])  # warmup
+    assert rows[-1]["tokens"] == 6 * 2 * 12 and rows[-1]["epoch"] == 1  # 4 batches an epoch: 6 steps reach the 2nd
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    err = capsys.readouterr().err
+    assert "loss=" in err and "tok_s=" in err and "6/6" in err
+
+
+def test_epochs_bf16_and_checkpointing_options(tiny_model, tmp_path) -> None:
+    trainer = _train(tiny_model, tmp_path, batch_size=3, grad_accum=2, steps=None, epochs=2, bf16=True,
+                     grad_checkpointing=True)  # fmt: skip
+    assert trainer.total_steps == 2 * 1  # 8 samples: 2 full batches of 3 an epoch, 2 micro-batches per step
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())  # autocast: weights stay float32
+    assert all("forward" not in vars(layer) for layer in tiny_model.language_model.model.layers)  # undone
+    assert not tiny_model.vision_encoder.gradient_checkpointing
+
+
+def test_empty_data_is_an_error(tiny_model, tmp_path) -> None:
+    with pytest.raises(VlbridgeError, match="no training samples"):
+        StageTrainer(_stage(), tiny_model, [], lambda b: b, tmp_path, seed=0)
