@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import chat, data, info, train
+from vlbridge.cli import chat, data, evaluate, info, train
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train)
+SUBCOMMANDS = (info, chat, data, train, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

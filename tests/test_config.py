@@ -1,0 +1,53 @@
+"""Typed configs: unknown keys and wrong types are named, overrides reach nested keys and list items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.errors import ConfigError
+
+
+def test_round_trip_and_defaults() -> None:
+    cfg = from_dict(ModelConfig, {"connector": {"name": "linear"}, "vision": {"feature_layer": [-2, -1]}})
+    assert cfg.connector.name == "linear" and cfg.vision.feature_layer == [-2, -1]
+    assert from_dict(ModelConfig, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) language_model\.hiden_size"):
+        from_dict(ModelConfig, {"language_model": {"hiden_size": 3}})
+
+
+def test_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"language_model\.num_hidden_layers: expected int, got str"):
+        from_dict(ModelConfig, {"language_model": {"num_hidden_layers": "two"}})
+    with pytest.raises(ConfigError, match="got a boolean"):
+        from_dict(ModelConfig, {"language_model": {"hidden_size": True}})
+
+
+def test_null_vision_means_text_only() -> None:
+    assert from_dict(ModelConfig, {"vision": None}).vision is None
+
+
+def test_overrides_nested_and_list_items() -> None:
+    data = {"a": {"b": 1}, "stages": [{"steps": 3}, {"steps": 4}]}
+    out = apply_overrides(data, ["a.b=2", "a.c=[1, 2]", "stages.1.steps=9"])
+    assert out == {"a": {"b": 2, "c": [1, 2]}, "stages": [{"steps": 3}, {"steps": 9}]}
+    assert data["stages"][1]["steps"] == 4, "the input must not be mutated"
+    with pytest.raises(ConfigError, match="is a list of 2"):
+        apply_overrides(data, ["stages.5.steps=1"])
+    with pytest.raises(ConfigError, match="must look like"):
+        apply_overrides(data, ["a.b"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        apply_overrides(data, ["a.b.c=1"])
+
+
+def test_load_yaml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at top level"):
+        load_yaml(tmp_path / "list.yaml")
