@@ -58,9 +58,9 @@ def main() -> None:
         path = Path(tmp)
         write_llava_checkpoint(path)
         full, text = probe(path, True, args.dtype), probe(path, False, args.dtype)
-    print(f"{'deployment':<12} {'params MB':>10} {'peak RSS MB':>12} {'RSS added by load MB':>21}")
+    print(f"{'deployment':<12} {'params MB':>10} {'peak RSS MB':>12} {'added by load MB':>17}")
     for name, row in (("full", full), ("text-only", text)):
-        print(f"{name:<12} {row['param_mb']:>10.1f} {row['peak_rss_mb']:>12.1f} {row['load_rss_mb']:>23.1f}")
+        print(f"{name:<12} {row['param_mb']:>10.1f} {row['peak_rss_mb']:>12.1f} {row['load_rss_mb']:>17.1f}")
     for key, label in (
         ("param_mb", "parameters"),
         ("load_rss_mb", "resident memory added by the loaded model"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -30,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from vlbridge.train import load_recipe, train
 
     recipe = load_recipe(args.config, args.overrides, run_dir=args.run_dir)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+        level = logging.INFO if main_process else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     run_dir = train(recipe, resume=args.resume)
-    print(f"trained model: {run_dir} (vlbridge chat --model {run_dir})")
+    if main_process:
+        print(f"trained model: {run_dir} (vlbridge chat --model {run_dir})")
     return 0

@@ -87,7 +87,7 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(vision_size, embed_size, bias=False)
         self.text_proj = nn.Linear(text_size, embed_size, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))  # 1-D: FSDP shards it
 
 
 class ContrastiveObjective(Objective):

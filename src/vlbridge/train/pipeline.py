@@ -63,7 +63,9 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
     """The data root; rendered from the synthetic world first when the recipe asks and the folder is empty."""
     root = Path(recipe.data.root)
     synth = recipe.data.synth
-    if synth is not None and (not root.is_dir() or not any(root.iterdir())):
+    render = synth is not None and (not root.is_dir() or not any(root.iterdir()))
+    world.barrier()  # every rank has looked before rank 0 writes (else a late rank could skip the barrier below)
+    if render and synth is not None:
         if world.is_main:
             from vlbridge.data.synthetic import synthesize
 
@@ -92,7 +94,9 @@ def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -
     if recipe.init_from is not None:
         return Tokenizer.from_dir(recipe.init_from)
     saved = run_dir / TOKENIZER_DIR
-    if not (saved / "tokenizer.json").is_file():
+    missing = not (saved / "tokenizer.json").is_file()
+    world.barrier()  # every rank has looked before rank 0 writes
+    if missing:
         if world.is_main:
             from vlbridge.lm.tokenizer_train import train_tokenizer
 
@@ -204,14 +208,27 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
 
 
 def train(recipe: Recipe, resume: bool = False, world: World | None = None) -> Path:
-    """Run (or resume) every stage of `recipe`; returns the run directory, which holds the final model."""
-    world = world or init_world()
+    """Run (or resume) every stage of `recipe`; returns the run directory, which holds the final model.
+
+    Without `world`, a process launched by torchrun joins its process group here (and leaves it at the end).
+    """
+    device = resolve_device(recipe.device)
+    if world is not None:
+        return _train(recipe, resume, world, world.place(device))
+    world = init_world(device, recipe.distributed.strategy)
+    try:
+        return _train(recipe, resume, world, world.place(device))
+    finally:
+        world.close()
+
+
+def _train(recipe: Recipe, resume: bool, world: World, device: torch.device) -> Path:
     run_dir = Path(recipe.run_dir)
     _check_run_dir(recipe, run_dir, resume)
+    world.barrier()  # every rank has checked the run directory before rank 0 writes into it
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    device = resolve_device(recipe.device)
     root = prepare_data(recipe, world)
     tokenizer = prepare_tokenizer(recipe, root, run_dir, world)
     done = [(run_dir / s.name / DONE_FILE).is_file() for s in recipe.stages]

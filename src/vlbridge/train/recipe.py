@@ -19,6 +19,7 @@ from vlbridge.errors import ConfigError
 OBJECTIVES = ("causal_lm", "text_lm", "contrastive")
 DATA_FORMATS = ("llava", "text")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,19 @@ class StageRecipe:
 
 
 @dataclass(frozen=True)
+class DistributedRecipe:
+    """How a run launched by torchrun (WORLD_SIZE > 1) spreads over its processes; ignored in a single process.
+
+    `ddp` replicates the model on every process and averages gradients (DistributedDataParallel); `fsdp` shards
+    parameters, gradients and optimiser state across processes (FSDP2 `fully_shard`). Either way a stage's
+    `batch_size` is per process: one optimiser step sees batch_size * world_size * grad_accum samples, and on W
+    processes it computes the update one process computes with grad_accum * W (train/distributed.py).
+    """
+
+    strategy: str = "ddp"  # ddp | fsdp
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole training run: model, tokenizer, data and ordered stages."""
 
@@ -101,6 +115,7 @@ class Recipe:
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     stages: list[StageRecipe] = field(default_factory=list)
+    distributed: DistributedRecipe = field(default_factory=DistributedRecipe)
 
 
 def _positive(value: int | float | None, where: str) -> None:
@@ -125,6 +140,10 @@ def validate(recipe: Recipe) -> Recipe:
         raise ConfigError("the recipe needs a `model` config or `init_from: PATH` (a checkpoint to start from)")
     if not recipe.stages:
         raise ConfigError("the recipe has no stages; add at least one under `stages:`")
+    if recipe.distributed.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"distributed.strategy is {recipe.distributed.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
     names = [s.name for s in recipe.stages]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -70,13 +70,16 @@ def set_lm_gradient_checkpointing(language_model: nn.Module, enabled: bool) -> N
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, world: World) -> list[list[int]]:
-    """The epoch's batches of sample indices: a permutation seeded by (seed, epoch), this rank's shard, split into
-    full batches (one short batch only when the data is smaller than a batch)."""
+    """This rank's micro-batches of an epoch: a permutation seeded by (seed, epoch), cut into global batches of
+    batch_size * world_size samples, of which each rank reads its share (`World.shard`). Full batches only (one
+    short batch only when the data is smaller than a global batch)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = world.shard(torch.randperm(n, generator=generator).tolist())
-    if len(order) < batch_size:
-        return [order] if order else []
-    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    order = torch.randperm(n, generator=generator).tolist()
+    size = batch_size * world.world_size
+    if n < size:
+        mine = world.shard(order[: n - n % world.world_size])
+        return [mine] if mine else []
+    return [world.shard(order[i : i + size]) for i in range(0, n - size + 1, size)]
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -118,6 +121,10 @@ class StageTrainer:
         if self.n_samples == 0:
             raise VlbridgeError(f"stage {stage.name!r} has no training samples; check its data file")
         batches = len(batch_order(self.n_samples, stage.batch_size, seed, 0, self.world))
+        if batches == 0:
+            raise VlbridgeError(
+                f"stage {stage.name!r} has {self.n_samples} samples, fewer than the {self.world.world_size} processes"
+            )
         self.total_steps = stage.steps or stage.epochs * max(1, math.ceil(batches / stage.grad_accum))
 
     def _batches(self, state: TrainState) -> Iterator[Batch]:
@@ -136,7 +143,8 @@ class StageTrainer:
                 yield _to_device(batch, self.device)
             state.epoch, state.batch = state.epoch + 1, 0
 
-    def _prepare(self) -> tuple[TrainStep, list[nn.Parameter], torch.optim.Optimizer, Any]:
+    def _prepare(self) -> tuple[nn.Module, TrainStep, list[nn.Parameter], torch.optim.Optimizer, Any]:
+        """(the wrapped module the loop calls, the plain TrainStep, trained parameters, optimiser, scheduler)."""
         stage, model = self.stage, self.model
         if stage.lora is not None:
             wrapped = lora_ops.apply_lora(model.language_model, stage.lora)
@@ -152,20 +160,27 @@ class StageTrainer:
         }
         groups = apply_plan(plan_for(stage, list(objective.parts())), parts, stage.weight_decay)
         train_step = TrainStep(model, objective).to(self.device)
+        names = {id(p): name for name, p in train_step.named_parameters()}
+        module = self.world.wrap(train_step)
+        trained = self.world.unwrap(module)  # FSDP trains a sharded copy: the groups take its parameters, by name
+        current = dict(trained.named_parameters())
+        groups = [{**g, "params": [current[names[id(p)]] for p in g["params"]]} for g in groups]
         params = [p for g in groups for p in g["params"]]
         optimizer = torch.optim.AdamW(groups, betas=tuple(stage.betas))
         scheduler = build_scheduler(
             optimizer, self.total_steps, warmup_steps(self.total_steps, stage.warmup_ratio), stage.min_lr_ratio
         )
         if stage.grad_checkpointing:
-            set_lm_gradient_checkpointing(model.language_model, True)
-            if model.vision_encoder is not None:
-                model.vision_encoder.gradient_checkpointing = True
-        return train_step, params, optimizer, scheduler
+            set_lm_gradient_checkpointing(trained.model.language_model, True)
+            if trained.model.vision_encoder is not None:
+                trained.model.vision_encoder.gradient_checkpointing = True
+        return module, train_step, params, optimizer, scheduler
 
-    def _finish(self) -> None:
-        """Undo the stage's training-only changes: checkpointing off, LoRA merged (or saved and removed)."""
+    def _finish(self, module: nn.Module, train_step: TrainStep) -> None:
+        """Undo the stage's training-only changes: trained weights back in the model, checkpointing off, LoRA merged
+        (or saved and removed)."""
         model, stage = self.model, self.stage
+        self.world.finish(module, train_step)
         set_lm_gradient_checkpointing(model.language_model, False)
         if model.vision_encoder is not None:
             model.vision_encoder.gradient_checkpointing = False
@@ -177,7 +192,7 @@ class StageTrainer:
             else:
                 lora_ops.unload_lora(model.language_model)
 
-    def _restore(self, resume: bool, train_step: TrainStep, optimizer: Any, scheduler: Any) -> TrainState:
+    def _restore(self, resume: bool, module: nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
         """A fresh state, or the newest checkpoint's (module, optimiser, scheduler and RNG restored too)."""
         metrics = MetricsLog(self.stage_dir, enabled=self.world.is_main)
         if resume and self.world.is_main:
@@ -186,7 +201,7 @@ class StageTrainer:
         if ckpt is None:
             metrics.truncate_after(0)
             return TrainState(stage=self.stage.name, data_seed=self.seed)
-        state = load_checkpoint(ckpt, train_step, optimizer, scheduler)
+        state = load_checkpoint(ckpt, *self.world.checkpoint_view(module, optimizer), scheduler)
         metrics.truncate_after(state.step)
         log.info("stage %s: resumed from %s (step %d of %d)", self.stage.name, ckpt.name, state.step, self.total_steps)
         return state
@@ -198,31 +213,33 @@ class StageTrainer:
         stage = self.stage
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if stage.bf16 else contextlib.nullcontext()
         losses, tokens = [], 0
-        for _ in range(stage.grad_accum):
-            with autocast:
-                out = module(next(batches))
-            (out.loss / stage.grad_accum).backward()
+        for i in range(stage.grad_accum):
+            with self.world.sync(module, enabled=i == stage.grad_accum - 1):  # other ranks' gradients: last one only
+                with autocast:
+                    out = module(next(batches))
+                (out.loss / stage.grad_accum).backward()
             losses.append(out.loss.detach().float())
             tokens += out.tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.clip_grad or math.inf)
+        grad_norm = self.world.clip_grad_norm(params, stage.clip_grad or math.inf)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = float(self.world.all_reduce_mean(torch.stack(losses).mean()))
+        means = self.world.all_reduce_mean(torch.stack([torch.stack(losses).mean(), losses[0].new_tensor(tokens)]))
+        loss, tokens = float(means[0]), round(float(means[1]) * self.world.world_size)  # tokens: all ranks'
         if not math.isfinite(loss):
             raise VlbridgeError(
                 f"stage {stage.name!r}: the loss became {loss}; lower the learning rates, enable clip_grad, "
                 "or turn bf16 off"
             )
-        return loss, tokens, float(grad_norm), lrs
+        return loss, tokens, grad_norm, lrs
 
     def run(self, resume: bool = False) -> StageResult:
         """Train the stage to its last step (from the newest checkpoint when `resume`), then finish it."""
         stage, world = self.stage, self.world
-        train_step, params, optimizer, scheduler = self._prepare()
-        module = world.wrap(train_step)
-        state = self._restore(resume, train_step, optimizer, scheduler)
+        module, train_step, params, optimizer, scheduler = self._prepare()
+        state = self._restore(resume, module, optimizer, scheduler)
+        world.reseed(self.seed, state.step)
         metrics = MetricsLog(self.stage_dir, enabled=world.is_main)
         module.train()
         batches = self._batches(state)
@@ -262,11 +279,13 @@ class StageTrainer:
                 state.window_losses = []
                 window_tokens, window_start = 0, time.perf_counter()
             if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
+                saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
                 if world.is_main:
-                    save_checkpoint(self.stage_dir, train_step, optimizer, scheduler, state, stage.keep_checkpoints)
+                    save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
                 world.barrier()
+                world.reseed(self.seed, state.step)
         bar.close()
-        self._finish()
+        self._finish(module, train_step)
         if world.is_main:
             plot_loss(metrics.path, self.stage_dir / "loss.png", title=f"stage {stage.name} ({stage.objective})")
         loss = state.metrics.get("loss")
