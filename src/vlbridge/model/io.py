@@ -147,8 +147,8 @@ def load(
         path = default_model_dir()
         if not (path / "config.json").is_file():
             raise CheckpointError(
-                f"the embedded default model is not in this installation ({path}); train it with "
-                "`vlbridge train --config configs/default.yaml` or pass --model PATH"
+                f"the embedded default model is not shipped in this installation ({path}); pass a checkpoint "
+                "directory (--model PATH: an HF llava-layout or vlbridge checkpoint)"
             )
     path = Path(path)
     if not path.exists():
