@@ -21,6 +21,13 @@ def test_unknown_key_is_named() -> None:
         from_dict(ModelConfig, {"language_model": {"hiden_size": 3}})
 
 
+def test_unknown_key_in_an_optional_section_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) vision\.hiden_size"):
+        from_dict(ModelConfig, {"vision": {"hiden_size": 3}})
+    with pytest.raises(ConfigError, match=r"eos_token_id: 'x' does not fit .*expected int"):
+        from_dict(ModelConfig, {"language_model": {"eos_token_id": "x"}})
+
+
 def test_wrong_type_is_named() -> None:
     with pytest.raises(ConfigError, match=r"language_model\.num_hidden_layers: expected int, got str"):
         from_dict(ModelConfig, {"language_model": {"num_hidden_layers": "two"}})

@@ -22,6 +22,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
+        with tmp_path.open("rb+") as handle:
+            os.fsync(handle.fileno())  # on disk before the rename, so a machine crash cannot leave a torn file
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -30,4 +35,4 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 def write_text(target: str | Path, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

@@ -123,8 +123,10 @@ def _check(tp: Any, value: Any, where: str) -> Any:
             try:
                 return _check(option, value, where)
             except ConfigError as err:
+                if isinstance(value, dict) and dataclasses.is_dataclass(option):
+                    raise  # a section: its own error names the bad key
                 errors.append(str(err))
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+        raise ConfigError(f"{where}: {value!r} does not fit {tp} ({'; '.join(errors)})")
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{where}: expected null, got {value!r}")

@@ -55,7 +55,14 @@ def test_chat_interactive_keeps_history(
     assert main(["chat", "--model", str(clip_llava_dir), "--text-only", "--json", "--max-new-tokens", "3"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2
-    assert "how many?" in lines[1]["prompt"] and lines[0]["text"] in lines[1]["prompt"]
+    _, proc = vlbridge.load(clip_llava_dir, vision=False)
+    history = [
+        {"role": "user", "content": "how many?"},
+        {"role": "assistant", "content": lines[0]["text"]},
+        {"role": "user", "content": "what colour?"},
+    ]
+    assert lines[0]["prompt"] == proc.apply_chat_template(history[:1])
+    assert lines[1]["prompt"] == proc.apply_chat_template(history)
 
 
 def test_chat_bad_image_is_a_clear_error(clip_llava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -111,6 +111,18 @@ def test_missing_and_unexpected_keys_are_listed(clip_llava_dir: Path, tmp_path: 
         vlbridge.load(alien)
 
 
+def test_stale_rotary_buffers_are_skipped(clip_llava_dir: Path, tmp_path: Path) -> None:
+    def add_inv_freq(t: dict) -> None:
+        t["language_model.model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+
+    old = _edit_weights(clip_llava_dir, tmp_path / "old", add_inv_freq)
+    model, proc = vlbridge.load(old)
+    ref, _ = vlbridge.load(clip_llava_dir)
+    inputs = _inputs(proc)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ref(**inputs).logits)
+
+
 def test_wrong_shape_is_reported(clip_llava_dir: Path, tmp_path: Path) -> None:
     def shrink(t: dict) -> None:
         t["multi_modal_projector.linear_1.bias"] = torch.zeros(3)

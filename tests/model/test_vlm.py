@@ -81,6 +81,31 @@ def test_text_only_model_refuses_images() -> None:
         model(input_ids=_prompt(VisionLanguageModel(tiny_config()), 1), pixel_values=torch.randn(1, 3, 16, 16))
 
 
+def test_text_llm_has_no_image_token() -> None:
+    config = tiny_config()
+    model = VisionLanguageModel(type(config)(language_model=config.language_model, vision=None, image_token_id=5))
+    ids = torch.tensor([[1, 5, 6, 5]])  # id 5 is an ordinary token of a text LLM
+    assert model(input_ids=ids).logits.shape == (1, 4, 100)
+    with pytest.raises(ModalityError, match="text-only model"):
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16))
+
+
+def test_image_and_text_only_prompts_in_one_batch() -> None:
+    torch.manual_seed(2)
+    model = VisionLanguageModel(tiny_config()).eval()
+    with_image = _prompt(model, 1)[0]
+    text_only = torch.tensor([5, 6, 7])
+    pad = len(with_image) - len(text_only)
+    ids = torch.stack([with_image, torch.cat([torch.zeros(pad, dtype=torch.long), text_only])])
+    mask = torch.stack([torch.ones_like(with_image), torch.cat([torch.zeros(pad), torch.ones(3)]).long()])
+    pixels = torch.randn(1, 3, 16, 16)
+    both = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=5, eos_token_id=())
+    alone_image = model.generate(input_ids=with_image[None], pixel_values=pixels, max_new_tokens=5, eos_token_id=())
+    alone_text = model.generate(input_ids=text_only[None], max_new_tokens=5, eos_token_id=())
+    assert torch.equal(both[0, -5:], alone_image[0, -5:])
+    assert torch.equal(both[1, -5:], alone_text[0, -5:])
+
+
 def test_cached_generation_equals_full_recomputation_with_images() -> None:
     torch.manual_seed(0)
     model = VisionLanguageModel(tiny_config()).eval()

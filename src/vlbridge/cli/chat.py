@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--model", default=None, help="checkpoint dir (default: the embedded model)")
     parser.add_argument("--image", default=None, help="image file the question is about")
     parser.add_argument("--text-only", action="store_true", help="load no vision weights (text-only deployment)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weights dtype (default: as saved)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     """One-shot answer (streamed, or JSON), or an interactive loop reading questions from stdin."""
     if args.image is not None and args.text_only:
         raise ConfigError("--image and --text-only exclude each other: a text-only model cannot see the image")
-    model, processor = vlbridge.load(args.model, vision=not args.text_only, dtype=args.dtype)
+    model, processor = vlbridge.load(args.model, vision=not args.text_only, dtype=args.dtype, device=args.device)
     image = load_image(args.image) if args.image is not None else None
     generation = {
         "max_new_tokens": args.max_new_tokens,

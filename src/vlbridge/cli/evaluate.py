@@ -24,6 +24,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.set_defaults(run=run)
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not questions.is_file():
         raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
     items = load_eval(questions).items[: args.limit]
-    model, processor = vlbridge.load(args.model, dtype=args.dtype)
+    model, processor = vlbridge.load(args.model, dtype=args.dtype, device=args.device)
     out = Path(args.out) if args.out else data / "eval"
     scores = evaluate(
         model,
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         baselines=majority_baselines(data, args.split),
+        run={"model": str(Path(args.model).resolve()) if args.model else "embedded default", "split": args.split},
     )
     print(f"{'type':<16} {'n':>5} {'accuracy':>9} {'majority baseline':>18}")
     for name, row in scores["by_type"].items():

@@ -3,6 +3,8 @@
 vlbridge info PATH
 vlbridge chat [--model PATH] [--image FILE] ["question"]
 vlbridge data synth --out DIR --n N --seed S
+vlbridge train --config FILE [--set a.b=c] [--resume]      (also under torchrun -m vlbridge)
+vlbridge eval --model PATH --data DIR
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Liu et al., "Improved Baselines with Visual Instruction Tuning" (2023). Weights 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -41,15 +43,8 @@ class MLPConnector(Connector):
 
 
 @CONNECTORS.register("linear")
-class LinearConnector(Connector):
-    """A single Linear projection per patch (LLaVA-1)."""
+class LinearConnector(MLPConnector):
+    """A single Linear projection per patch (LLaVA-1): the mlp connector at depth 1, whatever `depth` says."""
 
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
-        super().__init__(config, context)
-        self.linear_1 = nn.Linear(context.vision_hidden_size, context.lm_config.hidden_size, bias=config.bias)
-
-    def num_tokens(self, n_patches: int) -> int:
-        return n_patches
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_1(features)
+        super().__init__(replace(config, depth=1), context)

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from vlbridge.atomic import write_text
 from vlbridge.data.llava_json import EvalItem
+from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown, exact_match
 
 Scorer = Callable[[str, EvalItem], float]
@@ -35,23 +35,44 @@ def answer_batch(
         content = item.question if item.image is None else f"{processor.image_token}\n{item.question}"
         prompts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
         images.append([] if item.image is None else [image_root / item.image])
-    has_images = any(images)
-    inputs = processor(text=prompts, images=images if has_images else None, return_tensors="pt")
-    with torch.inference_mode():
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    inputs = processor(text=prompts, images=images, return_tensors="pt")
+    ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     start = inputs["input_ids"].shape[1]
     return [text.strip() for text in processor.batch_decode(ids[:, start:], skip_special_tokens=True)]
 
 
 def _answered(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows already written; a last line torn by an interruption is dropped (and the file rewritten without it)."""
     if not path.is_file():
         return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     rows = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for i, line in enumerate(lines):
+        try:
             row = json.loads(line)
-            rows[row["question_id"]] = row
+        except json.JSONDecodeError as err:
+            if i != len(lines) - 1:
+                raise DataError(
+                    f"line {i + 1} is not JSON ({err}); delete the file to start over", path, i + 1
+                ) from err
+            write_text(path, "".join(f"{kept}\n" for kept in lines[:-1]))
+            break
+        rows[row["question_id"]] = row
     return rows
+
+
+def _claim(out_dir: Path, run: dict[str, Any]) -> None:
+    """Tie out_dir to one run (model, settings): resuming into another run's predictions would mix two models."""
+    marker = out_dir / "run.json"
+    if marker.is_file():
+        previous = json.loads(marker.read_text())
+        if previous != run:
+            raise ConfigError(
+                f"{out_dir} holds predictions of another run ({previous}); this run is {run}. "
+                "Pass another output folder, or delete that one to start over"
+            )
+    else:
+        write_text(marker, json.dumps(run, indent=2) + "\n")
 
 
 def evaluate(
@@ -65,10 +86,16 @@ def evaluate(
     max_new_tokens: int = 16,
     scorer: Scorer = exact_match_scorer,
     baselines: dict[str, float] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Answer every item (skipping ids already in out_dir/predictions.jsonl), score them, write scores.json."""
+    """Answer every item (skipping ids already in out_dir/predictions.jsonl), score them, write scores.json.
+
+    `run` names what produced the answers (model path, settings); it is recorded in out_dir/run.json, and a resume
+    into a folder of a different run is refused.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _claim(out_dir, {**(run or {}), "max_new_tokens": max_new_tokens})
     pred_file = out_dir / "predictions.jsonl"
     done = _answered(pred_file)
     todo = [item for item in items if item.question_id not in done]

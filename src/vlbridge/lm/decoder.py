@@ -102,10 +102,7 @@ class Attention(nn.Module):
             q = q.view(b, self.num_kv_heads, self.groups, self.head_dim)  # (B, H_kv, G, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H_kv, G, hd)
             return self.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
-        is_causal = attn_mask is None and t > 1
-        if is_causal and k.shape[2] != t:
-            attn_mask = causal_mask(t, k.shape[2], x.device)
-            is_causal = False
+        is_causal = attn_mask is None and t > 1  # DecoderLM passes an explicit mask whenever a cache prefix exists
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.groups > 1
         )  # (B, H, T, hd)

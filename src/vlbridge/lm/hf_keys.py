@@ -28,6 +28,10 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+STALE_BUFFER_SUFFIXES = ("rotary_emb.inv_freq",)
+"""Buffers older HF checkpoints saved that are recomputed here (RoPE frequencies); skipped when loading."""
+
+
 def _rope(hf: dict[str, Any]) -> float:
     """rope_theta from either config layout; any rope scaling other than "default" raises."""
     params = hf.get("rope_parameters") or {}
@@ -123,7 +127,7 @@ def lm_state_from_hf(state: dict[str, Tensor], cfg: LMConfig) -> dict[str, Tenso
     Rotary `inv_freq` buffers of old checkpoints are dropped (RoPE is recomputed); any other mismatch is left for
     the caller's strict load to report.
     """
-    out = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    out = {k: v for k, v in state.items() if not k.endswith(STALE_BUFFER_SUFFIXES)}
     if cfg.tie_word_embeddings and "lm_head.weight" not in out and "model.embed_tokens.weight" in out:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out

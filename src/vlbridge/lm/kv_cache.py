@@ -55,10 +55,6 @@ class KVCache:
         assert self.length + t <= self.max_length, "advance past a write that update() would have refused"
         self.length += t
 
-    def reset(self) -> None:
-        """Forget every stored token (the buffers are kept for reuse)."""
-        self.length = 0
-
     @property
     def nbytes(self) -> int:
         """Memory held by the key and value buffers, in bytes."""

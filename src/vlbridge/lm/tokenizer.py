@@ -30,6 +30,7 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, decoders, pre_tokenizers, processors
 
+from vlbridge.atomic import atomic_path, write_text
 from vlbridge.errors import CheckpointError, ConfigError, DataError
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -288,7 +289,8 @@ class Tokenizer:
         """Write tokenizer.json, tokenizer_config.json and chat_template.jinja (read by transformers and from_dir)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(path / "tokenizer.json"))
+        with atomic_path(path / "tokenizer.json") as tmp:
+            self._tok.save(str(tmp))
         config: dict[str, Any] = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
@@ -298,5 +300,5 @@ class Tokenizer:
         if isinstance(template, dict):
             config["chat_template"] = [{"name": k, "template": v} for k, v in template.items()]
         elif template:
-            (path / "chat_template.jinja").write_text(template, encoding="utf-8")
-        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+            write_text(path / "chat_template.jinja", template)
+        write_text(path / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from vlbridge.atomic import atomic_path, write_text
 from vlbridge.config import ModelConfig, from_dict, to_dict
 from vlbridge.errors import CheckpointError, ConfigError
+from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
 from vlbridge.model.vlm import VisionLanguageModel
 
@@ -80,6 +81,8 @@ def index_weights(path: Path, rules: tuple[tuple[str, str], ...] | None) -> dict
     for file in _weight_files(path):
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                if key.endswith(STALE_BUFFER_SUFFIXES):
+                    continue
                 name = key if rules is None else rename_key(key, rules)
                 if name is None:
                     unmapped.append(key)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from vlbridge.atomic import write_text
 from vlbridge.data import templates
 from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError
 from vlbridge.lm.tokenizer import Tokenizer
@@ -219,4 +220,4 @@ class Processor:
             config = self.image_processor.config
             family = "siglip" if config.resize_mode == "exact" else "clip"
             hf = image_processor_config_to_hf(config, family)
-            (path / "preprocessor_config.json").write_text(json.dumps(hf, indent=2) + "\n")
+            write_text(path / "preprocessor_config.json", json.dumps(hf, indent=2) + "\n")

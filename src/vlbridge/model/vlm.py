@@ -79,6 +79,10 @@ class VisionLanguageModel(nn.Module):
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[int, LayerHook]]:
         """The LM input embeddings with visual tokens spliced in, and any LM hooks the connector needs."""
+        if self.config.vision is None:  # a text LLM: no id is an image token, whatever image_token_id says
+            if pixel_values is not None:
+                raise ModalityError("this is a text-only model (its checkpoint has no vision encoder)")
+            return self.language_model.embed(input_ids), {}
         mask = image_token_mask(input_ids, self.config.image_token_id)
         has_image_tokens = bool(mask.any())
         if not self.has_vision and (pixel_values is not None or has_image_tokens):
@@ -125,7 +129,30 @@ class VisionLanguageModel(nn.Module):
             overrides["stop_strings"] = tuple(overrides["stop_strings"] or ())
         return replace(base, **overrides)
 
-    @torch.inference_mode()
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are; generate/stream move their inputs here."""
+        return self.language_model.model.embed_tokens.weight.device
+
+    def _run(
+        self,
+        mode: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        generation: dict[str, Any],
+    ) -> Any:
+        input_ids = input_ids.to(self.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device)
+        detokenize = self.processor.decode if self.processor is not None else None
+        generator = Generator(_VisionStep(self), detokenize=detokenize)
+        run = generator.generate if mode == "generate" else generator.stream
+        return run(
+            mask, self.generation_config(**generation), input_ids, input_ids=input_ids, pixel_values=pixel_values
+        )
+
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -135,13 +162,8 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.Tensor:
         """(B, T + new) ids: the prompt followed by generated tokens (greedy, or sampling with temperature/top-k/
         top-p), finished rows padded; keyword arguments are GenerationConfig fields."""
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        generator = Generator(_VisionStep(self), detokenize=self._detokenize())
-        return generator.generate(
-            mask, self.generation_config(**generation), input_ids, input_ids=input_ids, pixel_values=pixel_values
-        )
+        return self._run("generate", input_ids, attention_mask, pixel_values, generation)
 
-    @torch.inference_mode()
     def stream(
         self,
         input_ids: torch.Tensor,
@@ -150,14 +172,7 @@ class VisionLanguageModel(nn.Module):
         **generation: Any,
     ) -> Iterator[torch.Tensor]:
         """Yields the new token of each row, (B,), step by step, as `generate` would produce them."""
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        generator = Generator(_VisionStep(self), detokenize=self._detokenize())
-        yield from generator.stream(
-            mask, self.generation_config(**generation), input_ids, input_ids=input_ids, pixel_values=pixel_values
-        )
-
-    def _detokenize(self) -> Any:
-        return self.processor.decode if self.processor is not None else None
+        return self._run("stream", input_ids, attention_mask, pixel_values, generation)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config, weights (safetensors) and, if attached, the processor's files; atomically per file."""
