@@ -103,18 +103,16 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _colour(scene: Scene, answer: str, rng: random.Random) -> QA | None:
-    objects = [o for o in scene.objects if o.colour == answer]
-    if not objects:
-        return None
-    return QA("colour", f"What colour is {refer(scene, rng.choice(objects), frozenset({'colour'}))}?", answer)
+def _attribute(kind: str) -> Callable[[Scene, str, random.Random], QA | None]:
+    """Questions "What {kind} is <object>?" about an object whose `kind` attribute (colour or shape) is the answer."""
 
+    def ask(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+        objects = [o for o in scene.objects if getattr(o, kind) == answer]
+        if not objects:
+            return None
+        return QA(kind, f"What {kind} is {refer(scene, rng.choice(objects), frozenset({kind}))}?", answer)
 
-def _shape(scene: Scene, answer: str, rng: random.Random) -> QA | None:
-    objects = [o for o in scene.objects if o.shape == answer]
-    if not objects:
-        return None
-    return QA("shape", f"What shape is {refer(scene, rng.choice(objects), frozenset({'shape'}))}?", answer)
+    return ask
 
 
 def _count(scene: Scene, answer: str, rng: random.Random) -> QA | None:
@@ -187,8 +185,8 @@ def _description(scene: Scene, answer: str, rng: random.Random) -> QA | None:
 
 
 _PROPOSERS: dict[str, Callable[[Scene, str, random.Random], QA | None]] = {
-    "colour": _colour,
-    "shape": _shape,
+    "colour": _attribute("colour"),
+    "shape": _attribute("shape"),
     "count": _count,
     "position": _position,
     "relation": _relation,
