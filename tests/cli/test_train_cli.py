@@ -21,22 +21,13 @@ from tiny_run import align_stage, instruct_stage, recipe, stage, write_recipe
 
 import vlbridge
 from vlbridge.cli import main as cli_main
-from vlbridge.cli import train as cli_train
 
-# Runs the CLI with `train` registered, whether or not cli/main.py lists it yet.
-RUNNER = (
-    "import sys; from vlbridge.cli import main, train; "
-    "main.SUBCOMMANDS = main.SUBCOMMANDS if train in main.SUBCOMMANDS else (*main.SUBCOMMANDS, train); "
-    "sys.exit(main.main(sys.argv[1:]))"
-)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; a busy 2-core machine makes 2 threads crawl
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch):
-    """In-process `vlbridge ...` with the train subcommand registered."""
-    if cli_train not in cli_main.SUBCOMMANDS:
-        monkeypatch.setattr(cli_main, "SUBCOMMANDS", (*cli_main.SUBCOMMANDS, cli_train))
+def cli():
+    """In-process `vlbridge ...`, one torch thread (restored afterwards)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield cli_main.main
@@ -54,7 +45,7 @@ def tokenizer_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _command(*args: str) -> list[str]:
-    return [sys.executable, "-c", RUNNER, *args]
+    return [sys.executable, "-m", "vlbridge", *args]
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
