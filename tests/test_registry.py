@@ -13,7 +13,17 @@ from vlbridge.registry import Registry
 
 
 def test_available_lists_registered_connectors() -> None:
-    assert vlbridge.connectors.available() == ["mlp", "linear"]  # grows with the connector zoo, SPEC section 2
+    assert vlbridge.connectors.available() == [
+        "mlp",
+        "linear",
+        "qformer",
+        "perceiver",
+        "gated_xattn",
+        "pool",
+        "tome",
+        "patch_merger",
+        "mini",
+    ]  # SPEC section 2, in its order
 
 
 def test_unknown_connector_names_the_known_ones() -> None:

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
+from vlbridge.connectors.base import FusionCache
+from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.errors import ModalityError, PlaceholderError
+from vlbridge.model.splice import splice
 from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
 
 IMAGE_TOKEN = 99
@@ -128,3 +131,38 @@ def test_stream_yields_generate_tokens() -> None:
     full = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
     streamed = torch.stack(list(model.stream(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())))
     assert torch.equal(streamed[:, 0], full[0, ids.shape[1] :])
+
+
+class _ShiftText(MLPConnector):
+    """A test connector that rewrites the text: every text token, prompt or generated, gains the mean visual token."""
+
+    def fuse(self, embeds, image_mask, features, attention_mask=None, cache=None):
+        visual = self(features)  # (N, K, D)
+        shift = visual.mean(dim=(0, 1))  # (D,)
+        if cache is not None:
+            cache.state = shift
+        out = splice(embeds, image_mask, visual)
+        return torch.where(image_mask.unsqueeze(-1), out, out + shift)
+
+    def fuse_step(self, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: FusionCache) -> torch.Tensor:
+        self.steps += 1
+        return embeds + cache.state
+
+
+def test_connector_fusion_reaches_prompt_and_generated_tokens() -> None:
+    torch.manual_seed(4)
+    model = VisionLanguageModel(tiny_config()).eval()
+    shifted = _ShiftText(model.config.connector, model.connector.context)
+    shifted.load_state_dict(model.connector.state_dict())
+    shifted.steps = 0
+    model.connector = shifted
+    ids = _prompt(model, 2)
+    pixels = torch.randn(2, 3, 16, 16)
+    got = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
+    assert shifted.steps == 5  # every decode step after the prefill
+    seq = ids
+    with torch.no_grad():
+        for _ in range(6):
+            nxt = model(input_ids=seq, pixel_values=pixels).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(got, seq)

@@ -2,6 +2,8 @@
 
 Liu et al., "Visual Instruction Tuning" (2023). The vision encoder and connector are a plug-in: built without them
 (`vision=False`) the same class is a plain text LLM whose logits equal the full model's on text-only input.
+The connector decides what the LM reads (`Connector.fuse`): usually the text embeddings with visual tokens spliced in;
+LLaVA-Mini's also rewrites the text by modality pre-fusion, and fuses each generated token too (`fuse_step`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlbridge.config import ModelConfig
-from vlbridge.connectors import ConnectorContext, LayerHook, build_connector
+from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
+from vlbridge.connectors.base import FusionCache
 from vlbridge.errors import ModalityError
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.model.generate import GenerationConfig, Generator
-from vlbridge.model.splice import image_token_mask, splice
+from vlbridge.model.splice import image_token_mask
 from vlbridge.vision.vit import ViT
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ class VisionLanguageModel(nn.Module):
         self.config = config
         self.language_model = DecoderLM(config.language_model)
         self.vision_encoder: ViT | None = None
-        self.connector: nn.Module | None = None
+        self.connector: Connector | None = None
         if vision and config.vision is not None:
             self.vision_encoder = ViT(config.vision)
             context = ConnectorContext(
@@ -62,6 +65,7 @@ class VisionLanguageModel(nn.Module):
                 block_cls=self.language_model.block_cls,
             )
             self.connector = build_connector(config.connector, context)
+            self.connector.init_from_language_model(self.language_model)
         self.processor: Processor | None = None  # attached by vlbridge.load so save_pretrained writes it too
 
     @property
@@ -76,9 +80,14 @@ class VisionLanguageModel(nn.Module):
         return self.connector.num_tokens(self.vision_encoder.num_patches(height, width))
 
     def embed(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        fusion: FusionCache | None = None,
     ) -> tuple[torch.Tensor, dict[int, LayerHook]]:
-        """The LM input embeddings with visual tokens spliced in, and any LM hooks the connector needs."""
+        """The LM input embeddings (visual tokens in place, text as the connector fuses it) and any LM hooks the
+        connector needs; `fusion` collects the connector's decode state when generating."""
         if self.config.vision is None:  # a text LLM: no id is an image token, whatever image_token_id says
             if pixel_values is not None:
                 raise ModalityError("this is a text-only model (its checkpoint has no vision encoder)")
@@ -97,8 +106,8 @@ class VisionLanguageModel(nn.Module):
             return embeds, {}
         assert self.vision_encoder is not None and self.connector is not None
         features = self.vision_encoder(pixel_values.to(embeds.dtype))  # (N, P, Dv)
-        visual = self.connector(features)  # (N, K, D)
-        return splice(embeds, mask, visual), self.connector.lm_hooks(features, mask)
+        embeds = self.connector.fuse(embeds, mask, features, attention_mask, fusion)  # (B, T, D)
+        return embeds, self.connector.lm_hooks(features, mask)
 
     def forward(
         self,
@@ -109,7 +118,7 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> VLMOutput:
         """Logits for every position; with `labels` (-100 ignored) also the next-token loss."""
-        embeds, hooks = self.embed(input_ids, pixel_values)
+        embeds, hooks = self.embed(input_ids, pixel_values, attention_mask)
         logits = self.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, hooks=hooks
         )
@@ -182,20 +191,30 @@ class VisionLanguageModel(nn.Module):
 
 
 class _VisionStep:
-    """The Generator's StepModel view of a VLM for one generate call: prefill splices images, decode is text."""
+    """The Generator's StepModel view of a VLM for one generate call: prefill places the images and lets the connector
+    fuse the prompt; decode steps are text, fused by the connector too when its prefill left decode state."""
 
     def __init__(self, model: VisionLanguageModel) -> None:
         self.model = model
         self.hooks: dict[int, LayerHook] = {}
+        self.fusion = FusionCache(max_length=0)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        self.fusion = FusionCache(max_length=max_length)
         return self.model.language_model.new_cache(batch_size, max_length)
 
     def prefill(
         self, cache: KVCache, attention_mask: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
     ) -> torch.Tensor:
-        embeds, self.hooks = self.model.embed(input_ids, pixel_values)
+        embeds, self.hooks = self.model.embed(input_ids, pixel_values, attention_mask, self.fusion)
         return self.model.language_model.prefill(cache, attention_mask, inputs_embeds=embeds, hooks=self.hooks)
 
     def decode_step(self, cache: KVCache, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.language_model.decode_step(cache, token_ids, attention_mask, hooks=self.hooks)
+        lm, connector = self.model.language_model, self.model.connector
+        if self.fusion.state is None or connector is None:
+            return lm.decode_step(cache, token_ids, attention_mask, hooks=self.hooks)
+        embeds = connector.fuse_step(lm.embed(token_ids), attention_mask, self.fusion)  # (B, 1, D)
+        logits = lm(
+            inputs_embeds=embeds, attention_mask=attention_mask, kv_cache=cache, hooks=self.hooks, logits_to_keep=1
+        )
+        return logits[:, -1]

@@ -145,7 +145,7 @@ OBJECTIVES.register("contrastive")(_contrastive)
 
 
 def build_objective(name: str, model: VisionLanguageModel) -> Objective:
-    """The objective registered as `name` (causal_lm | text_lm | contrastive), sized for `model`."""
+    """The objective registered as `name` (causal_lm | text_lm | contrastive | qformer), sized for `model`."""
     return OBJECTIVES.get(name)(model)
 
 

@@ -47,6 +47,7 @@ RECIPE_FILE = "recipe.yaml"
 TOKENIZER_DIR = "tokenizer"
 MODEL_DIR = "model"
 DONE_FILE = "done.json"
+IMAGE_TEXT_OBJECTIVES = ("contrastive", "qformer")  # trained on image-caption pairs, not conversations
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,6 +171,8 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
         log.info("adding a new vision encoder and %s connector to the language model of %s", parts.connector.name, path)
     model = VisionLanguageModel(config)
     io.load_weights(model, path, rules, fresh=io.VISION_PREFIXES if grown else ())
+    if grown and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
+        model.connector.init_from_language_model(model.language_model)
     return model
 
 
@@ -189,7 +192,7 @@ def build_dataset(
         return dataset, partial(collate, pad_token_id=pad_id), {"samples": len(dataset)}
     loaded = load_llava(root / stage.data, root, skip_malformed=skip_malformed)
     stats: dict[str, Any] = {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
-    if stage.objective == "contrastive":
+    if stage.objective in IMAGE_TEXT_OBJECTIVES:
         pairs = ImageTextDataset(loaded.items, root, processor, stage.max_length)
         stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
         return pairs, partial(collate_image_text, pad_token_id=pad_id), stats

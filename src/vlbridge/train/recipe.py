@@ -16,7 +16,7 @@ from typing import Any
 from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
 from vlbridge.errors import ConfigError
 
-OBJECTIVES = ("causal_lm", "text_lm", "contrastive")
+OBJECTIVES = ("causal_lm", "text_lm", "contrastive", "qformer")
 DATA_FORMATS = ("llava", "text")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("ddp", "fsdp")
@@ -66,7 +66,7 @@ class StageRecipe:
     """One training stage: objective, data, the plan (parts + learning rates) and optimisation settings."""
 
     name: str
-    objective: str = "causal_lm"  # causal_lm | text_lm | contrastive
+    objective: str = "causal_lm"  # causal_lm | text_lm | contrastive | qformer
     data: str = "captions.json"  # relative to data.root
     data_format: str = "llava"  # llava (conversation JSON/JSONL) | text (one document per line; text_lm only)
     template: str | None = None  # conversation template override (default: the model's)

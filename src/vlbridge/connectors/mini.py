@@ -1,0 +1,230 @@
+"""LLaVA-Mini's `mini` connector: C x C query compression of each image, plus modality pre-fusion of the text.
+
+Zhang et al., "LLaVA-Mini: Efficient Image and Video Large Multimodal Models with One Vision Token" (2025).
+Each image's patch features are projected into the LM's width by LLaVA's mlp, then C x C learnable queries (C = 1:
+one token per image) cross-attend to all of them in one attention layer. Fixed 2D sin-cos positions (He et al.,
+"Masked Autoencoders", 2022) are added to the queries (the centres of the C x C cells) and to the keys (the patch
+centres), both in patch-grid units, so query i looks at its own part of the image first.
+
+Compression drops what the LM would have read from the visual tokens in its early layers, so modality pre-fusion
+reads it in front of the LM: blocks of the LM's own structure (its block class, RoPE and, with `prefusion_init: lm`,
+its first layers' weights) run causally over [every projected visual token of a prompt's images; its text], and the
+LM sees the fused text plus the compressed tokens. Visual tokens first and causal attention mean a later (answer)
+token never changes an earlier fused embedding, and generated tokens are fused one by one from a KV cache of the
+pre-fusion blocks. Rows without images keep their raw text embeddings, so text-only prompts see the base LLM.
+
+Options (`connector.options`): grid (C, default 1), prefusion_layers (default 4, 0 = compression only),
+prefusion_init ("lm" default, or "random"). depth / hidden_act / bias configure the mlp projector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vlbridge.config import ConnectorConfig, LMConfig
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache
+from vlbridge.connectors.mlp import MLPConnector
+from vlbridge.errors import ConfigError
+from vlbridge.lm.decoder import DecoderLM, padding_mask
+from vlbridge.lm.kv_cache import KVCache
+from vlbridge.lm.rope import RotaryEmbedding
+from vlbridge.model.splice import rows_of_images, splice
+
+DEFAULT_OPTIONS = {"grid": 1, "prefusion_layers": 4, "prefusion_init": "lm"}
+
+
+def _options(config: ConnectorConfig, lm: LMConfig) -> tuple[int, int, str]:
+    """(grid, prefusion_layers, prefusion_init) from `config.options`, checked."""
+    unknown = sorted(set(config.options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown connector.options {', '.join(unknown)} for the mini connector; "
+            f"known: {', '.join(DEFAULT_OPTIONS)}"
+        )
+    opts = {**DEFAULT_OPTIONS, **config.options}
+    grid, layers, init = opts["grid"], opts["prefusion_layers"], opts["prefusion_init"]
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+        raise ConfigError(f"connector.options.grid must be an integer >= 1 (C x C tokens per image), got {grid!r}")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+        raise ConfigError(f"connector.options.prefusion_layers must be an integer >= 0, got {layers!r}")
+    if init not in ("lm", "random"):
+        raise ConfigError(f"connector.options.prefusion_init must be 'lm' or 'random', got {init!r}")
+    if init == "lm" and layers > lm.num_hidden_layers:
+        raise ConfigError(
+            f"connector.options.prefusion_layers {layers} exceeds the language model's {lm.num_hidden_layers} layers, "
+            "so they cannot be initialised from it; use fewer pre-fusion layers or prefusion_init: random"
+        )
+    return grid, layers, init
+
+
+def sincos_2d(rows: Tensor, cols: Tensor, dim: int) -> Tensor:
+    """MAE's fixed 2D sin-cos embedding of points (rows[i], cols[i]): (M, dim), the row in the first half."""
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    parts = []
+    for pos in (rows, cols):
+        angles = pos.double()[:, None] * omega[None, :]  # (M, dim/4)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=-1).float()  # (M, dim)
+
+
+@lru_cache(maxsize=16)
+def grid_positions(cells: int, side: int, dim: int) -> tuple[Tensor, Tensor]:
+    """Fixed positions (queries (cells^2, dim), keys (side^2, dim)) of a cells x cells query grid over a side x side
+    patch grid, in patch units: patch (i, j) sits at (i + 0.5, j + 0.5), query cell (a, b) at its cell's centre."""
+    with torch.inference_mode(False):  # cached tensors must stay usable by later autograd-recording forwards
+
+        def embed(axis: Tensor) -> Tensor:
+            r, c = torch.meshgrid(axis, axis, indexing="ij")  # (n, n) each, row-major like the patch sequence
+            return sincos_2d(r.reshape(-1), c.reshape(-1), dim)
+
+        patches = torch.arange(side, dtype=torch.float64) + 0.5
+        cell_centres = (torch.arange(cells, dtype=torch.float64) + 0.5) * side / cells
+        return embed(cell_centres), embed(patches)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries (N, Q, D) over keys / values (N, P, D), with q/k/v/o projections."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+
+    def forward(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        n, q_len, d = queries.shape
+        hd = d // self.num_heads
+        q = self.q_proj(queries).view(n, q_len, self.num_heads, hd).transpose(1, 2)  # (N, H, Q, hd)
+        k = self.k_proj(keys).view(n, -1, self.num_heads, hd).transpose(1, 2)  # (N, H, P, hd)
+        v = self.v_proj(values).view(n, -1, self.num_heads, hd).transpose(1, 2)  # (N, H, P, hd)
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, Q, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(n, q_len, d))  # (N, Q, D)
+
+
+@dataclass
+class PrefusionState:
+    """What decoding needs from the prompt's pre-fusion: its KV cache, which of its keys are real, and which rows
+    have images (the others pass through unfused)."""
+
+    kv: KVCache
+    valid: Tensor  # (B, V + T) bool: real visual tokens, then real text tokens of the prompt
+    prompt_length: int  # T
+    has_visual: Tensor  # (B,) bool
+
+
+def _llama_init(module: nn.Module) -> None:
+    """The LM's own initialisation for freshly built pre-fusion blocks: normal(0, 0.02) weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+@CONNECTORS.register("mini")
+class MiniConnector(Connector):
+    """mlp projection -> C x C query cross-attention (the visual tokens); pre-fusion blocks rewrite the text."""
+
+    def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        lm = context.lm_config
+        self.grid, n_layers, self.prefusion_init = _options(config, lm)
+        d = lm.hidden_size
+        if d % 4 or d % lm.num_attention_heads:
+            raise ConfigError(
+                f"the mini connector needs the LM hidden size ({d}) divisible by 4 (2D sin-cos positions) and by its "
+                f"{lm.num_attention_heads} attention heads (cross-attention heads)"
+            )
+        self.projector = MLPConnector(config, context)
+        self.queries = nn.Parameter(torch.randn(self.grid * self.grid, d) * 0.02)  # (C^2, D)
+        self.query_norm = nn.LayerNorm(d)
+        self.key_norm = nn.LayerNorm(d)
+        self.cross_attn = CrossAttention(d, lm.num_attention_heads)
+        self.prefusion = nn.ModuleList(context.block_cls(lm, i) for i in range(n_layers))
+        self.prefusion.apply(_llama_init)
+        self.rotary = RotaryEmbedding(lm.resolved_head_dim, lm.rope_theta, min(lm.max_position_embeddings, 4096))
+
+    def num_tokens(self, n_patches: int) -> int:
+        return self.grid * self.grid
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.compress(self.projector(features))
+
+    def compress(self, projected: Tensor) -> Tensor:
+        """Projected visual tokens (N, P, D) of square patch grids -> compressed tokens (N, C^2, D)."""
+        n, p, d = projected.shape
+        side = math.isqrt(p)
+        if side * side != p:
+            raise ConfigError(
+                f"the mini connector needs a square patch grid but got {p} features per image; drop the CLS token "
+                "(vision.select_strategy: default)"
+            )
+        query_pos, key_pos = (t.to(projected.device, projected.dtype) for t in grid_positions(self.grid, side, d))
+        queries = (self.query_norm(self.queries) + query_pos).expand(n, -1, -1)  # (N, C^2, D)
+        values = self.key_norm(projected)  # (N, P, D)
+        return self.cross_attn(queries, values + key_pos, values)
+
+    def fuse(
+        self,
+        embeds: Tensor,
+        image_mask: Tensor,
+        features: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: FusionCache | None = None,
+    ) -> Tensor:
+        projected = self.projector(features)  # (N, P, D)
+        out = splice(embeds, image_mask, self.compress(projected))  # (B, T, D)
+        if not len(self.prefusion):
+            return out
+        visual, visual_valid = rows_of_images(projected, image_mask, self.grid * self.grid)  # (B, V, D), (B, V)
+        text_valid = ~image_mask if attention_mask is None else attention_mask.bool() & ~image_mask  # (B, T)
+        valid = torch.cat([visual_valid, text_valid], dim=1)  # (B, V + T)
+        x = torch.cat([visual.to(embeds.dtype), embeds], dim=1)  # (B, V + T, D)
+        kv = None
+        if cache is not None:
+            lm = self.context.lm_config
+            shape = (lm.num_key_value_heads, lm.resolved_head_dim)
+            length = visual.shape[1] + cache.max_length  # visual tokens + prompt + new tokens
+            kv = KVCache(len(self.prefusion), x.shape[0], length, *shape, x.dtype, x.device)
+        positions = (valid.long().cumsum(dim=-1) - 1).clamp_min(0)  # (B, V + T)
+        fused = self._prefuse(x, positions, padding_mask(valid, x.shape[1]), kv)[:, visual.shape[1] :]  # (B, T, D)
+        has_visual = visual_valid.any(dim=1)  # (B,)
+        if kv is not None:
+            assert cache is not None
+            cache.state = PrefusionState(kv, valid, embeds.shape[1], has_visual)
+        keep = (text_valid & has_visual[:, None]).unsqueeze(-1)  # (B, T, 1)
+        return torch.where(keep, fused.to(out.dtype), out)
+
+    def fuse_step(self, embeds: Tensor, attention_mask: Tensor, cache: FusionCache) -> Tensor:
+        state = cache.state
+        assert isinstance(state, PrefusionState), "fuse_step runs only after fuse filled the cache"
+        valid = torch.cat([state.valid, attention_mask[:, state.prompt_length :].bool()], dim=1)  # (B, S + t)
+        t = embeds.shape[1]
+        assert valid.shape[1] == state.kv.length + t, "attention_mask must cover the cached and the new tokens"
+        positions = (valid.long().cumsum(dim=-1)[:, -t:] - 1).clamp_min(0)  # (B, t)
+        fused = self._prefuse(embeds, positions, padding_mask(valid, t), state.kv)  # (B, t, D)
+        return torch.where(state.has_visual[:, None, None], fused, embeds)
+
+    def _prefuse(self, x: Tensor, positions: Tensor, mask: Tensor, kv: KVCache | None) -> Tensor:
+        """Run the pre-fusion blocks over x (B, t, D) at `positions` (B, t) with a bool mask (B, 1, t, S)."""
+        rope = self.rotary(positions, x.dtype)
+        for block in self.prefusion:
+            x = block(x, rope, mask, kv)
+        if kv is not None:
+            kv.advance(x.shape[1])
+        return x
+
+    def init_from_language_model(self, language_model: DecoderLM) -> None:
+        """With prefusion_init 'lm', copy the LM's first layers into the pre-fusion blocks (same class, same keys)."""
+        if self.prefusion_init != "lm":
+            return
+        for block, layer in zip(self.prefusion, language_model.model.layers, strict=False):
+            block.load_state_dict(layer.state_dict())

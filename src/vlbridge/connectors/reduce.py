@@ -1,0 +1,51 @@
+"""Shared pieces of the token-reduction connectors (`pool`, `tome`, `patch_merger`, SPEC section 2).
+
+They read a few settings from `ConnectorConfig.options` and, for the spatial ones, view the vision features as the
+square patch grid the ViT produced (row-major, CLS dropped). Both are checked here once, so every reducer rejects a
+typo'd option or a non-grid feature count with the same actionable ConfigError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vlbridge.config import ConnectorConfig
+from vlbridge.errors import ConfigError
+
+
+def check_options(config: ConnectorConfig, allowed: tuple[str, ...]) -> None:
+    """Reject option keys the connector does not read, so a typo never falls back to a default silently."""
+    unknown = sorted(set(config.options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"connector {config.name!r} has no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(allowed) or 'none'}"
+        )
+
+
+def int_option(config: ConnectorConfig, key: str, default: int, minimum: int = 1) -> int:
+    """`options[key]` (or `default`) as an integer >= `minimum`; anything else is a ConfigError naming the key."""
+    value = config.options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"connector.options.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def square_side(n_patches: int, name: str) -> int:
+    """The side of the square patch grid that `n_patches` features form; a non-square count is a ConfigError."""
+    side = math.isqrt(max(n_patches, 0))
+    if n_patches < 1 or side * side != n_patches:
+        raise ConfigError(
+            f"connector {name!r} needs a square patch grid, but the vision encoder gives {n_patches} features per "
+            "image, not a perfect square; if it keeps the CLS token, set vision.select_strategy: default to drop it"
+        )
+    return side
+
+
+def as_grid(features: torch.Tensor, name: str) -> torch.Tensor:
+    """(N, P, D) row-major patch features -> (N, S, S, D) with S * S = P."""
+    n, p, d = features.shape
+    side = square_side(p, name)
+    return features.reshape(n, side, side, d)  # (N, S, S, D)
