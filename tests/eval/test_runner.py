@@ -1,4 +1,4 @@
-"""The evaluation runner: batched answers, resumable predictions, scores per type against the answers given."""
+"""The evaluation runner: batched answers, resumable predictions, run claims, scores from the task's references."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 import vlbridge
-from vlbridge.cli.main import main
 from vlbridge.data.llava_json import EvalItem, load_eval
 from vlbridge.data.synthetic import synthesize
-from vlbridge.errors import ConfigError
+from vlbridge.errors import ConfigError, ImageError
 from vlbridge.eval import runner
+from vlbridge.eval.tasks import Prompt, SyntheticTask
+from vlbridge.eval.tasks.synthetic import exact_match_scorer
 
 
 @pytest.fixture(scope="module")
@@ -22,114 +23,133 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _task(synth_dir: Path, n: int) -> SyntheticTask:
+    return SyntheticTask.from_folder(synth_dir, "test", limit=n)
+
+
+def _fixed_answers(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str], calls: list[list[str]] | None = None):
+    def answer(model, processor, prompts, max_new_tokens):
+        if calls is not None:
+            calls.append([p.question_id for p in prompts])
+        return [answers[p.question_id] for p in prompts]
+
+    monkeypatch.setattr(runner, "answer_batch", answer)
+
+
 def test_scores_match_predictions_and_resume_skips_answered(
     clip_llava_dir: Path, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, processor = vlbridge.load(clip_llava_dir)
-    items = load_eval(synth_dir / "test.jsonl").items[:5]
     calls: list[int] = []
     real = runner.answer_batch
 
-    def counting(model, processor, batch, root, max_new_tokens):
-        calls.append(len(batch))
-        return real(model, processor, batch, root, max_new_tokens)
+    def counting(model, processor, prompts, max_new_tokens):
+        calls.append(len(prompts))
+        return real(model, processor, prompts, max_new_tokens)
 
     monkeypatch.setattr(runner, "answer_batch", counting)
-    first = runner.evaluate(model, processor, items[:3], synth_dir, tmp_path, batch_size=2, max_new_tokens=3)
+    first = runner.evaluate(model, processor, _task(synth_dir, 3), tmp_path, batch_size=2, max_new_tokens=3)
     assert calls == [2, 1]
     rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    items = load_eval(synth_dir / "test.jsonl").items[:5]
     assert [r["question_id"] for r in rows] == [i.question_id for i in items[:3]]
-    assert first["by_type"]["overall"]["n"] == 3
+    assert [r["prompt"] for r in rows] == [i.question for i in items[:3]]
+    assert first.scores["by_type"]["overall"]["n"] == 3
     calls.clear()
-    again = runner.evaluate(model, processor, items, synth_dir, tmp_path, batch_size=2, max_new_tokens=3)
+    again = runner.evaluate(model, processor, _task(synth_dir, 5), tmp_path, batch_size=2, max_new_tokens=3)
     assert calls == [2], "only the two unanswered questions are asked after a resume"
-    assert again["by_type"]["overall"]["n"] == 5
-    assert json.loads((tmp_path / "scores.json").read_text()) == json.loads(json.dumps(again))
+    assert again.scores["by_type"]["overall"]["n"] == 5
+    assert json.loads((tmp_path / "scores.json").read_text()) == json.loads(json.dumps(again.scores))
 
 
 def test_batched_answers_equal_one_by_one(clip_llava_dir: Path, synth_dir: Path) -> None:
     model, processor = vlbridge.load(clip_llava_dir)
-    items = load_eval(synth_dir / "test.jsonl").items[:4]
-    batched = runner.answer_batch(model, processor, items, synth_dir, 4)
-    single = [runner.answer_batch(model, processor, [item], synth_dir, 4)[0] for item in items]
+    prompts = _task(synth_dir, 4).prompts()
+    batched = runner.answer_batch(model, processor, prompts, 4)
+    single = [runner.answer_batch(model, processor, [prompt], 4)[0] for prompt in prompts]
     assert batched == single
 
 
 def test_scorer_uses_vqa_normalisation() -> None:
     item = EvalItem("q", None, "how many?", ("2",), "count")
-    assert runner.exact_match_scorer("Two.", item) == 1.0
-    assert runner.exact_match_scorer("three", item) == 0.0
-
-
-def test_eval_cli_prints_types_and_baselines(clip_llava_dir: Path, synth_dir: Path, tmp_path: Path, capsys) -> None:
-    code = main(
-        [
-            "eval",
-            "--model",
-            str(clip_llava_dir),
-            "--data",
-            str(synth_dir),
-            "--out",
-            str(tmp_path),
-            "--limit",
-            "6",
-            "--max-new-tokens",
-            "2",
-        ]
-    )
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "majority baseline" in out and out.splitlines()[1].startswith("overall")
-    scores = json.loads((tmp_path / "scores.json").read_text())
-    assert scores["by_type"]["overall"]["n"] == 6
-    types = json.loads((synth_dir / "stats.json").read_text())["splits"]["test"]["types"]
-    weighted = sum(t["count"] * t["majority_baseline"] for t in types.values()) / sum(
-        t["count"] for t in types.values()
-    )
-    assert scores["by_type"]["overall"]["majority_baseline"] == pytest.approx(weighted)
-
-
-def test_eval_cli_missing_questions_file(tmp_path: Path, capsys) -> None:
-    assert main(["eval", "--model", str(tmp_path), "--data", str(tmp_path)]) == 2
-    assert "no test.jsonl" in capsys.readouterr().err
-
-
-def _fixed_answers(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> None:
-    def answer(model, processor, batch, root, max_new_tokens):
-        return [answers[item.question_id] for item in batch]
-
-    monkeypatch.setattr(runner, "answer_batch", answer)
+    assert exact_match_scorer("Two.", item) == 1.0
+    assert exact_match_scorer("three", item) == 0.0
 
 
 def test_scores_per_type_from_known_answers(synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    items = load_eval(synth_dir / "test.jsonl").items[:4]
+    task = _task(synth_dir, 4)
+    items = task.items
     right = {items[0].question_id, items[2].question_id}
     _fixed_answers(
         monkeypatch, {i.question_id: (f" {i.answer.upper()}." if i.question_id in right else "nope") for i in items}
     )
-    scores = runner.evaluate(None, None, items, synth_dir, tmp_path, batch_size=3)["by_type"]
-    assert scores["overall"] == {"n": 4, "accuracy": 0.5}
+    scores = runner.evaluate(None, None, task, tmp_path, batch_size=3).scores["by_type"]
+    assert scores["overall"]["n"] == 4 and scores["overall"]["accuracy"] == 0.5
     per_type: dict[str, list[float]] = {}
     for item in items:
         per_type.setdefault(item.type, []).append(float(item.question_id in right))
     for name, values in per_type.items():
         assert scores[name]["accuracy"] == sum(values) / len(values)
+        assert "majority_baseline" in scores[name], "stats.json baselines sit beside each type"
+
+
+def test_interrupted_run_resumes_without_recomputing(
+    synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = _task(synth_dir, 5)
+    ids = [p.question_id for p in task.prompts()]
+    calls: list[list[str]] = []
+    _fixed_answers(monkeypatch, {i: "first" for i in ids}, calls)
+    real = runner.answer_batch
+
+    def dies_on_second_batch(model, processor, prompts, max_new_tokens):
+        if calls:
+            raise KeyboardInterrupt
+        return real(model, processor, prompts, max_new_tokens)
+
+    monkeypatch.setattr(runner, "answer_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate(None, None, task, tmp_path, batch_size=2)
+    assert not (tmp_path / "scores.json").exists()
+    calls.clear()
+    _fixed_answers(monkeypatch, {i: "second" for i in ids}, calls)
+    result = runner.evaluate(None, None, task, tmp_path, batch_size=2)
+    assert calls == [ids[2:4], ids[4:]]
+    assert [result.rows[i]["prediction"] for i in ids] == ["first"] * 2 + ["second"] * 3
 
 
 def test_resume_refuses_another_runs_folder(synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    items = load_eval(synth_dir / "test.jsonl").items[:2]
-    _fixed_answers(monkeypatch, {i.question_id: "x" for i in items})
-    runner.evaluate(None, None, items, synth_dir, tmp_path, run={"model": "a"})
+    task = _task(synth_dir, 2)
+    _fixed_answers(monkeypatch, {p.question_id: "x" for p in task.prompts()})
+    runner.evaluate(None, None, task, tmp_path, run={"model": "a"})
     with pytest.raises(ConfigError, match="holds predictions of another run"):
-        runner.evaluate(None, None, items, synth_dir, tmp_path, run={"model": "b"})
+        runner.evaluate(None, None, task, tmp_path, run={"model": "b"})
+    with pytest.raises(ConfigError, match="holds predictions of another run"):
+        runner.evaluate(None, None, task, tmp_path, run={"model": "a"}, max_new_tokens=99)
 
 
 def test_torn_last_line_is_dropped_on_resume(synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    items = load_eval(synth_dir / "test.jsonl").items[:3]
-    _fixed_answers(monkeypatch, {i.question_id: "x" for i in items})
-    runner.evaluate(None, None, items[:2], synth_dir, tmp_path)
+    task = _task(synth_dir, 3)
+    ids = [p.question_id for p in task.prompts()]
+    _fixed_answers(monkeypatch, {i: "x" for i in ids})
+    runner.evaluate(None, None, _task(synth_dir, 2), tmp_path)
     pred = tmp_path / "predictions.jsonl"
-    pred.write_text(pred.read_text() + '{"question_id": "' + items[2].question_id + '", "predic')
-    scores = runner.evaluate(None, None, items, synth_dir, tmp_path)
-    assert scores["by_type"]["overall"]["n"] == 3
-    assert [json.loads(x)["question_id"] for x in pred.read_text().splitlines()] == [i.question_id for i in items]
+    pred.write_text(pred.read_text() + '{"question_id": "' + ids[2] + '", "predic')
+    result = runner.evaluate(None, None, task, tmp_path)
+    assert result.scores["by_type"]["overall"]["n"] == 3
+    assert [json.loads(x)["question_id"] for x in pred.read_text().splitlines()] == ids
+
+
+def test_missing_images_fail_before_any_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    _fixed_answers(monkeypatch, {"a": "x", "b": "y"}, calls)
+    prompts = [Prompt("a", "q?", None), Prompt("b", "q?", tmp_path / "nowhere.png")]
+    with pytest.raises(ImageError, match=r"1 image file\(s\) do not exist, e\.g\. .*nowhere\.png"):
+        runner.predict(None, None, prompts, tmp_path / "out")
+    assert calls == []
+
+
+def test_record_fields_never_hide_the_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fixed_answers(monkeypatch, {"a": "real"})
+    rows = runner.predict(None, None, [Prompt("a", "q?", None, {"prediction": "fake", "extra": 1})], tmp_path)
+    assert rows["a"] == {"question_id": "a", "prompt": "q?", "prediction": "real", "extra": 1}

@@ -4,7 +4,10 @@ vlbridge info PATH
 vlbridge chat [--model PATH] [--image FILE] ["question"]
 vlbridge data synth --out DIR --n N --seed S
 vlbridge train --config FILE [--set a.b=c] [--resume]      (also under torchrun -m vlbridge)
-vlbridge eval --model PATH --data DIR
+vlbridge eval --model PATH --data DIR | --task llava|vqav2|gqa|mmbench ...
+vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE
+vlbridge bench profile [MODEL ...] [--measure]
+vlbridge tokens --context 4096
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import chat, data, evaluate, info, train
+from vlbridge.cli import bench, chat, data, evaluate, info, tokens, train
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train, evaluate)
+SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:

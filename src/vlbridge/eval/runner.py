@@ -1,41 +1,45 @@
-"""Running a model over held-out questions: batched greedy answers, resumable predictions, scores per type.
+"""Running a model over a benchmark: batched greedy answers, resumable predictions, scores and official files.
 
-Predictions are appended to predictions.jsonl batch by batch, so an interrupted run resumes by skipping the
-question ids already answered; scores.json is written atomically at the end.
+Answers are greedy (`do_sample=False`), each question asked in the model's chat template with `<image>` on the
+line before it, as LLaVA's evaluation scripts ask (`model_vqa.py`). Predictions are appended to predictions.jsonl
+batch by batch, so an interrupted run resumes by skipping the question ids already answered; run.json ties the
+folder to one model and task, so two runs never mix. Scoring happens at the end, from the predictions file, so a
+run can be scored later (or again) with references given afterwards; scores.json is written atomically.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from vlbridge.atomic import write_text
-from vlbridge.data.llava_json import EvalItem
-from vlbridge.errors import ConfigError, DataError
-from vlbridge.eval.scoring import breakdown, exact_match
-
-Scorer = Callable[[str, EvalItem], float]
+from vlbridge.errors import ConfigError, DataError, ImageError
+from vlbridge.eval.tasks.base import Prompt, Rows, Task
 
 
-def exact_match_scorer(prediction: str, item: EvalItem) -> float:
-    """1.0 when the prediction equals any reference answer after VQA answer normalisation."""
-    return max(exact_match(prediction, answer) for answer in item.answers)
+@dataclass(frozen=True)
+class EvalResult:
+    """What a run produced: scores (None without references), every prediction row, and the files written."""
+
+    scores: dict[str, Any] | None
+    rows: Rows
+    files: list[Path]
 
 
-def answer_batch(
-    model: Any, processor: Any, items: Sequence[EvalItem], image_root: Path, max_new_tokens: int
-) -> list[str]:
-    """Greedy answers to a batch of questions, each asked in the model's chat template with its image."""
-    prompts, images = [], []
-    for item in items:
-        content = item.question if item.image is None else f"{processor.image_token}\n{item.question}"
-        prompts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
-        images.append([] if item.image is None else [image_root / item.image])
-    inputs = processor(text=prompts, images=images, return_tensors="pt")
+def answer_batch(model: Any, processor: Any, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+    """Greedy answers to a batch of prompts, each asked in the model's chat template with its image."""
+    texts, images = [], []
+    for prompt in prompts:
+        content = prompt.text if prompt.image is None else f"{processor.image_token}\n{prompt.text}"
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
+        image = prompt.image() if callable(prompt.image) else prompt.image
+        images.append([] if image is None else [image])
+    inputs = processor(text=texts, images=images, return_tensors="pt")
     ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     start = inputs["input_ids"].shape[1]
     return [text.strip() for text in processor.batch_decode(ids[:, start:], skip_special_tokens=True)]
@@ -75,52 +79,83 @@ def _claim(out_dir: Path, run: dict[str, Any]) -> None:
         write_text(marker, json.dumps(run, indent=2) + "\n")
 
 
-def evaluate(
+def _check_images(prompts: Sequence[Prompt]) -> None:
+    """Fail before answering anything when image files are missing, naming the first few."""
+    missing = [p.image for p in prompts if isinstance(p.image, Path) and not p.image.is_file()]
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:3])
+        raise ImageError(
+            f"{len(missing)} image file(s) do not exist, e.g. {shown}; check --image-folder (and --image-pattern)"
+        )
+
+
+def predict(
     model: Any,
     processor: Any,
-    items: Sequence[EvalItem],
-    image_root: str | Path,
+    prompts: Sequence[Prompt],
     out_dir: str | Path,
     *,
     batch_size: int = 16,
     max_new_tokens: int = 16,
-    scorer: Scorer = exact_match_scorer,
-    baselines: dict[str, float] | None = None,
     run: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Answer every item (skipping ids already in out_dir/predictions.jsonl), score them, write scores.json.
+    desc: str = "eval",
+) -> dict[str, dict[str, Any]]:
+    """Answer every prompt not yet in out_dir/predictions.jsonl, appending a batch at a time; all rows, in order.
 
-    `run` names what produced the answers (model path, settings); it is recorded in out_dir/run.json, and a resume
-    into a folder of a different run is refused.
+    `run` names what produced the answers (model, task, files, settings); it is recorded in out_dir/run.json, and
+    a resume into a folder of a different run is refused.
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    assert len({p.question_id for p in prompts}) == len(prompts), "tasks give every prompt its own id"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, {**(run or {}), "max_new_tokens": max_new_tokens})
     pred_file = out_dir / "predictions.jsonl"
     done = _answered(pred_file)
-    todo = [item for item in items if item.question_id not in done]
-    with pred_file.open("a") as sink, tqdm(total=len(items), initial=len(items) - len(todo), desc="eval") as bar:
+    todo = [p for p in prompts if p.question_id not in done]
+    _check_images(todo)
+    with pred_file.open("a") as sink, tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            answers = answer_batch(model, processor, batch, Path(image_root), max_new_tokens)
-            for item, prediction in zip(batch, answers, strict=True):
-                row = {
-                    "question_id": item.question_id,
-                    "question": item.question,
-                    "prediction": prediction,
-                    "answers": list(item.answers),
-                    "type": item.type,
-                    "score": scorer(prediction, item),
-                }
-                done[item.question_id] = row
-                sink.write(json.dumps(row) + "\n")
+            answers = answer_batch(model, processor, batch, max_new_tokens)
+            for prompt, prediction in zip(batch, answers, strict=True):
+                row = {"question_id": prompt.question_id, "prompt": prompt.text, "prediction": prediction}
+                done[prompt.question_id] = {**prompt.record, **row}
+                sink.write(json.dumps(done[prompt.question_id]) + "\n")
             sink.flush()
             bar.update(len(batch))
-    records = [done[item.question_id] for item in items]
-    scores: dict[str, Any] = {"by_type": breakdown(records, key="type", score_key="score")}
-    if baselines:
-        for name, row in scores["by_type"].items():
-            if name in baselines:
-                row["majority_baseline"] = baselines[name]
-    write_text(out_dir / "scores.json", json.dumps(scores, indent=2) + "\n")
-    return scores
+    return {p.question_id: done[p.question_id] for p in prompts}
+
+
+def evaluate(
+    model: Any,
+    processor: Any,
+    task: Task,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    run: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Answer the task's prompts (resuming), write its official files, and score it when it has references.
+
+    scores.json is written atomically when the task scores; a stale one is removed when it cannot (no references),
+    so the folder never shows scores of other predictions.
+    """
+    out_dir = Path(out_dir)
+    tokens = task.max_new_tokens if max_new_tokens is None else max_new_tokens
+    claim = {"task": task.name, **(run or {}), **task.identity()}
+    prompts = task.prompts()
+    rows = predict(
+        model, processor, prompts, out_dir, batch_size=batch_size, max_new_tokens=tokens, run=claim, desc=task.name
+    )
+    files = task.write_outputs(rows, out_dir)
+    scores = task.score(rows)
+    score_file = out_dir / "scores.json"
+    if scores is None:
+        score_file.unlink(missing_ok=True)
+    else:
+        write_text(score_file, json.dumps(scores, indent=2) + "\n")
+        files.append(score_file)
+    return EvalResult(scores, rows, files)

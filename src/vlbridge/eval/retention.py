@@ -1,0 +1,327 @@
+"""Text-ability retention: does the LLM inside a VLM still do text as well as the LLM it started from (SPEC section 5)?
+
+The seeds' claim: after multimodal tuning the LLM's text ability stays within +-3% of the base LLM, and a text-only
+deployment (the vision plug-in never loaded) takes ~40% less memory. This module measures both:
+
+- perplexity on held-out text, token-level with the same tokenizer: the text is tokenized once and cut into
+  windows of the context length (each starting with BOS when the tokenizer has one, so every text token is
+  predicted exactly once); the NLL is summed exactly over all predicted tokens and ppl = exp(sum / count);
+- accuracy on text QA (JSONL lines {"question", "answer"}), greedy answers scored by exact match after VQA
+  normalisation;
+- the relative difference (vlm - base) / base of each, judged against a tolerance (|difference| <= 3%);
+- the resident memory of loading the VLM text-only against loading it whole, each in a fresh process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from vlbridge.errors import ConfigError, DataError, VlbridgeError
+from vlbridge.eval.scoring import exact_match
+
+DEFAULT_TOLERANCE = 0.03
+QA_PROMPTS = ("chat", "raw")
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Summed next-token NLL (nats) over `tokens` predicted tokens; ppl = exp(nll_sum / tokens)."""
+
+    nll_sum: float
+    tokens: int
+
+    @property
+    def ppl(self) -> float:
+        """exp(mean NLL)."""
+        return math.exp(self.nll_sum / self.tokens)
+
+
+def windows(ids: Sequence[int], length: int, bos_id: int | None) -> list[list[int]]:
+    """Cut `ids` into model inputs of at most `length` tokens that predict every token once.
+
+    With a BOS id each window is [BOS] + the next length - 1 tokens; without, windows of `length` tokens whose first
+    token is context only (and a last window of one token, which predicts nothing, is dropped).
+    """
+    if length < 2:
+        raise ConfigError(f"the perplexity window must hold at least 2 tokens, got {length}")
+    if bos_id is not None:
+        step = length - 1
+        return [[bos_id, *ids[i : i + step]] for i in range(0, len(ids), step)]
+    return [list(ids[i : i + length]) for i in range(0, len(ids), length) if len(ids[i : i + length]) > 1]
+
+
+@torch.no_grad()
+def perplexity(model: Any, ids: Sequence[int], length: int, bos_id: int | None, batch_size: int = 4) -> Perplexity:
+    """Token-level perplexity of `model` (any module returning .logits (B, T, V) for input_ids) on `ids`."""
+    chunks = windows(ids, length, bos_id)
+    if not chunks:
+        raise DataError("the held-out text has too few tokens to predict any; give it more text")
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    full = [c for c in chunks if len(c) == len(chunks[0])]
+    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[c] for c in chunks[len(full) :]]
+    for batch in batches:
+        input_ids = torch.tensor(batch, dtype=torch.long, device=device)  # (B, T)
+        logits = model(input_ids=input_ids).logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+        losses = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1), reduction="none"
+        )
+        nll += float(losses.double().sum())
+        count += losses.numel()
+    return Perplexity(nll_sum=nll, tokens=count)
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """A text question and its accepted answers."""
+
+    question: str
+    answers: tuple[str, ...]
+
+
+def load_qa(path: str | Path) -> list[QAItem]:
+    """Read JSONL lines {"question": str, "answer": str or [str, ...]}; malformed lines raise DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError('the QA file does not exist; pass a JSONL file of {"question", "answer"} lines', path)
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"not JSON ({err}); write one object per line", path, number) from err
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise DataError('need {"question": str, "answer": str or a list of str}', path, number)
+        answers = [row["answer"]] if isinstance(row.get("answer"), str) else row.get("answer")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise DataError('"answer" must be a string or a non-empty list of strings', path, number)
+        items.append(QAItem(row["question"], tuple(answers)))
+    if not items:
+        raise DataError("the QA file holds no questions", path)
+    return items
+
+
+def answer_questions(
+    model: Any, processor: Any, items: Sequence[QAItem], *, prompt: str, batch_size: int, max_new_tokens: int
+) -> list[str]:
+    """Greedy answers, each question asked in the model's chat template ("chat") or as bare text ("raw")."""
+    if prompt not in QA_PROMPTS:
+        raise ConfigError(f"qa prompt {prompt!r} is unknown; choose one of {', '.join(QA_PROMPTS)}")
+    answers = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        texts = [item.question for item in batch]
+        if prompt == "chat":
+            try:
+                texts = [processor.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
+            except ConfigError as err:
+                raise ConfigError(f"{err}; or ask the questions as bare text with --qa-prompt raw") from err
+        inputs = processor(text=texts, return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = ids[:, inputs["input_ids"].shape[1] :]
+        answers += [text.strip() for text in processor.batch_decode(new, skip_special_tokens=True)]
+    return answers
+
+
+def relative_difference(model_value: float, base_value: float) -> float | None:
+    """(model - base) / base; 0 when equal, None when the base is 0 and the model is not."""
+    if model_value == base_value:
+        return 0.0
+    return None if base_value == 0 else (model_value - base_value) / base_value
+
+
+def within(difference: float | None, tolerance: float) -> bool:
+    """The verdict: |relative difference| <= tolerance (an undefined difference fails)."""
+    return difference is not None and abs(difference) <= tolerance
+
+
+@dataclass(frozen=True)
+class LoadMemory:
+    """Memory of loading one deployment in a fresh process: resident memory the load added, the process's peak
+    resident set, and the bytes of the loaded parameters (all MiB)."""
+
+    load_rss_mb: float
+    peak_rss_mb: float
+    param_mb: float
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise VlbridgeError(f"/proc/self/status has no {key}; memory is measured on Linux only")
+
+
+def probe_main(argv: Sequence[str]) -> None:
+    """Subprocess entry: load PATH (vision "1"/"0", torch dtype name) and print its LoadMemory as JSON."""
+    from vlbridge.model.io import load_weights, read_config
+    from vlbridge.model.vlm import VisionLanguageModel
+
+    path, vision, dtype = Path(argv[0]), argv[1] == "1", argv[2]
+    before = _status_mb("VmRSS")
+    config, rules = read_config(path)
+    model = VisionLanguageModel(config, vision=vision).to(getattr(torch, dtype))
+    load_weights(model, path, rules)
+    gc.collect()
+    params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    print(json.dumps(asdict(LoadMemory(_status_mb("VmRSS") - before, _status_mb("VmHWM"), params))))
+
+
+PROBE = "import sys; from vlbridge.eval.retention import probe_main; probe_main(sys.argv[1:])"
+
+
+def deployment_memory(path: str | Path, dtype: str = "float32") -> dict[str, LoadMemory]:
+    """{"full": ..., "text_only": ...}: the checkpoint loaded with and without vision, each in its own fresh
+    process (run side by side), so nothing one load allocated is counted in the other."""
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype {dtype!r} is not measured; use float32, bfloat16 or float16")
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", PROBE, str(path), flag, dtype],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, flag in (("full", "1"), ("text_only", "0"))
+    }
+    out = {}
+    for name, process in runs.items():
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise VlbridgeError(f"measuring the {name} load of {path} failed: {stderr.strip().splitlines()[-1:]}")
+        out[name] = LoadMemory(**json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def memory_saving(memory: dict[str, LoadMemory]) -> dict[str, float]:
+    """Fraction of each figure the text-only deployment saves against the full one."""
+    full, text = asdict(memory["full"]), asdict(memory["text_only"])
+    return {key: 1 - text[key] / full[key] for key in full if full[key] > 0}
+
+
+def _context_length(path: str | Path) -> int:
+    from vlbridge.model.io import read_config
+
+    config, _ = read_config(Path(path))
+    return config.language_model.max_position_embeddings
+
+
+def _score(path: str | Path, text: str, length: int, items: list[QAItem] | None, settings: dict[str, Any]) -> dict:
+    """Load `path` text-only and measure it: the token ids it reads, its perplexity, and its QA answers."""
+    import vlbridge
+
+    model, processor = vlbridge.load(str(path), vision=False, device=settings["device"], dtype=settings["dtype"])
+    limit = model.config.language_model.max_position_embeddings
+    if length > limit:
+        raise ConfigError(f"the window of {length} tokens exceeds {path}'s context of {limit}; lower --window")
+    tokenizer = processor.tokenizer
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    result: dict[str, Any] = {"ids": (tokenizer.bos_token_id, ids)}
+    result["perplexity"] = perplexity(model, ids, length, tokenizer.bos_token_id, settings["batch_size"])
+    if items is not None:
+        result["answers"] = answer_questions(
+            model,
+            processor,
+            items,
+            prompt=settings["qa_prompt"],
+            batch_size=settings["batch_size"],
+            max_new_tokens=settings["max_new_tokens"],
+        )
+    del model, processor
+    gc.collect()
+    return result
+
+
+def compare(
+    base: str | Path,
+    model: str | Path,
+    data: str | Path,
+    qa: str | Path | None = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    window: int | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 16,
+    qa_prompt: str = "chat",
+    memory: bool = True,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The retention report (JSON-ready) of the VLM at `model` (loaded text-only) against the base LLM at `base`.
+
+    The two are loaded one after the other, so only one model is in memory at a time.
+    """
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be >= 0 (a fraction: 0.03 = 3%), got {tolerance}")
+    data = Path(data)
+    if not data.is_file():
+        raise DataError("the held-out text file does not exist; pass a plain-text file", data)
+    text = data.read_text(encoding="utf-8")
+    items = load_qa(qa) if qa is not None else None
+    length = window or min(_context_length(base), _context_length(model))
+    settings = {"device": device, "dtype": dtype, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    settings["qa_prompt"] = qa_prompt
+    scored = {role: _score(path, text, length, items, settings) for role, path in (("base", base), ("model", model))}
+    if scored["base"]["ids"] != scored["model"]["ids"]:
+        raise ConfigError(
+            f"{base} and {model} tokenize the held-out text differently; perplexities over different tokens are not "
+            "comparable: give the VLM the base LLM's tokenizer"
+        )
+    ppl = {role: scored[role]["perplexity"] for role in scored}
+    difference = relative_difference(ppl["model"].ppl, ppl["base"].ppl)
+    report: dict[str, Any] = {
+        "base": str(base),
+        "model": str(model),
+        "data": str(data),
+        "tolerance": tolerance,
+        "window": length,
+        "perplexity": {
+            **{role: {"ppl": p.ppl, "nll_sum": p.nll_sum, "tokens": p.tokens} for role, p in ppl.items()},
+            "relative_difference": difference,
+            "within_tolerance": within(difference, tolerance),
+        },
+    }
+    if items is not None:
+        report["qa"] = _qa_section(items, scored["base"]["answers"], scored["model"]["answers"], tolerance)
+        report["qa"]["file"] = str(qa)
+    if memory:
+        measured = deployment_memory(model, {"bf16": "bfloat16", "fp16": "float16"}.get(dtype or "", "float32"))
+        report["memory"] = {name: asdict(m) for name, m in measured.items()}
+        report["memory"]["text_only_saving"] = memory_saving(measured)
+    verdicts = [report["perplexity"]["within_tolerance"]] + ([report["qa"]["within_tolerance"]] if items else [])
+    report["retained"] = all(verdicts)
+    return report
+
+
+def _qa_section(items: list[QAItem], base: list[str], model: list[str], tolerance: float) -> dict[str, Any]:
+    """Accuracy of both, their relative difference and verdict, and every answer for inspection."""
+    scores = {
+        role: [max(exact_match(answer, gold) for gold in item.answers) for item, answer in zip(items, got, strict=True)]
+        for role, got in (("base", base), ("model", model))
+    }
+    accuracy = {role: sum(s) / len(s) for role, s in scores.items()}
+    difference = relative_difference(accuracy["model"], accuracy["base"])
+    return {
+        "n": len(items),
+        "accuracy": accuracy,
+        "relative_difference": difference,
+        "within_tolerance": within(difference, tolerance),
+        "answers": [
+            {"question": item.question, "answers": list(item.answers), "base": b, "model": m}
+            for item, b, m in zip(items, base, model, strict=True)
+        ],
+    }

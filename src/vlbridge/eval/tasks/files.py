@@ -1,0 +1,77 @@
+"""Reading benchmark files with errors that name the file and the line or entry to fix.
+
+JSON Lines files report the line; whole-JSON files (VQAv2, GQA: usually one minified line) report the entry, by
+list index or key, since a line number there would point at the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vlbridge.errors import DataError
+
+
+def require_file(path: str | Path | None, flag: str) -> Path:
+    """`path` as a Path, or a DataError naming the flag when it is missing or not a file."""
+    if path is None:
+        raise DataError(f"this task needs {flag}; pass the file")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path} does not exist (or is not a file); check the path")
+    return path
+
+
+def require_folder(path: str | Path | None, flag: str) -> Path:
+    """`path` as a Path, or a DataError naming the flag when it is missing or not a folder."""
+    if path is None:
+        raise DataError(f"this task needs {flag}; pass the folder that holds the images")
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{flag} {path} is not a folder; check the path")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    """The parsed JSON file; a syntax error raises DataError with the line and column."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"not valid JSON ({err.msg} at column {err.colno}); fix or re-download the file", path, err.lineno
+        ) from None
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object raises DataError there."""
+    with path.open(encoding="utf-8-sig") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    f"not valid JSON ({err.msg} at column {err.colno}); a .jsonl file holds one JSON object per line",
+                    path,
+                    number,
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(f"expected a JSON object, got {type(value).__name__}; fix the line", path, number)
+            yield number, value
+
+
+def is_id(value: Any) -> bool:
+    """Whether `value` can be a question id: a string or an integer (not a bool)."""
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def image_name(pattern: str, **fields: Any) -> str:
+    """The image file name `pattern` gives for `fields` (str.format), or a DataError naming the bad pattern."""
+    try:
+        return pattern.format(**fields)
+    except (KeyError, IndexError, ValueError) as err:
+        known = ", ".join(f"{{{name}}}" for name in fields)
+        raise DataError(f"image pattern {pattern!r} cannot be filled ({err!r}); it may use {known}") from None

@@ -1,0 +1,125 @@
+"""GQA in its official layout: a questions JSON keyed by question id, images `<imageId>.jpg`.
+
+Hudson and Manning, "GQA: A New Dataset for Real-World Visual Reasoning and Compositional Question Answering"
+(2019). Each entry is {"imageId", "question", "answer", "types": {"structural", "semantic", "detailed"}, ...}.
+Questions are asked as LLaVA-1.5 asks them ("Answer the question using a single word or phrase." on the next
+line); answers are scored by exact match after VQA answer normalisation, broken down by structural and semantic
+type, and written as [{"questionId", "prediction"}] (the reply lower-cased, trailing periods dropped, as LLaVA's
+`convert_gqa_for_eval.py` does) for GQA's official eval.py. Without answers (test, challenge) only that file is
+written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlbridge.atomic import write_text
+from vlbridge.errors import DataError
+from vlbridge.eval.scoring import breakdown, exact_match
+from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, with_suffix
+from vlbridge.eval.tasks.files import image_name, read_json, require_file, require_folder
+from vlbridge.eval.tasks.vqav2 import SHORT_ANSWER
+
+IMAGE_PATTERN = "{image_id}.jpg"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One GQA question."""
+
+    question_id: str
+    image_id: str
+    question: str
+    answer: str | None
+    structural: str
+    semantic: str
+
+
+def _parse(path: Path, qid: str, entry: Any) -> Question:
+    """One entry, or DataError naming it."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("imageId", "question")):
+        raise DataError(f'question {qid!r} needs string "imageId" and "question" fields', path)
+    answer, types = entry.get("answer"), entry.get("types", {})
+    if answer is not None and not isinstance(answer, str):
+        raise DataError(f'question {qid!r}: "answer" must be a string, got {answer!r}', path)
+    if not isinstance(types, dict):
+        raise DataError(f'question {qid!r}: "types" must be an object with "structural" and "semantic"', path)
+    structural, semantic = str(types.get("structural", "all")), str(types.get("semantic", "all"))
+    return Question(qid, entry["imageId"], entry["question"], answer, structural, semantic)
+
+
+def load_questions(path: Path) -> list[Question]:
+    """Validated questions in file order; a malformed entry raises DataError naming its question id."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError("expected a JSON object {question id: question} (the official GQA layout)", path)
+    return [_parse(path, str(qid), entry) for qid, entry in data.items()]
+
+
+@TASKS.register("gqa")
+class GQATask(Task):
+    """GQA from an official questions file and its image folder."""
+
+    name = "gqa"
+
+    def __init__(
+        self,
+        questions: str | Path,
+        image_folder: str | Path,
+        *,
+        image_pattern: str = IMAGE_PATTERN,
+        suffix: str = SHORT_ANSWER,
+        limit: int | None = None,
+    ) -> None:
+        self.source = require_file(questions, "--questions")
+        self.image_folder = require_folder(image_folder, "--image-folder")
+        self.questions = load_questions(self.source)[:limit]
+        self.images = [image_name(image_pattern, image_id=q.image_id) for q in self.questions]
+        self.image_pattern, self.suffix = image_pattern, suffix
+        answered = [q.answer is not None for q in self.questions]
+        if any(answered) and not all(answered):
+            first = self.questions[answered.index(False)].question_id
+            raise DataError(f"question {first!r} has no answer but others do; use one split's file", self.source)
+        self.scored = bool(self.questions) and all(answered)
+
+    def prompts(self) -> list[Prompt]:
+        return [
+            Prompt(q.question_id, with_suffix(q.question, self.suffix), self.image_folder / image)
+            for q, image in zip(self.questions, self.images, strict=True)
+        ]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "questions": str(self.source.resolve()),
+            "image_folder": str(self.image_folder.resolve()),
+            "image_pattern": self.image_pattern,
+            "suffix": self.suffix,
+        }
+
+    def write_outputs(self, rows: Rows, out_dir: Path) -> list[Path]:
+        results = [
+            {"questionId": q.question_id, "prediction": rows[q.question_id]["prediction"].rstrip(".").lower()}
+            for q in self.questions
+        ]
+        target = out_dir / "gqa_predictions.json"
+        write_text(target, json.dumps(results) + "\n")
+        return [target]
+
+    def score(self, rows: Rows) -> dict[str, Any] | None:
+        if not self.scored:
+            return None
+        records = [
+            {
+                "structural": q.structural,
+                "semantic": q.semantic,
+                "score": exact_match(rows[q.question_id]["prediction"], q.answer),
+            }
+            for q in self.questions
+        ]
+        return {
+            "by_structural": breakdown(records, key="structural"),
+            "by_semantic": breakdown(records, key="semantic"),
+        }

@@ -1,0 +1,90 @@
+"""The synthetic world's held-out questions (test.jsonl / val.jsonl written by `vlbridge data synth`).
+
+Each line is {"question_id", "image", "question", "answer", "type"}; answers are scored by exact match after VQA
+answer normalisation, per question type, beside the majority-answer baseline the dataset's stats.json records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlbridge.data.llava_json import EvalItem, load_eval
+from vlbridge.errors import DataError
+from vlbridge.eval.scoring import breakdown, exact_match
+from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task
+
+
+def exact_match_scorer(prediction: str, item: EvalItem) -> float:
+    """1.0 when the prediction equals any reference answer after VQA answer normalisation."""
+    return max(exact_match(prediction, answer) for answer in item.answers)
+
+
+def majority_baselines(data: Path, split: str) -> dict[str, float]:
+    """Majority-answer accuracy per type (and overall, weighted by count) from the dataset's stats.json."""
+    stats_file = data / "stats.json"
+    if not stats_file.is_file():
+        return {}
+    types = json.loads(stats_file.read_text())["splits"][split]["types"]
+    total = sum(t["count"] for t in types.values())
+    baselines = {name: t["majority_baseline"] for name, t in types.items()}
+    baselines["overall"] = sum(t["count"] * t["majority_baseline"] for t in types.values()) / total
+    return baselines
+
+
+@TASKS.register("synthetic")
+class SyntheticTask(Task):
+    """Held-out questions with images relative to `image_root`, scored per type beside the given baselines."""
+
+    name = "synthetic"
+    max_new_tokens = 12
+
+    def __init__(
+        self,
+        items: Sequence[EvalItem],
+        image_root: str | Path,
+        *,
+        baselines: dict[str, float] | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.items = list(items)
+        self.image_root = Path(image_root)
+        self.baselines = baselines or {}
+        self.source = source
+
+    @classmethod
+    def from_folder(cls, data: str | Path, split: str = "test", limit: int | None = None) -> SyntheticTask:
+        """The `split` questions of a dataset folder, with the baselines of its stats.json."""
+        data = Path(data)
+        questions = data / f"{split}.jsonl"
+        if not questions.is_file():
+            raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
+        items = load_eval(questions).items[:limit]
+        return cls(items, data, baselines=majority_baselines(data, split), source=str(questions.resolve()))
+
+    def prompts(self) -> list[Prompt]:
+        return [
+            Prompt(
+                item.question_id,
+                item.question,
+                None if item.image is None else self.image_root / item.image,
+                {"answers": list(item.answers), "type": item.type},
+            )
+            for item in self.items
+        ]
+
+    def identity(self) -> dict[str, Any]:
+        return {"questions": self.source}
+
+    def score(self, rows: Rows) -> dict[str, Any]:
+        records = [
+            {"type": item.type, "score": exact_match_scorer(rows[item.question_id]["prediction"], item)}
+            for item in self.items
+        ]
+        by_type = breakdown(records, key="type")
+        for name, row in by_type.items():
+            if name in self.baselines:
+                row["majority_baseline"] = self.baselines[name]
+        return {"by_type": by_type}

@@ -1,0 +1,171 @@
+"""VQAv2 in its official files: questions JSON, annotations JSON, COCO images; official accuracy and results file.
+
+Goyal et al., "Making the V in VQA Matter" (2017). Questions are {"questions": [{"question_id", "image_id",
+"question"}], "data_subtype": "val2014"}; annotations are {"annotations": [{"question_id", "answers": [{"answer"},
+...], "answer_type", "question_type", ...}]}; images are COCO files named `COCO_<split>_<12-digit image id>.jpg`
+(split from the questions' data_subtype). Each question is asked as LLaVA-1.5 asks it, with "Answer the question
+using a single word or phrase." on the next line; answers are scored with the official VQA accuracy per answer type
+and question type, and written in the official results format [{"question_id", "answer"}] for the evaluation server.
+Without annotations (test-dev) only the results file is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlbridge.atomic import write_text
+from vlbridge.errors import DataError
+from vlbridge.eval.scoring import breakdown
+from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, with_suffix
+from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file, require_folder
+from vlbridge.eval.vqa import vqa_accuracy
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """The human answers to one question and its types."""
+
+    answers: tuple[str, ...]
+    answer_type: str
+    question_type: str
+
+
+def _entries(path: Path, data: Any, key: str) -> list[Any]:
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f'expected a JSON object with a "{key}" list (the official VQAv2 layout)', path)
+    return data[key]
+
+
+def _is_question(q: Any) -> bool:
+    image_id = q.get("image_id") if isinstance(q, dict) else None
+    return (
+        isinstance(q, dict)
+        and is_id(q.get("question_id"))
+        and isinstance(q.get("question"), str)
+        and isinstance(image_id, int)
+        and not isinstance(image_id, bool)
+    )
+
+
+def _is_annotation(a: Any) -> bool:
+    answers = a.get("answers") if isinstance(a, dict) else None
+    return (
+        isinstance(a, dict)
+        and is_id(a.get("question_id"))
+        and isinstance(answers, list)
+        and len(answers) > 0
+        and all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in answers)
+        and all(isinstance(a.get(key, ""), str) for key in ("answer_type", "question_type"))
+    )
+
+
+def load_questions(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The questions, validated (DataError naming the entry), and the data_subtype ("val2014", ...) if recorded."""
+    data = read_json(path)
+    questions, seen = _entries(path, data, "questions"), set()
+    for i, q in enumerate(questions):
+        if not _is_question(q):
+            raise DataError(f'questions[{i}] needs "question_id", an integer "image_id" and a string "question"', path)
+        if str(q["question_id"]) in seen:
+            raise DataError(f"questions[{i}] repeats question_id {q['question_id']!r}; ids must be unique", path)
+        seen.add(str(q["question_id"]))
+    subtype = data.get("data_subtype")
+    return questions, subtype if isinstance(subtype, str) else None
+
+
+def load_annotations(path: Path) -> dict[str, Annotation]:
+    """Annotations by question id (as a string); a malformed entry raises DataError naming it."""
+    out = {}
+    for i, a in enumerate(_entries(path, read_json(path), "annotations")):
+        if not _is_annotation(a):
+            raise DataError(
+                f'annotations[{i}] needs "question_id", a non-empty "answers" list of {{"answer": str}} and string '
+                '"answer_type" and "question_type"',
+                path,
+            )
+        answers = tuple(x["answer"] for x in a["answers"])
+        out[str(a["question_id"])] = Annotation(answers, a.get("answer_type", "all"), a.get("question_type", "all"))
+    return out
+
+
+@TASKS.register("vqav2")
+class VQAv2Task(Task):
+    """VQAv2 from the official question/annotation files and a COCO image folder."""
+
+    name = "vqav2"
+
+    def __init__(
+        self,
+        questions: str | Path,
+        image_folder: str | Path,
+        *,
+        annotations: str | Path | None = None,
+        image_pattern: str = IMAGE_PATTERN,
+        suffix: str = SHORT_ANSWER,
+        limit: int | None = None,
+    ) -> None:
+        self.source = require_file(questions, "--questions")
+        self.image_folder = require_folder(image_folder, "--image-folder")
+        questions_list, split = load_questions(self.source)
+        self.questions = questions_list[:limit]
+        if split is None and "{split}" in image_pattern:
+            raise DataError(
+                'the questions file has no "data_subtype" to name the COCO split; pass --image-pattern, e.g. '
+                "'COCO_val2014_{image_id:012d}.jpg'",
+                self.source,
+            )
+        self.images = [image_name(image_pattern, split=split, image_id=q["image_id"]) for q in self.questions]
+        self.image_pattern, self.suffix = image_pattern, suffix
+        self.annotations = None
+        if annotations is not None:
+            ann_file = require_file(annotations, "--annotations")
+            self.annotations = load_annotations(ann_file)
+            missing = [q["question_id"] for q in self.questions if str(q["question_id"]) not in self.annotations]
+            if missing:
+                raise DataError(
+                    f"{len(missing)} question(s) have no annotation, e.g. question_id {missing[0]!r}; pass the "
+                    "annotations of the same split, or leave out --annotations to only predict",
+                    ann_file,
+                )
+
+    def prompts(self) -> list[Prompt]:
+        return [
+            Prompt(str(q["question_id"]), with_suffix(q["question"], self.suffix), self.image_folder / image)
+            for q, image in zip(self.questions, self.images, strict=True)
+        ]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "questions": str(self.source.resolve()),
+            "image_folder": str(self.image_folder.resolve()),
+            "image_pattern": self.image_pattern,
+            "suffix": self.suffix,
+        }
+
+    def write_outputs(self, rows: Rows, out_dir: Path) -> list[Path]:
+        results = [
+            {"question_id": q["question_id"], "answer": rows[str(q["question_id"])]["prediction"]}
+            for q in self.questions
+        ]
+        target = out_dir / "vqav2_results.json"
+        write_text(target, json.dumps(results) + "\n")
+        return [target]
+
+    def score(self, rows: Rows) -> dict[str, Any] | None:
+        if self.annotations is None:
+            return None
+        records = []
+        for q in self.questions:
+            ann = self.annotations[str(q["question_id"])]
+            value = vqa_accuracy(rows[str(q["question_id"])]["prediction"], ann.answers)
+            records.append({"answer_type": ann.answer_type, "question_type": ann.question_type, "score": value})
+        return {
+            "by_answer_type": breakdown(records, key="answer_type"),
+            "by_question_type": breakdown(records, key="question_type"),
+        }

@@ -1,0 +1,134 @@
+"""`vlbridge eval`: the synthetic default, benchmark tasks end to end on a tiny model, flag checks, text-retention."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlbridge.cli.main import main
+from vlbridge.data.synthetic import synthesize
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, n=60, seed=3, image_size=48)
+    return root
+
+
+def test_synthetic_is_the_default_task(clip_llava_dir: Path, synth_dir: Path, tmp_path: Path, capsys) -> None:
+    args = ["eval", "--model", str(clip_llava_dir), "--data", str(synth_dir), "--out", str(tmp_path)]
+    assert main([*args, "--limit", "6", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "majority baseline" in out and out.splitlines()[1].startswith("overall")
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["by_type"]["overall"]["n"] == 6
+    types_ = json.loads((synth_dir / "stats.json").read_text())["splits"]["test"]["types"]
+    weighted = sum(t["count"] * t["majority_baseline"] for t in types_.values()) / sum(
+        t["count"] for t in types_.values()
+    )
+    assert scores["by_type"]["overall"]["majority_baseline"] == pytest.approx(weighted)
+    assert json.loads((tmp_path / "run.json").read_text())["task"] == "synthetic"
+
+
+def test_missing_synthetic_questions_file(tmp_path: Path, capsys) -> None:
+    assert main(["eval", "--model", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "no test.jsonl" in capsys.readouterr().err
+
+
+def test_vqav2_end_to_end_on_a_tiny_model(clip_llava_dir: Path, tmp_path: Path, capsys) -> None:
+    Image.new("RGB", (40, 30), (0, 120, 0)).save(tmp_path / "COCO_val2014_000000000007.jpg")
+    questions = [{"question_id": 70 + i, "image_id": 7, "question": q} for i, q in enumerate(["What?", "Why?"])]
+    annotations = [
+        {
+            "question_id": q["question_id"],
+            "answers": [{"answer": "x"}] * 10,
+            "answer_type": "other",
+            "question_type": "what",
+        }
+        for q in questions
+    ]
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": annotations}))
+    args = ["eval", "--task", "vqav2", "--model", str(clip_llava_dir), "--questions", str(tmp_path / "q.json")]
+    args += ["--image-folder", str(tmp_path), "--annotations", str(tmp_path / "a.json"), "--max-new-tokens", "2"]
+    assert main(args) == 0
+    out_dir = tmp_path / "answers" / clip_llava_dir.name  # default: beside the questions, per model
+    results = json.loads((out_dir / "vqav2_results.json").read_text())
+    assert [r["question_id"] for r in results] == [70, 71]
+    scores = json.loads((out_dir / "scores.json").read_text())
+    assert scores["by_answer_type"]["overall"]["n"] == 2
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["answer_type", "n", "accuracy"]
+    assert any(line.split()[:1] == ["question_type"] for line in printed)
+
+
+def test_mmbench_end_to_end_with_inline_images(clip_llava_dir: Path, tmp_path: Path, capsys) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 36), (10, 10, 250)).save(buffer, format="JPEG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    with (tmp_path / "mm.tsv").open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["index", "question", "hint", "A", "B", "C", "answer", "category", "image"])
+        writer.writerow(["0", "What colour?", "", "red", "blue", "green", "B", "colour", image])
+    out = tmp_path / "out"
+    args = ["eval", "--task", "mmbench", "--model", str(clip_llava_dir), "--questions", str(tmp_path / "mm.tsv")]
+    assert main([*args, "--out", str(out), "--max-new-tokens", "2"]) == 0
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == ["0/0", "0/1", "0/2"]
+    assert "vanilla_accuracy:" in capsys.readouterr().out
+    assert (out / "mmbench_results.tsv").is_file()
+
+
+def test_flags_of_another_task_are_refused(tmp_path: Path, capsys) -> None:
+    assert main(["eval", "--task", "gqa", "--questions", "q.json", "--annotations", "a.json"]) == 2
+    assert "--annotations is not used by --task gqa; it is for --task vqav2" in capsys.readouterr().err
+    assert main(["eval", "--questions", str(tmp_path / "q.jsonl")]) == 2
+    assert "--questions is not used by --task synthetic" in capsys.readouterr().err
+    assert main(["eval", "--task", "synthetic"]) == 2
+    assert "needs --data" in capsys.readouterr().err
+
+
+def test_text_retention_is_dispatched_with_its_own_flags(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    seen: list[argparse.Namespace] = []
+    stand_in = types.ModuleType("vlbridge.cli.retention")
+    stand_in.__doc__ = "A stand-in."
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--base", required=True)
+        parser.add_argument("--model", required=True)
+        parser.add_argument("--batch-size", type=int, default=4)
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 1
+
+    stand_in.add_arguments, stand_in.run = add_arguments, run
+    monkeypatch.setitem(sys.modules, "vlbridge.cli.retention", stand_in)
+    assert main(["eval", "text-retention", "--base", "lm", "--model", "vlm", "--batch-size", "2"]) == 1
+    assert vars(seen[0]) == {"base": "lm", "model": "vlm", "batch_size": 2}
+    with pytest.raises(SystemExit):
+        main(["eval", "text-retention", "--model", "vlm"])
+    assert "--base" in capsys.readouterr().err
+    assert main(["eval", "--model", "vlm", "text-retention", "--base", "lm"]) == 2
+    assert "--model was given before text-retention" in capsys.readouterr().err
+    assert main(["eval", "retention"]) == 2
+    assert "unknown eval command 'retention'" in capsys.readouterr().err
+    assert len(seen) == 1
+
+
+def test_text_retention_help_reaches_the_real_module(capsys) -> None:
+    pytest.importorskip("vlbridge.cli.retention")
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "text-retention", "--help"])
+    assert exit_.value.code == 0
+    assert "usage: vlbridge eval text-retention" in capsys.readouterr().out
