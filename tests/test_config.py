@@ -58,3 +58,22 @@ def test_load_yaml_errors(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping at top level"):
         load_yaml(tmp_path / "list.yaml")
+
+
+def test_load_yaml_base_lays_the_variant_over_its_base(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "root.yaml").write_text(
+        "seed: 0\nmodel:\n  connector: {name: mlp, depth: 2}\nstages: [{name: a}, {name: b}]\n"
+    )
+    (tmp_path / "configs" / "pool.yaml").write_text(
+        "base: ../root.yaml\nmodel:\n  connector: {name: pool}\nstages: [{name: c}]\n"
+    )
+    data = load_yaml(tmp_path / "configs" / "pool.yaml")
+    assert data == {"seed": 0, "model": {"connector": {"name": "pool", "depth": 2}}, "stages": [{"name": "c"}]}
+
+
+def test_load_yaml_base_cycle_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nseed: 2\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        load_yaml(tmp_path / "a.yaml")

@@ -55,7 +55,9 @@ def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: P
     assert all(torch.equal(stage_model[k], final[k]) for k in final)
 
 
-def test_progressive_upgrade_keeps_the_text_llm_bitwise(tiny_data, tiny_tokenizer_dir, tmp_path) -> None:
+def test_progressive_upgrade_then_connector_swap_keep_the_trained_parts_bitwise(
+    tiny_data, tiny_tokenizer_dir, tmp_path
+) -> None:
     text_only = {**TINY_MODEL, "vision": None}
     base = recipe(tmp_path / "llm", tiny_data, tiny_tokenizer_dir, [_text_stage(steps=2)], model=text_only)
     llm_dir = train(recipe_from_dict(base))
@@ -68,9 +70,19 @@ def test_progressive_upgrade_keeps_the_text_llm_bitwise(tiny_data, tiny_tokenize
     assert vlm.has_vision
     want, got = llm.language_model.state_dict(), vlm.language_model.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want), "the frozen LLM changed"
+    other_vision = {**TINY_MODEL, "vision": {**TINY_MODEL["vision"], "num_hidden_layers": 1}}
     again = recipe(tmp_path / "bad", tiny_data, None, [align_stage(steps=1)], init_from=str(vlm_dir))
     with pytest.raises(ConfigError, match="already describes a whole model"):
-        train(recipe_from_dict(again))
+        train(recipe_from_dict({**again, "model": other_vision}))
+
+    swapped = recipe(tmp_path / "pool", tiny_data, None, [align_stage(steps=1)], init_from=str(vlm_dir))
+    swapped["model"] = {**TINY_MODEL, "connector": {"name": "pool", "options": {"kernel": 2}}}
+    del swapped["tokenizer"]
+    pooled, _ = vlbridge.load(train(recipe_from_dict(swapped)))
+    assert pooled.config.connector.name == "pool"
+    for part in ("vision_encoder", "language_model"):  # frozen in align: carried over from vlm_dir bitwise
+        want, got = getattr(vlm, part).state_dict(), getattr(pooled, part).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), part
 
 
 def test_text_lm_reads_plain_text_files(tiny_tokenizer_dir, tmp_path) -> None:

@@ -104,7 +104,8 @@ def load_weights(
     """Stream the checkpoint's tensors into `model`, one at a time, so loading needs no second copy in memory.
 
     Strict: every model key must come from the checkpoint except those under the `fresh` prefixes (parts kept as
-    initialised, e.g. a vision plug-in added to a text LLM), and every checkpoint key must fit the model; a model
+    initialised, e.g. a vision plug-in added to a text LLM, or a new connector; the checkpoint's own tensors under
+    those prefixes are ignored), and every other checkpoint key must fit the model; a model
     without vision skips the checkpoint's vision tensors without reading them. Violations raise CheckpointError.
     """
     index = index_weights(path, rules)
@@ -114,7 +115,7 @@ def load_weights(
     params = {k: v for k, v in model.state_dict().items() if k not in tied}
     expected = {k for k in params if not k.startswith(fresh)} if fresh else set(params)
     missing = sorted(expected - set(index))
-    unexpected = sorted(set(index) - expected - tied)
+    unexpected = sorted(k for k in set(index) - expected - tied if not (fresh and k.startswith(fresh)))
     if missing or unexpected:
         parts = []
         if missing:

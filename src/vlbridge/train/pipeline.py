@@ -137,6 +137,8 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
 
     `init_from` a text-only checkpoint plus a `model` with vision adds a freshly initialised vision encoder and
     connector (from `model`'s vision, connector and image_processor sections) to the checkpoint's language model.
+    `init_from` a whole model plus a `model` with the same vision sections keeps its vision encoder and language
+    model and puts a fresh connector of `model`'s kind between them (how connectors are compared on equal parts).
     """
     template = recipe.tokenizer.template
     if recipe.init_from is None:
@@ -144,13 +146,17 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
         return VisionLanguageModel(fit_config(recipe.model, tokenizer, template))
     path = Path(recipe.init_from)
     base, rules = io.read_config(path)
-    config, grown = base, False
-    if recipe.model is not None:
-        if base.vision is not None:
+    config, fresh = base, ()
+    if recipe.model is not None and base.vision is not None:
+        if (recipe.model.vision, recipe.model.image_processor) != (base.vision, base.image_processor):
             raise ConfigError(
-                f"init_from {path} already describes a whole model; remove `model:` from the recipe (or start from a "
-                "text-only checkpoint to add vision to it)"
+                f"init_from {path} already describes a whole model; remove `model:` from the recipe, or give it the "
+                "checkpoint's own vision and image_processor sections to swap in a new connector only"
             )
+        config = replace(base, connector=recipe.model.connector)
+        fresh = ("connector.",)
+        log.info("replacing the %s connector of %s by a new %s", base.connector.name, path, config.connector.name)
+    elif recipe.model is not None:
         parts = recipe.model
         image_id = tokenizer.token_to_id(parts.image_token)
         if image_id is None or image_id >= base.language_model.vocab_size:
@@ -167,11 +173,11 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
             image_token_id=image_id,
             template=base.template or template,
         )
-        grown = parts.vision is not None
+        fresh = io.VISION_PREFIXES if parts.vision is not None else ()
         log.info("adding a new vision encoder and %s connector to the language model of %s", parts.connector.name, path)
     model = VisionLanguageModel(config)
-    io.load_weights(model, path, rules, fresh=io.VISION_PREFIXES if grown else ())
-    if grown and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
+    io.load_weights(model, path, rules, fresh=fresh)
+    if fresh and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
         model.connector.init_from_language_model(model.language_model)
     return model
 

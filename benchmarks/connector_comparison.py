@@ -1,0 +1,159 @@
+"""The connector comparison (issue 5): every connector trained on the same parts, data and budget, then measured.
+
+Every variant starts from one trained model (`--parts`, e.g. the run of configs/default.yaml): its vision encoder
+and language model are kept, a fresh connector of the variant's kind is put between them (`init_from` + a new
+`model.connector`, see train/pipeline.py), and configs/connectors/<name>.yaml trains it with the same stages and
+steps. Each variant is then scored on the synthetic world's held-out questions per type and profiled: visual tokens
+per image, prefill FLOPs (analytical, eval/flops.py), measured prefill latency and KV-cache bytes per image.
+
+    python benchmarks/connector_comparison.py --parts runs/default --data runs/default/data \
+        --out benchmarks/results/connectors [--only mlp pool-k2 ...] [--set stages.1.steps=100] [--limit 400]
+
+Writes results.md (the table), results.json and accuracy.png / tradeoff.png to --out; a variant already finished
+in --out is not trained again, so an interrupted comparison resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+import vlbridge
+from vlbridge.atomic import write_text
+from vlbridge.eval.flops import analyze
+from vlbridge.eval.profiler import measure_prefill
+from vlbridge.eval.runner import evaluate
+from vlbridge.eval.tasks.synthetic import SyntheticTask
+from vlbridge.train import load_recipe, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "connectors"
+TEXT_TOKENS = 16  # a synthetic-world question is about this long
+
+MINI = "model.connector.options"
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "mlp": ("mlp", []),
+    "qformer": ("qformer", []),
+    "perceiver": ("perceiver", []),
+    "gated_xattn": ("gated_xattn", []),
+    "pool-k2": ("pool", ["model.connector.options.kernel=2"]),
+    "pool-k3": ("pool", ["model.connector.options.kernel=3"]),
+    "pool-k6": ("pool", ["model.connector.options.kernel=6"]),
+    "tome-0.25": ("tome", []),
+    "patch_merger": ("patch_merger", []),
+    **{f"mini-c1-p{n}": ("mini", [f"{MINI}.grid=1", f"{MINI}.prefusion_layers={n}"]) for n in range(5)},
+    "mini-c3-p0": ("mini", [f"{MINI}.grid=3", f"{MINI}.prefusion_layers=0"]),
+    "mini-c6-p0": ("mini", [f"{MINI}.grid=6", f"{MINI}.prefusion_layers=0"]),
+    "mini-c3-p2": ("mini", [f"{MINI}.grid=3", f"{MINI}.prefusion_layers=2"]),
+}
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train, score and profile one variant; the result is cached in OUT/runs/NAME/result.json."""
+    config, overrides = VARIANTS[name]
+    run_dir = args.out / "runs" / name
+    cached = run_dir / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    recipe = load_recipe(
+        CONFIGS / f"{config}.yaml",
+        [f"init_from={args.parts}", f"data.root={args.data}", *overrides, *args.set],
+        run_dir=str(run_dir / "train"),
+    )
+    trained = train(recipe, resume=(run_dir / "train").is_dir())
+    model, processor = vlbridge.load(trained)
+    task = SyntheticTask.from_folder(args.data, split=args.split, limit=args.limit)
+    scores = evaluate(model, processor, task, run_dir / "eval", batch_size=32).scores
+    assert scores is not None, "the synthetic task always has references"
+    flops = analyze(model.config, text_tokens=TEXT_TOKENS, name=name, kv_dtype="float32")
+    timing = measure_prefill(model, TEXT_TOKENS, repeats=args.repeats, weights="checkpoint")
+    result = {
+        "name": name,
+        "connector": model.config.connector.name,
+        "options": model.config.connector.options,
+        "accuracy": {k: row["accuracy"] for k, row in scores["by_type"].items()},
+        "baseline": {k: row.get("majority_baseline") for k, row in scores["by_type"].items()},
+        "visual_tokens": flops.visual_tokens,
+        "prefill_gflops": flops.total("executed") / 1e9,
+        "latency_ms": timing.latency_ms,
+        "kv_bytes_per_image": flops.kv_bytes_per_image + flops.prefusion_kv_bytes_per_image,
+    }
+    write_text(cached, json.dumps(result, indent=2))
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The markdown table: accuracy per type beside the costs per image."""
+    types = list(results[0]["accuracy"])
+    head = ["variant", "visual tokens", "prefill GFLOPs", "prefill ms", "KV KiB/image", *types]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    baseline = ["majority baseline", "", "", "", "", *(f"{results[0]['baseline'][t] or 0:.3f}" for t in types)]
+    lines.append("| " + " | ".join(baseline) + " |")
+    for r in results:
+        costs = [str(r["visual_tokens"]), f"{r['prefill_gflops']:.3f}", f"{r['latency_ms']:.1f}"]
+        costs.append(f"{r['kv_bytes_per_image'] / 1024:.0f}")
+        lines.append("| " + " | ".join([r["name"], *costs, *(f"{r['accuracy'][t]:.3f}" for t in types)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], out: Path) -> None:
+    """accuracy.png: accuracy per question type per variant; tradeoff.png: overall accuracy against tokens/FLOPs."""
+    types = [t for t in results[0]["accuracy"] if t != "overall"]
+    fig, ax = plt.subplots(figsize=(max(8, len(results) * 0.9), 4.5))
+    width = 0.8 / len(types)
+    for i, kind in enumerate(types):
+        xs = [j + i * width for j in range(len(results))]
+        ax.bar(xs, [r["accuracy"][kind] for r in results], width, label=kind)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(results))], [r["name"] for r in results], rotation=45)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(ncol=3, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "visual_tokens", "visual tokens per image"), (axes[1], "prefill_gflops", "GF")):
+        for r in results:
+            ax.scatter(r[key], r["accuracy"]["overall"])
+            ax.annotate(r["name"], (r[key], r["accuracy"]["overall"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(label if key == "visual_tokens" else "prefill GFLOPs per image")
+        ax.set_ylabel("overall accuracy")
+        ax.axhline(results[0]["baseline"]["overall"] or 0, color="grey", linestyle="--", linewidth=1)
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", required=True, help="trained model whose vision encoder and LM every variant shares")
+    parser.add_argument("--data", required=True, help="synthetic dataset folder (vlbridge data synth)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/connectors"))
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides applied to every variant")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
+    parser.add_argument("--repeats", type=int, default=5, help="timed prefills per variant (median reported)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [run_variant(name, args) for name in args.only]
+    command = "python benchmarks/connector_comparison.py " + " ".join(
+        [f"--parts {args.parts}", f"--data {args.data}", f"--split {args.split}"]
+        + ([f"--limit {args.limit}"] if args.limit else [])
+        + ([f"--set {' '.join(args.set)}"] if args.set else [])
+    )
+    write_text(args.out / "results.json", json.dumps(results, indent=2))
+    write_text(args.out / "results.md", f"Regenerate with:\n\n    {command}\n\n{table(results)}")
+    plot(results, args.out)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
