@@ -9,28 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny_vlm import PROFILE_TINY
 from vlbridge.cli import bench
 from vlbridge.errors import ConfigError
-
-TINY = {
-    "language_model": {
-        "vocab_size": 128,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-    },
-    "vision": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    },
-    "image_processor": {"size": 32, "crop_size": 32},
-}
 
 
 def run(argv: list[str]) -> int:
@@ -44,7 +25,7 @@ def run(argv: list[str]) -> int:
 @pytest.fixture
 def tiny_yaml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(PROFILE_TINY))
     return path
 
 

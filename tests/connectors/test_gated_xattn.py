@@ -7,40 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
+from tiny_vlm import IMAGE_TOKEN, tiny_config, tiny_vlm
+from vlbridge.config import ConnectorConfig, LMConfig
 from vlbridge.connectors import ConnectorContext, build_connector
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLayer
 from vlbridge.model import io
 from vlbridge.model.vlm import VisionLanguageModel
 
-IMG = 99
+IMG = IMAGE_TOKEN
 SMALL = {"num_latents": 3, "depth": 1, "num_heads": 2, "head_dim": 8, "ff_mult": 2, "max_frames": 2}
-LM = LMConfig(
-    vocab_size=100,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    eos_token_id=2,
-    pad_token_id=0,
-)
-VISION = VisionConfig(
-    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8
-)
 
 
 def _model(gate: float = 0.0, seed: int = 0, **options: object) -> VisionLanguageModel:
-    config = ModelConfig(
-        language_model=LM,
-        vision=VISION,
-        connector=ConnectorConfig(name="gated_xattn", options={**SMALL, **options}),
-        image_token_id=IMG,
-    )
-    torch.manual_seed(seed)
-    model = VisionLanguageModel(config).eval()
+    model = tiny_vlm(tiny_config("gated_xattn", {**SMALL, **options}), seed)
     with torch.no_grad():
         for name, param in model.connector.named_parameters():
             if name.endswith("_gate"):

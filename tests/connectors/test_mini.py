@@ -9,52 +9,29 @@ import pytest
 import torch
 
 import vlbridge
-from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
+from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config, tiny_vlm
+from vlbridge.config import ConnectorConfig, ModelConfig
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mini import grid_positions, sincos_2d
 from vlbridge.errors import ConfigError, PlaceholderError
 from vlbridge.model.splice import image_token_mask, splice
 from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
 
-VOCAB = 100
-IMAGE = 99
+IMAGE = IMAGE_TOKEN
 SIDE = 32  # 32 px images, 8 px patches: a 4 x 4 patch grid
 
 
 def mini_config(
-    grid: int = 1, layers: int = 2, init: str = "random", vocab: int = VOCAB, image: int = IMAGE
+    grid: int = 1, layers: int = 2, init: str = "random", vocab: int = 100, image: int = IMAGE
 ) -> ModelConfig:
     """A tiny VLM with the mini connector: 2-layer LM of width 32, a 4 x 4 patch grid per image."""
     options = {"grid": grid, "prefusion_layers": layers, "prefusion_init": init}
-    return ModelConfig(
-        language_model=LMConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        vision=VisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=SIDE,
-            patch_size=8,
-        ),
-        connector=ConnectorConfig(name="mini", options=options),
-        image_processor=ImageProcessorConfig(size=SIDE, crop_size=SIDE),
-        image_token_id=image,
-    )
+    lm = {"vocab_size": vocab, "max_position_embeddings": 256}
+    return tiny_config("mini", options, image_size=SIDE, processor=True, image_token_id=image, lm=lm)
 
 
 def mini_model(seed: int = 0, **kw) -> VisionLanguageModel:
-    torch.manual_seed(seed)
-    return VisionLanguageModel(mini_config(**kw)).eval()
+    return tiny_vlm(mini_config(**kw), seed)
 
 
 def prompt(model: VisionLanguageModel, texts: list[list[int]]) -> torch.Tensor:
@@ -74,17 +51,6 @@ def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, r in enumerate(rows):
         ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
     return ids, mask
-
-
-def greedy_by_full_forwards(model, ids, mask, pixels, steps: int) -> torch.Tensor:
-    """Greedy decoding without any cache: one full forward over the whole sequence per new token."""
-    seq = ids
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(input_ids=seq, attention_mask=mask, pixel_values=pixels).logits
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return seq
 
 
 @pytest.mark.parametrize("grid", [1, 2, 3])

@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
+from tiny_vlm import assert_forward_generate_round_trip, connector_vlm
+from vlbridge.config import ConnectorConfig, LMConfig
 from vlbridge.connectors import ConnectorContext, build_connector
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLayer
-from vlbridge.model.io import load_weights, read_config
-from vlbridge.model.vlm import VisionLanguageModel
 
 CONTEXT = ConnectorContext(vision_hidden_size=6, lm_config=LMConfig(hidden_size=10), block_cls=DecoderLayer)
 
@@ -73,36 +72,9 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_vlm_forward_generate_and_round_trip(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    lm = LMConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    vision = VisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    config = ModelConfig(lm, vision, ConnectorConfig(name="patch_merger"), image_token_id=63)
-    model = VisionLanguageModel(config).eval()
+    model = connector_vlm("patch_merger", None, 32)
     k = model.tokens_per_image(32, 32)
     assert k == 4  # a 4 x 4 grid merged 2 x 2
     ids = torch.tensor([[1, 5] + [63] * k + [7] + [63] * k + [8]])
     pixels = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        logits = model(input_ids=ids, pixel_values=pixels).logits
-    out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=3, eos_token_id=())
-    assert out.shape == (1, ids.shape[1] + 3) and torch.equal(out[:, : ids.shape[1]], ids)
-    assert out[0, ids.shape[1]] == logits[0, -1].argmax()
-    model.save_pretrained(tmp_path)
-    saved, rules = read_config(tmp_path)
-    assert saved == config
-    again = VisionLanguageModel(saved).eval()
-    load_weights(again, tmp_path, rules)
-    with torch.no_grad():
-        assert torch.equal(again(input_ids=ids, pixel_values=pixels).logits, logits)
+    assert_forward_generate_round_trip(model, ids, pixels, tmp_path)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import vlbridge
-from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, from_dict
+from tiny_vlm import WIDE_VISION, tiny_config, tiny_vlm
+from vlbridge.config import ConnectorConfig, LMConfig
 from vlbridge.connectors import ConnectorContext, available, build_connector
 from vlbridge.connectors.qformer import QFormerConnector
 from vlbridge.errors import ConfigError
@@ -33,30 +34,19 @@ def _qformer(**options) -> QFormerConnector:
 
 
 def _tiny_vlm(vocab_size: int = 300, image_token_id: int = 4) -> VisionLanguageModel:
-    config = {
-        "language_model": {
-            "vocab_size": vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 64,
-        },
-        "vision": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 16,
-        },
-        "connector": {"name": "qformer", "options": {"num_queries": 3}},
-        "image_processor": {"size": 32, "crop_size": 32},
-        "image_token_id": image_token_id,
-    }
-    torch.manual_seed(0)
-    return VisionLanguageModel(from_dict(ModelConfig, config))
+    """A tiny VLM with a 3-query qformer (seed 0, train mode): a ViT of width 32 with 16 px patches on 32 px images."""
+    lm = {"vocab_size": vocab_size, "max_position_embeddings": 64}
+    vision = {**WIDE_VISION, "patch_size": 16}
+    config = tiny_config(
+        "qformer",
+        {"num_queries": 3},
+        image_size=32,
+        processor=True,
+        image_token_id=image_token_id,
+        lm=lm,
+        vision=vision,
+    )
+    return tiny_vlm(config).train()
 
 
 def test_qformer_is_registered_with_blip2_defaults() -> None:

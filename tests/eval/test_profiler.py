@@ -10,11 +10,12 @@ import torch
 import yaml
 from torch import nn
 
+from tiny_vlm import PROFILE_TINY
 from vlbridge.config import ConnectorConfig, ModelConfig, from_dict
 from vlbridge.connectors import CONNECTORS, available
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.errors import CheckpointError, ConfigError
-from vlbridge.eval.flops import PAPER_TEXT_TOKENS, PRESETS, analyze, kv_cache_bytes
+from vlbridge.eval.flops import PAPER_TEXT_TOKENS, PRESETS, analyze
 from vlbridge.eval.profiler import (
     ModelSource,
     ProfileReport,
@@ -24,30 +25,10 @@ from vlbridge.eval.profiler import (
     resolve_model,
     write_report,
 )
+from vlbridge.eval.token_budget import kv_bytes
 from vlbridge.model.vlm import VisionLanguageModel
 
-TINY = {
-    "language_model": {
-        "vocab_size": 128,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-    },
-    "vision": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    },
-    "connector": {"name": "mlp"},
-    "image_processor": {"size": 32, "crop_size": 32},
-}
-TINY_CONFIG = from_dict(ModelConfig, TINY)
+TINY_CONFIG = from_dict(ModelConfig, PROFILE_TINY)
 
 
 def lm_weight_flops_per_token(cfg) -> int:
@@ -96,13 +77,13 @@ def test_lm_prefill_flops_scale_with_tokens() -> None:
         assert part.executed == tokens * per_token + head + attention
 
 
-def test_kv_cache_bytes() -> None:
+def test_kv_bytes() -> None:
     vicuna = PRESETS["llava-v1.5-7b"].language_model
-    assert kv_cache_bytes(576, vicuna, 2) == 576 * 32 * 2 * 32 * 128 * 2 == 288 * 2**20
-    assert kv_cache_bytes(1, vicuna, 2) == 2**19  # LLaVA-Mini's one token: 0.5 MiB
+    assert kv_bytes(576, vicuna, 2) == 576 * 32 * 2 * 32 * 128 * 2 == 288 * 2**20
+    assert kv_bytes(1, vicuna, 2) == 2**19  # LLaVA-Mini's one token: 0.5 MiB
     gqa = TINY_CONFIG.language_model  # 2 kv heads of 16
-    assert kv_cache_bytes(10, gqa, 4) == 10 * 2 * 2 * 2 * 16 * 4
-    assert analyze(TINY_CONFIG, text_tokens=8, kv_dtype="bfloat16").kv_bytes_per_image == kv_cache_bytes(16, gqa, 2)
+    assert kv_bytes(10, gqa, 4) == 10 * 2 * 2 * 2 * 16 * 4
+    assert analyze(TINY_CONFIG, text_tokens=8, kv_dtype="bfloat16").kv_bytes_per_image == kv_bytes(16, gqa, 2)
     with pytest.raises(ConfigError, match="unknown dtype"):
         analyze(TINY_CONFIG, kv_dtype="int3")
 
@@ -193,8 +174,8 @@ def test_cpu_peak_memory_sees_torch_allocations() -> None:
 
 
 def test_resolve_model_sources(tmp_path: Path) -> None:
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"run_dir": "x", "model": TINY}))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(PROFILE_TINY))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"run_dir": "x", "model": PROFILE_TINY}))
     assert resolve_model(str(tmp_path / "tiny.yaml")).config == TINY_CONFIG
     assert resolve_model(str(tmp_path / "recipe.yaml")).config == TINY_CONFIG
     pooled = resolve_model("llava-v1.5-7b", ["connector.name=pool"])

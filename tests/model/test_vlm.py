@@ -5,40 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
+from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.errors import ModalityError, PlaceholderError
 from vlbridge.model.splice import splice
 from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
-
-IMAGE_TOKEN = 99
-
-
-def tiny_config(connector: str = "mlp") -> ModelConfig:
-    return ModelConfig(
-        language_model=LMConfig(
-            vocab_size=100,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        vision=VisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=8,
-        ),
-        connector=ConnectorConfig(name=connector),
-        image_token_id=IMAGE_TOKEN,
-    )
 
 
 def _prompt(model: VisionLanguageModel, n_images: int) -> torch.Tensor:
@@ -115,12 +87,7 @@ def test_cached_generation_equals_full_recomputation_with_images() -> None:
     ids = _prompt(model, 2)
     pixels = torch.randn(2, 3, 16, 16)
     got = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=8, eos_token_id=())
-    seq = ids
-    with torch.no_grad():
-        for _ in range(8):
-            nxt = model(input_ids=seq, pixel_values=pixels).logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], dim=1)
-    assert torch.equal(got, seq)
+    assert torch.equal(got, greedy_by_full_forwards(model, ids, None, pixels, 8))
 
 
 def test_stream_yields_generate_tokens() -> None:
@@ -160,9 +127,4 @@ def test_connector_fusion_reaches_prompt_and_generated_tokens() -> None:
     pixels = torch.randn(2, 3, 16, 16)
     got = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
     assert shifted.steps == 5  # every decode step after the prefill
-    seq = ids
-    with torch.no_grad():
-        for _ in range(6):
-            nxt = model(input_ids=seq, pixel_values=pixels).logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], dim=1)
-    assert torch.equal(got, seq)
+    assert torch.equal(got, greedy_by_full_forwards(model, ids, None, pixels, 6))

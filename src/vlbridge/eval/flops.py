@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
 from vlbridge.connectors import CONNECTORS
 from vlbridge.errors import ConfigError
+from vlbridge.eval.token_budget import CLIP_L_336, LM_PRESETS, kv_bytes
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision.vit import ViT
@@ -67,31 +68,9 @@ PAPER_TABLE14: dict[str, dict[str, float]] = {
 }
 """LLaVA-Mini paper, Table 14 (336 px), in FLOPs."""
 
-_CLIP_L_336 = VisionConfig(
-    family="clip",
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=336,
-    patch_size=14,
-    hidden_act="quick_gelu",
-    feature_layer=-2,
-    select_strategy="default",
-)
-_VICUNA_7B = LMConfig(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-5,
-)
 _LLAVA_V15_7B = ModelConfig(
-    language_model=_VICUNA_7B,
-    vision=_CLIP_L_336,
+    language_model=replace(LM_PRESETS["vicuna-7b"], rms_norm_eps=1e-5),
+    vision=CLIP_L_336,
     image_processor=ImageProcessorConfig(size=336, crop_size=336, pad_to_square=True),
     template="vicuna_v1",
 )
@@ -159,12 +138,6 @@ def count_flops(fn: Callable[[], object]) -> tuple[int, int]:
         else:
             activation += int(flops)
     return weight, activation
-
-
-def kv_cache_bytes(tokens: int, lm: LMConfig, bytes_per_element: int, layers: int | None = None) -> int:
-    """Bytes the KV cache holds for `tokens` tokens: tokens x layers x 2 (K and V) x kv_heads x head_dim x bytes."""
-    layers = lm.num_hidden_layers if layers is None else layers
-    return tokens * layers * 2 * lm.num_key_value_heads * lm.resolved_head_dim * bytes_per_element
 
 
 def _compressor_flops(queries: int, keys: int, width: int) -> tuple[int, int]:
@@ -254,7 +227,7 @@ def analyze(
 ) -> FlopsProfile:
     """FLOPs per image of `config` (one image at its processor's crop size, `text_tokens` text tokens), by part,
     and the KV-cache bytes one image takes with `kv_dtype` elements."""
-    kv_bytes = resolve_dtype(kv_dtype).itemsize
+    element_bytes = resolve_dtype(kv_dtype).itemsize
     if text_tokens < 1:
         raise ConfigError(f"text_tokens must be >= 1, got {text_tokens}")
     if config.vision is None:
@@ -302,8 +275,8 @@ def analyze(
         prefusion_layers=n_blocks,
         prefusion_tokens=prefusion_tokens,
         parts=parts,
-        kv_bytes_per_image=kv_cache_bytes(visual_tokens, config.language_model, kv_bytes),
-        prefusion_kv_bytes_per_image=kv_cache_bytes(patches, config.language_model, kv_bytes, n_blocks)
+        kv_bytes_per_image=kv_bytes(visual_tokens, config.language_model, element_bytes),
+        prefusion_kv_bytes_per_image=kv_bytes(patches, config.language_model, element_bytes, n_blocks)
         if n_blocks
         else 0,
         kv_dtype=kv_dtype,

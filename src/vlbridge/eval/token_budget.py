@@ -88,9 +88,11 @@ class BudgetRow:
     frames: dict[str, Any] = field(default_factory=dict)  # with --frames N: tokens, fits, kv_bytes of N frames
 
 
-def kv_bytes(tokens: int, lm: LMConfig, dtype_bytes: int = 2) -> int:
-    """KV-cache bytes `tokens` take: tokens x layers x 2 (K, V) x kv_heads x head_dim x bytes per element."""
-    return tokens * lm.num_hidden_layers * 2 * lm.num_key_value_heads * lm.resolved_head_dim * dtype_bytes
+def kv_bytes(tokens: int, lm: LMConfig, dtype_bytes: int = 2, layers: int | None = None) -> int:
+    """KV-cache bytes `tokens` take: tokens x layers x 2 (K, V) x kv_heads x head_dim x bytes per element, over
+    `layers` layers of `lm`'s shape (default: all of `lm`'s; fewer for pre-fusion blocks)."""
+    layers = lm.num_hidden_layers if layers is None else layers
+    return tokens * layers * 2 * lm.num_key_value_heads * lm.resolved_head_dim * dtype_bytes
 
 
 def frames_fit(context: int, tokens_per_frame: int, text_reserve: int = 0) -> int | None:

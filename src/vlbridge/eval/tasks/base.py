@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import PIL.Image
 
+from vlbridge.eval.tasks.files import require_file, require_folder
 from vlbridge.registry import Registry
 
 Rows = Mapping[str, Mapping[str, Any]]
@@ -69,6 +70,39 @@ class Task(ABC):
     def write_outputs(self, rows: Rows, out_dir: Path) -> list[Path]:
         """Write the benchmark's own result files (atomically) and return their paths."""
         return []
+
+
+class ImageFolderTask(Task):
+    """A task whose questions name their images in one folder through a file-name pattern (VQAv2, GQA).
+
+    Each question is asked about its image with the prompt suffix on the next line; subclasses load the questions,
+    set `images` (one file name per question, in order) and list (question id, question) in `question_texts`.
+    """
+
+    images: list[str]
+
+    def __init__(self, questions: str | Path, image_folder: str | Path, image_pattern: str, suffix: str) -> None:
+        self.source = require_file(questions, "--questions")
+        self.image_folder = require_folder(image_folder, "--image-folder")
+        self.image_pattern, self.suffix = image_pattern, suffix
+
+    @abstractmethod
+    def question_texts(self) -> list[tuple[str, str]]:
+        """(question id, question) of every question, in order."""
+
+    def prompts(self) -> list[Prompt]:
+        return [
+            Prompt(qid, with_suffix(text, self.suffix), self.image_folder / image)
+            for (qid, text), image in zip(self.question_texts(), self.images, strict=True)
+        ]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "questions": str(self.source.resolve()),
+            "image_folder": str(self.image_folder.resolve()),
+            "image_pattern": self.image_pattern,
+            "suffix": self.suffix,
+        }
 
 
 TASKS: Registry[Callable[..., Task]] = Registry("eval task")

@@ -7,31 +7,32 @@ list index or key, since a line number there would point at the whole file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vlbridge.errors import DataError
 
 
+def _require(path: str | Path | None, flag: str, exists: Callable[[Path], bool], what: str, wrong: str) -> Path:
+    """`path` as a Path, or a DataError naming the flag: "pass `what`" when it is missing, `wrong` when `exists`
+    is false for it."""
+    if path is None:
+        raise DataError(f"this task needs {flag}; pass {what}")
+    path = Path(path)
+    if not exists(path):
+        raise DataError(f"{flag} {path} {wrong}; check the path")
+    return path
+
+
 def require_file(path: str | Path | None, flag: str) -> Path:
     """`path` as a Path, or a DataError naming the flag when it is missing or not a file."""
-    if path is None:
-        raise DataError(f"this task needs {flag}; pass the file")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{flag} {path} does not exist (or is not a file); check the path")
-    return path
+    return _require(path, flag, Path.is_file, "the file", "does not exist (or is not a file)")
 
 
 def require_folder(path: str | Path | None, flag: str) -> Path:
     """`path` as a Path, or a DataError naming the flag when it is missing or not a folder."""
-    if path is None:
-        raise DataError(f"this task needs {flag}; pass the folder that holds the images")
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{flag} {path} is not a folder; check the path")
-    return path
+    return _require(path, flag, Path.is_dir, "the folder that holds the images", "is not a folder")
 
 
 def read_json(path: Path) -> Any:

@@ -19,8 +19,8 @@ from typing import Any
 from vlbridge.atomic import write_text
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown, exact_match
-from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, with_suffix
-from vlbridge.eval.tasks.files import image_name, read_json, require_file, require_folder
+from vlbridge.eval.tasks.base import TASKS, ImageFolderTask, Rows
+from vlbridge.eval.tasks.files import image_name, read_json
 from vlbridge.eval.tasks.vqav2 import SHORT_ANSWER
 
 IMAGE_PATTERN = "{image_id}.jpg"
@@ -60,7 +60,7 @@ def load_questions(path: Path) -> list[Question]:
 
 
 @TASKS.register("gqa")
-class GQATask(Task):
+class GQATask(ImageFolderTask):
     """GQA from an official questions file and its image folder."""
 
     name = "gqa"
@@ -74,30 +74,17 @@ class GQATask(Task):
         suffix: str = SHORT_ANSWER,
         limit: int | None = None,
     ) -> None:
-        self.source = require_file(questions, "--questions")
-        self.image_folder = require_folder(image_folder, "--image-folder")
+        super().__init__(questions, image_folder, image_pattern, suffix)
         self.questions = load_questions(self.source)[:limit]
         self.images = [image_name(image_pattern, image_id=q.image_id) for q in self.questions]
-        self.image_pattern, self.suffix = image_pattern, suffix
         answered = [q.answer is not None for q in self.questions]
         if any(answered) and not all(answered):
             first = self.questions[answered.index(False)].question_id
             raise DataError(f"question {first!r} has no answer but others do; use one split's file", self.source)
         self.scored = bool(self.questions) and all(answered)
 
-    def prompts(self) -> list[Prompt]:
-        return [
-            Prompt(q.question_id, with_suffix(q.question, self.suffix), self.image_folder / image)
-            for q, image in zip(self.questions, self.images, strict=True)
-        ]
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "questions": str(self.source.resolve()),
-            "image_folder": str(self.image_folder.resolve()),
-            "image_pattern": self.image_pattern,
-            "suffix": self.suffix,
-        }
+    def question_texts(self) -> list[tuple[str, str]]:
+        return [(q.question_id, q.question) for q in self.questions]
 
     def write_outputs(self, rows: Rows, out_dir: Path) -> list[Path]:
         results = [

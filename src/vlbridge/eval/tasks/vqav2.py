@@ -19,8 +19,8 @@ from typing import Any
 from vlbridge.atomic import write_text
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown
-from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, with_suffix
-from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file, require_folder
+from vlbridge.eval.tasks.base import TASKS, ImageFolderTask, Rows
+from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file
 from vlbridge.eval.vqa import vqa_accuracy
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -95,7 +95,7 @@ def load_annotations(path: Path) -> dict[str, Annotation]:
 
 
 @TASKS.register("vqav2")
-class VQAv2Task(Task):
+class VQAv2Task(ImageFolderTask):
     """VQAv2 from the official question/annotation files and a COCO image folder."""
 
     name = "vqav2"
@@ -110,8 +110,7 @@ class VQAv2Task(Task):
         suffix: str = SHORT_ANSWER,
         limit: int | None = None,
     ) -> None:
-        self.source = require_file(questions, "--questions")
-        self.image_folder = require_folder(image_folder, "--image-folder")
+        super().__init__(questions, image_folder, image_pattern, suffix)
         questions_list, split = load_questions(self.source)
         self.questions = questions_list[:limit]
         if split is None and "{split}" in image_pattern:
@@ -121,7 +120,6 @@ class VQAv2Task(Task):
                 self.source,
             )
         self.images = [image_name(image_pattern, split=split, image_id=q["image_id"]) for q in self.questions]
-        self.image_pattern, self.suffix = image_pattern, suffix
         self.annotations = None
         if annotations is not None:
             ann_file = require_file(annotations, "--annotations")
@@ -134,19 +132,8 @@ class VQAv2Task(Task):
                     ann_file,
                 )
 
-    def prompts(self) -> list[Prompt]:
-        return [
-            Prompt(str(q["question_id"]), with_suffix(q["question"], self.suffix), self.image_folder / image)
-            for q, image in zip(self.questions, self.images, strict=True)
-        ]
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "questions": str(self.source.resolve()),
-            "image_folder": str(self.image_folder.resolve()),
-            "image_pattern": self.image_pattern,
-            "suffix": self.suffix,
-        }
+    def question_texts(self) -> list[tuple[str, str]]:
+        return [(str(q["question_id"]), q["question"]) for q in self.questions]
 
     def write_outputs(self, rows: Rows, out_dir: Path) -> list[Path]:
         results = [
