@@ -199,7 +199,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         ({"resampler": "qformer"}, r"options\.resampler must be one of perceiver, none, got 'qformer'"),
         ({"every": 3}, r"options\.every is 3 but the LM has 2 layers.*at most 2"),
         ({"attend_previous_only": 1}, r"options\.attend_previous_only must be of type bool, got 1"),
-        ({"gate_init": 0.1}, r"unknown key\(s\) gate_init"),
+        ({"gate_init": 0.1}, r"no option\(s\) gate_init"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict, message: str) -> None:

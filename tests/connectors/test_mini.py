@@ -128,7 +128,7 @@ def test_prefusion_init_lm_copies_the_first_layers_exactly() -> None:
 
 
 def test_config_errors_name_the_option() -> None:
-    with pytest.raises(ConfigError, match=r"unknown connector\.options grids"):
+    with pytest.raises(ConfigError, match=r"connector 'mini' has no option\(s\) grids; its options are: grid"):
         VisionLanguageModel(
             ModelConfig(
                 language_model=mini_config().language_model,

@@ -93,7 +93,7 @@ def test_outputs_are_layer_normed_queries_projected() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"num_querys": 4}, r"unknown connector.options num_querys for qformer; known options: .*num_queries"),
+        ({"num_querys": 4}, r"connector 'qformer' has no option\(s\) num_querys; its options are: .*num_queries"),
         ({"hidden_size": 30, "num_heads": 4}, r"hidden_size 30 is not divisible by num_heads 4"),
         ({"num_layers": 0}, r"connector.options.num_layers must be a positive int, got 0"),
         ({"num_queries": True}, r"connector.options.num_queries must be a positive int"),

@@ -9,7 +9,7 @@ the text embeddings too (`fuse` at the prompt, `fuse_step` for each generated to
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vlbridge.config import ConnectorConfig, LMConfig
+from vlbridge.errors import ConfigError
 from vlbridge.model.splice import splice
 from vlbridge.registry import Registry
 
@@ -92,6 +93,17 @@ class Connector(nn.Module, ABC):
     def init_from_language_model(self, language_model: DecoderLM) -> None:
         """Called by the VLM once the language model holds its weights, for connectors initialised from it (LLaVA-Mini
         copies its first layers); most connectors do nothing."""
+
+
+def check_options(config: ConnectorConfig, allowed: Iterable[str]) -> None:
+    """Reject option keys the connector does not read, so a typo never falls back to a default silently."""
+    known = sorted(allowed)
+    unknown = sorted(set(config.options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"connector {config.name!r} has no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(known) or 'none'}"
+        )
 
 
 CONNECTORS: Registry[type[Connector]] = Registry("connector")

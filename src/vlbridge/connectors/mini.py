@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig, LMConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, check_options
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLM, padding_mask
@@ -41,12 +41,7 @@ DEFAULT_OPTIONS = {"grid": 1, "prefusion_layers": 4, "prefusion_init": "lm"}
 
 def _options(config: ConnectorConfig, lm: LMConfig) -> tuple[int, int, str]:
     """(grid, prefusion_layers, prefusion_init) from `config.options`, checked."""
-    unknown = sorted(set(config.options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"unknown connector.options {', '.join(unknown)} for the mini connector; "
-            f"known: {', '.join(DEFAULT_OPTIONS)}"
-        )
+    check_options(config, DEFAULT_OPTIONS)
     opts = {**DEFAULT_OPTIONS, **config.options}
     grid, layers, init = opts["grid"], opts["prefusion_layers"], opts["prefusion_init"]
     if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext
-from vlbridge.connectors.reduce import as_grid, check_options, int_option, square_side
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
+from vlbridge.connectors.reduce import as_grid, int_option, square_side
 from vlbridge.errors import ConfigError
 from vlbridge.nn_utils import activation
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
 from vlbridge.errors import ConfigError
 from vlbridge.nn_utils import activation
 
@@ -35,12 +35,7 @@ PERCEIVER_DEFAULTS: dict[str, Any] = {
 
 def read_options(config: ConnectorConfig, defaults: dict[str, Any]) -> dict[str, Any]:
     """`config.options` over `defaults`: an unknown key, a wrong type or a non-positive int raises ConfigError."""
-    unknown = sorted(set(config.options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"connector.options has unknown key(s) {', '.join(unknown)} for connector {config.name!r}; "
-            f"known: {', '.join(sorted(defaults))}"
-        )
+    check_options(config, defaults)
     options = {**defaults, **config.options}
     for key, default in defaults.items():
         value, kind = options[key], type(default)

@@ -12,9 +12,9 @@ import torch
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
 from vlbridge.connectors.mlp import MLPConnector
-from vlbridge.connectors.reduce import as_grid, check_options, int_option, square_side
+from vlbridge.connectors.reduce import as_grid, int_option, square_side
 
 
 @CONNECTORS.register("pool")

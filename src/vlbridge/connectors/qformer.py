@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
 from vlbridge.errors import ConfigError
 from vlbridge.nn_utils import activation
 
@@ -79,11 +79,7 @@ def qformer_settings(config: ConnectorConfig, context: ConnectorContext) -> QFor
         "layer_norm_eps": 1e-12,
         "dropout": 0.0,
     }
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"unknown connector.options {', '.join(unknown)} for qformer; known options: {', '.join(sorted(defaults))}"
-        )
+    check_options(config, defaults)
     values = {**defaults, **options}
     for name, value in values.items():
         want = float if name in ("layer_norm_eps", "dropout") else int

@@ -15,16 +15,6 @@ from vlbridge.config import ConnectorConfig
 from vlbridge.errors import ConfigError
 
 
-def check_options(config: ConnectorConfig, allowed: tuple[str, ...]) -> None:
-    """Reject option keys the connector does not read, so a typo never falls back to a default silently."""
-    unknown = sorted(set(config.options) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"connector {config.name!r} has no option(s) {', '.join(unknown)}; "
-            f"its options are: {', '.join(allowed) or 'none'}"
-        )
-
-
 def int_option(config: ConnectorConfig, key: str, default: int, minimum: int = 1) -> int:
     """`options[key]` (or `default`) as an integer >= `minimum`; anything else is a ConfigError naming the key."""
     value = config.options.get(key, default)

@@ -16,9 +16,9 @@ import torch
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
 from vlbridge.connectors.mlp import MLPConnector
-from vlbridge.connectors.reduce import check_options, int_option
+from vlbridge.connectors.reduce import int_option
 from vlbridge.errors import ConfigError
 
 
