@@ -40,9 +40,11 @@ def _text_stage(**kw) -> dict:
     return stage("text", "text_lm", "instruct.json", {"language_model": "full"}, {"language_model": 1e-2}, **kw)
 
 
-def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: Path, add_bos: bool) -> None:
     spec = recipe(tmp_path / "run", tmp_path / "data", None, [_text_stage(steps=2)])
     spec["data"]["synth"] = {"n": 12, "seed": 0, "image_size": 48}
+    spec["tokenizer"]["add_bos"] = add_bos
     run = train(recipe_from_dict(spec))
     assert (tmp_path / "data" / "captions.json").is_file()  # rendered because the root was empty
     assert (run / "tokenizer" / "tokenizer.json").is_file()
@@ -50,6 +52,8 @@ def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: P
     assert {"done.json", "metrics.jsonl", "loss.png", "model"} <= {p.name for p in (run / "text").iterdir()}
     model, processor = vlbridge.load(run)
     assert processor.tokenizer.vocab_size == 320 and model.has_vision
+    bos = processor.tokenizer.bos_token_id
+    assert (processor.tokenizer.encode("a red star")[0] == bos) is add_bos
     stage_model = load_file(run / "text" / "model" / "model.safetensors")
     final = load_file(run / "model.safetensors")
     assert all(torch.equal(stage_model[k], final[k]) for k in final)

@@ -103,7 +103,8 @@ def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -
 
             texts = [t for s in recipe.stages for t in _stage_texts(s, root, recipe.data.skip_malformed)]
             log.info("training a %d-token BPE tokenizer on %d texts", recipe.tokenizer.vocab_size, len(texts))
-            train_tokenizer(texts, recipe.tokenizer.vocab_size, template=recipe.tokenizer.template).save(saved)
+            spec = recipe.tokenizer
+            train_tokenizer(texts, spec.vocab_size, template=spec.template, add_bos=spec.add_bos).save(saved)
         world.barrier()
     return Tokenizer.from_dir(saved)
 

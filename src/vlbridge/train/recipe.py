@@ -24,11 +24,17 @@ STRATEGIES = ("ddp", "fsdp")
 
 @dataclass(frozen=True)
 class TokenizerRecipe:
-    """A tokenizer folder (`path`), or train a byte-level BPE of `vocab_size` on the stage data with `template`."""
+    """A tokenizer folder (`path`), or train a byte-level BPE of `vocab_size` on the stage data with `template`.
+
+    `add_bos` false trains one that starts sequences without BOS, as Qwen2's chatml tokenizer does. For a model
+    trained from scratch this matters: a constant first token is a ready attention sink, and the LM learns to
+    park its attention there before it learns to read the image tokens (see configs/default.yaml).
+    """
 
     path: str | None = None
     vocab_size: int = 1024
     template: str = "chatml"
+    add_bos: bool = True
 
 
 @dataclass(frozen=True)
