@@ -45,3 +45,12 @@ def test_embedded_default_status_is_stated(tmp_path: Path) -> None:
     assert "It is not shipped yet" in README
     with pytest.raises(CheckpointError, match="not shipped"):
         load(None)
+
+
+@pytest.mark.parametrize("command", [c for c in _commands() if " --config " in c and " --set " in c])
+def test_readme_recipe_overrides_name_real_keys(command: str) -> None:
+    from vlbridge.train.recipe import load_recipe
+
+    argv = shlex.split(command)
+    args = build_parser().parse_args(argv[argv.index("vlbridge") + 1 :])
+    load_recipe(ROOT / args.config, args.overrides)
