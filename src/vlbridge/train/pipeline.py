@@ -102,8 +102,8 @@ def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -
             from vlbridge.lm.tokenizer_train import train_tokenizer
 
             texts = [t for s in recipe.stages for t in _stage_texts(s, root, recipe.data.skip_malformed)]
-            log.info("training a %d-token BPE tokenizer on %d texts", recipe.tokenizer.vocab_size, len(texts))
             spec = recipe.tokenizer
+            log.info("training a %d-token BPE tokenizer on %d texts", spec.vocab_size, len(texts))
             train_tokenizer(texts, spec.vocab_size, template=spec.template, add_bos=spec.add_bos).save(saved)
         world.barrier()
     return Tokenizer.from_dir(saved)
