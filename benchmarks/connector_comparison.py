@@ -44,12 +44,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "gated_xattn": ("gated_xattn", []),
     "pool-k2": ("pool", ["model.connector.options.kernel=2"]),
     "pool-k3": ("pool", ["model.connector.options.kernel=3"]),
-    "pool-k6": ("pool", ["model.connector.options.kernel=6"]),
     "tome-0.25": ("tome", []),
     "patch_merger": ("patch_merger", []),
     **{f"mini-c1-p{n}": ("mini", [f"{MINI}.grid=1", f"{MINI}.prefusion_layers={n}"]) for n in range(5)},
+    "mini-c2-p0": ("mini", [f"{MINI}.grid=2", f"{MINI}.prefusion_layers=0"]),
     "mini-c3-p0": ("mini", [f"{MINI}.grid=3", f"{MINI}.prefusion_layers=0"]),
-    "mini-c6-p0": ("mini", [f"{MINI}.grid=6", f"{MINI}.prefusion_layers=0"]),
     "mini-c3-p2": ("mini", [f"{MINI}.grid=3", f"{MINI}.prefusion_layers=2"]),
 }
 
