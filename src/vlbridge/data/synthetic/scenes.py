@@ -2,9 +2,9 @@
 
 No images can be downloaded, so vlbridge ships a small world of its own (SPEC section 7): 1-6 coloured shapes,
 each alone in one region of a 3x3 grid, plus a short word to read in another region. The default image is 96x96
-because a ViT with patch 8 then sees a 12x12 grid in which every region is exactly 4x4 patches, a small shape
-spans about 2 patches, a large one 3, and each glyph of the text about one patch. At 64x64 a region would be 2.7
-patches and a small shape a single patch, so shape and text would hinge on sub-patch detail.
+so that patch grids align with the regions: the default model's patch 32 gives one patch per region (one visual
+token per object, which it reads best), and patch 8 gives exactly 4x4 patches per region, a small shape spanning
+about 2 patches, a large one 3, and each glyph of the text about one patch.
 
 A scene is frozen data with a JSON round trip, sampled by `sample_scene(seed)` from its own `random.Random(seed)`
 (no global state), so any image can be re-derived from the seed stored beside it. Objects never overlap: each owns
