@@ -29,7 +29,7 @@ def test_synthetic_is_the_default_task(clip_llava_dir: Path, synth_dir: Path, tm
     args = ["eval", "--model", str(clip_llava_dir), "--data", str(synth_dir), "--out", str(tmp_path)]
     assert main([*args, "--limit", "6", "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
-    assert "majority baseline" in out and out.splitlines()[1].startswith("overall")
+    assert "majority baseline" in out and "unbound baseline" in out and out.splitlines()[1].startswith("overall")
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["by_type"]["overall"]["n"] == 6
     types_ = json.loads((synth_dir / "stats.json").read_text())["splits"]["test"]["types"]

@@ -223,10 +223,11 @@ def test_stratified_answers_stay_level_at_every_prefix() -> None:
 
 
 def test_stats_report_the_majority_baseline(dataset: Path) -> None:
-    stats = _answer_stats([QA("relation", "q", a) for a in ("yes", "yes", "yes", "no")])
+    stats = _answer_stats([(sample_scene(0), QA("relation", "q", a)) for a in ("yes", "yes", "yes", "no")])
     relation = stats["types"]["relation"]
     assert relation["majority_baseline"] == 0.75 and relation["majority_answer"] == "yes"
     assert relation["answers"] == {"yes": 3, "no": 1} and stats["questions"] == 4
+    assert relation["unbound_baseline"] == 0.5
     assert stats["types"]["colour"]["count"] == 0
 
     written = json.loads((dataset / "stats.json").read_text())["splits"]["test"]
@@ -249,6 +250,19 @@ def test_propose_gives_the_requested_answer_or_none() -> None:
                 if qa is not None:
                     assert qa.answer == answer and qa.type == kind
                     _check(scene, qa.question, qa.answer, list(qa.choices) if qa.choices else None)
+
+
+def test_absent_pairs_test_binding_when_the_scene_allows() -> None:
+    """A "no" existence question names a colour and a shape the scene holds, on different objects, when it can."""
+    rng = random.Random(0)
+    for seed in range(200):
+        scene = sample_scene(seed)
+        present = {(o.colour, o.shape) for o in scene.objects}
+        colours, shapes = {c for c, _ in present}, {s for _, s in present}
+        unbound = [(c, s) for c in colours for s in shapes if (c, s) not in present]
+        colour, shape = propose("existence", scene, "no", rng).question.rstrip("?").split()[-2:]
+        assert (colour, shape) not in present
+        assert (colour in colours and shape in shapes) == bool(unbound), (scene, colour, shape)
 
 
 def test_objects_stay_inside_their_own_region() -> None:

@@ -118,18 +118,18 @@ def build_task(args: argparse.Namespace) -> Task:
 
 
 def _print_scores(scores: Mapping[str, Any]) -> None:
-    """One table per breakdown ("by_<key>"), with a majority-baseline column where rows carry one; then scalars."""
+    """One table per breakdown ("by_<key>"), with a column per baseline ("*_baseline") its rows carry; then scalars."""
     for key, table in scores.items():
         if not key.startswith("by_"):
             continue
         width = max(len(key) - 3, *(len(str(name)) for name in table)) + 1
-        baseline = any("majority_baseline" in row for row in table.values())
-        print(f"{key[3:]:<{width}} {'n':>6} {'accuracy':>9}" + (f" {'majority baseline':>18}" if baseline else ""))
+        baselines = sorted({field for row in table.values() for field in row if field.endswith("_baseline")})
+        heads = [b.replace("_", " ") for b in baselines]
+        print(f"{key[3:]:<{width}} {'n':>6} {'accuracy':>9}" + "".join(f" {h:>18}" for h in heads))
         for name, row in table.items():
             line = f"{name!s:<{width}} {row['n']:>6} {row['accuracy']:>9.3f}"
-            if baseline:
-                value = row.get("majority_baseline")
-                line += f" {value:>18.3f}" if value is not None else f" {'-':>18}"
+            for b in baselines:
+                line += f" {row[b]:>18.3f}" if b in row else f" {'-':>18}"
             print(line)
     for key, value in scores.items():
         if not key.startswith("by_"):

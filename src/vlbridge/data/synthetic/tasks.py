@@ -154,8 +154,9 @@ def _existence(scene: Scene, answer: str, rng: random.Random) -> QA | None:
     else:
         absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
         colours, shapes = {c for c, _ in present}, {s for _, s in present}
-        near_misses = [(c, s) for c, s in absent if c in colours or s in shapes]  # right colour or shape, not both
-        colour, shape = rng.choice(near_misses or absent)
+        unbound = [(c, s) for c, s in absent if c in colours and s in shapes]  # both there, on different objects
+        near_misses = [(c, s) for c, s in absent if c in colours or s in shapes]  # right colour or shape
+        colour, shape = rng.choice(unbound or near_misses or absent)
     return QA("existence", f"Is there {_article(colour)} {colour} {shape}?", answer)
 
 

@@ -9,8 +9,9 @@ The folder is what vlbridge's training and evaluation read (SPEC sections 4 and 
 - `val.jsonl` and `test.jsonl`, held-out questions, one per image, `{"question_id", "image", "question",
   "answer", "type"}` plus `"choices"` for multiple choice;
 - `scenes.jsonl`, the scene behind every image, so answers can be re-derived and images re-rendered;
-- `stats.json`, per split and question type: counts, the answer distribution, and the majority-answer baseline
-  (the accuracy of always giving the type's most common answer), the floor a model must clear.
+- `stats.json`, per split and question type: counts, the answer distribution, the majority-answer baseline
+  (the accuracy of always giving the type's most common answer), the floor a model must clear, and the unbound
+  baseline (`baselines.py`: what a model gets that sees the scene's attributes but does not bind them to objects).
 
 Image paths in the JSON files are relative to the dataset folder. Every item draws from its own seed, derived
 from (seed, split, index), so a given index renders the same image whatever `n` is (a held-out one can change only
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vlbridge.data.synthetic.baselines import unbound_score
 from vlbridge.data.synthetic.scenes import Scene, derive_seed, render_scene
 from vlbridge.data.synthetic.tasks import (
     ANSWERS,
@@ -95,11 +97,13 @@ def _train_item(index: int, seed: int, counts: dict[str, Counter[str]]) -> tuple
     return scene, qas, rng.choice(CAPTION_PROMPTS)
 
 
-def _answer_stats(qas: Iterable[QA]) -> dict[str, Any]:
-    """Counts, answer distribution and majority-answer baseline per question type."""
+def _answer_stats(items: Iterable[tuple[Scene, QA]]) -> dict[str, Any]:
+    """Counts, answer distribution, majority-answer and unbound baselines per question type."""
     by_type: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
-    for qa in qas:
+    unbound: dict[str, float] = dict.fromkeys(TYPES, 0.0)
+    for scene, qa in items:
         by_type[qa.type][qa.answer] += 1
+        unbound[qa.type] += unbound_score(scene, qa)
     types = {}
     for kind, counts in by_type.items():
         total = sum(counts.values())
@@ -108,6 +112,7 @@ def _answer_stats(qas: Iterable[QA]) -> dict[str, Any]:
             "count": total,
             "majority_answer": top_answer,
             "majority_baseline": top / total if total else 0.0,
+            "unbound_baseline": unbound[kind] / total if total else 0.0,
             "answers": {a: counts[a] for a in ANSWERS[kind]},
         }
     posed = [t for t in types.values() if t["count"]]
@@ -127,7 +132,7 @@ def _write_held_out(
     out: Path, split: str, count: int, seed: int, image_size: int, seen: set[tuple], scene_rows: list[dict]
 ) -> list[QA]:
     """Render one question per image for a held-out split, whose scenes must not match any scene in `seen`."""
-    rows, qas, signatures = [], [], []
+    rows, items, signatures = [], [], []
     for index in range(count):
         rng = random.Random(derive_seed(seed, split, index))
         kind = TYPES[index % len(TYPES)]
@@ -139,11 +144,11 @@ def _write_held_out(
         row = {"question_id": name, "image": image, "question": qa.question, "answer": qa.answer, "type": kind}
         rows.append(row | ({"choices": list(qa.choices)} if qa.choices else {}))
         scene_rows.append({"id": name, "image": image, "split": split, "scene": scene.to_dict()})
-        qas.append(qa)
+        items.append((scene, qa))
         signatures.append(scene.signature())
     seen.update(signatures)  # later held-out splits differ from this one too
     _write_jsonl(out / f"{split}.jsonl", rows)
-    return qas
+    return items
 
 
 def synthesize(
@@ -164,7 +169,7 @@ def synthesize(
     sizes = _split_sizes(n, test_fraction, val_fraction)
     out = Path(out_dir)
     _prepare(out, overwrite)
-    captions, instruct, scene_rows, train_qas = [], [], [], []
+    captions, instruct, scene_rows, train_items = [], [], [], []
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
@@ -178,13 +183,13 @@ def synthesize(
         )
         instruct.append({"id": name, "image": image, "conversations": conversation(qas)})
         scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
-        train_qas += qas
+        train_items += [(scene, qa) for qa in qas]
         seen.add(scene.signature())
     stats: dict[str, Any] = {"seed": seed, "image_size": image_size, "images": sizes}
-    stats["splits"] = {"train": _answer_stats(train_qas)}
+    stats["splits"] = {"train": _answer_stats(train_items)}
     for split in ("val", "test"):
-        qas = _write_held_out(out, split, sizes[split], seed, image_size, seen, scene_rows)
-        stats["splits"][split] = _answer_stats(qas)
+        items = _write_held_out(out, split, sizes[split], seed, image_size, seen, scene_rows)
+        stats["splits"][split] = _answer_stats(items)
     _write_json(out / "captions.json", captions)
     _write_json(out / "instruct.json", instruct)
     _write_jsonl(out / "scenes.jsonl", scene_rows)

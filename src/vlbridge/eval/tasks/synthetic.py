@@ -1,7 +1,8 @@
 """The synthetic world's held-out questions (test.jsonl / val.jsonl written by `vlbridge data synth`).
 
 Each line is {"question_id", "image", "question", "answer", "type"}; answers are scored by exact match after VQA
-answer normalisation, per question type, beside the majority-answer baseline the dataset's stats.json records.
+answer normalisation, per question type, beside the baselines the dataset's stats.json records: the majority answer
+and the unbound baseline (attributes seen but not bound to objects; `vlbridge.data.synthetic.baselines`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,23 @@ def exact_match_scorer(prediction: str, item: EvalItem) -> float:
     return max(exact_match(prediction, answer) for answer in item.answers)
 
 
-def majority_baselines(data: Path, split: str) -> dict[str, float]:
-    """Majority-answer accuracy per type (and overall, weighted by count) from the dataset's stats.json."""
+BASELINES = ("majority_baseline", "unbound_baseline")
+
+
+def split_baselines(data: Path, split: str) -> dict[str, dict[str, float]]:
+    """Type (and "overall", weighted by count) -> {baseline name: accuracy} from the dataset's stats.json.
+
+    Datasets written before a baseline existed simply lack it.
+    """
     stats_file = data / "stats.json"
     if not stats_file.is_file():
         return {}
     types = json.loads(stats_file.read_text())["splits"][split]["types"]
     total = sum(t["count"] for t in types.values())
-    baselines = {name: t["majority_baseline"] for name, t in types.items()}
-    baselines["overall"] = sum(t["count"] * t["majority_baseline"] for t in types.values()) / total
-    return baselines
+    baselines = {name: {b: t[b] for b in BASELINES if b in t} for name, t in types.items()}
+    known = [b for b in BASELINES if all(b in t for t in types.values())]
+    overall = {b: sum(t["count"] * t[b] for t in types.values()) / total for b in known}
+    return baselines | {"overall": overall}
 
 
 @TASKS.register("synthetic")
@@ -46,7 +54,7 @@ class SyntheticTask(Task):
         items: Sequence[EvalItem],
         image_root: str | Path,
         *,
-        baselines: dict[str, float] | None = None,
+        baselines: dict[str, dict[str, float]] | None = None,
         source: str | None = None,
     ) -> None:
         self.items = list(items)
@@ -62,7 +70,7 @@ class SyntheticTask(Task):
         if not questions.is_file():
             raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
         items = load_eval(questions).items[:limit]
-        return cls(items, data, baselines=majority_baselines(data, split), source=str(questions.resolve()))
+        return cls(items, data, baselines=split_baselines(data, split), source=str(questions.resolve()))
 
     def prompts(self) -> list[Prompt]:
         return [
@@ -85,6 +93,5 @@ class SyntheticTask(Task):
         ]
         by_type = breakdown(records, key="type")
         for name, row in by_type.items():
-            if name in self.baselines:
-                row["majority_baseline"] = self.baselines[name]
+            row.update(self.baselines.get(name, {}))
         return {"by_type": by_type}
