@@ -130,7 +130,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def _write_held_out(
     out: Path, split: str, count: int, seed: int, image_size: int, seen: set[tuple], scene_rows: list[dict]
-) -> list[QA]:
+) -> list[tuple[Scene, QA]]:
     """Render one question per image for a held-out split, whose scenes must not match any scene in `seen`."""
     rows, items, signatures = [], [], []
     for index in range(count):
