@@ -185,7 +185,8 @@ def test_metaspace_tokenizer_is_realigned_to_the_whole_prompt(records: list[Reco
             # a token straddling a piece boundary is supervised, so a run may start with a prompt character
             assert got == want or (got.endswith(want) and len(got) - len(want) <= 2)
             straddled += got != want
-    assert straddled > 0 if template == "chatml" else straddled == 0  # chatml's "\n" merges into replies here
+    if template == "vicuna_v1":  # chatml's "\n" can merge into a reply, by the merges BPE learns (pinned down below)
+        assert straddled == 0
 
 
 def test_a_token_straddling_the_end_of_a_reply_is_supervised(records: list[Record], root: Path) -> None:

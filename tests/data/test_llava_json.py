@@ -62,9 +62,9 @@ def start_line(path: Path, record_id: str) -> int:
 
 
 def test_synthetic_files_load(dataset: Path) -> None:
-    for name in ("captions.json", "instruct.json"):
-        loaded = load_llava(dataset / name)
-        assert len(loaded.items) == 17 and loaded.n_skipped == 0  # 20 images - 2 test - 1 val
+    for name, records in (("captions.json", 17), ("instruct.json", 34)):  # 20 images - 2 test - 1 val; instruct:
+        loaded = load_llava(dataset / name)  # questions and caption for each
+        assert len(loaded.items) == records and loaded.n_skipped == 0
         first = loaded.items[0]
         assert first.id == "train_000000" and first.images == ("images/train_000000.png",)
         assert first.source == dataset / name and first.line == 2  # "[" on line 1, the record's "{" on line 2

@@ -159,7 +159,9 @@ def test_held_out_answers_are_correct_for_the_scene(dataset: Path) -> None:
 
 def test_instruction_answers_are_correct_for_the_scene(dataset: Path) -> None:
     scenes = _scenes(dataset)
-    for record in json.loads((dataset / "instruct.json").read_text()):
+    questions = [r for r in json.loads((dataset / "instruct.json").read_text()) if not r["id"].endswith("_caption")]
+    assert len(questions) == 120
+    for record in questions:
         turns = record["conversations"]
         for human, gpt in zip(turns[::2], turns[1::2], strict=True):
             _check(scenes[record["image"]], human["value"].removeprefix("<image>\n"), gpt["value"])
@@ -167,17 +169,34 @@ def test_instruction_answers_are_correct_for_the_scene(dataset: Path) -> None:
 
 def test_captions_describe_the_scene(dataset: Path) -> None:
     scenes = _scenes(dataset)
-    for record in json.loads((dataset / "captions.json").read_text())[:40]:
+    styles, orders = Counter(), Counter()
+    for record in json.loads((dataset / "captions.json").read_text()):
         scene, text = scenes[record["image"]], record["conversations"][1]["value"]
         assert text.startswith(f"{len(scene.objects)} shape") and text.endswith(f"The text says {scene.text}.")
-        for o in scene.objects:
-            assert f"{o.size} {o.colour} {o.shape} in the {o.position}" in text
+        attributes_first = [f"{o.size} {o.colour} {o.shape} in the {o.position}" for o in scene.objects]
+        region_first = [f"in the {o.position} a {o.size} {o.colour} {o.shape}" for o in scene.objects]
+        style = "attributes" if all(p in text for p in attributes_first) else "region"
+        assert all(p in text for p in (attributes_first if style == "attributes" else region_first)), text
+        styles[style] += 1
+        if len(scene.objects) >= 3:
+            cells = sorted(scene.objects, key=lambda o: text.index(f"{o.colour} {o.shape}"))
+            orders[[o.cell for o in cells] == sorted(o.cell for o in scene.objects)] += 1
+    assert min(styles.values()) >= 30  # both phrasings, about half each of 120
+    assert orders[False] > orders[True]  # objects in a random order, not reading order
+
+
+def test_instruct_mixes_in_every_caption(dataset: Path) -> None:
+    captions = json.loads((dataset / "captions.json").read_text())
+    instruct = {r["id"]: r for r in json.loads((dataset / "instruct.json").read_text())}
+    for record in captions:
+        assert instruct[f"{record['id']}_caption"]["conversations"] == record["conversations"]
 
 
 @pytest.mark.parametrize("name", ["captions.json", "instruct.json"])
 def test_conversations_are_valid_llava_json(dataset: Path, name: str) -> None:
     records = json.loads((dataset / name).read_text())
-    assert len(records) == 120 and len({r["id"] for r in records}) == 120
+    expected = 120 if name == "captions.json" else 240  # instruct: the questions and the caption of each image
+    assert len(records) == expected and len({r["id"] for r in records}) == expected
     turn_counts = Counter()
     for record in records:
         assert set(record) == {"id", "image", "conversations"}
@@ -187,7 +206,8 @@ def test_conversations_are_valid_llava_json(dataset: Path, name: str) -> None:
         assert turns[0]["value"].startswith("<image>\n")
         assert sum(t["value"].count("<image>") for t in turns) == 1
         assert all(t["value"].strip() for t in turns)
-        turn_counts[len(turns) // 2] += 1
+        if not record["id"].endswith("_caption"):
+            turn_counts[len(turns) // 2] += 1
     with Image.open(dataset / records[0]["image"]) as image:
         assert image.size == (96, 96) and image.mode == "RGB"
     if name == "instruct.json":

@@ -3,9 +3,12 @@
 The folder is what vlbridge's training and evaluation read (SPEC sections 4 and 7):
 
 - `images/<split>_<index>.png`, rendered scenes;
-- `captions.json`, stage 1 (feature alignment): LLaVA conversation JSON, one caption per training image;
+- `captions.json`, stage 1 (feature alignment): LLaVA conversation JSON, one caption per training image, its
+  objects in a random order (`tasks.caption`);
 - `instruct.json`, stage 2: multi-turn LLaVA conversations (2-5 question types per image, `<image>` in the first
-  human turn only) on the same training images;
+  human turn only) on the same training images, and each image's caption conversation again (id `<name>_caption`),
+  as LLaVA-1.5's instruction mix keeps caption data: the captions go on teaching the object lookups the questions
+  need while the model learns to answer them;
 - `val.jsonl` and `test.jsonl`, held-out questions, one per image, `{"question_id", "image", "question",
   "answer", "type"}` plus `"choices"` for multiple choice;
 - `scenes.jsonl`, the scene behind every image, so answers can be re-derived and images re-rendered;
@@ -78,8 +81,9 @@ def _prepare(out: Path, overwrite: bool) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
-def _train_item(index: int, seed: int, counts: dict[str, Counter[str]]) -> tuple[Scene, list[QA], str]:
-    """One training image: a dealt first question picks the scene, further turns take the least used answers."""
+def _train_item(index: int, seed: int, counts: dict[str, Counter[str]]) -> tuple[Scene, list[QA], list[dict[str, str]]]:
+    """One training image: a dealt first question picks the scene, further turns take the least used answers; and
+    its caption conversation."""
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
     scene, first = sample_item(kind, stratified_answer(kind, index // len(TYPES), seed, "train"), rng)
@@ -94,7 +98,9 @@ def _train_item(index: int, seed: int, counts: dict[str, Counter[str]]) -> tuple
             qas.append(qa)
     for qa in qas:
         counts[qa.type][qa.answer] += 1
-    return scene, qas, rng.choice(CAPTION_PROMPTS)
+    prompt = rng.choice(CAPTION_PROMPTS)
+    described = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption(scene, rng)}]
+    return scene, qas, described
 
 
 def _answer_stats(items: Iterable[tuple[Scene, QA]]) -> dict[str, Any]:
@@ -173,15 +179,13 @@ def synthesize(
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
-        scene, qas, prompt = _train_item(index, seed, counts)
+        scene, qas, described = _train_item(index, seed, counts)
         name = f"train_{index:06d}"
         image = f"images/{name}.png"
         render_scene(scene, image_size).save(out / image, format="PNG")
-        human = {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}
-        captions.append(
-            {"id": name, "image": image, "conversations": [human, {"from": "gpt", "value": caption(scene)}]}
-        )
+        captions.append({"id": name, "image": image, "conversations": described})
         instruct.append({"id": name, "image": image, "conversations": conversation(qas)})
+        instruct.append({"id": f"{name}_caption", "image": image, "conversations": described})
         scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
         train_items += [(scene, qa) for qa in qas]
         seen.add(scene.signature())
