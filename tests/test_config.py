@@ -52,6 +52,15 @@ def test_overrides_nested_and_list_items() -> None:
         apply_overrides(data, ["a.b.c=1"])
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; a learning rate written that way must still be a number."""
+    out = apply_overrides({"lr": {"lm": 1.0}}, ["lr.lm=1e-3", "lr.vit=2E+2", "steps=10", "name=e5", "tag=1e"])
+    assert out == {"lr": {"lm": 1e-3, "vit": 200.0}, "steps": 10, "name": "e5", "tag": "1e"}
+    assert isinstance(out["steps"], int)
+    (tmp_path / "r.yaml").write_text("lr: 3e-4\nsteps: 100\nversion: '1e3'\n")
+    assert load_yaml(tmp_path / "r.yaml") == {"lr": 3e-4, "steps": 100, "version": "1e3"}
+
+
 def test_load_yaml_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(tmp_path / "none.yaml")

@@ -7,6 +7,7 @@ wrong type raises ConfigError naming the dotted key, so a typo never silently fa
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,20 @@ import yaml
 from vlbridge.errors import ConfigError
 
 C = TypeVar("C")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-3` as a float as YAML 1.2 does (PyYAML's YAML 1.1 rules want `1.0e-3`)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 @dataclass(frozen=True)
@@ -187,7 +202,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     base = data.pop("base", None)
@@ -202,7 +217,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `data` with each `a.b=c` set (the value parsed as YAML); a number indexes a list
     (`stages.1.steps=5`)."""
-    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    out = read_yaml(yaml.safe_dump(data)) or {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -216,12 +231,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     where = ".".join(parts[:depth]) or "the top level"
                     raise ConfigError(f"override {item!r}: {where} is a list of {len(node)}; index it with 0..")
                 if last:
-                    node[int(part)] = yaml.safe_load(raw)
+                    node[int(part)] = read_yaml(raw)
                 else:
                     node = node[int(part)]
             elif isinstance(node, dict):
                 if last:
-                    node[part] = yaml.safe_load(raw)
+                    node[part] = read_yaml(raw)
                 else:
                     node = node.setdefault(part, {})
             else:
