@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from vlbridge.atomic import write_text
-from vlbridge.config import ModelConfig
+from vlbridge.config import ModelConfig, read_yaml
 from vlbridge.data.collate import SupervisedDataset, collate
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.llava_json import conversation_texts, load_llava
@@ -213,7 +213,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     saved = run_dir / RECIPE_FILE
     if saved.is_file() and not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != recipe_to_dict(recipe):
+    if saved.is_file() and read_yaml(saved.read_text()) != recipe_to_dict(recipe):
         log.warning("the recipe differs from the one %s was started with; resuming with the new one", run_dir)
 
 
