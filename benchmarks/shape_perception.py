@@ -4,15 +4,16 @@ Two measurements on a synthetic-world dataset whose images align with the model'
 one k x k block of them, per 3x3 region):
 
 1. **Probe** (`--model`): one linear probe shared by all region tokens, on the visual tokens as the LM receives them
-   (after the connector, each scaled to unit length). It is fitted on the first 1200 images and scored on the next
-   300, per attribute, on the regions that hold an object. A key an attention head can match must be such a
+   (after the connector, each scaled to unit length). It is fitted on the first 1200 images of scenes.jsonl and
+   scored on the next 300 (training images of the model, unseen by the probe), per attribute, on the regions that
+   hold an object. A key an attention head can match must be such a
    direction, the same at every position: "What colour is the circle?" needs shape to be one.
 2. **Ceiling** (`--supervised-steps N`): a fresh vision encoder of the model's configuration, trained for N steps
    with a per-region linear head on the shape labels themselves (batch 32, AdamW at `--lr`), scored on validation
    images every 100 steps. It shows how fast the encoder learns shape when the signal is direct rather than passed
    back through the LM's caption and question losses.
 
-    python benchmarks/shape_perception.py --model runs/default --data runs/default/data --supervised-steps 1800
+    python benchmarks/shape_perception.py --model runs/default --data runs/default/data --supervised-steps 2000
 """
 
 from __future__ import annotations
