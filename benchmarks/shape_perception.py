@@ -56,9 +56,8 @@ def region_labels(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return labels
 
 
-def visual_tokens(model_dir: str, data: Path, rows: list[dict[str, Any]]) -> torch.Tensor:
+def visual_tokens(model: Any, processor: Any, data: Path, rows: list[dict[str, Any]]) -> torch.Tensor:
     """The LM-input visual tokens of each image, pooled per region and scaled to unit length."""
-    model, processor = vlbridge.load(model_dir, vision=True)
     model.eval()
     chunks = []
     with torch.no_grad():
@@ -91,9 +90,10 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 30
     return (pred == held)[held >= 0].float().mean().item()
 
 
-def supervised_ceiling(model_dir: str, data: Path, rows: list[dict[str, Any]], steps: int, lr: float) -> None:
+def supervised_ceiling(
+    model: Any, processor: Any, data: Path, rows: list[dict[str, Any]], steps: int, lr: float
+) -> None:
     """Train a fresh encoder of the model's vision config on region shapes directly; print validation accuracy."""
-    model, processor = vlbridge.load(model_dir, vision=True)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"][:SCORE]
     train_x = processor.image_processor([data / r["image"] for r in train_rows])
@@ -129,13 +129,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.data / "scenes.jsonl").read_text().splitlines()]
     probed = rows[: FIT + SCORE]
-    tokens = visual_tokens(args.model, args.data, probed)
+    model, processor = vlbridge.load(args.model, vision=True)
+    tokens = visual_tokens(model, processor, args.data, probed)
     labels = region_labels(probed)
     for name, values in ATTRIBUTES.items():
         accuracy = linear_probe(tokens, labels[name], len(values))
         print(f"linear probe shared by the region tokens: {name:6s} {accuracy:.3f}")
     if args.supervised_steps:
-        supervised_ceiling(args.model, args.data, rows, args.supervised_steps, args.lr)
+        supervised_ceiling(model, processor, args.data, rows, args.supervised_steps, args.lr)
 
 
 if __name__ == "__main__":
