@@ -28,31 +28,32 @@ import torch
 import torch.nn.functional as F
 
 import vlbridge
-from vlbridge.data.synthetic.scenes import COLOURS, SHAPES, SIZES, Scene
+from vlbridge.data.synthetic.scenes import COLOURS, GRID, SHAPES, SIZES, Scene
+from vlbridge.errors import ConfigError
+from vlbridge.train.objectives import region_pool
 from vlbridge.vision.vit import ViT
 
-REGIONS = 3  # the synthetic world's grid is 3 x 3
 FIT, SCORE = 1200, 300
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
 
 
 def region_grid(tokens: torch.Tensor) -> torch.Tensor:
     """(N, S*S, D) visual tokens -> (N, 9, D): each region's tokens averaged; the grid side must be a multiple of 3."""
-    n, p, d = tokens.shape
-    side = round(p**0.5)
-    if side * side != p or side % REGIONS:
-        raise SystemExit(f"{p} visual tokens do not tile a 3x3 grid; probe a model whose token grid side is 3k")
-    grid = tokens.transpose(1, 2).reshape(n, d, side, side)
-    return F.avg_pool2d(grid, side // REGIONS).flatten(2).transpose(1, 2)
+    try:
+        return region_pool(tokens, GRID)
+    except ConfigError as err:
+        raise SystemExit(f"{err}; probe a model whose token grid side is a multiple of {GRID}") from None
 
 
 def region_labels(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Per attribute, (N, 9) class indices; regions without an object get -1."""
-    labels = {name: torch.full((len(rows), REGIONS * REGIONS), -1) for name in ATTRIBUTES}
+    labels = {name: torch.full((len(rows), GRID * GRID), -1) for name in ATTRIBUTES}
     for i, row in enumerate(rows):
-        for obj in Scene.from_dict(row["scene"]).objects:
-            for name, values in ATTRIBUTES.items():
-                labels[name][i, obj.cell] = values.index(getattr(obj, name))
+        scene_labels = Scene.from_dict(row["scene"]).region_labels()
+        for name, values in ATTRIBUTES.items():
+            for cell, value in enumerate(scene_labels[name]):
+                if value is not None:
+                    labels[name][i, cell] = values.index(value)
     return labels
 
 

@@ -15,7 +15,7 @@ from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, s
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, RADIUS, SHAPES, SIZES, WORDS, text_mask
 from vlbridge.data.synthetic.tasks import QA, propose, stratified_answer
-from vlbridge.data.synthetic.writer import _answer_stats
+from vlbridge.data.synthetic.writer import OUTPUT_FILES, _answer_stats
 from vlbridge.errors import ConfigError, DataError
 
 
@@ -111,7 +111,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
         synthesize(out, n=30, seed=seed)
     files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*") if p.is_file())
-    assert len(files) == 30 + 6
+    assert len(files) == 30 + len(OUTPUT_FILES)
     for rel in files:
         assert (runs[0] / rel).read_bytes() == (runs[1] / rel).read_bytes(), rel
     assert (runs[0] / "instruct.json").read_bytes() != (runs[2] / "instruct.json").read_bytes()
@@ -183,6 +183,24 @@ def test_captions_describe_the_scene(dataset: Path) -> None:
             orders[[o.cell for o in cells] == sorted(o.cell for o in scene.objects)] += 1
     assert min(styles.values()) >= 30  # both phrasings, about half each of 120
     assert orders[False] > orders[True]  # objects in a random order, not reading order
+
+
+def test_region_labels_describe_every_region_of_each_training_image(dataset: Path) -> None:
+    scenes = _scenes(dataset)
+    rows = _jsonl(dataset / "regions.jsonl")
+    train = {r["image"] for r in _jsonl(dataset / "scenes.jsonl") if r["split"] == "train"}
+    assert len(rows) == len(train) == 120 and {r["image"] for r in rows} == train
+    for row in rows:
+        scene, labels = scenes[row["image"]], row["labels"]
+        assert row["grid"] == 3 and set(labels) == {"kind", "shape", "colour", "size", "word"}
+        objects = {o.cell: o for o in scene.objects}
+        for cell in range(9):
+            obj = objects.get(cell)
+            kind = "object" if obj else "text" if cell == scene.text_cell else "empty"
+            assert labels["kind"][cell] == kind
+            assert labels["word"][cell] == (scene.text if kind == "text" else None)
+            for name in ("shape", "colour", "size"):
+                assert labels[name][cell] == (getattr(obj, name) if obj else None)
 
 
 def test_instruct_mixes_in_every_caption(dataset: Path) -> None:

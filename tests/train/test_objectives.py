@@ -1,5 +1,5 @@
 """Objectives: causal-LM and text-LM losses equal their definitions; the contrastive loss learns (with a learnable
-temperature); gradient checkpointing changes no gradient."""
+temperature); region classification learns what is where; gradient checkpointing changes no gradient."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from torch.nn import functional as F
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import ImageTextDataset, collate_image_text
 from vlbridge.data.llava_json import load_llava
+from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
 from vlbridge.model.build import processor_for
 from vlbridge.train.objectives import (
     CausalLMObjective,
     ContrastiveObjective,
+    RegionObjective,
     TextLMObjective,
     TrainStep,
     build_objective,
+    region_pool,
 )
 from vlbridge.train.trainer import set_lm_gradient_checkpointing
 
@@ -83,6 +86,52 @@ def test_contrastive_loss_is_symmetric_infonce(tiny_model, tiny_tokenizer, tiny_
         want = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
     assert torch.allclose(out.loss, want, atol=1e-5)
     assert torch.allclose(img.norm(dim=-1), torch.ones(4)) and torch.allclose(txt.norm(dim=-1), torch.ones(4))
+
+
+def test_region_pool_averages_each_regions_patches() -> None:
+    features = torch.arange(36.0).view(1, 36, 1)  # a 6x6 patch grid, value = patch index
+    pooled = region_pool(features, 3)  # each region is a 2x2 block
+    assert pooled.shape == (1, 9, 1)
+    assert pooled[0, 0, 0] == (0 + 1 + 6 + 7) / 4 and pooled[0, 8, 0] == (28 + 29 + 34 + 35) / 4
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        region_pool(torch.zeros(1, 16, 1), 3)
+
+
+def test_regions_objective_learns_what_is_where(tiny_model, tiny_tokenizer, tiny_data) -> None:
+    torch.manual_seed(0)
+    processor = processor_for(tiny_model, tiny_tokenizer).image_processor
+    dataset = RegionDataset(load_regions(tiny_data / "regions.jsonl").items, tiny_data, processor)
+    batch = collate_regions([dataset[i] for i in range(len(dataset))])
+    objective = build_objective("regions", tiny_model, dataset)
+    assert isinstance(objective, RegionObjective) and set(objective.parts()) == {"region_heads"}
+    assert list(objective.heads) == ["colour", "kind", "shape", "size", "word"]
+    assert objective.heads["kind"].out_features == 3
+    labels = batch["region_labels"]
+
+    def accuracy() -> float:
+        with torch.no_grad():
+            logits = objective.logits(tiny_model, batch["pixel_values"])
+        hits = [(out.argmax(-1) == labels[:, i])[labels[:, i] >= 0] for i, out in enumerate(logits.values())]
+        return torch.cat(hits).float().mean().item()
+
+    before = accuracy()
+    opt = torch.optim.AdamW([*tiny_model.vision_encoder.parameters(), *objective.parameters()], lr=3e-3)
+    step = TrainStep(tiny_model, objective)
+    losses = []
+    for _ in range(60):
+        out = step(batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out.loss.detach()))
+    assert out.tokens == int((labels >= 0).sum())
+    assert losses[-1] < 0.3 * losses[0]
+    assert before < 0.5 and accuracy() > 0.9
+
+
+def test_regions_objective_needs_region_labels(tiny_model) -> None:
+    with pytest.raises(ConfigError, match="data_format: regions"):
+        build_objective("regions", tiny_model)
 
 
 def test_unknown_objective_lists_known_ones(tiny_model) -> None:

@@ -3,6 +3,7 @@ final outputs, and progressive upgrade (a text-only checkpoint gains vision; its
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,22 @@ def test_text_lm_reads_plain_text_files(tiny_tokenizer_dir, tmp_path) -> None:
     run = train(recipe_from_dict({**spec, "model": {**TINY_MODEL, "vision": None}}))
     model, _ = vlbridge.load(run)
     assert not model.has_vision and (run / "text" / "done.json").is_file()
+
+
+def test_regions_stage_trains_the_vision_encoder_alone_and_leaves_its_heads_behind(
+    tiny_data, tiny_tokenizer_dir, tmp_path
+) -> None:
+    start = train(recipe_from_dict(recipe(tmp_path / "start", tiny_data, tiny_tokenizer_dir, [align_stage(steps=1)])))
+    vision = stage("vision", "regions", "regions.jsonl", {"vision_encoder": "full"}, {"vision_encoder": 1e-2})
+    spec = recipe(tmp_path / "run", tiny_data, None, [{**vision, "data_format": "regions"}], init_from=str(start))
+    del spec["model"], spec["tokenizer"]
+    run = train(recipe_from_dict(spec))
+    before, after = load_file(start / "model.safetensors"), load_file(run / "model.safetensors")
+    assert before.keys() == after.keys()  # the region heads went with the stage
+    frozen = [k for k in before if not k.startswith("vision_encoder.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("vision_encoder."))
+    data = json.loads((run / "vision" / "done.json").read_text())["data"]
+    rows = [json.loads(line) for line in (tiny_data / "scenes.jsonl").read_text().splitlines()]
+    words = len({r["scene"]["text"] for r in rows if r["split"] == "train"})  # 24 images do not show all 12
+    assert data["grid"] == 3 and data["classes"] == {"colour": 8, "kind": 3, "shape": 6, "size": 2, "word": words}

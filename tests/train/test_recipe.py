@@ -38,6 +38,8 @@ def test_reads_nested_sections() -> None:
         (_base(objective="dpo"), "objective"),
         (_base(data_format="csv"), "data_format"),
         (_base(data_format="text"), "text_lm objective only"),
+        (_base(data_format="regions"), "regions objective and region-label data"),
+        (_base(objective="regions"), "regions objective and region-label data"),
         (_base(batch_size=0), "batch_size must be positive"),
         (_base(warmup_ratio=1.5), "warmup_ratio"),
         (_base(lora={"r": 4, "targets": ["qkv"]}), "lora.targets"),

@@ -137,7 +137,8 @@ def _iter_list(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
             raise DataError("not valid JSON (expected ',' or ']' after a record)", path, where)
 
 
-def _check_images(images: Sequence[str], image_root: Path | None) -> None:
+def check_image_files(images: Sequence[str], image_root: Path | None) -> None:
+    """DataError for the first of `images` missing under `image_root` (None: no check)."""
     if image_root is None:
         return
     for image in images:
@@ -194,7 +195,7 @@ def parse_record(data: Any, line: int, image_root: Path | None = None) -> Record
             f"record {record_id!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s); "
             f"put one {IMAGE_PLACEHOLDER} in a human turn per image"
         )
-    _check_images(images, image_root)
+    check_image_files(images, image_root)
     conversations = tuple({"from": t["from"], "value": t["value"]} for t in turns)
     return Record(id=record_id, images=images, conversations=conversations, line=line)
 
@@ -215,7 +216,7 @@ def parse_eval_item(data: Any, line: int, image_root: Path | None = None) -> Eva
     choices = data.get("choices")
     if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
         raise DataError(f"'choices' must be a list of strings, got {choices!r}")
-    _check_images(images, image_root)
+    check_image_files(images, image_root)
     return EvalItem(
         question_id=str(data["question_id"]),
         image=images[0] if images else None,
@@ -227,9 +228,11 @@ def parse_eval_item(data: Any, line: int, image_root: Path | None = None) -> Eva
     )
 
 
-def _load(
+def load_items(
     path: str | Path, parse: Callable[[Any, int, Path | None], R], image_root: Path | None, skip_malformed: bool
 ) -> Loaded[R]:
+    """Every record of a JSON list or JSONL file through `parse(value, line, image_root)`, which raises DataError
+    without a location on a bad one; the error gets the file and line here, or the record is skipped and listed."""
     path = Path(path)
     items: list[R] = []
     skipped: list[Skipped] = []
@@ -256,7 +259,7 @@ def load_llava(
     With `check_images`, a record whose image file is missing counts as malformed.
     """
     root = Path(image_root) if image_root is not None else Path(path).parent
-    return _load(path, parse_record, root if check_images else None, skip_malformed)
+    return load_items(path, parse_record, root if check_images else None, skip_malformed)
 
 
 def load_eval(
@@ -264,7 +267,7 @@ def load_eval(
 ) -> Loaded[EvalItem]:
     """Read held-out questions (JSONL or a JSON list) as `load_llava` reads conversations."""
     root = Path(image_root) if image_root is not None else Path(path).parent
-    return _load(path, parse_eval_item, root if check_images else None, skip_malformed)
+    return load_items(path, parse_eval_item, root if check_images else None, skip_malformed)
 
 
 def conversation_texts(records: Sequence[Record]) -> list[str]:

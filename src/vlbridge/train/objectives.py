@@ -5,6 +5,11 @@
 - `contrastive`: CLIP-style contrastive pre-training of the ViT on image-caption pairs (Radford et al., "Learning
   Transferable Visual Models From Natural Language Supervision", 2021): a symmetric InfoNCE loss over the batch with
   a learnable temperature (CLIP's logit scale, initialised to 1/0.07 and clamped at 100).
+- `regions`: supervised pre-training of the ViT on region labels (`vlbridge.data.regions`), as the original ViT was
+  pre-trained on labels before any language: the patch features the connector reads are averaged per region and a
+  linear head per attribute classifies each region (summed cross-entropies; unlabelled regions are skipped). The
+  heads belong to the objective and go with the stage. It is the direct signal the LM's losses pass back weakly: a
+  from-scratch ViT trained only through them tells shapes apart poorly (benchmarks/shape_perception.py).
 
 Text embeddings for `contrastive`: a causal LM has no CLS token, so a caption is embedded as the mean of the LM's
 final (normed) hidden states over its real tokens; every position then contributes, not only the last one, which
@@ -27,7 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
+from vlbridge.data.regions import UNLABELLED, RegionDataset, RegionVocab
 from vlbridge.errors import ConfigError
 from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel, causal_lm_loss
 from vlbridge.registry import Registry
@@ -132,21 +139,75 @@ class ContrastiveObjective(Objective):
         return ObjectiveOutput(loss, int(mask.sum()))
 
 
-def _contrastive(model: VisionLanguageModel) -> Objective:
+def region_pool(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, S*S, D) patch features -> (B, grid*grid, D): each region's patches averaged, row-major.
+
+    The patch grid's side S must be a multiple of `grid`, so that every region covers whole patches."""
+    n, patches, width = features.shape
+    side = math.isqrt(patches)
+    if side * side != patches or side % grid:
+        raise ConfigError(
+            f"{patches} patch features do not tile a {grid}x{grid} region grid; the region labels need a square "
+            f"patch grid whose side is a multiple of {grid} (choose image_size / patch_size accordingly)"
+        )
+    maps = features.transpose(1, 2).reshape(n, width, side, side)
+    return F.avg_pool2d(maps, side // grid).flatten(2).transpose(1, 2)
+
+
+class RegionObjective(Objective):
+    """Per-region classification of the ViT's features, one linear head per labelled attribute."""
+
+    def __init__(self, vision_size: int, vocab: RegionVocab) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.heads = nn.ModuleDict({name: nn.Linear(vision_size, len(c)) for name, c in vocab.classes.items()})
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"region_heads": self.heads}
+
+    def logits(self, model: VisionLanguageModel, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per attribute, (B, grid*grid, classes) region logits."""
+        if model.vision_encoder is None:
+            raise ConfigError("the regions objective trains a vision encoder; build the model with vision")
+        regions = region_pool(model.vision_encoder(pixel_values), self.vocab.grid)
+        return {name: head(regions) for name, head in self.heads.items()}
+
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
+        labels = batch["region_labels"]  # (B, attributes, grid*grid)
+        logits = self.logits(model, batch["pixel_values"])
+        loss = sum(
+            F.cross_entropy(out.float().flatten(0, 1), labels[:, i].flatten(), ignore_index=UNLABELLED)
+            for i, out in enumerate(logits.values())
+        )
+        return ObjectiveOutput(loss, int((labels != UNLABELLED).sum()))
+
+
+def _contrastive(model: VisionLanguageModel, dataset: Dataset | None) -> Objective:
     if model.vision_encoder is None:
         raise ConfigError("the contrastive objective needs a vision encoder; build the model with vision")
     return ContrastiveObjective(model.vision_encoder.config.hidden_size, model.language_model.hidden_size)
 
 
-OBJECTIVES: Registry[Callable[[VisionLanguageModel], Objective]] = Registry("objective")
-OBJECTIVES.register("causal_lm")(lambda model: CausalLMObjective())
-OBJECTIVES.register("text_lm")(lambda model: TextLMObjective())
+def _regions(model: VisionLanguageModel, dataset: Dataset | None) -> Objective:
+    if model.vision_encoder is None:
+        raise ConfigError("the regions objective trains a vision encoder; build the model with vision")
+    if not isinstance(dataset, RegionDataset):
+        raise ConfigError("the regions objective learns from region labels; give the stage `data_format: regions`")
+    return RegionObjective(model.vision_encoder.hidden_size, dataset.vocab)
+
+
+ObjectiveFactory = Callable[[VisionLanguageModel, Dataset | None], Objective]
+OBJECTIVES: Registry[ObjectiveFactory] = Registry("objective")
+OBJECTIVES.register("causal_lm")(lambda model, dataset: CausalLMObjective())
+OBJECTIVES.register("text_lm")(lambda model, dataset: TextLMObjective())
 OBJECTIVES.register("contrastive")(_contrastive)
+OBJECTIVES.register("regions")(_regions)
 
 
-def build_objective(name: str, model: VisionLanguageModel) -> Objective:
-    """The objective registered as `name` (causal_lm | text_lm | contrastive | qformer), sized for `model`."""
-    return OBJECTIVES.get(name)(model)
+def build_objective(name: str, model: VisionLanguageModel, dataset: Dataset | None = None) -> Objective:
+    """The objective registered as `name` (causal_lm | text_lm | contrastive | regions | qformer), sized for
+    `model` and, where its heads depend on the labels, for the stage's `dataset`."""
+    return OBJECTIVES.get(name)(model, dataset)
 
 
 class TrainStep(nn.Module):

@@ -28,9 +28,10 @@ import yaml
 
 from vlbridge.atomic import write_text
 from vlbridge.config import ModelConfig, read_yaml
-from vlbridge.data.collate import SupervisedDataset, collate
+from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.llava_json import conversation_texts, load_llava
+from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
@@ -101,7 +102,8 @@ def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -
         if world.is_main:
             from vlbridge.lm.tokenizer_train import train_tokenizer
 
-            texts = [t for s in recipe.stages for t in _stage_texts(s, root, recipe.data.skip_malformed)]
+            text_stages = [s for s in recipe.stages if s.data_format != "regions"]
+            texts = [t for s in text_stages for t in _stage_texts(s, root, recipe.data.skip_malformed)]
             spec = recipe.tokenizer
             log.info("training a %d-token BPE tokenizer on %d texts", spec.vocab_size, len(texts))
             train_tokenizer(texts, spec.vocab_size, template=spec.template, add_bos=spec.add_bos).save(saved)
@@ -197,6 +199,16 @@ def build_dataset(
     if stage.objective == "text_lm":
         dataset = TextDataset(_stage_texts(stage, root, skip_malformed), tokenizer, stage.max_length)
         return dataset, partial(collate, pad_token_id=pad_id), {"samples": len(dataset)}
+    if stage.data_format == "regions":
+        if processor.image_processor is None:
+            raise ConfigError(
+                f"stage {stage.name!r}: region labels train a vision encoder; build the model with vision"
+            )
+        fixed_image_side(processor)  # images are stacked, so they must come out one size
+        regions = load_regions(root / stage.data, root, skip_malformed=skip_malformed)
+        labelled = RegionDataset(regions.items, root, processor.image_processor)
+        stats = {"samples": len(labelled), "skipped_malformed": regions.n_skipped, "grid": labelled.vocab.grid}
+        return labelled, collate_regions, {**stats, "classes": {k: len(v) for k, v in labelled.vocab.classes.items()}}
     loaded = load_llava(root / stage.data, root, skip_malformed=skip_malformed)
     stats: dict[str, Any] = {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
     if stage.objective in IMAGE_TEXT_OBJECTIVES:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from vlbridge.connectors.qformer import CLS, DEC, QFormerConnector
 from vlbridge.errors import ConfigError, DataError
@@ -210,7 +211,7 @@ def _qformer_of(model: VisionLanguageModel) -> QFormerConnector:
     return model.connector
 
 
-def build_qformer_objective(model: VisionLanguageModel) -> QFormerObjective:
+def build_qformer_objective(model: VisionLanguageModel, dataset: Dataset | None = None) -> QFormerObjective:
     """The qformer objective sized for `model` (its Q-Former and its LM vocabulary)."""
     return QFormerObjective(_qformer_of(model), model.config.language_model.vocab_size)
 

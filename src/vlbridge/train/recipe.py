@@ -16,8 +16,8 @@ from typing import Any
 from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
 from vlbridge.errors import ConfigError
 
-OBJECTIVES = ("causal_lm", "text_lm", "contrastive", "qformer")
-DATA_FORMATS = ("llava", "text")
+OBJECTIVES = ("causal_lm", "text_lm", "contrastive", "regions", "qformer")
+DATA_FORMATS = ("llava", "text", "regions")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("ddp", "fsdp")
 
@@ -72,9 +72,10 @@ class StageRecipe:
     """One training stage: objective, data, the plan (parts + learning rates) and optimisation settings."""
 
     name: str
-    objective: str = "causal_lm"  # causal_lm | text_lm | contrastive | qformer
+    objective: str = "causal_lm"  # causal_lm | text_lm | contrastive | regions | qformer
     data: str = "captions.json"  # relative to data.root
     data_format: str = "llava"  # llava (conversation JSON/JSONL) | text (one document per line; text_lm only)
+    #                             | regions (region labels, vlbridge.data.regions; the regions objective's only)
     template: str | None = None  # conversation template override (default: the model's)
     parts: dict[str, str] = field(default_factory=dict)  # part -> frozen | full | lora; unnamed parts are frozen
     lr: dict[str, float] = field(default_factory=dict)  # part -> learning rate, one per trained part
@@ -164,6 +165,10 @@ def validate(recipe: Recipe) -> Recipe:
             raise ConfigError(f"{where}.data_format is {stage.data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
         if stage.data_format == "text" and stage.objective != "text_lm":
             raise ConfigError(f"{where}: plain-text data (data_format: text) serves the text_lm objective only")
+        if (stage.data_format == "regions") != (stage.objective == "regions"):
+            raise ConfigError(
+                f"{where}: the regions objective and region-label data (data_format: regions) go together; set both"
+            )
         if (stage.steps is None) == (stage.epochs is None):
             raise ConfigError(f"{where}: set exactly one of `steps` or `epochs`")
         for key in ("steps", "epochs", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):

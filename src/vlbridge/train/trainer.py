@@ -151,7 +151,7 @@ class StageTrainer:
             log.info(
                 "stage %s: LoRA r=%d alpha=%d on %d linear layers", stage.name, stage.lora.r, stage.lora.alpha, wrapped
             )
-        objective = build_objective(stage.objective, model)
+        objective = build_objective(stage.objective, model, self.dataset)
         parts: dict[str, nn.Module | None] = {
             "vision_encoder": model.vision_encoder,
             "connector": model.connector,

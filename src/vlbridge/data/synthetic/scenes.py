@@ -47,6 +47,7 @@ POSITIONS: tuple[str, ...] = (
     "bottom middle",
     "bottom right",
 )  # region names in row-major order: region index = 3 * row + column
+GRID = 3  # regions per side
 WORDS: tuple[str, ...] = ("CAT", "DOG", "SUN", "BOX", "HAT", "CUP", "KEY", "MAP", "GO", "OK", "42", "7")
 MAX_OBJECTS = 6
 
@@ -73,12 +74,12 @@ class SceneObject:
     @property
     def row(self) -> int:
         """0 (top) .. 2 (bottom)."""
-        return self.cell // 3
+        return self.cell // GRID
 
     @property
     def col(self) -> int:
         """0 (left) .. 2 (right)."""
-        return self.cell % 3
+        return self.cell % GRID
 
     @property
     def position(self) -> str:
@@ -107,6 +108,21 @@ class Scene:
         fields = {k: data[k] for k in ("seed", "text", "text_cell", "text_x", "text_y")}
         return cls(objects=tuple(SceneObject(**o) for o in data["objects"]), **fields)
 
+    def region_labels(self) -> dict[str, list[str | None]]:
+        """Per attribute, one label per region in row-major order (None: not applicable there), for supervised
+        vision pre-training (`regions.jsonl`): what each region holds (empty, object, text), the object's shape,
+        colour and size, and the word drawn in the text region."""
+        labels: dict[str, list[str | None]] = {"kind": ["empty"] * len(POSITIONS)}
+        for name in ("shape", "colour", "size", "word"):
+            labels[name] = [None] * len(POSITIONS)
+        for obj in self.objects:
+            labels["kind"][obj.cell] = "object"
+            for name in ("shape", "colour", "size"):
+                labels[name][obj.cell] = getattr(obj, name)
+        labels["kind"][self.text_cell] = "text"
+        labels["word"][self.text_cell] = self.text
+        return labels
+
     def signature(self) -> tuple:
         """The scene's content without the jitter: two scenes with equal signatures pose the same questions."""
         objects = tuple(sorted((o.cell, o.shape, o.colour, o.size) for o in self.objects))
@@ -123,8 +139,8 @@ def _place(rng: random.Random, cell: int, half_width: float, half_height: float)
     """A centre in region `cell` that keeps an item of this half width and height inside the region."""
     slack_x = max(1 / 6 - half_width - _MARGIN, 0.0)
     slack_y = max(1 / 6 - half_height - _MARGIN, 0.0)
-    x = (cell % 3 + 0.5) / 3 + rng.uniform(-slack_x, slack_x)
-    y = (cell // 3 + 0.5) / 3 + rng.uniform(-slack_y, slack_y)
+    x = (cell % GRID + 0.5) / GRID + rng.uniform(-slack_x, slack_x)
+    y = (cell // GRID + 0.5) / GRID + rng.uniform(-slack_y, slack_y)
     return round(x, 4), round(y, 4)
 
 

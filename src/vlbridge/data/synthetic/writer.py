@@ -9,6 +9,8 @@ The folder is what vlbridge's training and evaluation read (SPEC sections 4 and 
   human turn only) on the same training images, and each image's caption conversation again (id `<name>_caption`),
   as LLaVA-1.5's instruction mix keeps caption data: the captions go on teaching the object lookups the questions
   need while the model learns to answer them;
+- `regions.jsonl`, stage 0 (supervised vision pre-training, `vlbridge.data.regions`): per training image, each
+  region's labels (empty / object / text, the object's shape, colour and size, the word);
 - `val.jsonl` and `test.jsonl`, held-out questions, one per image, `{"question_id", "image", "question",
   "answer", "type"}` plus `"choices"` for multiple choice;
 - `scenes.jsonl`, the scene behind every image, so answers can be re-derived and images re-rendered;
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.data.synthetic.baselines import unbound_score
-from vlbridge.data.synthetic.scenes import Scene, derive_seed, render_scene
+from vlbridge.data.synthetic.scenes import GRID, Scene, derive_seed, render_scene
 from vlbridge.data.synthetic.tasks import (
     ANSWERS,
     CAPTION_PROMPTS,
@@ -49,7 +51,15 @@ from vlbridge.data.synthetic.tasks import (
 from vlbridge.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
-OUTPUT_FILES = ("captions.json", "instruct.json", "val.jsonl", "test.jsonl", "scenes.jsonl", "stats.json")
+OUTPUT_FILES = (
+    "captions.json",
+    "instruct.json",
+    "regions.jsonl",
+    "val.jsonl",
+    "test.jsonl",
+    "scenes.jsonl",
+    "stats.json",
+)
 MIN_TURNS, MAX_TURNS = 2, 5
 
 
@@ -175,7 +185,7 @@ def synthesize(
     sizes = _split_sizes(n, test_fraction, val_fraction)
     out = Path(out_dir)
     _prepare(out, overwrite)
-    captions, instruct, scene_rows, train_items = [], [], [], []
+    captions, instruct, regions, scene_rows, train_items = [], [], [], [], []
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
@@ -186,6 +196,7 @@ def synthesize(
         captions.append({"id": name, "image": image, "conversations": described})
         instruct.append({"id": name, "image": image, "conversations": conversation(qas)})
         instruct.append({"id": f"{name}_caption", "image": image, "conversations": described})
+        regions.append({"image": image, "grid": GRID, "labels": scene.region_labels()})
         scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
         train_items += [(scene, qa) for qa in qas]
         seen.add(scene.signature())
@@ -196,6 +207,7 @@ def synthesize(
         stats["splits"][split] = _answer_stats(items)
     _write_json(out / "captions.json", captions)
     _write_json(out / "instruct.json", instruct)
+    _write_jsonl(out / "regions.jsonl", regions)
     _write_jsonl(out / "scenes.jsonl", scene_rows)
     _write_json(out / "stats.json", stats)
     return stats
