@@ -10,7 +10,8 @@ import torch
 
 from vlbridge.config import from_dict
 from vlbridge.data.collate import collate
-from vlbridge.errors import VlbridgeError
+from vlbridge.data.datasets import TextDataset
+from vlbridge.errors import ConfigError, VlbridgeError
 from vlbridge.train.distributed import SingleProcess
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.trainer import StageTrainer, batch_order
@@ -37,6 +38,38 @@ def test_batch_order_is_seeded_per_epoch_and_sharded() -> None:
     assert len(batch_order(2, 4, seed=0, epoch=0, world=world)[0]) == 2  # data smaller than a batch: one short batch
     shards = [[i for b in batch_order(8, 2, seed=1, epoch=0, world=_Halves(r)) for i in b] for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(8)) and not set(shards[0]) & set(shards[1])
+
+
+def test_length_grouped_batches_cover_the_data_once_with_less_padding() -> None:
+    lengths = torch.randint(5, 200, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    world = SingleProcess()
+    grouped = batch_order(1000, 8, seed=2, epoch=0, world=world, lengths=lengths)
+    plain = batch_order(1000, 8, seed=2, epoch=0, world=world)
+    assert grouped == batch_order(1000, 8, seed=2, epoch=0, world=world, lengths=lengths)
+    assert len(grouped) == len(plain) == 125 and all(len(b) == 8 for b in grouped)
+    assert sorted(i for b in grouped for i in b) == list(range(1000))
+
+    def efficiency(batches: list[list[int]]) -> float:
+        return sum(lengths[i] for b in batches for i in b) / sum(8 * max(lengths[i] for i in b) for b in batches)
+
+    assert efficiency(plain) < 0.65 and efficiency(grouped) > 0.9
+    first = [lengths[b[0]] for b in grouped[:20]]
+    assert first != sorted(first, reverse=True)  # the batches themselves are shuffled, not served longest first
+
+
+def test_group_by_length_trains_on_text_grouped_by_its_token_lengths(tiny_model, tiny_tokenizer, tmp_path) -> None:
+    texts = ["a red circle" * k for k in range(1, 13)]
+    data = TextDataset(texts, tiny_tokenizer, max_length=64, pack=False)
+    stage = _stage(group_by_length=True, batch_size=2)
+    trainer = StageTrainer(stage, tiny_model, data, lambda b: collate(b, 0), tmp_path, seed=0)
+    assert trainer.lengths == [len(data[i]["input_ids"]) for i in range(12)]
+    assert trainer.run().steps == 4
+
+
+def test_group_by_length_needs_samples_with_lengths(tiny_model, tmp_path) -> None:
+    images = [{"pixel_values": torch.zeros(3, 48, 48)}] * 4
+    with pytest.raises(ConfigError, match="group_by_length needs token data"):
+        StageTrainer(_stage(group_by_length=True), tiny_model, images, list, tmp_path, seed=0)
 
 
 def _token_data(n: int = 8, length: int = 12) -> list[dict]:

@@ -189,6 +189,10 @@ class SupervisedDataset(Dataset):
     def __len__(self) -> int:
         return len(self._samples)
 
+    def lengths(self) -> list[int]:
+        """Token length of every sample (for length-grouped batches)."""
+        return [len(ids) for ids, _, _ in self._samples]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | None]:
         """input_ids (T,), labels (T,), pixel_values (n_images, 3, H, W) or None for a text-only sample."""
         input_ids, labels, record = self._samples[index]

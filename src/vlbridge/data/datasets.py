@@ -46,6 +46,10 @@ class TextDataset(Dataset):
     def __len__(self) -> int:
         return len(self._blocks)
 
+    def lengths(self) -> list[int]:
+        """Token length of every sample (for length-grouped batches)."""
+        return [len(block) for block in self._blocks]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ids = self._blocks[index]
         return {"input_ids": ids, "labels": ids.clone()}

@@ -83,6 +83,7 @@ class StageRecipe:
     epochs: int | None = None  # passes over the data
     batch_size: int = 16
     grad_accum: int = 1
+    group_by_length: bool = False  # batch samples of similar token length together: less padding, same data
     max_length: int = 256
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.0  # the cosine decays to this fraction of each peak learning rate

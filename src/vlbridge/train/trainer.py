@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vlbridge.errors import VlbridgeError
+from vlbridge.errors import ConfigError, VlbridgeError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
 from vlbridge.train.checkpoint import (
@@ -69,17 +69,34 @@ def set_lm_gradient_checkpointing(language_model: nn.Module, enabled: bool) -> N
             del layer.forward
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int, world: World) -> list[list[int]]:
+GROUP_CHUNK = 50
+"""With lengths, samples are grouped within chunks of this many global batches (a random share of the data each)."""
+
+
+def batch_order(
+    n: int, batch_size: int, seed: int, epoch: int, world: World, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
     """This rank's micro-batches of an epoch: a permutation seeded by (seed, epoch), cut into global batches of
     batch_size * world_size samples, of which each rank reads its share (`World.shard`). Full batches only (one
-    short batch only when the data is smaller than a global batch)."""
+    short batch only when the data is smaller than a global batch).
+
+    With `lengths` (one per sample), samples of similar length share a batch, so less compute goes to padding: the
+    permutation is cut into chunks of GROUP_CHUNK global batches, each chunk is sorted by length and cut into
+    batches, and the batches are shuffled (seeded too). Every batch is still a random draw of the data, only
+    narrowed to neighbours in length (as transformers' `group_by_length` and LLaVA's length-grouped sampler do)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
     size = batch_size * world.world_size
     if n < size:
         mine = world.shard(order[: n - n % world.world_size])
         return [mine] if mine else []
-    return [world.shard(order[i : i + size]) for i in range(0, n - size + 1, size)]
+    if lengths is not None:
+        chunk = size * GROUP_CHUNK
+        order = [i for at in range(0, n, chunk) for i in sorted(order[at : at + chunk], key=lambda j: -lengths[j])]
+    batches = [order[i : i + size] for i in range(0, n - size + 1, size)]
+    if lengths is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return [world.shard(batch) for batch in batches]
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -118,6 +135,14 @@ class StageTrainer:
         self.device = torch.device(device)
         self.num_workers = num_workers
         self.n_samples = len(dataset)  # type: ignore[arg-type]
+        self.lengths: list[int] | None = None
+        if stage.group_by_length:
+            if not hasattr(dataset, "lengths"):
+                raise ConfigError(
+                    f"stage {stage.name!r}: group_by_length needs token data (conversations or text); "
+                    f"the {stage.objective} objective's samples have no length to group by"
+                )
+            self.lengths = dataset.lengths()
         if self.n_samples == 0:
             raise VlbridgeError(f"stage {stage.name!r} has no training samples; check its data file")
         batches = len(batch_order(self.n_samples, stage.batch_size, seed, 0, self.world))
@@ -130,7 +155,9 @@ class StageTrainer:
     def _batches(self, state: TrainState) -> Iterator[Batch]:
         """Micro-batches from `state`'s data position on, forever (epoch after epoch), advancing the position."""
         while True:
-            batches = batch_order(self.n_samples, self.stage.batch_size, state.data_seed, state.epoch, self.world)
+            batches = batch_order(
+                self.n_samples, self.stage.batch_size, state.data_seed, state.epoch, self.world, self.lengths
+            )
             loader = DataLoader(
                 self.dataset,
                 batch_sampler=batches[state.batch :],
