@@ -105,17 +105,19 @@ def test_user_errors_exit_2_with_a_clear_line(cli, data, tokenizer_dir, tmp_path
 @pytest.mark.slow
 def test_every_stage_end_to_end_then_load_and_generate(cli, tmp_path) -> None:
     clip = stage("clip", "contrastive", "captions.json", {"vision_encoder": "full"}, {"vision_encoder": 1e-3})
+    regions = stage("regions", "regions", "regions.jsonl", {"vision_encoder": "full"}, {"vision_encoder": 1e-3})
     stages = [
         stage("text", "text_lm", "instruct.json", {"language_model": "full"}, {"language_model": 3e-3}),
         {**clip, "batch_size": 8, "max_length": 64},
+        {**regions, "data_format": "regions", "bf16": True},
         align_stage(save_every=2),
-        instruct_stage(lora=True, max_length=200, grad_checkpointing=True, bf16=True),
+        instruct_stage(lora=True, max_length=200, grad_checkpointing=True, bf16=True, group_by_length=True),
     ]
     data = {"root": str(tmp_path / "data"), "synth": {"n": 24, "seed": 0, "image_size": 48}}
     config = write_recipe(tmp_path / "r.yaml", {**recipe(tmp_path / "run", tmp_path, None, stages), "data": data})
     assert cli(["train", "--config", str(config)]) == 0
     run = tmp_path / "run"
-    for name in ("text", "clip", "align", "instruct"):
+    for name in ("text", "clip", "regions", "align", "instruct"):
         assert (run / name / "done.json").is_file() and (run / name / "loss.png").is_file()
         assert (run / name / "model" / "model.safetensors").is_file()
     assert (run / "instruct" / "adapter" / "adapter_model.safetensors").is_file()
