@@ -17,7 +17,8 @@ line, or are skipped and counted (`skip_malformed`), as for LLaVA files.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class RegionVocab:
     """The grid and every attribute's classes (sorted), which size the objective's heads."""
 
     grid: int
-    classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    classes: dict[str, tuple[str, ...]]
 
     @classmethod
     def of(cls, items: Sequence[RegionItem]) -> RegionVocab:
@@ -100,13 +101,17 @@ class RegionVocab:
                 seen[name].update(v for v in values if v is not None)
         return cls(items[0].grid, {name: tuple(sorted(seen[name])) for name in names})
 
+    @cached_property
+    def _index(self) -> dict[str, dict[str, int]]:
+        return {name: {c: i for i, c in enumerate(classes)} for name, classes in self.classes.items()}
+
     def encode(self, item: RegionItem) -> torch.Tensor:
         """(attributes, grid * grid) class indices of one item; UNLABELLED where it has no label."""
-        rows = []
-        for name, classes in self.classes.items():
-            index = {c: i for i, c in enumerate(classes)}
-            values = item.labels.get(name, (None,) * self.grid**2)
-            rows.append([UNLABELLED if v is None else index[v] for v in values])
+        unlabelled = (None,) * self.grid**2
+        rows = [
+            [UNLABELLED if v is None else index[v] for v in item.labels.get(name, unlabelled)]
+            for name, index in self._index.items()
+        ]
         return torch.tensor(rows, dtype=torch.long)
 
 

@@ -167,8 +167,7 @@ class RegionObjective(Objective):
 
     def logits(self, model: VisionLanguageModel, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per attribute, (B, grid*grid, classes) region logits."""
-        if model.vision_encoder is None:
-            raise ConfigError("the regions objective trains a vision encoder; build the model with vision")
+        assert model.vision_encoder is not None, "the regions factory refuses a model without vision"
         regions = region_pool(model.vision_encoder(pixel_values), self.vocab.grid)
         return {name: head(regions) for name, head in self.heads.items()}
 
