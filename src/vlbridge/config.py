@@ -73,6 +73,7 @@ class LMConfig:
     rope_theta: float = 10000.0
     attention_bias: bool = False  # Qwen2 sets q/k/v biases
     tie_word_embeddings: bool = False
+    initializer_range: float = 0.02  # std of the normal init of linear and embedding weights (HF's name and default)
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     pad_token_id: int | None = None

@@ -121,6 +121,19 @@ def test_tied_head_shares_the_embedding() -> None:
     assert DecoderLM.block_cls is DecoderLayer and lm.hidden_size == CFG.hidden_size
 
 
+@pytest.mark.parametrize("std", [0.02, 0.0625])
+def test_initializer_range_sets_the_weight_std(std: float) -> None:
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    lm = DecoderLM(replace(CFG, hidden_size=64, intermediate_size=128, initializer_range=std))
+    for name, p in lm.named_parameters():
+        if p.dim() == 2:
+            assert p.std().item() == pytest.approx(std, rel=0.1), name
+        elif name.endswith("bias"):
+            assert not p.any(), name
+
+
 def test_bad_head_counts_raise() -> None:
     from dataclasses import replace
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -20,6 +22,8 @@ def test_transformers4_llama_layout() -> None:
     assert cfg.head_dim is None and cfg.resolved_head_dim == 16
     assert not cfg.attention_bias and not cfg.tie_word_embeddings
     assert cfg.max_position_embeddings == 2048  # LlamaConfig's default when the file omits it
+    assert cfg.initializer_range == 0.02  # LlamaConfig's default
+    assert lm_config_from_hf(lm_config_to_hf(replace(cfg, initializer_range=0.0625))).initializer_range == 0.0625
 
 
 def test_transformers5_layout_and_qwen2_biases() -> None:

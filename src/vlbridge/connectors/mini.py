@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from vlbridge.config import ConnectorConfig, LMConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, check_options
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.errors import ConfigError
-from vlbridge.lm.decoder import DecoderLM, padding_mask
+from vlbridge.lm.decoder import DecoderLM, init_weights, padding_mask
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.rope import RotaryEmbedding
 from vlbridge.model.splice import rows_of_images, splice
@@ -116,14 +116,6 @@ class PrefusionState:
     has_visual: Tensor  # (B,) bool
 
 
-def _llama_init(module: nn.Module) -> None:
-    """The LM's own initialisation for freshly built pre-fusion blocks: normal(0, 0.02) weights, zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 @CONNECTORS.register("mini")
 class MiniConnector(Connector):
     """mlp projection -> C x C query cross-attention (the visual tokens); pre-fusion blocks rewrite the text."""
@@ -144,7 +136,7 @@ class MiniConnector(Connector):
         self.key_norm = nn.LayerNorm(d)
         self.cross_attn = CrossAttention(d, lm.num_attention_heads)
         self.prefusion = nn.ModuleList(context.block_cls(lm, i) for i in range(n_layers))
-        self.prefusion.apply(_llama_init)
+        self.prefusion.apply(partial(init_weights, std=lm.initializer_range))  # the LM's own initialisation
         self.rotary = RotaryEmbedding(lm.resolved_head_dim, lm.rope_theta, min(lm.max_position_embeddings, 4096))
 
     def num_tokens(self, n_patches: int) -> int:
