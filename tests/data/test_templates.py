@@ -25,6 +25,7 @@ CHAT = [
 ]
 EXPECTED = {
     "plain": "<image>A cat.\n",  # user text is dropped, only its placeholders stay
+    "qa": "<image>\nWhat is it?\nA cat.\nColour?\n",
     "vicuna_v1": f"{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Colour? ASSISTANT:",
     "chatml": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n"
@@ -38,7 +39,7 @@ EXPECTED = {
 
 
 def test_available_names() -> None:
-    assert available() == ["plain", "vicuna_v1", "chatml", "llama3"]
+    assert available() == ["plain", "qa", "vicuna_v1", "chatml", "llama3"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -71,7 +72,7 @@ def test_llava_from_value_format_equals_role_content() -> None:
         assert render(name, llava) == render(name, CHAT)
 
 
-@pytest.mark.parametrize("name", ["plain", "vicuna_v1", "chatml", "llama3"])
+@pytest.mark.parametrize("name", ["plain", "qa", "vicuna_v1", "chatml", "llama3"])
 def test_segments_concatenate_to_render_and_supervise_only_assistant_replies(name: str) -> None:
     second = {"role": "user", "content": "<image>\nAnd this one?"}
     two_turns = [*CHAT[:2], second, {"role": "assistant", "content": "Black."}]

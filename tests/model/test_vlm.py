@@ -128,3 +128,23 @@ def test_connector_fusion_reaches_prompt_and_generated_tokens() -> None:
     got = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
     assert shifted.steps == 5  # every decode step after the prefill
     assert torch.equal(got, greedy_by_full_forwards(model, ids, None, pixels, 6))
+
+
+class _NewlineDecoder:
+    """A processor stand-in whose every token decodes to a line: a reply is one token long if the model stops at
+    a newline."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "a\n" * len(ids)
+
+
+@pytest.mark.parametrize(("template", "new_tokens"), [("qa", 1), ("plain", 1), ("chatml", 6)])
+def test_generation_ends_at_a_plain_text_end_of_turn(template: str, new_tokens: int) -> None:
+    torch.manual_seed(0)
+    model = VisionLanguageModel(tiny_config(template=template)).eval()
+    ids, pixels = _prompt(model, 1), torch.randn(1, 3, 16, 16)
+    assert model.generation_config().stop_strings == ()  # no processor, so no text to stop on
+    model.processor = _NewlineDecoder()
+    out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
+    assert out.shape[1] - ids.shape[1] == new_tokens
+    assert model.generation_config(stop_strings=["b"]).stop_strings == ("b",)  # an explicit choice wins

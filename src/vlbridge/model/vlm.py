@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
 from vlbridge.connectors.base import FusionCache
+from vlbridge.data.templates import TEMPLATES
 from vlbridge.errors import ModalityError
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
@@ -126,12 +127,14 @@ class VisionLanguageModel(nn.Module):
         return VLMOutput(logits=logits, loss=loss)
 
     def generation_config(self, **overrides: Any) -> GenerationConfig:
-        """Generation settings with this model's EOS and pad ids filled in."""
+        """Generation settings with this model's EOS and pad ids filled in, and its template's stop text (a reply
+        that `plain` or `qa` taught to end with a newline ends there)."""
         lm = self.config.language_model
         eos = lm.eos_token_id
         eos_ids = () if eos is None else (tuple(eos) if isinstance(eos, list) else (eos,))
         pad = lm.pad_token_id if lm.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-        base = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad)
+        stop = TEMPLATES.get(self.config.template).stop if self.config.template and self.processor else ""
+        base = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad, stop_strings=(stop,) if stop else ())
         if isinstance(overrides.get("eos_token_id"), int):
             overrides["eos_token_id"] = (overrides["eos_token_id"],)
         if "stop_strings" in overrides:
