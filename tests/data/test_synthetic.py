@@ -251,6 +251,25 @@ def test_training_answers_are_balanced(dataset: Path) -> None:
         assert 0.45 <= types[kind]["majority_baseline"] <= 0.55
 
 
+def test_many_turns_repeat_types_but_never_a_question(tmp_path: Path) -> None:
+    synthesize(tmp_path, n=60, seed=2, test_fraction=0.1, val_fraction=0.0, turns=(12, 14))
+    scenes = _scenes(tmp_path)
+    records = [r for r in json.loads((tmp_path / "instruct.json").read_text()) if not r["id"].endswith("_caption")]
+    lengths = []
+    for record in records:
+        humans = [t["value"].removeprefix("<image>\n") for t in record["conversations"][::2]]
+        assert len(humans) == len(set(humans)) <= 14
+        for question, gpt in zip(humans, record["conversations"][1::2], strict=True):
+            _check(scenes[record["image"]], question, gpt["value"])
+        lengths.append(len(humans))
+    assert sum(lengths) / len(lengths) > 10  # past the nine types: types come again
+    types = json.loads((tmp_path / "stats.json").read_text())["splits"]["train"]["types"]
+    counts = list(types["colour"]["answers"].values())
+    assert max(counts) - min(counts) <= 0.4 * sum(counts) / len(counts)
+    with pytest.raises(ConfigError, match="turns"):
+        synthesize(tmp_path / "bad", n=10, seed=0, turns=(3, 2))
+
+
 def test_stratified_answers_stay_level_at_every_prefix() -> None:
     for kind in ("count", "relation", "description"):
         counts = Counter()

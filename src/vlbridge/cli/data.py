@@ -16,6 +16,7 @@ def add_parser(sub: Any) -> None:
     synth.add_argument("--n", type=int, default=2000, help="number of training scenes")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=None, help="side of the square images in pixels")
+    synth.add_argument("--turns", type=int, nargs=2, default=None, help="question turns per training image (lo hi)")
     synth.set_defaults(run=run_synth)
 
 
@@ -24,6 +25,8 @@ def run_synth(args: argparse.Namespace) -> int:
     from vlbridge.data.synthetic import synthesize
 
     kwargs = {} if args.image_size is None else {"image_size": args.image_size}
+    if args.turns is not None:
+        kwargs["turns"] = tuple(args.turns)
     stats = synthesize(args.out, n=args.n, seed=args.seed, **kwargs)
     print(json.dumps(stats, indent=2))
     return 0

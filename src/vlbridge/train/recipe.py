@@ -44,6 +44,7 @@ class SynthRecipe:
     n: int = 5000
     seed: int = 0
     image_size: int = 96
+    turns: list[int] = field(default_factory=lambda: [2, 5])  # question turns per training image: lowest, highest
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ OUTPUT_FILES = (
     "scenes.jsonl",
     "stats.json",
 )
-MIN_TURNS, MAX_TURNS = 2, 5
+DEFAULT_TURNS = (2, 5)  # question turns per training image, drawn uniformly
 
 
 def _split_sizes(n: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
@@ -91,23 +91,28 @@ def _prepare(out: Path, overwrite: bool) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
-def _train_item(index: int, seed: int, counts: dict[str, Counter[str]]) -> tuple[Scene, list[QA], list[dict[str, str]]]:
-    """One training image: a dealt first question picks the scene, further turns take the least used answers; and
-    its caption conversation."""
+def _train_item(
+    index: int, seed: int, counts: dict[str, Counter[str]], turns: tuple[int, int]
+) -> tuple[Scene, list[QA], list[dict[str, str]]]:
+    """One training image: a dealt first question picks the scene, further turns take the least used answers (types
+    in shuffled rounds, so past nine turns a type comes again, never the same question); and its caption
+    conversation."""
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
     scene, first = sample_item(kind, stratified_answer(kind, index // len(TYPES), seed, "train"), rng)
     qas = [first]
-    turns = rng.randint(MIN_TURNS, MAX_TURNS)
+    counts[kind][first.answer] += 1
+    wanted = rng.randint(*turns)
     others = [t for t in TYPES if t != kind]
-    for extra in rng.sample(others, len(others)):  # a type the scene cannot pose (relation, one object) is skipped
-        if len(qas) == turns:
-            break
-        qa = least_used(extra, scene, counts[extra], rng)
-        if qa is not None:
-            qas.append(qa)
-    for qa in qas:
-        counts[qa.type][qa.answer] += 1
+    for _ in range(-(-wanted // len(TYPES))):
+        for extra in rng.sample(others, len(others)):  # a type the scene cannot pose (relation, one object) is skipped
+            if len(qas) == wanted:
+                break
+            qa = least_used(extra, scene, counts[extra], rng)
+            if qa is not None and qa.question not in {q.question for q in qas}:
+                qas.append(qa)
+                counts[qa.type][qa.answer] += 1
+        others = list(TYPES)
     prompt = rng.choice(CAPTION_PROMPTS)
     described = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption(scene, rng)}]
     return scene, qas, described
@@ -175,13 +180,18 @@ def synthesize(
     test_fraction: float = 0.1,
     val_fraction: float = 0.05,
     overwrite: bool = False,
+    turns: tuple[int, int] = DEFAULT_TURNS,
 ) -> dict[str, Any]:
     """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
 
     The same arguments give byte-identical files. `image_size` below 48 makes the text illegible and is refused.
+    `turns` (lowest, highest) is how many question turns a training image gets: more turns give more supervised
+    answers for each image the model encodes.
     """
     if image_size < 48:
         raise ConfigError(f"image_size must be >= 48 pixels for the text to stay legible, got {image_size}")
+    if len(turns) != 2 or not 1 <= turns[0] <= turns[1]:
+        raise ConfigError(f"turns must be (lowest, highest) with 1 <= lowest <= highest, got {tuple(turns)}")
     sizes = _split_sizes(n, test_fraction, val_fraction)
     out = Path(out_dir)
     _prepare(out, overwrite)
@@ -189,7 +199,7 @@ def synthesize(
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
-        scene, qas, described = _train_item(index, seed, counts)
+        scene, qas, described = _train_item(index, seed, counts, tuple(turns))
         name = f"train_{index:06d}"
         image = f"images/{name}.png"
         render_scene(scene, image_size).save(out / image, format="PNG")
@@ -223,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    parser.add_argument("--turns", type=int, nargs=2, default=DEFAULT_TURNS, help="question turns per training image")
     args = parser.parse_args(argv)
     stats = synthesize(
-        args.out, args.n, args.seed, args.image_size, args.test_fraction, args.val_fraction, args.overwrite
+        args.out, args.n, args.seed, args.image_size, args.test_fraction, args.val_fraction, args.overwrite, args.turns
     )
     print(f"wrote {stats['images']} images to {args.out}")
     for split, summary in stats["splits"].items():
