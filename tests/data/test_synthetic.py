@@ -13,7 +13,7 @@ from PIL import Image, ImageFont
 
 from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
 from vlbridge.data.synthetic import scenes as scenes_module
-from vlbridge.data.synthetic.scenes import COLOURS, RADIUS, SHAPES, SIZES, WORDS, text_mask
+from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
 from vlbridge.data.synthetic.tasks import QA, propose, stratified_answer
 from vlbridge.data.synthetic.writer import OUTPUT_FILES, _answer_stats
 from vlbridge.errors import ConfigError, DataError
@@ -192,12 +192,13 @@ def test_region_labels_describe_every_region_of_each_training_image(dataset: Pat
     assert len(rows) == len(train) == 120 and {r["image"] for r in rows} == train
     for row in rows:
         scene, labels = scenes[row["image"]], row["labels"]
-        assert row["grid"] == 3 and set(labels) == {"kind", "shape", "colour", "size", "word"}
+        assert row["grid"] == 3 and set(labels) == {"kind", "shape", "colour", "size", "word", "position"}
         objects = {o.cell: o for o in scene.objects}
         for cell in range(9):
             obj = objects.get(cell)
             kind = "object" if obj else "text" if cell == scene.text_cell else "empty"
             assert labels["kind"][cell] == kind
+            assert labels["position"][cell] == POSITIONS[cell] == (obj.position if obj else POSITIONS[cell])
             assert labels["word"][cell] == (scene.text if kind == "text" else None)
             for name in ("shape", "colour", "size"):
                 assert labels[name][cell] == (getattr(obj, name) if obj else None)
