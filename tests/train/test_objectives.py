@@ -104,17 +104,22 @@ def test_regions_objective_learns_what_is_where(tiny_model, tiny_tokenizer, tiny
     batch = collate_regions([dataset[i] for i in range(len(dataset))])
     objective = build_objective("regions", tiny_model, dataset)
     assert isinstance(objective, RegionObjective) and set(objective.parts()) == {"region_heads"}
-    assert list(objective.heads) == ["colour", "kind", "shape", "size", "word"]
+    assert list(objective.heads) == ["colour", "kind", "position", "shape", "size", "word"]
     assert objective.heads["kind"].out_features == 3
     labels = batch["region_labels"]
 
-    def accuracy() -> float:
+    def accuracy(names: set[str]) -> float:
         with torch.no_grad():
             logits = objective.logits(tiny_model, batch["pixel_values"])
-        hits = [(out.argmax(-1) == labels[:, i])[labels[:, i] >= 0] for i, out in enumerate(logits.values())]
+        hits = [
+            (out.argmax(-1) == labels[:, i])[labels[:, i] >= 0]
+            for i, (name, out) in enumerate(logits.items())
+            if name in names
+        ]
         return torch.cat(hits).float().mean().item()
 
-    before = accuracy()
+    content = set(objective.heads) - {"position"}
+    before = accuracy(content)
     opt = torch.optim.AdamW([*tiny_model.vision_encoder.parameters(), *objective.parameters()], lr=3e-3)
     step = TrainStep(tiny_model, objective)
     losses = []
@@ -126,7 +131,8 @@ def test_regions_objective_learns_what_is_where(tiny_model, tiny_tokenizer, tiny
         losses.append(float(out.loss.detach()))
     assert out.tokens == int((labels >= 0).sum())
     assert losses[-1] < 0.3 * losses[0]
-    assert before < 0.5 and accuracy() > 0.9
+    assert before < 0.5 and accuracy(content) > 0.9
+    assert accuracy({"position"}) > 0.3  # chance 1/9; the tiny ViT learns where a region is more slowly (0.46 here)
 
 
 def test_regions_objective_needs_region_labels(tiny_model) -> None:

@@ -116,4 +116,11 @@ def test_regions_stage_trains_the_vision_encoder_alone_and_leaves_its_heads_behi
     data = json.loads((run / "vision" / "done.json").read_text())["data"]
     rows = [json.loads(line) for line in (tiny_data / "scenes.jsonl").read_text().splitlines()]
     words = len({r["scene"]["text"] for r in rows if r["split"] == "train"})  # 24 images do not show all 12
-    assert data["grid"] == 3 and data["classes"] == {"colour": 8, "kind": 3, "shape": 6, "size": 2, "word": words}
+    assert data["grid"] == 3 and data["classes"] == {
+        "colour": 8,
+        "kind": 3,
+        "position": 9,
+        "shape": 6,
+        "size": 2,
+        "word": words,
+    }
