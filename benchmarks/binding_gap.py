@@ -12,8 +12,9 @@ At HF's init (normal std 0.02):
 - gap 2 with half of each batch at gap 0 ("mixed"): learned by step 300 (gap 6: by 400); the gap 0 examples teach
   the lookup, and the distant answer then only has to be copied from the query token.
 
-At std 1/sqrt(width) (`--init-std`, the default runs both) gap 2 alone is learned too: the attention logits no
-longer start near zero, so the heads are not stuck attending uniformly (results/binding_gap.txt).
+At std 1/sqrt(width) (`--init-std`, the default runs both) a distant answer alone is learned too (gap 6: 0.92 at
+step 100): the attention logits no longer start near zero, so the heads are not stuck attending uniformly
+(results/binding_gap.txt).
 
     python benchmarks/binding_gap.py --steps 800
 """

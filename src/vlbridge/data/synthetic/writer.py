@@ -30,7 +30,7 @@ import argparse
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def _train_item(
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
     scene, first = sample_item(kind, stratified_answer(kind, index // len(TYPES), seed, "train"), rng)
-    qas = [first]
+    qas, asked = [first], {first.question}
     counts[kind][first.answer] += 1
     wanted = rng.randint(*turns)
     others = [t for t in TYPES if t != kind]
@@ -109,8 +109,9 @@ def _train_item(
             if len(qas) == wanted:
                 break
             qa = least_used(extra, scene, counts[extra], rng)
-            if qa is not None and qa.question not in {q.question for q in qas}:
+            if qa is not None and qa.question not in asked:
                 qas.append(qa)
+                asked.add(qa.question)
                 counts[qa.type][qa.answer] += 1
         others = list(TYPES)
     prompt = rng.choice(CAPTION_PROMPTS)
@@ -180,7 +181,7 @@ def synthesize(
     test_fraction: float = 0.1,
     val_fraction: float = 0.05,
     overwrite: bool = False,
-    turns: tuple[int, int] = DEFAULT_TURNS,
+    turns: Sequence[int] = DEFAULT_TURNS,
 ) -> dict[str, Any]:
     """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
 
