@@ -6,9 +6,9 @@ one k x k block of them, per 3x3 region):
 1. **Probe** (`--model`): one linear probe shared by all region tokens, on the visual tokens as the LM receives them
    (after the connector, each scaled to unit length). It is fitted on the first 1200 images of scenes.jsonl and
    scored on the next 300 (training images of the model, unseen by the probe), per attribute, on the regions that
-   hold an object (position: on every region, its own). A key an attention head can match must be such a
-   direction, the same at every position: "What colour is the circle?" needs shape to be one, and "What colour is
-   the object in the top left?" needs the token to say where it is.
+   hold an object (position: on every region, its own; word: on the region the text is drawn in). A key an
+   attention head can match must be such a direction, the same at every position: "What colour is the circle?"
+   needs shape to be one, and "What colour is the object in the top left?" needs the token to say where it is.
 2. **Ceiling** (`--supervised-steps N`): a fresh vision encoder of the model's configuration, trained for N steps
    with a per-region linear head on the shape labels themselves (batch 32, AdamW at `--lr`), scored on validation
    images every 100 steps. It shows how fast the encoder learns shape when the signal is direct rather than passed
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import vlbridge
-from vlbridge.data.synthetic.scenes import COLOURS, GRID, POSITIONS, SHAPES, SIZES, Scene
+from vlbridge.data.synthetic.scenes import COLOURS, GRID, POSITIONS, SHAPES, SIZES, WORDS, Scene
 from vlbridge.errors import ConfigError
 from vlbridge.train.objectives import region_pool
 from vlbridge.vision.vit import ViT
@@ -40,6 +40,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "colour": tuple(COLOURS),
     "size": SIZES,
     "position": POSITIONS,
+    "word": WORDS,
 }
 
 

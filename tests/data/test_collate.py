@@ -120,6 +120,15 @@ def test_worked_example_plain(root: Path) -> None:
     assert dataset.stats.kept == 1 and dataset.stats.realigned == 0
 
 
+def test_token_ids_need_no_image_file(tmp_path: Path) -> None:
+    rec = record([("human", "<image>\nwhat is this ?"), ("gpt", "a cat")], "missing.png")
+    dataset = SupervisedDataset([rec], tmp_path, wordlevel_processor(), "plain", max_length=64)
+    ids, labels = dataset.token_ids(0)
+    assert ids.tolist() == [1, 10, 10, 10, 10, 8, 9] and labels.tolist()[-2:] == [8, 9]
+    with pytest.raises(DataError, match=r"missing\.png"):
+        dataset[0]  # the image is read only here
+
+
 @pytest.mark.parametrize("template", templates.available())
 def test_only_assistant_replies_are_supervised(records: list[Record], processor: Processor, template: str) -> None:
     dataset = SupervisedDataset(records, records[0].source.parent, processor, template, max_length=1024)

@@ -93,6 +93,15 @@ def test_scores_per_type_from_known_answers(synth_dir: Path, tmp_path: Path, mon
         assert "majority_baseline" in scores[name], "stats.json baselines sit beside each type"
 
 
+def test_own_question_file_is_scored_without_baselines(synth_dir: Path) -> None:
+    own = synth_dir / "own.jsonl"
+    own.write_text("".join((synth_dir / "test.jsonl").read_text().splitlines(keepends=True)[:3]))
+    task = SyntheticTask.from_folder(synth_dir, "own")
+    assert len(task.items) == 3
+    assert task.baselines == {}, "stats.json has no 'own' split, so there is nothing to stand beside"
+    assert SyntheticTask.from_folder(synth_dir, "test").baselines["overall"]["majority_baseline"] > 0
+
+
 def test_interrupted_run_resumes_without_recomputing(
     synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

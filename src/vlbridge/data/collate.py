@@ -193,9 +193,15 @@ class SupervisedDataset(Dataset):
         """Token length of every sample (for length-grouped batches)."""
         return [len(ids) for ids, _, _ in self._samples]
 
+    def token_ids(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids (T,) and labels (T,) of sample `index`, without reading its images."""
+        input_ids, labels, _ = self._samples[index]
+        return input_ids, labels
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | None]:
         """input_ids (T,), labels (T,), pixel_values (n_images, 3, H, W) or None for a text-only sample."""
-        input_ids, labels, record = self._samples[index]
+        input_ids, labels = self.token_ids(index)
+        record = self.record(index)
         pixel_values = None
         if record.images:
             try:

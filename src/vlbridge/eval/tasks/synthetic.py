@@ -29,12 +29,17 @@ BASELINES = ("majority_baseline", "unbound_baseline")
 def split_baselines(data: Path, split: str) -> dict[str, dict[str, float]]:
     """Type (and "overall", weighted by count) -> {baseline name: accuracy} from the dataset's stats.json.
 
-    Datasets written before a baseline existed simply lack it.
+    Datasets written before a baseline existed simply lack it. A question file of one's own beside the writer's
+    (e.g. training questions gathered into `trainq.jsonl`, to tell under-fitting from over-fitting) has no stats
+    entry, so it is scored without baselines.
     """
     stats_file = data / "stats.json"
     if not stats_file.is_file():
         return {}
-    types = json.loads(stats_file.read_text())["splits"][split]["types"]
+    splits = json.loads(stats_file.read_text())["splits"]
+    if split not in splits:
+        return {}
+    types = splits[split]["types"]
     total = sum(t["count"] for t in types.values())
     baselines = {name: {b: t[b] for b in BASELINES if b in t} for name, t in types.items()}
     known = [b for b in BASELINES if all(b in t for t in types.values())]
