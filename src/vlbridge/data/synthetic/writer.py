@@ -91,12 +91,13 @@ def _prepare(out: Path, overwrite: bool) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
-def _train_item(
+def train_item(
     index: int, seed: int, counts: dict[str, Counter[str]], turns: tuple[int, int]
 ) -> tuple[Scene, list[QA], list[dict[str, str]]]:
     """One training image: a dealt first question picks the scene, further turns take the least used answers (types
     in shuffled rounds, so past nine turns a type comes again, never the same question); and its caption
-    conversation."""
+    conversation. `counts` (type -> answer tally) is updated; scripts that need scenes without images (e.g.
+    benchmarks/ideal_vision.py) call it directly."""
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
     scene, first = sample_item(kind, stratified_answer(kind, index // len(TYPES), seed, "train"), rng)
@@ -200,7 +201,7 @@ def synthesize(
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
-        scene, qas, described = _train_item(index, seed, counts, tuple(turns))
+        scene, qas, described = train_item(index, seed, counts, tuple(turns))
         name = f"train_{index:06d}"
         image = f"images/{name}.png"
         render_scene(scene, image_size).save(out / image, format="PNG")
