@@ -76,3 +76,18 @@ def test_chat_bad_image_is_a_clear_error(clip_llava_dir: Path, tmp_path: Path, c
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["chat", "--model", str(tmp_path / "none"), "hi"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_synth_takes_the_writers_flags_and_replaces_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["data", "synth", "--out", str(tmp_path / "d"), "--n", "12", "--image-size", "48"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "test:" in out and len(out.splitlines()) == 4  # a summary, not the stats JSON
+    assert main(args) == 2  # a DataError: exit status 2 with the message
+    assert "not empty; choose a new folder or pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--turns", "2", "2"]) == 0
+    instruct = json.loads((tmp_path / "d/instruct.json").read_text())
+    questions = [r for r in instruct if not r["id"].endswith("_caption")]
+    assert {len(r["conversations"]) for r in questions} == {4}  # two question turns per image

@@ -14,7 +14,7 @@ from PIL import Image, ImageFont
 from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
-from vlbridge.data.synthetic.tasks import QA, propose, stratified_answer
+from vlbridge.data.synthetic.tasks import QA, propose, refer, stratified_answer
 from vlbridge.data.synthetic.writer import OUTPUT_FILES, _answer_stats
 from vlbridge.errors import ConfigError, DataError
 
@@ -167,21 +167,25 @@ def test_instruction_answers_are_correct_for_the_scene(dataset: Path) -> None:
             _check(scenes[record["image"]], human["value"].removeprefix("<image>\n"), gpt["value"])
 
 
-def test_captions_describe_the_scene(dataset: Path) -> None:
+def test_captions_give_each_object_as_a_fact_whose_value_follows_its_key(dataset: Path) -> None:
     scenes = _scenes(dataset)
-    styles, orders = Counter(), Counter()
+    forms, orders = Counter(), Counter()
     for record in json.loads((dataset / "captions.json").read_text()):
         scene, text = scenes[record["image"]], record["conversations"][1]["value"]
-        assert text.startswith(f"{len(scene.objects)} shape") and text.endswith(f"The text says {scene.text}.")
-        attributes_first = [f"{o.size} {o.colour} {o.shape} in the {o.position}" for o in scene.objects]
-        region_first = [f"in the {o.position} a {o.size} {o.colour} {o.shape}" for o in scene.objects]
-        style = "attributes" if all(p in text for p in attributes_first) else "region"
-        assert all(p in text for p in (attributes_first if style == "attributes" else region_first)), text
-        styles[style] += 1
+        noun = "shape" if len(scene.objects) == 1 else "shapes"
+        prefix, suffix = f"{len(scene.objects)} {noun}: ", f". The text says {scene.text}."
+        assert text.startswith(prefix) and text.endswith(suffix), text
+        facts = text.removeprefix(prefix).removesuffix(suffix).split(", ")
+        assert len(facts) == len(scene.objects)
+        for obj, fact in zip(sorted(scene.objects, key=lambda o: text.index(o.position)), facts, strict=True):
+            name = refer(scene, obj, frozenset({"position"})).removeprefix("the ")
+            region_first = f"{obj.position} {obj.size} {obj.colour} {obj.shape}"
+            assert fact in (f"{name} {obj.position}", region_first), (fact, obj)
+            forms[fact == region_first] += 1
         if len(scene.objects) >= 3:
-            cells = sorted(scene.objects, key=lambda o: text.index(f"{o.colour} {o.shape}"))
-            orders[[o.cell for o in cells] == sorted(o.cell for o in scene.objects)] += 1
-    assert min(styles.values()) >= 30  # both phrasings, about half each of 120
+            cells = [o.cell for o in sorted(scene.objects, key=lambda o: text.index(o.position))]
+            orders[cells == sorted(cells)] += 1
+    assert min(forms.values()) >= 100  # both forms, about half each of the ~400 objects
     assert orders[False] > orders[True]  # objects in a random order, not reading order
 
 

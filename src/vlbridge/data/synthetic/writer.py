@@ -82,7 +82,9 @@ def _prepare(out: Path, overwrite: bool) -> None:
         raise DataError("the output path is a file; give a folder", out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise DataError("the output folder is not empty; choose a new folder or pass overwrite=True", out)
+            raise DataError(
+                "the output folder is not empty; choose a new folder or pass --overwrite (overwrite=True)", out
+            )
         for split in SPLITS:
             for old in (out / "images").glob(f"{split}_*.png"):
                 old.unlink()
@@ -225,9 +227,8 @@ def synthesize(
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: `vlbridge data synth --out DIR --n N --seed S` (wired by the CLI) or direct use."""
-    parser = argparse.ArgumentParser(prog="vlbridge data synth", description=synthesize.__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `vlbridge data synth`, shared by the CLI and `main`."""
     parser.add_argument("--out", required=True, help="output folder (new or empty)")
     parser.add_argument("--n", type=int, default=5000, help="number of images over all splits")
     parser.add_argument("--seed", type=int, default=0)
@@ -236,12 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     parser.add_argument("--turns", type=int, nargs=2, default=DEFAULT_TURNS, help="question turns per training image")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the dataset and print a summary per split (questions, mean majority-answer baseline)."""
     stats = synthesize(
         args.out, args.n, args.seed, args.image_size, args.test_fraction, args.val_fraction, args.overwrite, args.turns
     )
-    print(f"wrote {stats['images']} images to {args.out}")
+    print(f"wrote {stats['images']} images to {args.out} (answers and baselines per type: stats.json)")
     for split, summary in stats["splits"].items():
         baseline = summary["mean_majority_baseline"]
         print(f"{split}: {summary['questions']} questions, mean majority-answer baseline {baseline:.3f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `vlbridge data synth --out DIR --n N --seed S` (wired by the CLI) or direct use."""
+    parser = argparse.ArgumentParser(prog="vlbridge data synth", description=synthesize.__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
