@@ -1,14 +1,15 @@
-"""The README's quickstart stays true: CI runs its set-up and test commands, and its vlbridge commands parse."""
+"""The README stays true: CI runs its set-up and test commands, the main job prints what it shows, commands parse."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
-from vlbridge.cli.main import build_parser
+from vlbridge.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -20,12 +21,34 @@ def _commands() -> list[str]:
     return [line for line in lines if line]
 
 
-def test_ci_runs_the_readme_setup_and_test_commands() -> None:
-    quickstart = _commands()[:2]
-    assert quickstart == ['pip install -e ".[dev]"', "python -m pytest -q"]
+def test_quickstart_is_set_up_main_job_and_test_and_ci_runs_set_up_and_test() -> None:
+    setup, main_job, test = _commands()[:3]
+    assert setup == 'pip install -e ".[dev]"' and test == "python -m pytest -q"
+    assert main_job.startswith("vlbridge chat ") and "--model" not in main_job  # the embedded default
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    for command in quickstart:
+    for command in (setup, test):
         assert command in ci, f"{command!r} is in the README but not in .ci/run"
+
+
+def test_main_job_prints_the_readmes_expected_output(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(shlex.split(_commands()[1])[1:]) == 0
+    expected = re.search(r"Expected output:\n\n```text\n(.*?)```", README, flags=re.S)
+    assert expected is not None, "the README shows the main job's output in a text block after 'Expected output:'"
+    assert capsys.readouterr().out == expected.group(1)
+
+
+def test_shipped_default_fits_the_package_and_the_readme_quotes_its_stored_scores() -> None:
+    from vlbridge.model.embedded import SCORES, sample_image
+    from vlbridge.model.io import default_model_dir
+
+    assert sum(f.stat().st_size for f in default_model_dir().iterdir()) <= 20 * 2**20
+    assert sample_image().is_file()
+    scores = json.loads((default_model_dir() / SCORES).read_text())["by_type"]
+    assert f"{scores['overall']['accuracy']:.3f} on the held-out test set" in README
+    for kind, row in scores.items():
+        if kind != "overall":
+            assert f"{kind.replace('_', ' ')} {row['accuracy']:.2f}" in README, kind
 
 
 @pytest.mark.parametrize("command", [c for c in _commands() if c.startswith(("vlbridge ", "torchrun "))])
@@ -34,17 +57,6 @@ def test_readme_cli_commands_parse(command: str) -> None:
     start = argv.index("vlbridge") + 1 if argv[0] == "torchrun" else 1
     args = build_parser().parse_args(argv[start:])
     assert callable(args.run)
-
-
-def test_embedded_default_status_is_stated(tmp_path: Path) -> None:
-    from vlbridge.errors import CheckpointError
-    from vlbridge.model.io import default_model_dir, load
-
-    if (default_model_dir() / "config.json").is_file():
-        pytest.fail("the embedded default now ships: replace the README's status note with the one-command main job")
-    assert "It is not shipped yet" in README
-    with pytest.raises(CheckpointError, match="not shipped"):
-        load(None)
 
 
 @pytest.mark.parametrize("command", [c for c in _commands() if " --config " in c and " --set " in c])
