@@ -7,7 +7,8 @@ recipe's: its LM configuration and seeded init, a BPE tokenizer trained as the p
 conversation templates and label masking (`SupervisedDataset`). Scenes are sampled fresh (no images are rendered),
 so the training set can be far larger than the recipe's.
 
-What it tells: a score here is a ceiling for the LM's budget, the part no vision-side change can lift. Accuracy is
+What it tells: how far the LM gets on this data mix (by default 10% captions, one question per sample) when vision
+is not in the way; the recipe's own mix differs, so it is not a bound on the recipe's score. Accuracy is
 teacher-forced exact match of the whole reply (answer and end-of-turn marker): the reply greedy decoding would
 produce, without decoding. Held-out scenes come from their own seeds.
 
