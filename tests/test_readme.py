@@ -43,7 +43,7 @@ def test_shipped_default_fits_the_package_and_the_readme_quotes_its_stored_score
     from vlbridge.model.io import default_model_dir
 
     assert sum(f.stat().st_size for f in default_model_dir().iterdir()) <= 20 * 2**20
-    assert sample_image().is_file()
+    assert sample_image().is_file() and f"--image {sample_image().relative_to(ROOT)} " in _commands()[1]
     scores = json.loads((default_model_dir() / SCORES).read_text())["by_type"]
     assert f"{scores['overall']['accuracy']:.3f} on the held-out test set" in README
     for kind, row in scores.items():

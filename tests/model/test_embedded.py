@@ -13,7 +13,7 @@ import vlbridge
 from vlbridge.data.synthetic import render_scene, sample_scene, synthesize
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks.synthetic import SyntheticTask
-from vlbridge.model.embedded import SAMPLE_SEED, main
+from vlbridge.model.embedded import SAMPLE, SAMPLE_SEED, SCORES, main
 
 
 def test_ship_stores_bf16_weights_the_sample_and_the_scores_of_what_is_stored(
@@ -29,8 +29,8 @@ def test_ship_stores_bf16_weights_the_sample_and_the_scores_of_what_is_stored(
     stored, processor = vlbridge.load(dest)
     for (name, a), (_, b) in zip(source.state_dict().items(), stored.state_dict().items(), strict=True):
         assert b.dtype == torch.float32 and torch.equal(a.to(torch.bfloat16).float(), b), name
-    with Image.open(dest / "sample.png") as image:
+    with Image.open(dest / SAMPLE) as image:
         assert image.tobytes() == render_scene(sample_scene(SAMPLE_SEED), 48).tobytes()
-    scores = json.loads((dest / "scores.json").read_text())
+    scores = json.loads((dest / SCORES).read_text())
     again = evaluate(stored, processor, SyntheticTask.from_folder(data), tmp_path / "eval").scores
     assert scores == again and scores["by_type"]["overall"]["n"] == len((data / "test.jsonl").read_text().splitlines())

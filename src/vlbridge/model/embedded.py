@@ -26,11 +26,12 @@ from vlbridge.model.io import default_model_dir, load, save_pretrained
 
 SAMPLE_SEED = 0  # the sample scene: four shapes (a large green cross in the center, ...) and the word "GO"
 SCORES = "scores.json"
+SAMPLE = "sample.png"
 
 
 def sample_image() -> Path:
     """The bundled sample image the README's main job asks about."""
-    return default_model_dir() / "sample.png"
+    return default_model_dir() / SAMPLE
 
 
 def ship(run_dir: str | Path, data: str | Path, dest: str | Path | None = None) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def ship(run_dir: str | Path, data: str | Path, dest: str | Path | None = None) 
     model, _ = load(run_dir)
     save_pretrained(model.to(torch.bfloat16), dest)
     side = json.loads((Path(data) / "stats.json").read_text())["image_size"]
-    with atomic_path(dest / "sample.png") as tmp:
+    with atomic_path(dest / SAMPLE) as tmp:
         render_scene(sample_scene(SAMPLE_SEED), side).save(tmp, format="PNG")
     stored, processor = load(dest)
     with tempfile.TemporaryDirectory() as out:
