@@ -4,7 +4,8 @@ Every variant starts from one trained model (`--parts`, e.g. the run of configs/
 and language model are kept, a fresh connector of the variant's kind is put between them (`init_from` + a new
 `model.connector`, see train/pipeline.py), and configs/connectors/<name>.yaml trains it with the same stages and
 steps. Each variant is then scored on the synthetic world's held-out questions per type and profiled: visual tokens
-per image, prefill FLOPs (analytical, eval/flops.py), measured prefill latency and KV-cache bytes per image.
+per image, prefill FLOPs (analytical, eval/flops.py), measured prefill latency and the decode state one image holds
+(LM and pre-fusion KV caches, cross-attention media).
 
     python benchmarks/connector_comparison.py --parts runs/default --data runs/default/data \
         --out benchmarks/results/connectors [--only mlp pool-k2 ...] [--set stages.1.steps=100] [--limit 400]
@@ -81,7 +82,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "visual_tokens": flops.visual_tokens,
         "prefill_gflops": flops.total("executed") / 1e9,
         "latency_ms": timing.latency_ms,
-        "kv_bytes_per_image": flops.kv_bytes_per_image + flops.prefusion_kv_bytes_per_image,
+        "kv_bytes_per_image": flops.kv_bytes_per_image
+        + flops.prefusion_kv_bytes_per_image
+        + flops.media_bytes_per_image,
     }
     write_text(cached, json.dumps(result, indent=2))
     return result
@@ -90,7 +93,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown table: accuracy per type beside the costs per image."""
     types = list(results[0]["accuracy"])
-    head = ["variant", "visual tokens", "prefill GFLOPs", "prefill ms", "KV KiB/image", *types]
+    head = ["variant", "visual tokens", "prefill GFLOPs", "prefill ms", "KV + media KiB/image", *types]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     baseline = ["majority baseline", "", "", "", "", *(f"{results[0]['baseline'][t] or 0:.3f}" for t in types)]
     lines.append("| " + " | ".join(baseline) + " |")

@@ -35,7 +35,7 @@ def test_prints_the_flops_table(tiny_yaml: Path, capsys: pytest.CaptureFixture) 
     header = "| model | connector | visual tokens | vision_encoder | connector | prefusion | language_model | total |"
     assert out.count(header) == 2  # paper and executed conventions
     assert "| tiny [connector.name=pool] | pool | 4 |" in out  # 16 patches pooled 2x2
-    assert "8 text tokens" in out and "KV cache per image" in out
+    assert "8 text tokens" in out and "Decode state per image" in out
     assert "Against LLaVA-Mini" not in out  # only the presets have paper figures
 
 

@@ -88,6 +88,27 @@ def test_kv_bytes() -> None:
         analyze(TINY_CONFIG, kv_dtype="int3")
 
 
+def _connector_flops(name: str, **options: object) -> tuple[int, int, list[str]]:
+    """Paper-convention connector FLOPs, media bytes (fp32) and notes of TINY_CONFIG with another connector."""
+    config = replace(TINY_CONFIG, connector=ConnectorConfig(name=name, options=dict(options)))
+    prof = analyze(config, text_tokens=8, kv_dtype="float32")
+    return prof.parts["connector"].paper, prof.media_bytes_per_image, prof.notes
+
+
+def test_gated_xattn_flops_and_media_bytes() -> None:
+    """Its blocks run inside the LM and are counted there; its resampled media stay outside the KV cache."""
+    resampler = {"num_latents": 8, "depth": 1, "num_heads": 2, "head_dim": 16}
+    layers = TINY_CONFIG.language_model.num_hidden_layers
+    assert layers % 2 == 0
+    every_layer, media_bytes, notes = _connector_flops("gated_xattn", every=1, **resampler)
+    every_other, _, _ = _connector_flops("gated_xattn", every=2, **resampler)
+    perceiver, no_media, _ = _connector_flops("perceiver", **resampler)
+    assert notes == []
+    block = (every_layer - every_other) / (layers - layers // 2)  # one gated block's FLOPs
+    assert block > 0 and every_other - block * (layers // 2) == perceiver  # the rest is the same resampler
+    assert media_bytes == 8 * TINY_CONFIG.language_model.hidden_size * 4 and no_media == 0
+
+
 def test_llava_mini_preset_prefusion_and_lm() -> None:
     prof = analyze(PRESETS["llava-mini-7b"], name="llava-mini-7b")
     vicuna = PRESETS["llava-mini-7b"].language_model

@@ -70,6 +70,11 @@ class Connector(nn.Module, ABC):
         images sit in the sequence (B, T) bool; most connectors need none."""
         return {}
 
+    def held_media_elements(self, n_patches: int) -> int:
+        """Elements per image of `n_patches` features this connector holds outside the LM's KV cache while generating
+        (the media gated cross-attention reads at every step); 0 when everything it adds is in the sequence."""
+        return 0
+
     def fuse(
         self,
         embeds: torch.Tensor,

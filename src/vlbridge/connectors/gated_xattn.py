@@ -139,9 +139,14 @@ class GatedXAttnConnector(Connector):
                 ff = (options["ff_mult"], config.hidden_act, config.bias)
                 blocks[str(i)] = GatedCrossAttentionBlock(d, media_dim, *heads, *ff)
         self.layers = nn.ModuleDict(blocks)
+        self.media_dim = media_dim
 
     def num_tokens(self, n_patches: int) -> int:
         return 1
+
+    def held_media_elements(self, n_patches: int) -> int:
+        tokens = self.resampler.num_latents if self.resampler is not None else n_patches
+        return tokens * self.media_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The media marker for each image: (N, P, Dv) -> (N, 1, D)."""
@@ -162,9 +167,9 @@ class GatedXAttnConnector(Connector):
         n, k, dm = media.shape
         n_slots = max(int(per_row.max()), 1)
         first = per_row.cumsum(0) - per_row  # (B,) index of each row's first image among all N
-        index = (first[:, None] + torch.arange(n_slots, device=media.device)).clamp_max(n - 1)  # (B, M)
+        index = (first[:, None] + torch.arange(n_slots, device=image_mask.device)).clamp_max(n - 1)  # (B, M)
         row_media = media[index].reshape(image_mask.shape[0], n_slots * k, dm)  # (B, M*K, Dm), extra slots unseen
-        last_media = image_mask.long().cumsum(dim=1)  # (B, T)
+        last_media = image_mask.long().cumsum(dim=1).to(media.device)  # (B, T); the mask may be real when media is meta
         return {
             int(i): _MediaHook(block, row_media, last_media, k, self.attend_previous_only)
             for i, block in self.layers.items()

@@ -111,6 +111,7 @@ class FlopsProfile:
     parts: dict[str, PartFlops]
     kv_bytes_per_image: int
     prefusion_kv_bytes_per_image: int
+    media_bytes_per_image: int
     kv_dtype: str
     notes: list[str] = field(default_factory=list)
 
@@ -226,7 +227,7 @@ def analyze(
     config: ModelConfig, text_tokens: int = PAPER_TEXT_TOKENS, name: str = "model", kv_dtype: str = "float16"
 ) -> FlopsProfile:
     """FLOPs per image of `config` (one image at its processor's crop size, `text_tokens` text tokens), by part,
-    and the KV-cache bytes one image takes with `kv_dtype` elements."""
+    and the bytes of decode state one image takes with `kv_dtype` elements (KV caches and cross-attention media)."""
     element_bytes = resolve_dtype(kv_dtype).itemsize
     if text_tokens < 1:
         raise ConfigError(f"text_tokens must be >= 1, got {text_tokens}")
@@ -251,7 +252,8 @@ def analyze(
         notes.append("connector `mini` is not registered: its compression and pre-fusion are counted analytically")
 
     lm_tokens = visual_tokens + text_tokens
-    image_mask = torch.zeros(1, lm_tokens, dtype=torch.bool, device="meta")
+    image_mask = torch.zeros(1, lm_tokens, dtype=torch.bool)  # real: hooks may count the images in it
+    image_mask[0, :visual_tokens] = True
     hooked = PartFlops(0, 0)
     try:
         hooked = _hook_flops(model.language_model, lm_tokens, lambda: connector.lm_hooks(features, image_mask))
@@ -279,6 +281,7 @@ def analyze(
         prefusion_kv_bytes_per_image=kv_bytes(patches, config.language_model, element_bytes, n_blocks)
         if n_blocks
         else 0,
+        media_bytes_per_image=connector.held_media_elements(patches) * element_bytes,
         kv_dtype=kv_dtype,
         notes=notes,
     )

@@ -283,12 +283,14 @@ def format_report(report: ProfileReport) -> str:
                 f"| {p.name} | {p.connector} | {p.visual_tokens} | {' | '.join(cells)} | "
                 f"{p.total(convention) / factor:.3f} |"
             )
-    lines += ["", "## KV cache per image (visual tokens x layers x 2 x kv heads x head dim x bytes)", ""]
-    lines += ["| model | dtype | LM KV per image (MiB) | pre-fusion KV per image (MiB) |", "|---|---|---:|---:|"]
+    state = "KV: tokens x layers x 2 x kv heads x head dim x bytes; media: tokens x width x bytes"
+    lines += ["", f"## Decode state per image ({state})", ""]
+    header = "| model | dtype | LM KV per image (MiB) | pre-fusion KV per image (MiB) | cross-attention media (MiB) |"
+    lines += [header, "|---|---|---:|---:|---:|"]
     for p in profs:
         lines.append(
             f"| {p.name} | {p.kv_dtype} | {p.kv_bytes_per_image / 2**20:.3f} | "
-            f"{p.prefusion_kv_bytes_per_image / 2**20:.3f} |"
+            f"{p.prefusion_kv_bytes_per_image / 2**20:.3f} | {p.media_bytes_per_image / 2**20:.3f} |"
         )
     comparison = paper_comparison(profs)
     lines += ["", *comparison] if comparison else []
