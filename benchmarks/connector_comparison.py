@@ -82,9 +82,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "visual_tokens": flops.visual_tokens,
         "prefill_gflops": flops.total("executed") / 1e9,
         "latency_ms": timing.latency_ms,
-        "kv_bytes_per_image": flops.kv_bytes_per_image
-        + flops.prefusion_kv_bytes_per_image
-        + flops.media_bytes_per_image,
+        "decode_state_bytes_per_image": flops.decode_state_bytes_per_image,
     }
     write_text(cached, json.dumps(result, indent=2))
     return result
@@ -99,7 +97,7 @@ def table(results: list[dict[str, Any]]) -> str:
     lines.append("| " + " | ".join(baseline) + " |")
     for r in results:
         costs = [str(r["visual_tokens"]), f"{r['prefill_gflops']:.3f}", f"{r['latency_ms']:.1f}"]
-        costs.append(f"{r['kv_bytes_per_image'] / 1024:.0f}")
+        costs.append(f"{r['decode_state_bytes_per_image'] / 1024:.0f}")
         lines.append("| " + " | ".join([r["name"], *costs, *(f"{r['accuracy'][t]:.3f}" for t in types)]) + " |")
     return "\n".join(lines) + "\n"
 

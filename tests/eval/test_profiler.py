@@ -15,7 +15,7 @@ from vlbridge.config import ConnectorConfig, ModelConfig, from_dict
 from vlbridge.connectors import CONNECTORS, available
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.errors import CheckpointError, ConfigError
-from vlbridge.eval.flops import PAPER_TEXT_TOKENS, PRESETS, analyze
+from vlbridge.eval.flops import PAPER_TEXT_TOKENS, PRESETS, FlopsProfile, analyze
 from vlbridge.eval.profiler import (
     ModelSource,
     ProfileReport,
@@ -88,11 +88,10 @@ def test_kv_bytes() -> None:
         analyze(TINY_CONFIG, kv_dtype="int3")
 
 
-def _connector_flops(name: str, **options: object) -> tuple[int, int, list[str]]:
-    """Paper-convention connector FLOPs, media bytes (fp32) and notes of TINY_CONFIG with another connector."""
+def _with_connector(name: str, **options: object) -> FlopsProfile:
+    """The fp32 profile of TINY_CONFIG with another connector, 8 text tokens."""
     config = replace(TINY_CONFIG, connector=ConnectorConfig(name=name, options=dict(options)))
-    prof = analyze(config, text_tokens=8, kv_dtype="float32")
-    return prof.parts["connector"].paper, prof.media_bytes_per_image, prof.notes
+    return analyze(config, text_tokens=8, kv_dtype="float32")
 
 
 def test_gated_xattn_flops_and_media_bytes() -> None:
@@ -100,13 +99,15 @@ def test_gated_xattn_flops_and_media_bytes() -> None:
     resampler = {"num_latents": 8, "depth": 1, "num_heads": 2, "head_dim": 16}
     layers = TINY_CONFIG.language_model.num_hidden_layers
     assert layers % 2 == 0
-    every_layer, media_bytes, notes = _connector_flops("gated_xattn", every=1, **resampler)
-    every_other, _, _ = _connector_flops("gated_xattn", every=2, **resampler)
-    perceiver, no_media, _ = _connector_flops("perceiver", **resampler)
-    assert notes == []
-    block = (every_layer - every_other) / (layers - layers // 2)  # one gated block's FLOPs
-    assert block > 0 and every_other - block * (layers // 2) == perceiver  # the rest is the same resampler
-    assert media_bytes == 8 * TINY_CONFIG.language_model.hidden_size * 4 and no_media == 0
+    every_layer = _with_connector("gated_xattn", every=1, **resampler)
+    every_other = _with_connector("gated_xattn", every=2, **resampler).parts["connector"].paper
+    perceiver = _with_connector("perceiver", **resampler)
+    assert every_layer.notes == []
+    block = (every_layer.parts["connector"].paper - every_other) / (layers - layers // 2)  # one gated block's FLOPs
+    assert block > 0 and every_other - block * (layers // 2) == perceiver.parts["connector"].paper  # same resampler
+    media_bytes = every_layer.media_bytes_per_image
+    assert media_bytes == 8 * TINY_CONFIG.language_model.hidden_size * 4 and perceiver.media_bytes_per_image == 0
+    assert every_layer.decode_state_bytes_per_image == every_layer.kv_bytes_per_image + media_bytes
 
 
 def test_llava_mini_preset_prefusion_and_lm() -> None:
@@ -121,6 +122,7 @@ def test_llava_mini_preset_prefusion_and_lm() -> None:
     assert abs(both / 1.585e12 - 1) < 0.01
     assert abs(prof.total("paper") / 1.96e12 - 1) < 0.03
     assert prof.kv_bytes_per_image == 2**19 and prof.prefusion_kv_bytes_per_image == 576 * 4 * 2 * 32 * 128 * 2
+    assert prof.decode_state_bytes_per_image == 2**19 + 576 * 4 * 2 * 32 * 128 * 2  # mini holds no media
 
 
 def test_mini_counted_analytically_when_not_registered(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,6 +119,11 @@ class FlopsProfile:
         """Sum of the parts in `convention`."""
         return sum(part.get(convention) for part in self.parts.values())
 
+    @property
+    def decode_state_bytes_per_image(self) -> int:
+        """All one image holds while generating: the LM's and pre-fusion KV caches and cross-attention media."""
+        return self.kv_bytes_per_image + self.prefusion_kv_bytes_per_image + self.media_bytes_per_image
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready facts."""
         out = {k: v for k, v in self.__dict__.items() if k != "parts"}

@@ -340,8 +340,8 @@ def plot(report: ProfileReport, path: str | Path) -> None:
         bars = right.barh(rows, latency)
         right.set_xlabel("prefill latency, median (ms)")
     else:
-        bars = right.barh(rows, [p.kv_bytes_per_image / 2**20 for p in profs])
-        right.set_xlabel("KV cache per image (MiB)")
+        bars = right.barh(rows, [p.decode_state_bytes_per_image / 2**20 for p in profs])
+        right.set_xlabel("decode state per image (MiB): KV caches + media")
     right.bar_label(bars, fmt="%.3g")
     left.invert_yaxis()  # first model on top, as in the table (the axes share y)
     fig.tight_layout()
