@@ -12,6 +12,7 @@ from vlbridge.config import from_dict
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import TextDataset
 from vlbridge.errors import ConfigError, VlbridgeError
+from vlbridge.train import trainer as trainer_module
 from vlbridge.train.distributed import SingleProcess
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.trainer import StageTrainer, batch_order
@@ -114,13 +115,25 @@ def test_metrics_plot_and_progress(tiny_model, tmp_path, capsys) -> None:
     assert "loss=" in err and "tok_s=" in err and "6/6" in err
 
 
-def test_epochs_bf16_and_checkpointing_options(tiny_model, tmp_path) -> None:
+def test_epochs_bf16_and_checkpointing_options(tiny_model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)  # autocast whatever this CPU has
     trainer = _train(tiny_model, tmp_path, batch_size=3, grad_accum=2, steps=None, epochs=2, bf16=True,
                      grad_checkpointing=True)  # fmt: skip
     assert trainer.total_steps == 2 * 1  # 8 samples: 2 full batches of 3 an epoch, 2 micro-batches per step
     assert all(p.dtype == torch.float32 for p in tiny_model.parameters())  # autocast: weights stay float32
     assert all("forward" not in vars(layer) for layer in tiny_model.language_model.model.layers)  # undone
     assert not tiny_model.vision_encoder.gradient_checkpointing
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocasts_only_where_the_hardware_runs_it(tiny_model, tmp_path, monkeypatch, caplog, native) -> None:
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: native)
+    dtypes = []
+    tiny_model.language_model.model.layers[0].mlp.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    trainer = _train(tiny_model, tmp_path, batch_size=2, steps=2, bf16=True)
+    assert trainer.bf16 is native
+    assert set(dtypes) == {torch.bfloat16 if native else torch.float32}
+    assert ("has no native bf16" in caplog.text) is not native  # the fallback says so and why
 
 
 def test_empty_data_is_an_error(tiny_model, tmp_path) -> None:
