@@ -239,25 +239,25 @@ def least_used(kind: str, scene: Scene, counts: Counter[str], rng: random.Random
 
 
 def caption(scene: Scene, rng: random.Random) -> str:
-    """A one-sentence description of every object and the word, the objects in a random order.
+    """A one-sentence description of every object, twice, and the word.
 
-    Each object is one fact whose value comes right after its key, drawn per object: its name (as a question would
-    name it, `refer`) then its region ("star top left"), or its region then its size, colour and shape ("top left
-    small red circle"). In a random order the value can only be read from the image, and with nothing between key
-    and value the lookup is one hop from the token at hand. Questions need two: gather the words that name the
-    object at the answer, then find it in the image, and neither gets a gradient before the other works. With
-    filler words between key and value ("a small red circle in the top left") captions are two-hop too: on ideal
-    visual tokens (benchmarks/ideal_vision.py) position questions stayed at 0.25 after 600 steps with those
-    captions and reached 0.71 with these.
+    Each object is given as two facts whose value comes right after its key: first every object's name (as a
+    question would name it, `refer`) then its region ("star top left"), then every object's region then its size,
+    colour and shape ("top left small red circle"), each list in its own random order. In a random order a value
+    can only be read from the image, and with nothing between key and value the lookup is one hop from the token at
+    hand. Questions need two: gather the words that name the object at the answer, then find it in the image, and
+    neither gets a gradient before the other works. With filler words between key and value ("a small red circle in
+    the top left") captions are two-hop too: on ideal visual tokens (benchmarks/ideal_vision.py) position questions
+    stayed at 0.25 after 600 steps with those captions and reached 0.71 with these. With one of the two facts drawn
+    per object, the default recipe's model put a named object in its region in 28% of its own captions and answered
+    0.33 of position questions; with both (and its ViT frozen in alignment), 0.90.
     """
-    parts = []
-    for obj in rng.sample(scene.objects, len(scene.objects)):
-        if rng.random() < 0.5:
-            parts.append(f"{refer(scene, obj, frozenset({'position'})).removeprefix('the ')} {obj.position}")
-        else:
-            parts.append(f"{obj.position} {obj.size} {obj.colour} {obj.shape}")
-    noun = "shape" if len(parts) == 1 else "shapes"
-    return f"{len(parts)} {noun}: {', '.join(parts)}. The text says {scene.text}."
+    objects = scene.objects
+    named = [f"{refer(scene, o, frozenset({'position'})).removeprefix('the ')} {o.position}" for o in objects]
+    placed = [f"{o.position} {o.size} {o.colour} {o.shape}" for o in objects]
+    noun = "shape" if len(objects) == 1 else "shapes"
+    lists = [", ".join(rng.sample(facts, len(facts))) for facts in (named, placed)]
+    return f"{len(objects)} {noun}: {'; '.join(lists)}. The text says {scene.text}."
 
 
 def conversation(qas: Iterable[QA]) -> list[dict[str, str]]:
