@@ -14,7 +14,7 @@ from PIL import Image, ImageFont
 from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
-from vlbridge.data.synthetic.tasks import QA, propose, refer, stratified_answer
+from vlbridge.data.synthetic.tasks import _PLURAL, QA, propose, refer, stratified_answer
 from vlbridge.data.synthetic.writer import OUTPUT_FILES, _answer_stats
 from vlbridge.errors import ConfigError, DataError
 
@@ -167,7 +167,7 @@ def test_instruction_answers_are_correct_for_the_scene(dataset: Path) -> None:
             _check(scenes[record["image"]], human["value"].removeprefix("<image>\n"), gpt["value"])
 
 
-def test_captions_give_each_object_as_two_facts_whose_value_follows_its_key(dataset: Path) -> None:
+def test_captions_give_each_object_as_two_facts_and_each_colour_and_shape_with_its_count(dataset: Path) -> None:
     scenes = _scenes(dataset)
     orders = Counter()
     for record in json.loads((dataset / "captions.json").read_text()):
@@ -175,11 +175,13 @@ def test_captions_give_each_object_as_two_facts_whose_value_follows_its_key(data
         noun = "shape" if len(scene.objects) == 1 else "shapes"
         prefix, suffix = f"{len(scene.objects)} {noun}: ", f". The text says {scene.text}."
         assert text.startswith(prefix) and text.endswith(suffix), text
-        lists = [part.split(", ") for part in text.removeprefix(prefix).removesuffix(suffix).split("; ")]
+        *lists, tallies = [part.split(", ") for part in text.removeprefix(prefix).removesuffix(suffix).split("; ")]
         named, placed = lists
         names = {f"{refer(scene, o, frozenset({'position'})).removeprefix('the ')} {o.position}" for o in scene.objects}
         assert sorted(named) == sorted(names)  # every object by its name, then its region
         assert sorted(placed) == sorted(f"{o.position} {o.size} {o.colour} {o.shape}" for o in scene.objects)
+        counted = Counter(o.colour for o in scene.objects) + Counter(_PLURAL[o.shape] for o in scene.objects)
+        assert sorted(tallies) == sorted(f"{key} {n}" for key, n in counted.items())  # "red 2", "stars 1"
         if len(scene.objects) >= 3:
             cells = [[next(o.cell for o in scene.objects if o.position in fact) for fact in facts] for facts in lists]
             orders.update(order == sorted(order) for order in cells)
