@@ -91,7 +91,7 @@ class StageRecipe:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: float | None = 1.0
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast where the hardware runs bf16 natively; elsewhere fp32, with a warning
     grad_checkpointing: bool = False
     lora: LoraRecipe | None = None
     save_every: int = 100  # checkpoint every this many optimiser steps (0: only at the end)
