@@ -276,6 +276,66 @@ def test_many_turns_repeat_types_but_never_a_question(tmp_path: Path) -> None:
         synthesize(tmp_path / "bad", n=10, seed=0, turns=(3, 2))
 
 
+def _human_turns(out: Path) -> dict[str, list[tuple[str, str]]]:
+    """Per training image: its question turns (question, answer), captions left out."""
+    records = [r for r in json.loads((out / "instruct.json").read_text()) if not r["id"].endswith("_caption")]
+    turns = {}
+    for record in records:
+        humans = [t["value"].removeprefix("<image>\n") for t in record["conversations"][::2]]
+        turns[record["image"]] = list(zip(humans, [t["value"] for t in record["conversations"][1::2]], strict=True))
+    return turns
+
+
+def _is_relation(question: str) -> bool:
+    return re.fullmatch(r"Is (the .+?) (left of|right of|above|below) (the .+)\?", question) is not None
+
+
+def test_focus_adds_turns_and_spatial_names_objects_by_region_in_training_only(tmp_path: Path) -> None:
+    plain, focused = tmp_path / "plain", tmp_path / "focused"
+    synthesize(plain, n=60, seed=5, test_fraction=0.2, val_fraction=0.1)
+    focus = ("relation", "relation", "multiple_choice")
+    synthesize(focused, n=60, seed=5, test_fraction=0.2, val_fraction=0.1, focus=focus, spatial=0.5)
+    for name in ("test.jsonl", "val.jsonl", "scenes.jsonl", "regions.jsonl"):  # the same images, the same tests
+        assert (plain / name).read_bytes() == (focused / name).read_bytes(), name
+    scenes, before, after = _scenes(focused), _human_turns(plain), _human_turns(focused)
+    relations = {"before": 0, "after": 0, "by_region": 0}
+    for image, turns in after.items():
+        for question, answer in turns:
+            _check(scenes[image], question, answer)
+        assert len(set(turns)) == len(turns)
+        posable = 2 if len(scenes[image].objects) > 1 else 0  # two objects always differ in row or column
+        assert sum(_is_relation(q) for q, _ in turns) >= posable
+        assert sum(q.endswith("Answer with the option's letter.") for q, _ in turns) >= 1
+        relations["before"] += sum(_is_relation(q) for q, _ in before[image])
+        relations["after"] += sum(_is_relation(q) for q, _ in after[image])
+        relations["by_region"] += sum(_is_relation(q) and "the object in the" in q for q, _ in turns)
+    assert relations["after"] >= relations["before"] + 60
+    assert 0.5 < relations["by_region"] / relations["after"] < 0.9  # each of two objects by region at 0.5: 3/4
+    assert not any("the object in the" in q for turns in before.values() for q, _ in turns if _is_relation(q))
+    with pytest.raises(ConfigError, match="focus names unknown question types"):
+        synthesize(tmp_path / "bad", n=10, seed=0, focus=("colours",))
+    with pytest.raises(ConfigError, match="spatial"):
+        synthesize(tmp_path / "bad", n=10, seed=0, spatial=1.5)
+
+
+def test_spatial_referents_name_regions_and_keep_answers_right() -> None:
+    rng = random.Random(0)
+    named = Counter()
+    for seed in range(60):
+        scene = sample_scene(seed)
+        for kind, answer in (("relation", "yes"), ("relation", "no"), ("multiple_choice", "C")):
+            qa = propose(kind, scene, answer, rng, spatial=1.0)
+            if qa is None:
+                continue
+            _check(scene, qa.question, qa.answer, list(qa.choices) if qa.choices else None)
+            stem = qa.question.split("\n")[0]
+            named[
+                kind, stem == "What does the text say?" or stem.count("the object in the ") == (kind == "relation") + 1
+            ] += 1
+    assert named["relation", False] == named["multiple_choice", False] == 0
+    assert named["relation", True] > 40 and named["multiple_choice", True] > 40
+
+
 def test_stratified_answers_stay_level_at_every_prefix() -> None:
     for kind in ("count", "relation", "description"):
         counts = Counter()

@@ -72,7 +72,15 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
             from vlbridge.data.synthetic import synthesize
 
             log.info("rendering %d synthetic scenes into %s", synth.n, root)
-            synthesize(root, n=synth.n, seed=synth.seed, image_size=synth.image_size, turns=synth.turns)
+            synthesize(
+                root,
+                n=synth.n,
+                seed=synth.seed,
+                image_size=synth.image_size,
+                turns=synth.turns,
+                focus=synth.focus,
+                spatial=synth.spatial,
+            )
         world.barrier()
     if not root.is_dir():
         raise ConfigError(f"data root {root} does not exist; create it or set data.synth to render the synthetic world")

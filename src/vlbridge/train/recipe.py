@@ -45,6 +45,8 @@ class SynthRecipe:
     seed: int = 0
     image_size: int = 96
     turns: list[int] = field(default_factory=lambda: [2, 5])  # question turns per training image: lowest, highest
+    focus: list[str] = field(default_factory=list)  # question types each training image gets one more turn of
+    spatial: float = 0.0  # chance a training relation / multiple-choice question names an object by its region
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,12 @@ Answers come from small fixed vocabularies (`ANSWERS`). Every object a question 
 combination of attributes (the fewest that single it out, never the attribute asked about), so no question is
 ambiguous.
 
+Training questions may name the objects of a relation or multiple-choice question by their region instead
+(`spatial`, "Is the object in the top left left of the object in the center?"): a curriculum, not a test form.
+Those two types compose a lookup with a second step (compare two regions; match an answer against lettered
+options), and the language model learns the second step with literal inputs first; held-out questions always use
+`refer`'s phrases.
+
 Balance is by construction: `propose(kind, scene, answer, rng)` writes a question with a *given* answer or
 returns None, `stratified_answer` deals the answers of one type out in shuffled rounds (so counts per answer
 differ by at most one), and `sample_item` rejects whole scenes until one can pose the dealt answer. Extra turns
@@ -58,6 +64,7 @@ ANSWERS: dict[str, tuple[str, ...]] = {
 }
 CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short description of the image.", "What is in the image?")
 IMAGE_TOKEN = "<image>"
+SPATIAL_TYPES = ("relation", "multiple_choice")  # the types whose training questions may name objects by region
 MAX_ATTEMPTS = 20_000  # scenes tried per item; the rarest answer (one description) fits about 1 scene in 30
 
 _PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
@@ -96,7 +103,16 @@ def refer(scene: Scene, obj: SceneObject, exclude: frozenset[str] = frozenset())
             words = [getattr(obj, k) for k in ("size", "colour") if k in keys]
             return "the " + " ".join([*words, obj.shape if "shape" in keys else "object"])
     assert "position" not in exclude, "colour and shape together are unique in every scene"
+    return _by_region(obj)
+
+
+def _by_region(obj: SceneObject) -> str:
     return f"the object in the {obj.position}"
+
+
+def _name(scene: Scene, obj: SceneObject, exclude: frozenset[str], rng: random.Random, spatial: float) -> str:
+    """`refer`'s phrase, or with probability `spatial` the object's region (no draw from `rng` when it is 0)."""
+    return _by_region(obj) if spatial and rng.random() < spatial else refer(scene, obj, exclude)
 
 
 def _article(word: str) -> str:
@@ -130,7 +146,7 @@ def _position(scene: Scene, answer: str, rng: random.Random) -> QA | None:
     return QA("position", f"Where is {refer(scene, objects[0], frozenset({'position'}))}?", answer)
 
 
-def _relation(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+def _relation(scene: Scene, answer: str, rng: random.Random, spatial: float = 0.0) -> QA | None:
     options = []
     for a in scene.objects:
         for b in scene.objects:
@@ -144,7 +160,8 @@ def _relation(scene: Scene, answer: str, rng: random.Random) -> QA | None:
         return None
     a, b, word = rng.choice(options)
     no_position = frozenset({"position"})
-    return QA("relation", f"Is {refer(scene, a, no_position)} {word} {refer(scene, b, no_position)}?", answer)
+    first, second = (_name(scene, o, no_position, rng, spatial) for o in (a, b))
+    return QA("relation", f"Is {first} {word} {second}?", answer)
 
 
 def _existence(scene: Scene, answer: str, rng: random.Random) -> QA | None:
@@ -164,13 +181,13 @@ def _text(scene: Scene, answer: str, rng: random.Random) -> QA | None:
     return QA("text", "What does the text say?", answer) if scene.text == answer else None
 
 
-def _multiple_choice(scene: Scene, answer: str, rng: random.Random) -> QA | None:
+def _multiple_choice(scene: Scene, answer: str, rng: random.Random, spatial: float = 0.0) -> QA | None:
     kind = rng.choice(("colour", "shape", "text"))
     if kind == "text":
         stem, correct = "What does the text say?", scene.text
     else:
         obj = rng.choice(scene.objects)
-        stem, correct = f"What {kind} is {refer(scene, obj, frozenset({kind}))}?", getattr(obj, kind)
+        stem, correct = f"What {kind} is {_name(scene, obj, frozenset({kind}), rng, spatial)}?", getattr(obj, kind)
     options = rng.sample([a for a in ANSWERS[kind] if a != correct], len(LETTERS) - 1)
     options.insert(LETTERS.index(answer), correct)
     lines = [stem, *(f"{letter}. {option}" for letter, option in zip(LETTERS, options, strict=True))]
@@ -185,7 +202,7 @@ def _description(scene: Scene, answer: str, rng: random.Random) -> QA | None:
     return QA("description", f"Describe the object in the {objects[0].position}.", answer)
 
 
-_PROPOSERS: dict[str, Callable[[Scene, str, random.Random], QA | None]] = {
+_PROPOSERS: dict[str, Callable[..., QA | None]] = {
     "colour": _attribute("colour"),
     "shape": _attribute("shape"),
     "count": _count,
@@ -198,8 +215,13 @@ _PROPOSERS: dict[str, Callable[[Scene, str, random.Random], QA | None]] = {
 }
 
 
-def propose(kind: str, scene: Scene, answer: str, rng: random.Random) -> QA | None:
-    """A question of type `kind` about `scene` whose answer is `answer`, or None if the scene cannot pose one."""
+def propose(kind: str, scene: Scene, answer: str, rng: random.Random, spatial: float = 0.0) -> QA | None:
+    """A question of type `kind` about `scene` whose answer is `answer`, or None if the scene cannot pose one.
+
+    `spatial` (training only): the chance that a relation or multiple-choice question names an object by its region.
+    """
+    if kind in SPATIAL_TYPES:
+        return _PROPOSERS[kind](scene, answer, rng, spatial)
     return _PROPOSERS[kind](scene, answer, rng)
 
 
@@ -211,28 +233,28 @@ def stratified_answer(kind: str, k: int, *seed_parts: object) -> str:
 
 
 def sample_item(
-    kind: str, answer: str, rng: random.Random, reject: Callable[[Scene], bool] | None = None
+    kind: str, answer: str, rng: random.Random, reject: Callable[[Scene], bool] | None = None, spatial: float = 0.0
 ) -> tuple[Scene, QA]:
     """Sample scenes (each from its own seed drawn from `rng`) until one poses `kind` with `answer`.
 
-    `reject` vetoes scenes, e.g. those already used by another split.
+    `reject` vetoes scenes, e.g. those already used by another split; `spatial` as in `propose`.
     """
     for _ in range(MAX_ATTEMPTS):
         scene = sample_scene(rng.getrandbits(63))
         if reject is not None and reject(scene):
             continue
-        qa = propose(kind, scene, answer, rng)
+        qa = propose(kind, scene, answer, rng, spatial)
         if qa is not None:
             return scene, qa
     raise RuntimeError(f"no scene posed a {kind} question answered {answer!r} in {MAX_ATTEMPTS} tries")
 
 
-def least_used(kind: str, scene: Scene, counts: Counter[str], rng: random.Random) -> QA | None:
+def least_used(kind: str, scene: Scene, counts: Counter[str], rng: random.Random, spatial: float = 0.0) -> QA | None:
     """The question of type `kind` on this fixed scene whose answer has been used least so far (ties at random)."""
     space = list(ANSWERS[kind])
     rng.shuffle(space)
     for answer in sorted(space, key=lambda a: counts[a]):
-        qa = propose(kind, scene, answer, rng)
+        qa = propose(kind, scene, answer, rng, spatial)
         if qa is not None:
             return qa
     return None

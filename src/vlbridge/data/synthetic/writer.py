@@ -94,15 +94,22 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 
 def train_item(
-    index: int, seed: int, counts: dict[str, Counter[str]], turns: tuple[int, int]
+    index: int,
+    seed: int,
+    counts: dict[str, Counter[str]],
+    turns: tuple[int, int],
+    focus: Sequence[str] = (),
+    spatial: float = 0.0,
 ) -> tuple[Scene, list[QA], list[dict[str, str]]]:
     """One training image: a dealt first question picks the scene, further turns take the least used answers (types
-    in shuffled rounds, so past nine turns a type comes again, never the same question); and its caption
-    conversation. `counts` (type -> answer tally) is updated; scripts that need scenes without images (e.g.
+    in shuffled rounds, so past nine turns a type comes again, never the same question), then one more turn per
+    type in `focus`, each put at a random place among them; and its caption conversation. `spatial` is
+    `tasks.propose`'s. `counts` (type -> answer tally) is updated; scripts that need scenes without images (e.g.
     benchmarks/ideal_vision.py) call it directly."""
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
-    scene, first = sample_item(kind, stratified_answer(kind, index // len(TYPES), seed, "train"), rng)
+    answer = stratified_answer(kind, index // len(TYPES), seed, "train")
+    scene, first = sample_item(kind, answer, rng, spatial=spatial)
     qas, asked = [first], {first.question}
     counts[kind][first.answer] += 1
     wanted = rng.randint(*turns)
@@ -111,12 +118,18 @@ def train_item(
         for extra in rng.sample(others, len(others)):  # a type the scene cannot pose (relation, one object) is skipped
             if len(qas) == wanted:
                 break
-            qa = least_used(extra, scene, counts[extra], rng)
+            qa = least_used(extra, scene, counts[extra], rng, spatial)
             if qa is not None and qa.question not in asked:
                 qas.append(qa)
                 asked.add(qa.question)
                 counts[qa.type][qa.answer] += 1
         others = list(TYPES)
+    for extra in focus:
+        qa = least_used(extra, scene, counts[extra], rng, spatial)
+        if qa is not None and qa.question not in asked:
+            qas.insert(rng.randint(0, len(qas)), qa)
+            asked.add(qa.question)
+            counts[qa.type][qa.answer] += 1
     prompt = rng.choice(CAPTION_PROMPTS)
     described = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption(scene, rng)}]
     return scene, qas, described
@@ -185,17 +198,27 @@ def synthesize(
     val_fraction: float = 0.05,
     overwrite: bool = False,
     turns: Sequence[int] = DEFAULT_TURNS,
+    focus: Sequence[str] = (),
+    spatial: float = 0.0,
 ) -> dict[str, Any]:
     """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
 
     The same arguments give byte-identical files. `image_size` below 48 makes the text illegible and is refused.
     `turns` (lowest, highest) is how many question turns a training image gets: more turns give more supervised
-    answers for each image the model encodes.
+    answers for each image the model encodes. `focus` lists question types each training image gets one more turn
+    of (a type twice: two more), for the types that need the most examples; `spatial` is the chance that a training
+    relation or multiple-choice question names an object by its region (`tasks.propose`). Held-out questions are
+    the same whatever `focus` and `spatial` are.
     """
     if image_size < 48:
         raise ConfigError(f"image_size must be >= 48 pixels for the text to stay legible, got {image_size}")
     if len(turns) != 2 or not 1 <= turns[0] <= turns[1]:
         raise ConfigError(f"turns must be (lowest, highest) with 1 <= lowest <= highest, got {tuple(turns)}")
+    unknown = sorted(set(focus) - set(TYPES))
+    if unknown:
+        raise ConfigError(f"focus names unknown question types {unknown}; choose from {', '.join(TYPES)}")
+    if not 0 <= spatial <= 1:
+        raise ConfigError(f"spatial must be a probability in [0, 1], got {spatial}")
     sizes = _split_sizes(n, test_fraction, val_fraction)
     out = Path(out_dir)
     _prepare(out, overwrite)
@@ -203,7 +226,7 @@ def synthesize(
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
-        scene, qas, described = train_item(index, seed, counts, tuple(turns))
+        scene, qas, described = train_item(index, seed, counts, tuple(turns), focus, spatial)
         name = f"train_{index:06d}"
         image = f"images/{name}.png"
         render_scene(scene, image_size).save(out / image, format="PNG")
@@ -237,12 +260,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     parser.add_argument("--turns", type=int, nargs=2, default=DEFAULT_TURNS, help="question turns per training image")
+    parser.add_argument(
+        "--focus", nargs="+", default=(), metavar="TYPE", help="one more training turn of each TYPE per image"
+    )
+    parser.add_argument(
+        "--spatial", type=float, default=0.0, help="chance a training relation/choice question names objects by region"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and print a summary per split (questions, mean majority-answer baseline)."""
     stats = synthesize(
-        args.out, args.n, args.seed, args.image_size, args.test_fraction, args.val_fraction, args.overwrite, args.turns
+        args.out,
+        args.n,
+        args.seed,
+        args.image_size,
+        args.test_fraction,
+        args.val_fraction,
+        args.overwrite,
+        args.turns,
+        args.focus,
+        args.spatial,
     )
     print(f"wrote {stats['images']} images to {args.out} (answers and baselines per type: stats.json)")
     for split, summary in stats["splits"].items():
