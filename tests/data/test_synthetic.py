@@ -318,6 +318,33 @@ def test_focus_adds_turns_and_spatial_names_objects_by_region_in_training_only(t
         synthesize(tmp_path / "bad", n=10, seed=0, spatial=1.5)
 
 
+def test_drills_are_text_only_relation_conversations_between_regions(tmp_path: Path) -> None:
+    synthesize(tmp_path / "plain", n=20, seed=1)
+    synthesize(tmp_path / "drilled", n=20, seed=1, drills=30)
+    plain = json.loads((tmp_path / "plain" / "instruct.json").read_text())
+    drilled = json.loads((tmp_path / "drilled" / "instruct.json").read_text())
+    assert drilled[: len(plain)] == plain and len(drilled) == len(plain) + 30
+    answers = Counter()
+    for record in drilled[len(plain) :]:
+        assert "image" not in record and record["id"].startswith("drill_")
+        turns = record["conversations"]
+        assert len(turns) == 8
+        for human, gpt in zip(turns[::2], turns[1::2], strict=True):
+            m = re.fullmatch(
+                r"Is the object in the (.+?) (left of|right of|above|below) the object in the (.+)\?", human["value"]
+            )
+            assert m is not None, human["value"]
+            a, b = POSITIONS.index(m[1]), POSITIONS.index(m[3])
+            axis = 1 if m[2] in ("left of", "right of") else 0
+            first, second = divmod(a, 3)[axis], divmod(b, 3)[axis]
+            assert first != second, "a drill compares regions on an axis where they differ"
+            assert gpt["value"] == ("yes" if (first < second) == (m[2] in ("left of", "above")) else "no")
+            answers[gpt["value"]] += 1
+    assert min(answers.values()) > 40
+    with pytest.raises(ConfigError, match="drills"):
+        synthesize(tmp_path / "bad", n=10, seed=0, drills=-1)
+
+
 def test_spatial_referents_name_regions_and_keep_answers_right() -> None:
     rng = random.Random(0)
     named = Counter()

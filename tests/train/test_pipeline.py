@@ -44,14 +44,16 @@ def _text_stage(**kw) -> dict:
 @pytest.mark.parametrize("add_bos", [True, False])
 def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: Path, add_bos: bool) -> None:
     spec = recipe(tmp_path / "run", tmp_path / "data", None, [_text_stage(steps=2)])
-    spec["data"]["synth"] = {"n": 12, "seed": 0, "image_size": 48, "focus": ["relation"], "spatial": 1.0}
+    spec["data"]["synth"] = {"n": 12, "seed": 0, "image_size": 48, "focus": ["relation"], "spatial": 1.0, "drills": 2}
     spec["tokenizer"]["add_bos"] = add_bos
     run = train(recipe_from_dict(spec))
     assert (tmp_path / "data" / "captions.json").is_file()  # rendered because the root was empty
-    questions = [
-        t["value"] for r in json.loads((tmp_path / "data" / "instruct.json").read_text()) for t in r["conversations"]
-    ]
-    assert sum("Is the object in the " in q for q in questions) >= 5  # the recipe's focus and spatial reach the writer
+    instruct = json.loads((tmp_path / "data" / "instruct.json").read_text())
+    questions = [t["value"] for r in instruct for t in r["conversations"] if not r["id"].startswith("drill_")]
+    assert sum(r["id"].startswith("drill_") for r in instruct) == 2
+    assert (
+        sum("Is the object in the " in q for q in questions) >= 5
+    )  # the recipe's focus, spatial and drills reach the writer
     assert (run / "tokenizer" / "tokenizer.json").is_file()
     assert yaml.safe_load((run / "recipe.yaml").read_text())["stages"][0]["name"] == "text"
     assert {"done.json", "metrics.jsonl", "loss.png", "model"} <= {p.name for p in (run / "text").iterdir()}

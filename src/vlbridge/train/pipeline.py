@@ -80,6 +80,7 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
                 turns=synth.turns,
                 focus=synth.focus,
                 spatial=synth.spatial,
+                drills=synth.drills,
             )
         world.barrier()
     if not root.is_dir():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from vlbridge.data.synthetic.scenes import (
     COLOURS,
+    GRID,
     MAX_OBJECTS,
     POSITIONS,
     SHAPES,
@@ -103,16 +104,16 @@ def refer(scene: Scene, obj: SceneObject, exclude: frozenset[str] = frozenset())
             words = [getattr(obj, k) for k in ("size", "colour") if k in keys]
             return "the " + " ".join([*words, obj.shape if "shape" in keys else "object"])
     assert "position" not in exclude, "colour and shape together are unique in every scene"
-    return _by_region(obj)
+    return _by_region(obj.position)
 
 
-def _by_region(obj: SceneObject) -> str:
-    return f"the object in the {obj.position}"
+def _by_region(position: str) -> str:
+    return f"the object in the {position}"
 
 
 def _name(scene: Scene, obj: SceneObject, exclude: frozenset[str], rng: random.Random, spatial: float) -> str:
     """`refer`'s phrase, or with probability `spatial` the object's region (no draw from `rng` when it is 0)."""
-    return _by_region(obj) if spatial and rng.random() < spatial else refer(scene, obj, exclude)
+    return _by_region(obj.position) if spatial and rng.random() < spatial else refer(scene, obj, exclude)
 
 
 def _article(word: str) -> str:
@@ -146,15 +147,21 @@ def _position(scene: Scene, answer: str, rng: random.Random) -> QA | None:
     return QA("position", f"Where is {refer(scene, objects[0], frozenset({'position'}))}?", answer)
 
 
+def _relation_facts(a: int, b: int) -> list[tuple[str, bool]]:
+    """(relation word, whether region a stands so to region b) for the axes on which the two regions differ."""
+    facts = []
+    if a % GRID != b % GRID:
+        facts += [("left of", a % GRID < b % GRID), ("right of", a % GRID > b % GRID)]
+    if a // GRID != b // GRID:
+        facts += [("above", a // GRID < b // GRID), ("below", a // GRID > b // GRID)]
+    return facts
+
+
 def _relation(scene: Scene, answer: str, rng: random.Random, spatial: float = 0.0) -> QA | None:
     options = []
     for a in scene.objects:
         for b in scene.objects:
-            facts = []
-            if a.col != b.col:
-                facts += [("left of", a.col < b.col), ("right of", a.col > b.col)]
-            if a.row != b.row:
-                facts += [("above", a.row < b.row), ("below", a.row > b.row)]
+            facts = _relation_facts(a.cell, b.cell)
             options += [(a, b, word) for word, holds in facts if holds == (answer == "yes")]
     if not options:
         return None
@@ -162,6 +169,15 @@ def _relation(scene: Scene, answer: str, rng: random.Random, spatial: float = 0.
     no_position = frozenset({"position"})
     first, second = (_name(scene, o, no_position, rng, spatial) for o in (a, b))
     return QA("relation", f"Is {first} {word} {second}?", answer)
+
+
+def region_relation(rng: random.Random) -> QA:
+    """A text-only relation question between two regions named by their place ("Is the object in the top left left of
+    the object in the center?"): no image needed, so the language model can learn to compare regions by itself."""
+    a, b = rng.sample(range(len(POSITIONS)), 2)
+    word, holds = rng.choice(_relation_facts(a, b))
+    question = f"Is {_by_region(POSITIONS[a])} {word} {_by_region(POSITIONS[b])}?"
+    return QA("relation", question, "yes" if holds else "no")
 
 
 def _existence(scene: Scene, answer: str, rng: random.Random) -> QA | None:
@@ -286,10 +302,10 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return f"{len(objects)} {noun}: {'; '.join(lists)}. The text says {scene.text}."
 
 
-def conversation(qas: Iterable[QA]) -> list[dict[str, str]]:
-    """LLaVA conversation turns for these questions; `<image>` opens the first human turn only."""
+def conversation(qas: Iterable[QA], image: bool = True) -> list[dict[str, str]]:
+    """LLaVA conversation turns for these questions; `<image>` opens the first human turn only (none if not `image`)."""
     turns = []
     for i, qa in enumerate(qas):
-        prefix = f"{IMAGE_TOKEN}\n" if i == 0 else ""
+        prefix = f"{IMAGE_TOKEN}\n" if i == 0 and image else ""
         turns += [{"from": "human", "value": prefix + qa.question}, {"from": "gpt", "value": qa.answer}]
     return turns

@@ -45,6 +45,7 @@ from vlbridge.data.synthetic.tasks import (
     caption,
     conversation,
     least_used,
+    region_relation,
     sample_item,
     stratified_answer,
 )
@@ -61,6 +62,7 @@ OUTPUT_FILES = (
     "stats.json",
 )
 DEFAULT_TURNS = (2, 5)  # question turns per training image, drawn uniformly
+DRILL_TURNS = 4  # questions per text-only drill conversation
 
 
 def _split_sizes(n: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
@@ -135,6 +137,15 @@ def train_item(
     return scene, qas, described
 
 
+def drill(index: int, seed: int) -> dict[str, Any]:
+    """One text-only conversation of relation questions between regions named by place (`tasks.region_relation`)."""
+    rng = random.Random(derive_seed(seed, "drill", index))
+    return {
+        "id": f"drill_{index:06d}",
+        "conversations": conversation((region_relation(rng) for _ in range(DRILL_TURNS)), image=False),
+    }
+
+
 def _answer_stats(items: Iterable[tuple[Scene, QA]]) -> dict[str, Any]:
     """Counts, answer distribution, majority-answer and unbound baselines per question type."""
     by_type: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
@@ -200,6 +211,7 @@ def synthesize(
     turns: Sequence[int] = DEFAULT_TURNS,
     focus: Sequence[str] = (),
     spatial: float = 0.0,
+    drills: int = 0,
 ) -> dict[str, Any]:
     """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
 
@@ -208,7 +220,9 @@ def synthesize(
     answers for each image the model encodes. `focus` lists question types each training image gets one more turn
     of (a type twice: two more), for the types that need the most examples; `spatial` is the chance that a training
     relation or multiple-choice question names an object by its region (`tasks.propose`). Held-out questions are
-    the same whatever `focus` and `spatial` are.
+    the same whatever `focus` and `spatial` are. `drills` text-only conversations of relation questions between
+    regions named by place go into `instruct.json` too (`drill`): comparing two regions is a step the language model
+    learns from these in a few hundred steps, and not at all from image questions among the other types.
     """
     if image_size < 48:
         raise ConfigError(f"image_size must be >= 48 pixels for the text to stay legible, got {image_size}")
@@ -219,6 +233,8 @@ def synthesize(
         raise ConfigError(f"focus names unknown question types {unknown}; choose from {', '.join(TYPES)}")
     if not 0 <= spatial <= 1:
         raise ConfigError(f"spatial must be a probability in [0, 1], got {spatial}")
+    if drills < 0:
+        raise ConfigError(f"drills must be a number of conversations >= 0, got {drills}")
     sizes = _split_sizes(n, test_fraction, val_fraction)
     out = Path(out_dir)
     _prepare(out, overwrite)
@@ -237,6 +253,7 @@ def synthesize(
         scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
         train_items += [(scene, qa) for qa in qas]
         seen.add(scene.signature())
+    instruct += [drill(index, seed) for index in range(drills)]
     stats: dict[str, Any] = {"seed": seed, "image_size": image_size, "images": sizes}
     stats["splits"] = {"train": _answer_stats(train_items)}
     for split in ("val", "test"):
@@ -266,6 +283,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spatial", type=float, default=0.0, help="chance a training relation/choice question names objects by region"
     )
+    parser.add_argument("--drills", type=int, default=0, help="text-only relation conversations added to instruct")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -281,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         args.turns,
         args.focus,
         args.spatial,
+        args.drills,
     )
     print(f"wrote {stats['images']} images to {args.out} (answers and baselines per type: stats.json)")
     for split, summary in stats["splits"].items():
