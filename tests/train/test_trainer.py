@@ -95,7 +95,9 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_model, tmp_path) -> 
     _train(tiny_model, tmp_path / "a", batch_size=4, grad_accum=1)
     _train(twin, tmp_path / "b", batch_size=2, grad_accum=2)  # the same samples per update, in two halves
     a, b = tiny_model.state_dict(), twin.state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # float32 summation order, amplified by Adam
+    # Float32 summation order differs between the two, and Adam's normalised step amplifies it for near-zero
+    # gradients (up to 1.5e-5 measured); a wrong accumulation moves weights by the order of lr = 1e-2.
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     rows = [[json.loads(r) for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ab"]
     for one, two in zip(*rows, strict=True):  # the same loss and gradient (scale included) at every step
         assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
