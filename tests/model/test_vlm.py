@@ -41,6 +41,26 @@ def test_loss_ignores_masked_labels() -> None:
     assert torch.allclose(out.loss, want, atol=1e-6)
 
 
+def test_training_loss_equals_the_full_forward_loss_and_gradients() -> None:
+    """`loss` computes logits at the supervised positions only; value and gradients are those of the full forward."""
+    torch.manual_seed(0)
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids = torch.cat([_prompt(model, 1), _prompt(model, 1)])
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0  # right padding in the second row
+    labels = torch.where(torch.rand(ids.shape) < 0.4, ids, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(2, 3, 16, 16)}
+    full = model(**inputs, labels=labels).loss
+    full.backward()
+    want = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    picked = model.loss(labels=labels, **inputs)
+    picked.backward()
+    assert torch.allclose(picked, full, atol=1e-6)
+    for name, param in model.named_parameters():  # parts the loss never reaches (an unused ViT layer) stay None
+        assert (param.grad is None and want[name] is None) or torch.allclose(param.grad, want[name], atol=1e-6), name
+
+
 def test_placeholder_count_mismatch_is_an_error() -> None:
     model = VisionLanguageModel(tiny_config()).eval()
     ids = _prompt(model, 2)

@@ -65,14 +65,13 @@ class CausalLMObjective(Objective):
     """Next-token loss of the VLM on the batch's labels (-100: not supervised)."""
 
     def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
-        out = model(
+        loss = model.loss(
             input_ids=batch["input_ids"],
+            labels=batch["labels"],
             attention_mask=batch.get("attention_mask"),
             pixel_values=batch.get("pixel_values"),
-            labels=batch["labels"],
         )
-        assert out.loss is not None
-        return ObjectiveOutput(out.loss, int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0)
+        return ObjectiveOutput(loss, int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0)
 
 
 class TextLMObjective(Objective):
@@ -83,8 +82,9 @@ class TextLMObjective(Objective):
         labels = batch.get("labels")
         if labels is None:
             labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
-        logits = model.language_model(input_ids=ids, attention_mask=mask)  # (B, T, V)
-        return ObjectiveOutput(causal_lm_loss(logits, labels), int(ids.numel() if mask is None else mask.sum()))
+        hidden = model.language_model(input_ids=ids, attention_mask=mask, return_hidden=True)  # (B, T, D)
+        loss = causal_lm_loss(hidden, labels, model.language_model.lm_head)
+        return ObjectiveOutput(loss, int(ids.numel() if mask is None else mask.sum()))
 
 
 class ContrastiveHead(nn.Module):
