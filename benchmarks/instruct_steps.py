@@ -1,0 +1,53 @@
+"""Shared set-up of the benchmarks that time training steps on a synthetic dataset's instruction conversations.
+
+`load_instruct` parses the common arguments and tokenises `instruct.json` as the instruct stage does;
+`timed_step` times one forward + backward under bf16 autocast, as the default recipe trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import vlbridge
+from vlbridge.data.collate import SupervisedDataset
+from vlbridge.data.llava_json import load_llava
+from vlbridge.model.vlm import VisionLanguageModel
+
+
+def load_instruct(description: str) -> tuple[argparse.Namespace, VisionLanguageModel, SupervisedDataset, int]:
+    """(arguments, model in train mode, the instruct dataset, the pad id) from `--model --data --batch-size --steps`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="a vlbridge model directory (its processor and size)")
+    parser.add_argument("--data", required=True, type=Path, help="a synthetic dataset folder (instruct.json)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    model, processor = vlbridge.load(args.model, vision=True)
+    records = load_llava(args.data / "instruct.json", args.data).items
+    dataset = SupervisedDataset(records, args.data, processor, model.config.template or "chatml", 384)
+    model.train()
+    return args, model, dataset, processor.tokenizer.pad_token_id or 0
+
+
+def timed_step(loss_fn: Callable[[], torch.Tensor], model: torch.nn.Module) -> tuple[float, float]:
+    """(wall seconds of one forward + backward, the loss)."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start, float(loss.detach())
+
+
+def report_speedup(times: dict[str, list[float]], batch_size: int, label: str, base: str, faster: str) -> None:
+    """Print each variant's mean step time (`label` formats its name) and `faster`'s steps per second over `base`'s."""
+    mean = {name: sum(t) / len(t) for name, t in times.items()}
+    width = max(len(name) for name in mean)
+    for name, seconds in mean.items():
+        print(f"{label.format(name.ljust(width))}: {1000 * seconds:6.1f} ms per step of {batch_size} samples")
+    print(f"{faster} / {base} steps per second: {mean[base] / mean[faster]:.2f}x")
