@@ -235,9 +235,12 @@ class DecoderLM(nn.Module):
             if logits_to_keep:
                 x = x[:, -logits_to_keep:]
             x = self.model.norm(x)
-            if return_hidden:
-                return x
-            return self.lm_head(x).float()
+            return x if return_hidden else self.head(x)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Float32 logits (..., V) of final normed hidden states (..., D): training applies it to the supervised
+        positions only."""
+        return self.lm_head(hidden).float()
 
     def _rope_and_mask(
         self, x: Tensor, past: int, attention_mask: Tensor | None, position_ids: Tensor | None

@@ -141,7 +141,7 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.Tensor:
         """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training)."""
         hidden = self._decode(input_ids, attention_mask, pixel_values, None, return_hidden=True)
-        return causal_lm_loss(hidden, labels, self.language_model.lm_head)
+        return causal_lm_loss(hidden, labels, self.language_model.head)
 
     def _decode(
         self,

@@ -83,7 +83,7 @@ class TextLMObjective(Objective):
         if labels is None:
             labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
         hidden = model.language_model(input_ids=ids, attention_mask=mask, return_hidden=True)  # (B, T, D)
-        loss = causal_lm_loss(hidden, labels, model.language_model.lm_head)
+        loss = causal_lm_loss(hidden, labels, model.language_model.head)
         return ObjectiveOutput(loss, int(ids.numel() if mask is None else mask.sum()))
 
 
