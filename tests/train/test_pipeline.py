@@ -45,6 +45,7 @@ def _text_stage(**kw) -> dict:
 def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: Path, add_bos: bool) -> None:
     spec = recipe(tmp_path / "run", tmp_path / "data", None, [_text_stage(steps=2)])
     spec["data"]["synth"] = {"n": 12, "seed": 0, "image_size": 48, "focus": ["relation"], "spatial": 1.0, "drills": 2}
+    spec["data"]["synth"] |= {"test_fraction": 0.2, "val_fraction": 0.0}
     spec["tokenizer"]["add_bos"] = add_bos
     run = train(recipe_from_dict(spec))
     assert (tmp_path / "data" / "captions.json").is_file()  # rendered because the root was empty
@@ -54,6 +55,8 @@ def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: P
     assert (
         sum("Is the object in the " in q for q in questions) >= 5
     )  # the recipe's focus, spatial and drills reach the writer
+    held_out = [len((tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()) for split in ("test", "val")]
+    assert held_out == [2, 0]  # and so do its held-out fractions (defaults: 1 and 1 of 12)
     assert (run / "tokenizer" / "tokenizer.json").is_file()
     assert yaml.safe_load((run / "recipe.yaml").read_text())["stages"][0]["name"] == "text"
     assert {"done.json", "metrics.jsonl", "loss.png", "model"} <= {p.name for p in (run / "text").iterdir()}

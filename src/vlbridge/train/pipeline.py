@@ -77,6 +77,8 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
                 n=synth.n,
                 seed=synth.seed,
                 image_size=synth.image_size,
+                test_fraction=synth.test_fraction,
+                val_fraction=synth.val_fraction,
                 turns=synth.turns,
                 focus=synth.focus,
                 spatial=synth.spatial,

@@ -44,6 +44,8 @@ class SynthRecipe:
     n: int = 5000
     seed: int = 0
     image_size: int = 96
+    test_fraction: float = 0.1  # share of the n images held out for the test questions
+    val_fraction: float = 0.05  # share held out for the validation questions
     turns: list[int] = field(default_factory=lambda: [2, 5])  # question turns per training image: lowest, highest
     focus: list[str] = field(default_factory=list)  # question types each training image gets one more turn of
     spatial: float = 0.0  # chance a training relation / multiple-choice question names an object by its region
