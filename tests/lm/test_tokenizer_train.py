@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,18 @@ def test_special_tokens_are_never_split_and_skipped_on_decode() -> None:
         assert tok.token_to_id(token) in ids
     assert ids.count(tok.token_to_id("<image>")) == 2
     assert tok.decode(ids) == "xuser\ny"
+
+
+def test_special_tokens_in_the_training_texts_teach_no_merges(tmp_path: Path) -> None:
+    """Rendered conversations train the tokenizer: their role names become tokens, their markers' characters not."""
+    rendered = [templates.render("chatml", messages) for messages in MESSAGES] * 50
+    train_tokenizer(rendered, 300).save(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer.json").read_text())
+    specials = {token["content"] for token in saved["added_tokens"]}
+    assert {"<|im_start|>", "<|im_end|>", "<image>"} <= specials
+    assert [t for t in saved["model"]["vocab"] if t not in specials and ("<" in t or "|" in t) and len(t) > 1] == []
+    tok = Tokenizer.from_dir(tmp_path)
+    assert len(tok.encode("<|im_start|>assistant\n", add_special_tokens=False)) == 3
 
 
 def test_newlines_split_pieces_cleanly() -> None:

@@ -115,7 +115,10 @@ def train_tokenizer(
     """A byte-level BPE Tokenizer trained on `texts`, with special tokens and the template's chat template.
 
     `special_tokens` None: `<unk> <s> </s> <pad> <image>` and the template's markers. `vocab_size` counts
-    everything (256 byte tokens, special tokens, merges); save the result with `Tokenizer.save`.
+    everything (256 byte tokens, special tokens, merges); save the result with `Tokenizer.save`. `texts` may hold
+    special tokens (conversations rendered with the chat template, whose role names and system prompt are among
+    the most frequent text a model reads): they are cut out first, as encoding cuts them out, so no merge is spent
+    on their characters (left in, `<|` and `|>` become merges).
     """
     specials = _special_tokens(template, special_tokens)
     if vocab_size < _BYTES + len(specials):
@@ -138,7 +141,8 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(texts, trainer)
+    marker = re.compile("|".join(re.escape(token) for token in specials))
+    backend.train_from_iterator((piece for text in texts for piece in marker.split(text) if piece), trainer)
     if add_bos:
         bos_id = backend.token_to_id(BOS)
         backend.post_processor = processors.TemplateProcessing(
