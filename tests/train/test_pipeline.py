@@ -10,14 +10,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_run import TINY_MODEL, align_stage, instruct_stage, recipe, stage
+from tiny_run import TINY_MODEL, align_stage, recipe, stage
 
 import vlbridge
 from vlbridge.config import ModelConfig, from_dict
 from vlbridge.errors import ConfigError
 from vlbridge.train import recipe_from_dict, train
-from vlbridge.train.distributed import World
-from vlbridge.train.pipeline import fit_config, prepare_tokenizer, resolve_device
+from vlbridge.train.pipeline import fit_config, resolve_device
 
 
 def test_fit_config_takes_vocabulary_and_special_ids_from_the_tokenizer(tiny_tokenizer) -> None:
@@ -36,15 +35,6 @@ def test_device_names() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ConfigError, match="not understood"):
         resolve_device("tpu-ish")
-
-
-@pytest.mark.parametrize("template", ["chatml", "vicuna_v1"])
-def test_the_tokenizer_learns_its_stages_templates(tiny_data: Path, tmp_path: Path, template: str) -> None:
-    """Conversation stages train the tokenizer as they read their data, so the role names become single tokens."""
-    spec = recipe(tmp_path / "run", tiny_data, None, [align_stage(), instruct_stage(template=template)])
-    tok = prepare_tokenizer(recipe_from_dict(spec), tiny_data, tmp_path / "run", World())
-    role, most = {"chatml": ("assistant", 1), "vicuna_v1": (" ASSISTANT", 3)}[template]  # 9 and 10 bytes
-    assert len(tok.encode(role, add_special_tokens=False)) <= most
 
 
 def _text_stage(**kw) -> dict:
