@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlbridge.lm import DecoderLM, lm_config_from_hf, lm_config_to_hf, lm_state_from_hf
+from vlbridge.lm import DecoderLM, decoder, lm_config_from_hf, lm_config_to_hf, lm_state_from_hf
 from vlbridge.model.generate import GenerationConfig, Generator
 
 transformers = pytest.importorskip("transformers")
@@ -88,6 +88,23 @@ def test_logits_match_left_padded(pair) -> None:
         got = ours(ids, attention_mask=mask)
     keep = mask.bool()
     assert torch.isfinite(got).all()
+    assert (got[keep] - ref[keep]).abs().max().item() <= 1e-4
+
+
+def test_logits_match_right_padded_without_a_mask(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training batches are right-padded: plain causal attention serves them (no mask is built) and the real
+    positions' logits still equal HF's."""
+    _, hf, ours, _ = pair
+    ids = torch.randint(1, VOCAB, (3, 11), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    mask[2, 4:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    monkeypatch.setattr(decoder, "padding_mask", lambda *a: pytest.fail("a right-padded batch built a mask"))
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    keep = mask.bool()
     assert (got[keep] - ref[keep]).abs().max().item() <= 1e-4
 
 
