@@ -163,8 +163,9 @@ def padding_mask(attention_mask: Tensor, t: int) -> Tensor:
 
 def right_padded(attention_mask: Tensor) -> bool:
     """Whether every row of a (B, S) 1/0 mask is real tokens then padding only. Then plain causal attention is exact
-    for every real token (padding sits after it), and the kernel needs no mask: training batches are right-padded,
-    and dropping the mask made an instruction step of the default recipe 8% faster on CPU."""
+    for every real token (padding sits after it), and the kernel needs no mask: training batches are right-padded.
+    On the default recipe's length-grouped instruct batches: 1.04x steps per second
+    (benchmarks/causal_training_mask.py)."""
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
