@@ -20,16 +20,22 @@ from vlbridge.model.vlm import VisionLanguageModel
 
 
 def load_instruct(description: str) -> tuple[argparse.Namespace, VisionLanguageModel, SupervisedDataset, int]:
-    """(arguments, model in train mode, the instruct dataset, the pad id) from `--model --data --batch-size --steps`."""
+    """(arguments, model in train mode, the instruct (or `--captions`) dataset, the pad id) from `--model --data
+    --batch-size --steps`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", required=True, help="a vlbridge model directory (its processor and size)")
     parser.add_argument("--data", required=True, type=Path, help="a synthetic dataset folder (instruct.json)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--captions", action="store_true", help="captions.json as the align stage reads it (plain template, 256 tokens)"
+    )
     args = parser.parse_args()
     model, processor = vlbridge.load(args.model, vision=True)
-    records = load_llava(args.data / "instruct.json", args.data).items
-    dataset = SupervisedDataset(records, args.data, processor, model.config.template or "chatml", 384)
+    file, template, max_length = ("captions.json", "plain", 256) if args.captions else ("instruct.json", None, 384)
+    records = load_llava(args.data / file, args.data).items
+    template = template or model.config.template or "chatml"
+    dataset = SupervisedDataset(records, args.data, processor, template, max_length)
     model.train()
     return args, model, dataset, processor.tokenizer.pad_token_id or 0
 

@@ -8,8 +8,8 @@ from torch.nn import functional as F
 
 from vlbridge.config import LMConfig
 from vlbridge.errors import ConfigError
-from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary
-from vlbridge.lm.decoder import THIN_ROWS, DecoderLayer, Linear
+from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary, decoder
+from vlbridge.lm.decoder import THIN_ROWS, DecoderLayer, Linear, eager_causal_attention
 
 CFG = LMConfig(
     vocab_size=53,
@@ -56,6 +56,37 @@ def test_bf16_one_row_uses_aten_gemv_and_restores_backend(model: DecoderLM) -> N
     assert torch.backends.mkldnn.enabled
     scale = ref.abs().max()
     assert (one - batch).abs().max() <= 0.02 * scale and (one - ref).abs().max() <= 0.05 * scale
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_eager_causal_attention_equals_sdpa(kv_heads: int) -> None:
+    torch.manual_seed(kv_heads)
+    q = torch.randn(3, 4, 17, 8, requires_grad=True)
+    k, v = (torch.randn(3, kv_heads, 17, 8, requires_grad=True) for _ in range(2))
+    eager = eager_causal_attention(q.transpose(2, 3).transpose(2, 3), k, v)  # a non-contiguous q, as the layer's
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads < 4)
+    torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(eager.square().sum(), (q, k, v))
+    torch.testing.assert_close(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_forward_takes_the_eager_path(model: DecoderLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[torch.dtype] = []
+
+    def recorded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = eager_causal_attention(q, k, v)
+        calls.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(decoder, "eager_causal_attention", recorded)
+    ids = torch.randint(0, CFG.vocab_size, (2, 9))
+    with torch.no_grad():
+        ref = model(ids)
+        assert calls == []  # float32: the SDPA kernel
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(ids)
+    assert calls == [torch.bfloat16] * CFG.num_hidden_layers  # q arrives in float32 (RoPE), the matmuls run in bf16
+    assert (fast.float() - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
 def test_hook_before_layer_zero_equals_shifted_embeddings(model: DecoderLM) -> None:
