@@ -14,7 +14,7 @@ from PIL import Image, ImageFont
 from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
-from vlbridge.data.synthetic.tasks import _PLURAL, QA, propose, refer, stratified_answer
+from vlbridge.data.synthetic.tasks import _PLURAL, QA, propose, question_form, refer, stratified_answer
 from vlbridge.data.synthetic.writer import OUTPUT_FILES, _answer_stats
 from vlbridge.errors import ConfigError, DataError
 
@@ -361,6 +361,31 @@ def test_spatial_referents_name_regions_and_keep_answers_right() -> None:
             ] += 1
     assert named["relation", False] == named["multiple_choice", False] == 0
     assert named["relation", True] > 40 and named["multiple_choice", True] > 40
+
+
+@pytest.mark.parametrize(
+    ("question", "form"),
+    [
+        ("<image>\nWhat colour is the small star?", "What colour is the SIZE SHAPE?"),
+        ("Is there an orange cross?", "Is there a COLOUR SHAPE?"),
+        ("Is there a red cross?", "Is there a COLOUR SHAPE?"),
+        ("How many diamonds are there?", "How many SHAPE are there?"),
+        ("Is the star left of the object in the top middle?", "Is the SHAPE RELATION the object in the PLACE?"),
+        (
+            "What does the text say?\nA. CAT\nB. DOG\nC. SUN\nD. 7\nAnswer with the option's letter.",
+            "What does the text say?",
+        ),
+    ],
+)
+def test_question_form_names_the_slots(question: str, form: str) -> None:
+    assert question_form(question) == form
+
+
+def test_every_held_out_question_has_a_form_without_vocabulary(dataset: Path) -> None:
+    vocabulary = re.compile(r"\b(" + "|".join([*COLOURS, *SHAPES, *_PLURAL.values(), *SIZES, *POSITIONS]) + r")\b")
+    forms = {question_form(row["question"]) for row in _jsonl(dataset / "test.jsonl")}
+    assert forms and not [f for f in forms if vocabulary.search(f)]
+    assert len(forms) < len(_jsonl(dataset / "test.jsonl"))  # forms group questions
 
 
 def test_stratified_answers_stay_level_at_every_prefix() -> None:

@@ -30,6 +30,8 @@ EXPECTED = {
     "chatml": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n"
     "<|im_start|>user\nColour?<|im_end|>\n<|im_start|>assistant\n",
+    "chatml_no_system": "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n"
+    "<|im_start|>user\nColour?<|im_end|>\n<|im_start|>assistant\n",
     "llama3": f"<|start_header_id|>system<|end_header_id|>\n\n{LLAMA3_SYSTEM}<|eot_id|>"
     "<|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>"
     "<|start_header_id|>assistant<|end_header_id|>\n\nA cat.<|eot_id|>"
@@ -39,7 +41,7 @@ EXPECTED = {
 
 
 def test_available_names() -> None:
-    assert available() == ["plain", "qa", "vicuna_v1", "chatml", "llama3"]
+    assert available() == ["plain", "qa", "vicuna_v1", "chatml", "chatml_no_system", "llama3"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -58,6 +60,7 @@ def test_system_message_replaces_default_and_generation_prompt_is_optional() -> 
     assert render("vicuna_v1", messages) == "Be brief. USER: Hi ASSISTANT:"
     assert render("vicuna_v1", messages, add_generation_prompt=False) == "Be brief. USER: Hi "
     assert render("chatml", messages).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi")
+    assert render("chatml_no_system", messages) == render("chatml", messages)
 
 
 def test_llama3_trims_messages() -> None:

@@ -10,6 +10,7 @@ import pytest
 import vlbridge
 from vlbridge.data.llava_json import EvalItem, load_eval
 from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic.tasks import question_form
 from vlbridge.errors import ConfigError, ImageError
 from vlbridge.eval import runner
 from vlbridge.eval.tasks import Prompt, SyntheticTask
@@ -91,6 +92,18 @@ def test_scores_per_type_from_known_answers(synth_dir: Path, tmp_path: Path, mon
     for name, values in per_type.items():
         assert scores[name]["accuracy"] == sum(values) / len(values)
         assert "majority_baseline" in scores[name], "stats.json baselines sit beside each type"
+
+
+def test_scores_break_down_by_question_form(synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = _task(synth_dir, 6)
+    items = task.items
+    _fixed_answers(monkeypatch, {i.question_id: i.answer if i is items[0] else "nope" for i in items})
+    by_form = runner.evaluate(None, None, task, tmp_path, batch_size=3).scores["by_form"]
+    first = f"{items[0].type}: {question_form(items[0].question)}"
+    assert sum(row["n"] for row in by_form.values()) == len(items) and "overall" not in by_form
+    same = [i for i in items if f"{i.type}: {question_form(i.question)}" == first]
+    assert by_form[first]["accuracy"] == 1 / len(same)
+    assert all(row["accuracy"] == 0 for form, row in by_form.items() if form != first)
 
 
 def test_own_question_file_is_scored_without_baselines(synth_dir: Path) -> None:

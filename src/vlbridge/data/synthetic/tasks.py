@@ -22,6 +22,7 @@ on a fixed scene take the least used answer the scene allows (`least_used`).
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -274,6 +275,28 @@ def least_used(kind: str, scene: Scene, counts: Counter[str], rng: random.Random
         if qa is not None:
             return qa
     return None
+
+
+_FORM_SLOTS = (
+    ("RELATION", ("left of", "right of", "above", "below")),
+    ("PLACE", POSITIONS),
+    ("SIZE", SIZES),
+    ("COLOUR", tuple(COLOURS)),
+    ("SHAPE", tuple(_PLURAL.values()) + SHAPES),
+)
+_FORM_PATTERNS = [(slot, re.compile(r"\b(?:" + "|".join(words) + r")\b")) for slot, words in _FORM_SLOTS]
+
+
+def question_form(question: str) -> str:
+    """The question's first line with its relation, place, size, colour and shape words replaced by slot names.
+
+    "What colour is the small star?" -> "What colour is the SIZE SHAPE?": how an object is named, which is where
+    binding fails (e.g. objects named by size, or counts of one colour), while the type alone hides it.
+    """
+    form = question.removeprefix(IMAGE_TOKEN).strip().split("\n")[0]
+    for slot, pattern in _FORM_PATTERNS:
+        form = pattern.sub(slot, form)
+    return re.sub(r"\ban (?=[A-Z]{4})", "a ", form)  # "an orange" and "a red" are one form
 
 
 def caption(scene: Scene, rng: random.Random) -> str:

@@ -2,7 +2,8 @@
 
 Each line is {"question_id", "image", "question", "answer", "type"}; answers are scored by exact match after VQA
 answer normalisation, per question type, beside the baselines the dataset's stats.json records: the majority answer
-and the unbound baseline (attributes seen but not bound to objects; `vlbridge.data.synthetic.baselines`).
+and the unbound baseline (attributes seen but not bound to objects; `vlbridge.data.synthetic.baselines`). Scores also
+break down by question form (`tasks.question_form`: how the question names its object), where binding failures show.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.data.llava_json import EvalItem, load_eval
+from vlbridge.data.synthetic.tasks import question_form
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown, exact_match
 from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task
@@ -93,10 +95,16 @@ class SyntheticTask(Task):
 
     def score(self, rows: Rows) -> dict[str, Any]:
         records = [
-            {"type": item.type, "score": exact_match_scorer(rows[item.question_id]["prediction"], item)}
+            {
+                "type": item.type,
+                "form": f"{item.type}: {question_form(item.question)}",
+                "score": exact_match_scorer(rows[item.question_id]["prediction"], item),
+            }
             for item in self.items
         ]
         by_type = breakdown(records, key="type")
         for name, row in by_type.items():
             row.update(self.baselines.get(name, {}))
-        return {"by_type": by_type}
+        by_form = breakdown(records, key="form")
+        del by_form["overall"]  # by_type has it
+        return {"by_type": by_type, "by_form": dict(sorted(by_form.items()))}
