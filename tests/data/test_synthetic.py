@@ -14,7 +14,7 @@ from PIL import Image, ImageFont
 from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
-from vlbridge.data.synthetic.tasks import _PLURAL, QA, propose, question_form, refer, stratified_answer
+from vlbridge.data.synthetic.tasks import _PLURAL, QA, caption, propose, question_form, refer, stratified_answer
 from vlbridge.data.synthetic.writer import OUTPUT_FILES, _answer_stats
 from vlbridge.errors import ConfigError, DataError
 
@@ -316,6 +316,25 @@ def test_focus_adds_turns_and_spatial_names_objects_by_region_in_training_only(t
         synthesize(tmp_path / "bad", n=10, seed=0, focus=("colours",))
     with pytest.raises(ConfigError, match="spatial"):
         synthesize(tmp_path / "bad", n=10, seed=0, spatial=1.5)
+
+
+def test_varied_names_still_pick_out_one_object_and_join_size_to_an_attribute() -> None:
+    forms = Counter()
+    for seed in range(400):
+        scene = sample_scene(seed)
+        varied = caption(scene, random.Random(seed), varied_names=1.0)
+        named = varied.split(": ", 1)[1].split("; ")[0].split(", ")
+        for fact in named:
+            words = fact.split()
+            obj = next(o for o in scene.objects if fact.endswith(" " + o.position))
+            attributes = words[: len(words) - len(obj.position.split())]
+            matching = [o for o in scene.objects if all(w in ("object", o.size, o.colour, o.shape) for w in attributes)]
+            assert matching == [obj], (fact, scene)  # the name fits its own object alone
+            forms[tuple("size" if w in SIZES else "colour" if w in COLOURS else "noun" for w in attributes)] += 1
+    assert caption(sample_scene(0), random.Random(0), varied_names=0.0) == caption(sample_scene(0), random.Random(0))
+    assert forms[("size", "noun")] > 50 and forms[("size", "colour", "noun")] > 50  # "small star", "small red object"
+    with pytest.raises(ConfigError, match="varied_names"):
+        synthesize(Path("unused"), n=10, seed=0, varied_names=2.0)
 
 
 def test_drills_are_text_only_relation_conversations_between_regions(tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
                 focus=synth.focus,
                 spatial=synth.spatial,
                 drills=synth.drills,
+                varied_names=synth.varied_names,
             )
         world.barrier()
     if not root.is_dir():

@@ -102,12 +102,13 @@ def train_item(
     turns: tuple[int, int],
     focus: Sequence[str] = (),
     spatial: float = 0.0,
+    varied_names: float = 0.0,
 ) -> tuple[Scene, list[QA], list[dict[str, str]]]:
     """One training image: a dealt first question picks the scene, further turns take the least used answers (types
     in shuffled rounds, so past nine turns a type comes again, never the same question), then one more turn per
     type in `focus`, each put at a random place among them; and its caption conversation. `spatial` is
-    `tasks.propose`'s. `counts` (type -> answer tally) is updated; scripts that need scenes without images (e.g.
-    benchmarks/ideal_vision.py) call it directly."""
+    `tasks.propose`'s, `varied_names` `tasks.caption`'s. `counts` (type -> answer tally) is updated; scripts that
+    need scenes without images (e.g. benchmarks/ideal_vision.py) call it directly."""
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
     answer = stratified_answer(kind, index // len(TYPES), seed, "train")
@@ -133,7 +134,10 @@ def train_item(
             asked.add(qa.question)
             counts[qa.type][qa.answer] += 1
     prompt = rng.choice(CAPTION_PROMPTS)
-    described = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption(scene, rng)}]
+    described = [
+        {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"},
+        {"from": "gpt", "value": caption(scene, rng, varied_names)},
+    ]
     return scene, qas, described
 
 
@@ -212,6 +216,7 @@ def synthesize(
     focus: Sequence[str] = (),
     spatial: float = 0.0,
     drills: int = 0,
+    varied_names: float = 0.0,
 ) -> dict[str, Any]:
     """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
 
@@ -223,6 +228,7 @@ def synthesize(
     the same whatever `focus` and `spatial` are. `drills` text-only conversations of relation questions between
     regions named by place go into `instruct.json` too (`drill`): comparing two regions is a step the language model
     learns from these in a few hundred steps, and not at all from image questions among the other types.
+    `varied_names` is the chance a caption names an object without its colour or its shape (`tasks.caption`).
     """
     if image_size < 48:
         raise ConfigError(f"image_size must be >= 48 pixels for the text to stay legible, got {image_size}")
@@ -235,6 +241,8 @@ def synthesize(
         raise ConfigError(f"spatial must be a probability in [0, 1], got {spatial}")
     if drills < 0:
         raise ConfigError(f"drills must be a number of conversations >= 0, got {drills}")
+    if not 0 <= varied_names <= 1:
+        raise ConfigError(f"varied_names must be a probability in [0, 1], got {varied_names}")
     sizes = _split_sizes(n, test_fraction, val_fraction)
     out = Path(out_dir)
     _prepare(out, overwrite)
@@ -242,7 +250,7 @@ def synthesize(
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
     for index in range(sizes["train"]):
-        scene, qas, described = train_item(index, seed, counts, tuple(turns), focus, spatial)
+        scene, qas, described = train_item(index, seed, counts, tuple(turns), focus, spatial, varied_names)
         name = f"train_{index:06d}"
         image = f"images/{name}.png"
         render_scene(scene, image_size).save(out / image, format="PNG")
@@ -284,6 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spatial", type=float, default=0.0, help="chance a training relation/choice question names objects by region"
     )
     parser.add_argument("--drills", type=int, default=0, help="text-only relation conversations added to instruct")
+    parser.add_argument(
+        "--varied-names", type=float, default=0.0, help="chance a caption names an object without its colour or shape"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -300,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
         args.focus,
         args.spatial,
         args.drills,
+        args.varied_names,
     )
     print(f"wrote {stats['images']} images to {args.out} (answers and baselines per type: stats.json)")
     for split, summary in stats["splits"].items():
