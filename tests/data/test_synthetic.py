@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFont
 
-from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize
+from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize, writer
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
 from vlbridge.data.synthetic.tasks import _PLURAL, QA, caption, propose, question_form, refer, stratified_answer
@@ -117,6 +117,30 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     assert (runs[0] / "instruct.json").read_bytes() != (runs[2] / "instruct.json").read_bytes()
     image = "images/train_000004.png"
     assert (runs[0] / image).read_bytes() != (runs[2] / image).read_bytes()
+
+
+def test_images_rendered_by_worker_processes_equal_those_rendered_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synthesize(tmp_path / "one", n=30, seed=5)
+    monkeypatch.setattr(writer, "RENDERS_PER_WORKER", 8)
+    monkeypatch.setattr(writer.os, "sched_getaffinity", lambda pid: {0, 1})  # two workers even on a one-core runner
+    started = []
+    monkeypatch.setattr(writer, "ProcessPoolExecutor", _recording(writer.ProcessPoolExecutor, started))
+    synthesize(tmp_path / "pool", n=30, seed=5)
+    assert started == [2]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "pool" / rel).read_bytes(), rel
+
+
+def _recording(executor: type, started: list[int]) -> type:
+    class Recording(executor):  # type: ignore[misc, valid-type]
+        def __init__(self, workers: int, **kwargs: object) -> None:
+            started.append(workers)
+            super().__init__(workers, **kwargs)
+
+    return Recording
 
 
 def test_an_index_renders_the_same_image_whatever_n(tmp_path: Path) -> None:
