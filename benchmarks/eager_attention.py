@@ -1,9 +1,10 @@
 """What the eager causal attention (`decoder.eager_causal_attention`) saves in a bf16 training step on CPU.
 
-Under bf16 autocast on CPU the decoder computes causal attention as two matmuls and a float32 softmax instead of
-calling PyTorch's SDPA, whose CPU flash kernel is the slower one at this LM's shapes (4 heads of 64, 100-400 tokens).
-This times forward + backward of both on the same length-grouped batches, alternating one of each so that machine
-noise hits both alike, and checks the losses agree. `--captions` times the align stage's batches (batch 32).
+Under bf16 autocast on CPU the decoder computes causal attention on sequences up to `decoder.EAGER_MAX_TOKENS` as two
+matmuls and a float32 softmax instead of calling PyTorch's SDPA, whose CPU flash kernel is the slower one there at this
+LM's shapes (4 heads of 64); longer batches take SDPA in both timings. This times forward + backward of both on the same
+length-grouped batches, alternating one of each so that machine noise hits both alike, and checks the losses agree.
+`--captions` times the align stage's batches (batch 32).
 
     python benchmarks/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --steps 40
     python benchmarks/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --captions \\

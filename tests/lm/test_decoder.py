@@ -70,7 +70,9 @@ def test_eager_causal_attention_equals_sdpa(kv_heads: int) -> None:
     torch.testing.assert_close(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_autocast_forward_takes_the_eager_path(model: DecoderLM, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_autocast_forward_takes_the_eager_path_up_to_its_length_limit(
+    model: DecoderLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[torch.dtype] = []
 
     def recorded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -87,6 +89,10 @@ def test_bf16_autocast_forward_takes_the_eager_path(model: DecoderLM, monkeypatc
             fast = model(ids)
     assert calls == [torch.bfloat16] * CFG.num_hidden_layers  # q arrives in float32 (RoPE), the matmuls run in bf16
     assert (fast.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+    monkeypatch.setattr(decoder, "EAGER_MAX_TOKENS", ids.shape[1] - 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids)
+    assert len(calls) == CFG.num_hidden_layers  # longer sequences: the flash kernel
 
 
 def test_hook_before_layer_zero_equals_shifted_embeddings(model: DecoderLM) -> None:

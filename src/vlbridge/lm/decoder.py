@@ -70,6 +70,11 @@ class Linear(nn.Linear):
         return out[:, :rows].t().reshape(*x.shape[:-1], self.out_features)  # (..., O), a strided view
 
 
+# Longest sequence that eager_causal_attention takes: fwd + bwd of one layer's attention (4 heads of 64, bf16, 2 CPU
+# threads) ran 1.1-2.2x faster eager at 96-176 tokens, but 0.72-0.93x at 192-384, where SDPA's flash kernel wins.
+EAGER_MAX_TOKENS = 176
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype a matmul on `x` runs in: autocast's when it is on for `x`'s device (RoPE's float32 tables promote q
     and k back to float32 under autocast), else `x`'s."""
@@ -80,10 +85,10 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 def eager_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal grouped-query attention as two matmuls and a float32 softmax (HF's "eager" attention).
 
-    For bf16 training on CPU: at this LM's shapes (4 heads of 64, 100-400 tokens) PyTorch's CPU flash kernel is the
-    slower one, and a training step runs 1.23x (captions) and 1.14x (instructions) faster this way
-    (benchmarks/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's eager path; the
-    flash kernel keeps them in float32.
+    For bf16 training on CPU on sequences up to EAGER_MAX_TOKENS: there PyTorch's CPU flash kernel is the slower one
+    at this LM's shapes (4 heads of 64), and the default recipe's caption steps run 1.20x and its instruction steps
+    1.11x faster this way (benchmarks/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's
+    eager path; the flash kernel keeps them in float32.
     """
     b, h, t, hd = q.shape
     kv = k.shape[1]
@@ -128,7 +133,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H_kv, G, hd)
             return self.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
         is_causal = attn_mask is None and t > 1  # DecoderLM passes an explicit mask whenever a cache prefix exists
-        if is_causal and q.device.type == "cpu" and _compute_dtype(q) == torch.bfloat16:
+        if is_causal and t <= EAGER_MAX_TOKENS and q.device.type == "cpu" and _compute_dtype(q) == torch.bfloat16:
             out = eager_causal_attention(q, k, v)  # (B, H, T, hd)
         else:
             out = F.scaled_dot_product_attention(
