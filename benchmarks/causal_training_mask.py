@@ -13,30 +13,19 @@ from __future__ import annotations
 
 from unittest import mock
 
-from instruct_steps import load_instruct, report_speedup, timed_step
+from instruct_steps import compare_steps
 
-from vlbridge.data.collate import collate
 from vlbridge.lm import decoder
-from vlbridge.train.distributed import SingleProcess
-from vlbridge.train.trainer import batch_order
 
 
 def main() -> None:
-    args, model, dataset, pad_id = load_instruct(__doc__.split("\n")[0])
-    batches = batch_order(len(dataset), args.batch_size, 0, 0, SingleProcess(), dataset.lengths())
-    times: dict[str, list[float]] = {"padding mask": [], "plain causal": []}
-    for step in range(args.steps + 2):
-        batch = collate([dataset[i] for i in batches[step * len(batches) // (args.steps + 2)]], pad_id)  # spread
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels") if k in batch}
-        with mock.patch.object(decoder, "right_padded", lambda mask: False):
-            masked_s, masked = timed_step(lambda: model.loss(**inputs), model)  # noqa: B023
-        causal_s, causal = timed_step(lambda: model.loss(**inputs), model)  # noqa: B023
-        if abs(masked - causal) > 1e-2 * abs(masked):
-            raise SystemExit(f"step {step}: the losses disagree ({masked} vs {causal})")
-        if step >= 2:  # the first two steps of each warm up the allocator and kernels
-            times["padding mask"].append(masked_s)
-            times["plain causal"].append(causal_s)
-    report_speedup(times, args.batch_size, "attention with {}", "padding mask", "plain causal")
+    compare_steps(
+        __doc__.split("\n")[0],
+        lambda: mock.patch.object(decoder, "right_padded", lambda mask: False),
+        "padding mask",
+        "plain causal",
+        "attention with {}",
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 from unittest import mock
 
-from instruct_steps import load_instruct, report_speedup, timed_step
+from instruct_steps import compare_steps
 from torch import Tensor
 
-from vlbridge.data.collate import collate
 from vlbridge.lm import decoder
-from vlbridge.train.distributed import SingleProcess
-from vlbridge.train.trainer import batch_order
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -30,21 +27,13 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def main() -> None:
-    args, model, dataset, pad_id = load_instruct(__doc__.split("\n")[0])
-    batches = batch_order(len(dataset), args.batch_size, 0, 0, SingleProcess(), dataset.lengths())
-    times: dict[str, list[float]] = {"SDPA (flash)": [], "eager": []}
-    for step in range(args.steps + 2):
-        batch = collate([dataset[i] for i in batches[step * len(batches) // (args.steps + 2)]], pad_id)  # spread
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels") if k in batch}
-        with mock.patch.object(decoder, "eager_causal_attention", sdpa):
-            flash_s, flash = timed_step(lambda: model.loss(**inputs), model)  # noqa: B023
-        eager_s, eager = timed_step(lambda: model.loss(**inputs), model)  # noqa: B023
-        if abs(flash - eager) > 1e-2 * abs(flash):
-            raise SystemExit(f"step {step}: the losses disagree ({flash} vs {eager})")
-        if step >= 2:  # the first two steps of each warm up the allocator and kernels
-            times["SDPA (flash)"].append(flash_s)
-            times["eager"].append(eager_s)
-    report_speedup(times, args.batch_size, "attention {}", "SDPA (flash)", "eager")
+    compare_steps(
+        __doc__.split("\n")[0],
+        lambda: mock.patch.object(decoder, "eager_causal_attention", sdpa),
+        "SDPA (flash)",
+        "eager",
+        "attention {}",
+    )
 
 
 if __name__ == "__main__":
