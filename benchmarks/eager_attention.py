@@ -1,10 +1,10 @@
-"""What the eager causal attention (`decoder.eager_causal_attention`) saves in a bf16 training step on CPU.
+"""What the CPU bf16 causal attention (`decoder.cpu_bf16_causal_attention`) saves in a bf16 training step on CPU.
 
 Under bf16 autocast on CPU the decoder computes causal attention on sequences up to `decoder.EAGER_MAX_TOKENS` as two
-matmuls and a float32 softmax instead of calling PyTorch's SDPA, whose CPU flash kernel is the slower one there at this
-LM's shapes (4 heads of 64); longer batches take SDPA in both timings. This times forward + backward of both on the same
-length-grouped batches, alternating one of each so that machine noise hits both alike, and checks the losses agree.
-`--captions` times the align stage's batches (batch 32).
+matmuls and a float32 softmax, and on longer ones with SDPA's flash kernel in float32, instead of calling SDPA on the
+bf16 inputs autocast gives it, whose CPU flash kernel is the slower one at this LM's shapes (4 heads of 64). This times
+forward + backward of both on the same length-grouped batches, alternating one of each so that machine noise hits both
+alike, and checks the losses agree. `--captions` times the align stage's batches (batch 32).
 
     python benchmarks/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --steps 40
     python benchmarks/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --captions \\
@@ -22,16 +22,16 @@ from vlbridge.lm import decoder
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """The kernel the eager path stands in for, with its signature."""
+    """The kernel autocast would run (bf16 SDPA), with the signature of the function it stands in for."""
     return decoder.F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] < q.shape[1])
 
 
 def main() -> None:
     compare_steps(
         __doc__.split("\n")[0],
-        lambda: mock.patch.object(decoder, "eager_causal_attention", sdpa),
-        "SDPA (flash)",
-        "eager",
+        lambda: mock.patch.object(decoder, "cpu_bf16_causal_attention", sdpa),
+        "bf16 SDPA (flash)",
+        "eager / fp32 flash",
         "attention {}",
     )
 

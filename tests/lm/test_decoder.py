@@ -90,9 +90,19 @@ def test_bf16_autocast_forward_takes_the_eager_path_up_to_its_length_limit(
     assert calls == [torch.bfloat16] * CFG.num_hidden_layers  # q arrives in float32 (RoPE), the matmuls run in bf16
     assert (fast.float() - ref).abs().max() <= 0.05 * ref.abs().max()
     monkeypatch.setattr(decoder, "EAGER_MAX_TOKENS", ids.shape[1] - 1)
+    sdpa_dtypes: list[torch.dtype] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recorded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        sdpa_dtypes.append(v.dtype)
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(decoder.F, "scaled_dot_product_attention", recorded_sdpa)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(ids)
-    assert len(calls) == CFG.num_hidden_layers  # longer sequences: the flash kernel
+        long = model(ids)
+    assert len(calls) == CFG.num_hidden_layers  # longer sequences: the flash kernel, in float32
+    assert sdpa_dtypes == [torch.float32] * CFG.num_hidden_layers
+    torch.testing.assert_close(long, fast, rtol=0.05, atol=0.05 * float(ref.abs().max()))
 
 
 def test_hook_before_layer_zero_equals_shifted_embeddings(model: DecoderLM) -> None:

@@ -86,8 +86,8 @@ def eager_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal grouped-query attention as two matmuls and a float32 softmax (HF's "eager" attention).
 
     For bf16 training on CPU on sequences up to EAGER_MAX_TOKENS: there PyTorch's CPU flash kernel is the slower one
-    at this LM's shapes (4 heads of 64), and the default recipe's caption steps run 1.20x and its instruction steps
-    1.11x faster this way (benchmarks/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's
+    at this LM's shapes (4 heads of 64), and the default recipe's caption steps run 1.20x faster this way
+    (benchmarks/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's
     eager path; the flash kernel keeps them in float32.
     """
     b, h, t, hd = q.shape
@@ -97,6 +97,23 @@ def eager_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
     probs = scores.masked_fill(future, float("-inf")).softmax(-1, dtype=torch.float32).to(scores.dtype)
     return torch.matmul(probs, v.unsqueeze(2)).view(b, h, t, hd)  # (B, H, T, hd)
+
+
+def cpu_bf16_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention for bf16 autocast on CPU (training and prompt prefill): eager up to EAGER_MAX_TOKENS, above
+    it SDPA's flash kernel in float32, returned in bf16.
+
+    The float32 flash kernel is the faster one there (its bf16 backward is slow on CPU), and q and k already arrive in
+    float32 (RoPE). The default recipe's instruct steps ran 1.10-1.13x as fast as with bf16 SDPA on every length
+    (benchmarks/eager_attention.py); against eager with bf16 SDPA above the limit, the float32 kernel gained 1.07x.
+    """
+    if q.shape[2] <= EAGER_MAX_TOKENS:
+        return eager_causal_attention(q, k, v)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=True, enable_gqa=k.shape[1] < q.shape[1]
+        )
+    return out.to(torch.bfloat16)
 
 
 class Attention(nn.Module):
@@ -133,8 +150,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H_kv, G, hd)
             return self.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
         is_causal = attn_mask is None and t > 1  # DecoderLM passes an explicit mask whenever a cache prefix exists
-        if is_causal and t <= EAGER_MAX_TOKENS and q.device.type == "cpu" and _compute_dtype(q) == torch.bfloat16:
-            out = eager_causal_attention(q, k, v)  # (B, H, T, hd)
+        if is_causal and q.device.type == "cpu" and _compute_dtype(q) == torch.bfloat16:
+            out = cpu_bf16_causal_attention(q, k, v)  # (B, H, T, hd)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.groups > 1
