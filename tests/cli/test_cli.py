@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import vlbridge
-from vlbridge.cli.main import main
+from vlbridge.cli.main import EXIT_BROKEN_PIPE, main
 
 
 def test_info_reports_parameters_tokens_and_context(clip_llava_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -91,3 +94,18 @@ def test_data_synth_takes_the_writers_flags_and_replaces_only_with_overwrite(
     instruct = json.loads((tmp_path / "d/instruct.json").read_text())
     questions = [r for r in instruct if not r["id"].endswith("_caption")]
     assert {len(r["conversations"]) for r in questions} == {4}  # two question turns per image
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly() -> None:
+    """`vlbridge chat ... | head -c 10`: the reader leaves first; no traceback, the shell's SIGPIPE status."""
+    sample = Path(vlbridge.__file__).parent / "assets" / "default" / "sample.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlbridge", "chat", "--image", str(sample), "Describe the image briefly."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    proc.stdout.close()  # before the first word is written: every write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

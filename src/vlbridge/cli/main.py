@@ -13,6 +13,7 @@ vlbridge tokens --context 4096
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,14 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141
+"""What a shell reports for a Unix tool stopped by SIGPIPE (128 + 13): its reader went away (`vlbridge chat | head`)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one clear line and exit with status 2."""
+    """Run the CLI; user errors print one clear line and exit with status 2; a closed output pipe ends it quietly."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except VlbridgeError as err:
         print(f"vlbridge: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Python's documented recipe: stdout now points nowhere, so the flush at exit cannot raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
