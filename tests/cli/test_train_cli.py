@@ -111,13 +111,14 @@ def test_every_stage_end_to_end_then_load_and_generate(cli, tmp_path) -> None:
         {**clip, "batch_size": 8, "max_length": 64},
         {**regions, "data_format": "regions", "bf16": True},
         align_stage(save_every=2),
+        stage("drills", "causal_lm", "drills.json", {"language_model": "full"}, {"language_model": 1e-3}),
         instruct_stage(lora=True, max_length=200, grad_checkpointing=True, bf16=True, group_by_length=True),
     ]
-    data = {"root": str(tmp_path / "data"), "synth": {"n": 24, "seed": 0, "image_size": 48}}
+    data = {"root": str(tmp_path / "data"), "synth": {"n": 24, "seed": 0, "image_size": 48, "drills": 8}}
     config = write_recipe(tmp_path / "r.yaml", {**recipe(tmp_path / "run", tmp_path, None, stages), "data": data})
     assert cli(["train", "--config", str(config)]) == 0
     run = tmp_path / "run"
-    for name in ("text", "clip", "regions", "align", "instruct"):
+    for name in ("text", "clip", "regions", "align", "drills", "instruct"):
         assert (run / name / "done.json").is_file() and (run / name / "loss.png").is_file()
         assert (run / name / "model" / "model.safetensors").is_file()
     assert (run / "instruct" / "adapter" / "adapter_model.safetensors").is_file()

@@ -364,11 +364,13 @@ def test_varied_names_still_pick_out_one_object_and_join_size_to_an_attribute() 
 def test_drills_are_text_only_relation_conversations_between_regions(tmp_path: Path) -> None:
     synthesize(tmp_path / "plain", n=20, seed=1)
     synthesize(tmp_path / "drilled", n=20, seed=1, drills=30)
-    plain = json.loads((tmp_path / "plain" / "instruct.json").read_text())
-    drilled = json.loads((tmp_path / "drilled" / "instruct.json").read_text())
-    assert drilled[: len(plain)] == plain and len(drilled) == len(plain) + 30
+    plain = tmp_path / "plain"
+    drilled = json.loads((tmp_path / "drilled" / "drills.json").read_text())
+    assert not (plain / "drills.json").exists() and len(drilled) == 30
+    for name in ("instruct.json", "captions.json"):  # the drills are a file of their own; the rest is unchanged
+        assert (plain / name).read_bytes() == (tmp_path / "drilled" / name).read_bytes()
     answers = Counter()
-    for record in drilled[len(plain) :]:
+    for record in drilled:
         assert "image" not in record and record["id"].startswith("drill_")
         turns = record["conversations"]
         assert len(turns) == 8

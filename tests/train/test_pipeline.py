@@ -50,8 +50,8 @@ def test_run_renders_data_trains_a_tokenizer_and_writes_every_output(tmp_path: P
     run = train(recipe_from_dict(spec))
     assert (tmp_path / "data" / "captions.json").is_file()  # rendered because the root was empty
     instruct = json.loads((tmp_path / "data" / "instruct.json").read_text())
-    questions = [t["value"] for r in instruct for t in r["conversations"] if not r["id"].startswith("drill_")]
-    assert sum(r["id"].startswith("drill_") for r in instruct) == 2
+    questions = [t["value"] for r in instruct for t in r["conversations"]]
+    assert len(json.loads((tmp_path / "data" / "drills.json").read_text())) == 2
     assert (
         sum("Is the object in the " in q for q in questions) >= 5
     )  # the recipe's focus, spatial and drills reach the writer

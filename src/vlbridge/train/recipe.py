@@ -49,7 +49,7 @@ class SynthRecipe:
     turns: list[int] = field(default_factory=lambda: [2, 5])  # question turns per training image: lowest, highest
     focus: list[str] = field(default_factory=list)  # question types each training image gets one more turn of
     spatial: float = 0.0  # chance a training relation / multiple-choice question names an object by its region
-    drills: int = 0  # text-only conversations of relation questions between regions named by place, in instruct
+    drills: int = 0  # text-only relation questions between regions named by place, in drills.json (a stage's data)
     varied_names: float = 0.0  # chance a caption names an object without its colour or shape, as questions do
 
 

@@ -258,8 +258,9 @@ def synthesize(
     of (a type twice: two more), for the types that need the most examples; `spatial` is the chance that a training
     relation or multiple-choice question names an object by its region (`tasks.propose`). Held-out questions are
     the same whatever `focus` and `spatial` are. `drills` text-only conversations of relation questions between
-    regions named by place go into `instruct.json` too (`drill`): comparing two regions is a step the language model
-    learns from these in a few hundred steps, and not at all from image questions among the other types.
+    regions named by place (`drill`) go to `drills.json`, for a stage of their own before instruction tuning:
+    comparing two regions is a step the language model learns from these in a hundred steps, and in most runs not
+    at all from image questions among the other types.
     `varied_names` is the chance a caption names an object without its colour or its shape (`tasks.caption`).
     """
     if image_size < 48:
@@ -294,7 +295,6 @@ def synthesize(
         scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
         train_items += [(scene, qa) for qa in qas]
         seen.add(scene.signature())
-    instruct += [drill(index, seed) for index in range(drills)]
     stats: dict[str, Any] = {"seed": seed, "image_size": image_size, "images": sizes}
     stats["splits"] = {"train": _answer_stats(train_items)}
     for split in ("val", "test"):
@@ -303,6 +303,8 @@ def synthesize(
     _render_all(renders, image_size)
     _write_json(out / "captions.json", captions)
     _write_json(out / "instruct.json", instruct)
+    if drills:
+        _write_json(out / "drills.json", [drill(index, seed) for index in range(drills)])
     _write_jsonl(out / "regions.jsonl", regions)
     _write_jsonl(out / "scenes.jsonl", scene_rows)
     _write_json(out / "stats.json", stats)
@@ -325,7 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spatial", type=float, default=0.0, help="chance a training relation/choice question names objects by region"
     )
-    parser.add_argument("--drills", type=int, default=0, help="text-only relation conversations added to instruct")
+    parser.add_argument("--drills", type=int, default=0, help="text-only relation conversations (drills.json)")
     parser.add_argument(
         "--varied-names", type=float, default=0.0, help="chance a caption names an object without its colour or shape"
     )
