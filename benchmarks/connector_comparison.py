@@ -28,8 +28,8 @@ import matplotlib.pyplot as plt
 
 import vlbridge
 from vlbridge.atomic import write_text
-from vlbridge.eval.flops import analyze
-from vlbridge.eval.profiler import measure_prefill
+from vlbridge.bench.flops import analyze
+from vlbridge.bench.profiler import measure_prefill
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks.synthetic import SyntheticTask
 from vlbridge.train import load_recipe, train

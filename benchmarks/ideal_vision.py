@@ -32,9 +32,9 @@ from vlbridge.data.llava_json import Record
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, SHAPES, SIZES, WORDS, Scene, derive_seed
 from vlbridge.data.synthetic.tasks import TYPES, conversation, sample_item, stratified_answer
 from vlbridge.data.synthetic.writer import train_item
+from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.lm.tokenizer_train import train_tokenizer
 from vlbridge.model.build import processor_for
-from vlbridge.model.vlm import IGNORE_INDEX
 from vlbridge.train.pipeline import initial_model
 from vlbridge.train.recipe import load_recipe
 

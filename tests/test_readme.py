@@ -39,7 +39,7 @@ def test_main_job_prints_the_readmes_expected_output(monkeypatch: pytest.MonkeyP
 
 
 def test_shipped_default_fits_the_package_and_the_readme_quotes_its_stored_scores() -> None:
-    from vlbridge.model.embedded import SCORES, sample_image
+    from vlbridge.cli.ship import SCORES, sample_image
     from vlbridge.model.io import default_model_dir
 
     assert sum(f.stat().st_size for f in default_model_dir().iterdir()) <= 20 * 2**20

@@ -180,7 +180,7 @@ def test_closed_gates_still_get_gradients() -> None:
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model = _model(gate=0.4, attend_previous_only=False, resampler="none")
-    io.save_pretrained(model, tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt")
     config, rules = io.read_config(tmp_path / "ckpt")
     assert config.connector.options == {**SMALL, "attend_previous_only": False, "resampler": "none"}
     torch.manual_seed(123)

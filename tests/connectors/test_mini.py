@@ -13,9 +13,10 @@ from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config, tiny_vlm
 from vlbridge.config import ConnectorConfig, ModelConfig
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mini import grid_positions, sincos_2d
+from vlbridge.connectors.splice import image_token_mask, splice
 from vlbridge.errors import ConfigError, PlaceholderError
-from vlbridge.model.splice import image_token_mask, splice
-from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
+from vlbridge.lm.loss import IGNORE_INDEX
+from vlbridge.model.vlm import VisionLanguageModel
 
 IMAGE = IMAGE_TOKEN
 SIDE = 32  # 32 px images, 8 px patches: a 4 x 4 patch grid

@@ -18,7 +18,6 @@ from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLayer
 from vlbridge.lm.tokenizer_train import train_tokenizer
 from vlbridge.model.build import processor_for
-from vlbridge.model.io import save_pretrained
 from vlbridge.model.vlm import VisionLanguageModel
 
 CONTEXT = ConnectorContext(
@@ -125,7 +124,7 @@ def test_save_load_round_trip_gives_equal_logits(tmp_path: Path) -> None:
     tokenizer = train_tokenizer(texts, vocab_size=300)
     model = _tiny_vlm(tokenizer.vocab_size, tokenizer.token_to_id("<image>")).eval()
     model.processor = processor_for(model, tokenizer)
-    save_pretrained(model, tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt")
     again, processor = vlbridge.load(str(tmp_path / "ckpt"))
     assert isinstance(again.connector, QFormerConnector) and again.connector.settings == model.connector.settings
     assert again.config == model.config

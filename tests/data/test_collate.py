@@ -16,16 +16,17 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
-from vlbridge.data import templates
 from vlbridge.data.collate import SupervisedDataset, collate
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava, parse_record
 from vlbridge.data.synthetic import synthesize
 from vlbridge.errors import ConfigError, DataError, ModalityError, PlaceholderError
+from vlbridge.lm import templates
+from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.lm.tokenizer_train import train_tokenizer
 from vlbridge.model.build import processor_for
 from vlbridge.model.processor import Processor
-from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
+from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision.processor import ImageProcessor
 
 SIDE = 32  # 32x32 images, 16-pixel patches: 4 patches, 4 visual tokens with the mlp connector

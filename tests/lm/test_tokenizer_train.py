@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vlbridge.data import templates
 from vlbridge.errors import ConfigError, DataError
+from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.lm.tokenizer_train import chat_template_jinja, template_markers, train_tokenizer
 

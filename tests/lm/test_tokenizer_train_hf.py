@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from vlbridge.data import templates
+from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.lm.tokenizer_train import train_tokenizer
 

@@ -8,9 +8,10 @@ import torch
 from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mlp import MLPConnector
+from vlbridge.connectors.splice import splice
 from vlbridge.errors import ModalityError, PlaceholderError
-from vlbridge.model.splice import splice
-from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
+from vlbridge.lm.loss import IGNORE_INDEX
+from vlbridge.model.vlm import VisionLanguageModel
 
 
 def _prompt(model: VisionLanguageModel, n_images: int) -> torch.Tensor:

@@ -10,9 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from vlbridge.bench.flops import PAPER_TEXT_TOKENS, PRESETS
+from vlbridge.bench.profiler import format_report, profile, write_report
 from vlbridge.errors import ConfigError
-from vlbridge.eval.flops import PAPER_TEXT_TOKENS, PRESETS
-from vlbridge.eval.profiler import format_report, profile, write_report
 
 
 def add_parser(sub: Any) -> None:

@@ -8,6 +8,7 @@ vlbridge eval --model PATH --data DIR | --task llava|vqav2|gqa|mmbench ...
 vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE
 vlbridge bench profile [MODEL ...] [--measure]
 vlbridge tokens --context 4096
+vlbridge ship RUN_DIR --data DIR [--dest DIR]
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import bench, chat, data, evaluate, info, tokens, train
+from vlbridge.cli import bench, chat, data, evaluate, info, ship, tokens, train
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens)
+SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship)
 
 
 def build_parser() -> argparse.ArgumentParser:

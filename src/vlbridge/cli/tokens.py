@@ -17,8 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlbridge.errors import ConfigError
-from vlbridge.eval.token_budget import (
+from vlbridge.bench.token_budget import (
     CLIP_L_336,
     DEFAULT_MINI_GRIDS,
     KV_DTYPE_BYTES,
@@ -31,6 +30,7 @@ from vlbridge.eval.token_budget import (
     model_row,
     vision_patches,
 )
+from vlbridge.errors import ConfigError
 
 
 def add_parser(sub: Any) -> None:

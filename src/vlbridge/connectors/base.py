@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from vlbridge.config import ConnectorConfig, LMConfig
+from vlbridge.connectors.splice import splice
 from vlbridge.errors import ConfigError
-from vlbridge.model.splice import splice
 from vlbridge.registry import Registry
 
 if TYPE_CHECKING:

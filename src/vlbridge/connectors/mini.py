@@ -30,11 +30,11 @@ from torch.nn import functional as F
 from vlbridge.config import ConnectorConfig, LMConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, check_options
 from vlbridge.connectors.mlp import MLPConnector
+from vlbridge.connectors.splice import rows_of_images, splice
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLM, init_weights, padding_mask
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.rope import RotaryEmbedding
-from vlbridge.model.splice import rows_of_images, splice
 
 DEFAULT_OPTIONS = {"grid": 1, "prefusion_layers": 4, "prefusion_init": "lm"}
 

@@ -26,11 +26,11 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from vlbridge.data import templates
 from vlbridge.data.llava_json import Record
 from vlbridge.errors import ConfigError, DataError, ImageError, ModalityError
+from vlbridge.lm import templates
+from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.model.processor import Processor
-from vlbridge.model.vlm import IGNORE_INDEX
 
 PADDING_SIDES = ("left", "right")
 

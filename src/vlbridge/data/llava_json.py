@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from vlbridge.data.templates import IMAGE_PLACEHOLDER
 from vlbridge.errors import DataError
+from vlbridge.lm.templates import IMAGE_PLACEHOLDER
 
 R = TypeVar("R")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")

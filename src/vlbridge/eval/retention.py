@@ -17,8 +17,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from vlbridge.errors import ConfigError, DataError, VlbridgeError
+from vlbridge.bench.measure import run_isolated, status_kib
+from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import exact_match
 
 DEFAULT_TOLERANCE = 0.03
@@ -158,30 +157,19 @@ class LoadMemory:
     param_mb: float
 
 
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise VlbridgeError(f"/proc/self/status has no {key}; memory is measured on Linux only")
-
-
-def probe_main(argv: Sequence[str]) -> None:
-    """Subprocess entry: load PATH (vision "1"/"0", torch dtype name) and print its LoadMemory as JSON."""
+def load_memory(arguments: dict[str, Any]) -> dict[str, float]:
+    """Fresh-process entry: load `path` (with `vision` or not, in torch dtype `dtype`) and return its LoadMemory."""
     from vlbridge.model.io import load_weights, read_config
     from vlbridge.model.vlm import VisionLanguageModel
 
-    path, vision, dtype = Path(argv[0]), argv[1] == "1", argv[2]
-    before = _status_mb("VmRSS")
+    path = Path(arguments["path"])
+    before = status_kib("VmRSS")
     config, rules = read_config(path)
-    model = VisionLanguageModel(config, vision=vision).to(getattr(torch, dtype))
+    model = VisionLanguageModel(config, vision=arguments["vision"]).to(getattr(torch, arguments["dtype"]))
     load_weights(model, path, rules)
     gc.collect()
     params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    print(json.dumps(asdict(LoadMemory(_status_mb("VmRSS") - before, _status_mb("VmHWM"), params))))
-
-
-PROBE = "import sys; from vlbridge.eval.retention import probe_main; probe_main(sys.argv[1:])"
+    return asdict(LoadMemory((status_kib("VmRSS") - before) / 1024, status_kib("VmHWM") / 1024, params))
 
 
 def deployment_memory(path: str | Path, dtype: str = "float32") -> dict[str, LoadMemory]:
@@ -189,22 +177,15 @@ def deployment_memory(path: str | Path, dtype: str = "float32") -> dict[str, Loa
     process (run side by side), so nothing one load allocated is counted in the other."""
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype {dtype!r} is not measured; use float32, bfloat16 or float16")
-    runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", PROBE, str(path), flag, dtype],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, flag in (("full", "1"), ("text_only", "0"))
-    }
-    out = {}
-    for name, process in runs.items():
-        stdout, stderr = process.communicate()
-        if process.returncode != 0:
-            raise VlbridgeError(f"measuring the {name} load of {path} failed: {stderr.strip().splitlines()[-1:]}")
-        out[name] = LoadMemory(**json.loads(stdout.strip().splitlines()[-1]))
-    return out
+    loads = {"full": True, "text_only": False}
+    arguments = {"path": str(path), "dtype": dtype}
+    results = run_isolated(
+        {
+            name: ("vlbridge.eval.retention:load_memory", {**arguments, "vision": vision})
+            for name, vision in loads.items()
+        }
+    )
+    return {name: LoadMemory(**result) for name, result in results.items()}
 
 
 def memory_saving(memory: dict[str, LoadMemory]) -> dict[str, float]:

@@ -268,7 +268,7 @@ class Tokenizer:
         if isinstance(template, dict):
             template = template.get("default")
         if not template:
-            from vlbridge.data.templates import available
+            from vlbridge.lm.templates import available
 
             raise ConfigError(
                 "this tokenizer has no chat template; choose a built-in template "

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 
-from vlbridge.data import templates
 from vlbridge.errors import ConfigError
+from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"

@@ -1,4 +1,4 @@
-"""Saving and loading models: vlbridge's own format and the HF llava layout, with strict keys.
+"""Loading models: vlbridge's own format (written by `model/save.py`) and the HF llava layout, with strict keys.
 
 A checkpoint directory is self-contained: config.json (every choice), model.safetensors (or HF shards with
 model.safetensors.index.json), and the processor's tokenizer/preprocessor files. `vision=False` reads no vision
@@ -13,43 +13,21 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from vlbridge.atomic import atomic_path, write_text
-from vlbridge.config import ModelConfig, from_dict, to_dict
+from vlbridge.config import ModelConfig, from_dict
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
+from vlbridge.model.build import build_processor
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
+from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, WEIGHTS_INDEX, tied_keys
 from vlbridge.model.vlm import VisionLanguageModel
 
-FORMAT = "vlbridge"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 VISION_PREFIXES = ("vision_encoder.", "connector.")
 
 
 def default_model_dir() -> Path:
     """Where the embedded default model ships inside the package."""
     return Path(__file__).resolve().parent.parent / "assets" / "default"
-
-
-def _tied_keys(model: VisionLanguageModel) -> set[str]:
-    return {"language_model.lm_head.weight"} if model.config.language_model.tie_word_embeddings else set()
-
-
-def save_pretrained(model: VisionLanguageModel, path: str | Path) -> None:
-    """Write config.json, model.safetensors and the attached processor's files, each atomically."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tied = _tied_keys(model)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
-    with atomic_path(path / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": to_dict(model.config)}
-    write_text(path / "config.json", json.dumps(meta, indent=2) + "\n")
-    if model.processor is not None:
-        model.processor.save_pretrained(path)
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -111,7 +89,7 @@ def load_weights(
     index = index_weights(path, rules)
     if not model.has_vision:
         index = {k: v for k, v in index.items() if not k.startswith(VISION_PREFIXES)}
-    tied = _tied_keys(model)
+    tied = tied_keys(model.config)
     params = {k: v for k, v in model.state_dict().items() if k not in tied}
     expected = {k for k in params if not k.startswith(fresh)} if fresh else set(params)
     missing = sorted(expected - set(index))
@@ -145,8 +123,6 @@ def load(
     path: str | Path | None = None, vision: bool = True, device: str | torch.device = "cpu", dtype: Any = None
 ) -> tuple[VisionLanguageModel, Any]:
     """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default."""
-    from vlbridge.model.build import build_processor
-
     if path is None:
         path = default_model_dir()
         if not (path / "config.json").is_file():

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from vlbridge.atomic import write_text
-from vlbridge.data import templates
 from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError
+from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.vision.processor import ImageProcessor, ImageSource
 

@@ -8,30 +8,29 @@ LLaVA-Mini's also rewrites the text by modality pre-fusion, and fuses each gener
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
 from vlbridge.connectors.base import FusionCache
-from vlbridge.data.templates import TEMPLATES
+from vlbridge.connectors.splice import image_token_mask
 from vlbridge.errors import ModalityError
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
+from vlbridge.lm.loss import causal_lm_loss
+from vlbridge.lm.templates import TEMPLATES
 from vlbridge.model.generate import GenerationConfig, Generator
-from vlbridge.model.splice import image_token_mask
+from vlbridge.model.save import save_checkpoint
 from vlbridge.vision.vit import ViT
 
 if TYPE_CHECKING:
     from vlbridge.model.processor import Processor
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -40,22 +39,6 @@ class VLMOutput:
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-
-
-def causal_lm_loss(
-    outputs: torch.Tensor, labels: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> torch.Tensor:
-    """Mean cross-entropy of position t predicting label t+1; IGNORE_INDEX (-100) labels are skipped.
-
-    `outputs` are logits (B, T, V), or final hidden states (B, T, D) with the LM `head`, which then runs on the
-    supervised positions only: training skips the (B, T, V) logits of every prompt and image position (94% of
-    the positions of instruction batches in benchmarks/supervised_logits.py: 1.06-1.08x the training steps per second).
-    """
-    targets = labels[:, 1:].to(outputs.device)  # (B, T-1)
-    supervised = targets != IGNORE_INDEX
-    picked = outputs[:, :-1][supervised]  # (N, V) or (N, D)
-    logits = picked if head is None else head(picked)
-    return F.cross_entropy(logits.float(), targets[supervised])
 
 
 class VisionLanguageModel(nn.Module):
@@ -223,9 +206,7 @@ class VisionLanguageModel(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config, weights (safetensors) and, if attached, the processor's files; atomically per file."""
-        from vlbridge.model.io import save_pretrained
-
-        save_pretrained(self, path)
+        save_checkpoint(path, self.state_dict(), self.config, self.processor)
 
 
 class _VisionStep:

@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 
 from vlbridge.data.regions import UNLABELLED, RegionDataset, RegionVocab
 from vlbridge.errors import ConfigError
-from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel, causal_lm_loss
+from vlbridge.lm.loss import IGNORE_INDEX, causal_lm_loss
+from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.registry import Registry
 
 Batch = dict[str, torch.Tensor]

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from vlbridge.connectors.qformer import CLS, DEC, QFormerConnector
 from vlbridge.errors import ConfigError, DataError
-from vlbridge.model.vlm import IGNORE_INDEX, VisionLanguageModel
+from vlbridge.lm.loss import IGNORE_INDEX
+from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.objectives import OBJECTIVES, Batch, Objective, ObjectiveOutput
 
 MODES = ("unimodal", "bidirectional", "causal")

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from vlbridge.data import templates
-from vlbridge.data.templates import available, render, render_segments
 from vlbridge.errors import ConfigError, DataError
+from vlbridge.lm import templates
+from vlbridge.lm.templates import available, render, render_segments
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "

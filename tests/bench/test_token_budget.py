@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vlbridge.config import ConnectorConfig, LMConfig
-from vlbridge.connectors import ConnectorContext, available
-from vlbridge.connectors.mlp import MLPConnector
-from vlbridge.errors import ConfigError
-from vlbridge.eval import token_budget
-from vlbridge.eval.token_budget import (
+from vlbridge.bench import token_budget
+from vlbridge.bench.token_budget import (
     CLIP_L_336,
     LM_PRESETS,
     Design,
@@ -25,6 +21,10 @@ from vlbridge.eval.token_budget import (
     model_row,
     vision_patches,
 )
+from vlbridge.config import ConnectorConfig, LMConfig
+from vlbridge.connectors import ConnectorContext, available
+from vlbridge.connectors.mlp import MLPConnector
+from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLayer, DecoderLM
 from vlbridge.model.io import read_config
 

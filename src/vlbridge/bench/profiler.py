@@ -15,10 +15,7 @@ cannot hide the growth; at tiny sizes the figure is allocator noise of a few pag
 from __future__ import annotations
 
 import json
-import re
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,9 +25,7 @@ from typing import Any
 import torch
 
 from vlbridge.atomic import atomic_path, write_text
-from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
-from vlbridge.errors import CheckpointError, ConfigError, VlbridgeError
-from vlbridge.eval.flops import (
+from vlbridge.bench.flops import (
     PAPER_TEXT_TOKENS,
     PARTS,
     PRESETS,
@@ -39,6 +34,9 @@ from vlbridge.eval.flops import (
     paper_comparison,
     resolve_dtype,
 )
+from vlbridge.bench.measure import run_isolated, status_kib
+from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.vlm import VisionLanguageModel
 
 
@@ -141,14 +139,6 @@ def prompt_inputs(model: VisionLanguageModel, text_tokens: int, seed: int = 0) -
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
 
-def _status_kib(field_name: str) -> int:
-    """A memory field of /proc/self/status in KiB."""
-    text = Path("/proc/self/status").read_text()
-    match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
-    assert match, f"/proc/self/status has no {field_name}"
-    return int(match.group(1))
-
-
 def _peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[int | None, str]:
     """Run `fn` once and return (bytes it added at its peak, how that was measured)."""
     if device.type == "cuda":
@@ -160,12 +150,12 @@ def _peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[int | 
         return torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated growth"
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-        before = _status_kib("VmRSS")
+        before = status_kib("VmRSS")
     except OSError as err:
         fn()
         return None, f"unavailable: the VmHWM reset failed ({err})"
     fn()
-    return (_status_kib("VmHWM") - before) * 1024, "resident-set high-water mark growth (VmHWM after clear_refs)"
+    return (status_kib("VmHWM") - before) * 1024, "resident-set high-water mark growth (VmHWM after clear_refs)"
 
 
 def measure_prefill(
@@ -222,22 +212,18 @@ def measure(
         "random_weights": random_weights,
     }
     if not isolate:
-        return _measure_spec(spec)
-    done = subprocess.run(
-        [sys.executable, "-m", "vlbridge.eval.profiler", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise VlbridgeError(f"measuring {source.name} failed in its subprocess:\n{done.stderr.strip()[-2000:]}")
-    return Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+        return Measurement(**measure_spec(spec))
+    result = run_isolated({source.name: ("vlbridge.bench.profiler:measure_spec", spec)})[source.name]
+    return Measurement(**result)
 
 
-def _measure_spec(spec: dict[str, Any]) -> Measurement:
-    """measure() with its arguments as plain data (shared by the in-process and subprocess paths)."""
+def measure_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """measure() with its arguments and result as plain data (shared by the in-process and fresh-process paths)."""
     source = ModelSource(spec["name"], from_dict(ModelConfig, spec["config"]), spec["checkpoint"])
     random_weights = spec["random_weights"] or source.checkpoint is None
     model = build_model(source, spec["device"], spec["dtype"], random_weights)
     weights = "random" if random_weights else "checkpoint"
-    return measure_prefill(model, spec["text_tokens"], spec["repeats"], spec["warmup"], weights)
+    return asdict(measure_prefill(model, spec["text_tokens"], spec["repeats"], spec["warmup"], weights))
 
 
 def profile(
@@ -357,7 +343,3 @@ def write_report(report: ProfileReport, out_dir: str | Path) -> dict[str, Path]:
     write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
     plot(report, paths["plot"])
     return paths
-
-
-if __name__ == "__main__":  # the isolated measurement: python -m vlbridge.eval.profiler '<spec JSON>'
-    print(json.dumps(asdict(_measure_spec(json.loads(sys.argv[1])))))

@@ -11,12 +11,8 @@ import yaml
 from torch import nn
 
 from tiny_vlm import PROFILE_TINY
-from vlbridge.config import ConnectorConfig, ModelConfig, from_dict
-from vlbridge.connectors import CONNECTORS, available
-from vlbridge.connectors.mlp import MLPConnector
-from vlbridge.errors import CheckpointError, ConfigError
-from vlbridge.eval.flops import PAPER_TEXT_TOKENS, PRESETS, FlopsProfile, analyze
-from vlbridge.eval.profiler import (
+from vlbridge.bench.flops import PAPER_TEXT_TOKENS, PRESETS, FlopsProfile, analyze
+from vlbridge.bench.profiler import (
     ModelSource,
     ProfileReport,
     _peak_memory,
@@ -25,7 +21,11 @@ from vlbridge.eval.profiler import (
     resolve_model,
     write_report,
 )
-from vlbridge.eval.token_budget import kv_bytes
+from vlbridge.bench.token_budget import kv_bytes
+from vlbridge.config import ConnectorConfig, ModelConfig, from_dict
+from vlbridge.connectors import CONNECTORS, available
+from vlbridge.connectors.mlp import MLPConnector
+from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.vlm import VisionLanguageModel
 
 TINY_CONFIG = from_dict(ModelConfig, PROFILE_TINY)

@@ -10,10 +10,11 @@ from PIL import Image
 from safetensors import safe_open
 
 import vlbridge
+from vlbridge.cli.main import main
+from vlbridge.cli.ship import SAMPLE, SAMPLE_SEED, SCORES
 from vlbridge.data.synthetic import render_scene, sample_scene, synthesize
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks.synthetic import SyntheticTask
-from vlbridge.model.embedded import SAMPLE, SAMPLE_SEED, SCORES, main
 
 
 def test_ship_stores_bf16_weights_the_sample_and_the_scores_of_what_is_stored(
@@ -21,7 +22,7 @@ def test_ship_stores_bf16_weights_the_sample_and_the_scores_of_what_is_stored(
 ) -> None:
     data, dest = tmp_path / "data", tmp_path / "default"
     synthesize(data, n=40, seed=1, image_size=48)
-    assert main([str(clip_llava_dir), "--data", str(data), "--dest", str(dest)]) == 0
+    assert main(["ship", str(clip_llava_dir), "--data", str(data), "--dest", str(dest)]) == 0
     assert "overall" in capsys.readouterr().out
     with safe_open(str(dest / "model.safetensors"), framework="pt") as handle:
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}  # noqa: SIM118

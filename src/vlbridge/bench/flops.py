@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlbridge.bench.token_budget import CLIP_L_336, LM_PRESETS, kv_bytes
 from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
 from vlbridge.connectors import CONNECTORS
 from vlbridge.errors import ConfigError
-from vlbridge.eval.token_budget import CLIP_L_336, LM_PRESETS, kv_bytes
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision.vit import ViT
