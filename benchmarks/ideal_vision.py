@@ -34,7 +34,7 @@ from vlbridge.data.synthetic.tasks import TYPES, conversation, sample_item, stra
 from vlbridge.data.synthetic.writer import train_item
 from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.lm.tokenizer_train import train_tokenizer
-from vlbridge.model.build import processor_for
+from vlbridge.model.processor import processor_for
 from vlbridge.train.pipeline import initial_model
 from vlbridge.train.recipe import load_recipe
 

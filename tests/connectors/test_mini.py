@@ -230,7 +230,7 @@ def test_save_and_load_round_trip_gives_equal_logits(tmp_path: Path) -> None:
     from PIL import Image
 
     from vlbridge.lm.tokenizer_train import train_tokenizer
-    from vlbridge.model.build import processor_for
+    from vlbridge.model.processor import processor_for
 
     tokenizer = train_tokenizer(["a red circle left of a blue square", "what colour is it? red"] * 4, 300)
     torch.manual_seed(0)

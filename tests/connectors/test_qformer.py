@@ -17,7 +17,7 @@ from vlbridge.connectors.qformer import QFormerConnector
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLayer
 from vlbridge.lm.tokenizer_train import train_tokenizer
-from vlbridge.model.build import processor_for
+from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 
 CONTEXT = ConnectorContext(

@@ -24,8 +24,7 @@ from vlbridge.lm import templates
 from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.lm.tokenizer_train import train_tokenizer
-from vlbridge.model.build import processor_for
-from vlbridge.model.processor import Processor
+from vlbridge.model.processor import Processor, processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision.processor import ImageProcessor
 

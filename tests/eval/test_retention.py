@@ -24,7 +24,7 @@ from vlbridge.eval.retention import (
     within,
 )
 from vlbridge.lm.tokenizer_train import train_tokenizer
-from vlbridge.model.build import processor_for
+from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision.vit import ViT
 

@@ -158,3 +158,32 @@ def test_text_llm_checkpoint_loads_text_only(tmp_path: Path) -> None:
     ids = proc(text="a red circle", return_tensors="pt")
     with torch.no_grad():
         assert (model(**ids).logits - hf(**ids).logits).abs().max() <= 1e-4
+
+
+def test_a_model_built_from_its_config_saves_and_loads_like_a_loaded_one(clip_llava_dir: Path, tmp_path: Path) -> None:
+    from vlbridge.lm.tokenizer import Tokenizer
+    from vlbridge.model.io import read_config
+    from vlbridge.model.vlm import VisionLanguageModel
+
+    config, _ = read_config(clip_llava_dir)
+    torch.manual_seed(0)
+    built = VisionLanguageModel(config, tokenizer=Tokenizer.from_dir(clip_llava_dir)).eval()
+    built.save_pretrained(tmp_path / "built")
+    loaded, proc = vlbridge.load(tmp_path / "built")
+    inputs = _inputs(built.processor)
+    assert torch.equal(inputs["input_ids"], _inputs(proc)["input_ids"])
+    assert built.generation_config() == loaded.generation_config()
+    with torch.no_grad():
+        assert torch.equal(built(**inputs).logits, loaded(**inputs).logits)
+        assert torch.equal(built.generate(**inputs, max_new_tokens=5), loaded.generate(**inputs, max_new_tokens=5))
+
+
+def test_a_model_saved_without_a_tokenizer_names_what_is_missing(clip_llava_dir: Path, tmp_path: Path) -> None:
+    from vlbridge.model.io import read_config
+    from vlbridge.model.vlm import VisionLanguageModel
+
+    config, _ = read_config(clip_llava_dir)
+    VisionLanguageModel(config).save_pretrained(tmp_path / "bare")
+    assert (tmp_path / "bare" / "model.safetensors").is_file()
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json is missing"):
+        vlbridge.load(tmp_path / "bare")

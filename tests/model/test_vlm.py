@@ -9,7 +9,7 @@ from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.connectors.splice import splice
-from vlbridge.errors import ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ModalityError, PlaceholderError
 from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.model.vlm import VisionLanguageModel
 
@@ -164,7 +164,11 @@ def test_generation_ends_at_a_plain_text_end_of_turn(template: str, new_tokens: 
     torch.manual_seed(0)
     model = VisionLanguageModel(tiny_config(template=template)).eval()
     ids, pixels = _prompt(model, 1), torch.randn(1, 3, 16, 16)
-    assert model.generation_config().stop_strings == ()  # no processor, so no text to stop on
+    stop = () if template == "chatml" else ("\n",)
+    assert model.generation_config().stop_strings == stop  # from the config, whether a processor is attached or not
+    if stop:
+        with pytest.raises(ConfigError, match="need the model's tokenizer"):
+            model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
     model.processor = _NewlineDecoder()
     out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
     assert out.shape[1] - ids.shape[1] == new_tokens

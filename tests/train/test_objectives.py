@@ -14,7 +14,7 @@ from vlbridge.data.datasets import ImageTextDataset, collate_image_text
 from vlbridge.data.llava_json import load_llava
 from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
-from vlbridge.model.build import processor_for
+from vlbridge.model.processor import processor_for
 from vlbridge.train.objectives import (
     CausalLMObjective,
     ContrastiveObjective,

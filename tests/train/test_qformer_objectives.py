@@ -15,7 +15,7 @@ from vlbridge.config import ModelConfig, from_dict
 from vlbridge.data.datasets import ImageTextDataset, collate_image_text
 from vlbridge.data.llava_json import load_llava
 from vlbridge.errors import ConfigError, DataError
-from vlbridge.model.build import processor_for
+from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.objectives import TrainStep, build_objective
 from vlbridge.train.pipeline import fit_config, train

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from vlbridge.config import ModelConfig, from_dict
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
-from vlbridge.model.build import build_processor
+from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, WEIGHTS_INDEX, tied_keys
 from vlbridge.model.vlm import VisionLanguageModel
@@ -136,10 +136,11 @@ def load(
     if not path.is_dir():
         raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
     config, rules = read_config(path)
-    model = VisionLanguageModel(config, vision=vision).to(dtype=_resolve_dtype(dtype))
+    model = VisionLanguageModel(config, vision=vision, tokenizer=Tokenizer.from_dir(path)).to(
+        dtype=_resolve_dtype(dtype)
+    )
     load_weights(model, path, rules)
     model.to(device=device).eval()
-    model.processor = build_processor(model, path)
     return model, model.processor
 
 

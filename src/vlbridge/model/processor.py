@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, Pl
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.vision.processor import ImageProcessor, ImageSource
+
+if TYPE_CHECKING:
+    from vlbridge.model.vlm import VisionLanguageModel
 
 TEXT_ONLY_IMAGES = ("refuse", "strip")
 
@@ -221,3 +224,18 @@ class Processor:
             family = "siglip" if config.resize_mode == "exact" else "clip"
             hf = image_processor_config_to_hf(config, family)
             write_text(path / "preprocessor_config.json", json.dumps(hf, indent=2) + "\n")
+
+
+def processor_for(model: VisionLanguageModel, tokenizer: Tokenizer) -> Processor:
+    """A Processor whose `<image>` expansion and preprocessing match `model` (text-only when it has no vision)."""
+    config = model.config
+    return Processor(
+        tokenizer,
+        ImageProcessor(config.image_processor) if model.has_vision else None,
+        image_token=config.image_token,
+        image_token_id=config.image_token_id,
+        tokens_per_image=model.tokens_per_image,
+        max_length=config.language_model.max_position_embeddings,
+        template=config.template,
+        text_only_images=config.text_only_images,
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,17 +20,16 @@ from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.splice import image_token_mask
-from vlbridge.errors import ModalityError
+from vlbridge.errors import ConfigError, ModalityError
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.loss import causal_lm_loss
 from vlbridge.lm.templates import TEMPLATES
+from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.generate import GenerationConfig, Generator
+from vlbridge.model.processor import Processor, processor_for
 from vlbridge.model.save import save_checkpoint
 from vlbridge.vision.vit import ViT
-
-if TYPE_CHECKING:
-    from vlbridge.model.processor import Processor
 
 
 @dataclass
@@ -44,7 +43,9 @@ class VLMOutput:
 class VisionLanguageModel(nn.Module):
     """Vision encoder -> connector -> visual tokens spliced at `<image>` -> Llama-family LM."""
 
-    def __init__(self, config: ModelConfig, vision: bool = True) -> None:
+    def __init__(self, config: ModelConfig, vision: bool = True, tokenizer: Tokenizer | None = None) -> None:
+        """`vision=False` builds no vision encoder or connector (a text LLM); with a `tokenizer` the model also gets
+        its processor, so it decodes its own stop strings and `save_pretrained` writes a loadable checkpoint."""
         super().__init__()
         self.config = config
         self.language_model = DecoderLM(config.language_model)
@@ -59,7 +60,7 @@ class VisionLanguageModel(nn.Module):
             )
             self.connector = build_connector(config.connector, context)
             self.connector.init_from_language_model(self.language_model)
-        self.processor: Processor | None = None  # attached by vlbridge.load so save_pretrained writes it too
+        self.processor: Processor | None = processor_for(self, tokenizer) if tokenizer is not None else None
 
     @property
     def has_vision(self) -> bool:
@@ -146,12 +147,12 @@ class VisionLanguageModel(nn.Module):
 
     def generation_config(self, **overrides: Any) -> GenerationConfig:
         """Generation settings with this model's EOS and pad ids filled in, and its template's stop text (a reply
-        that `plain` or `qa` taught to end with a newline ends there)."""
+        that `plain` or `qa` taught to end with a newline ends there), all from the model's config."""
         lm = self.config.language_model
         eos = lm.eos_token_id
         eos_ids = () if eos is None else (tuple(eos) if isinstance(eos, list) else (eos,))
         pad = lm.pad_token_id if lm.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-        stop = TEMPLATES.get(self.config.template).stop if self.config.template and self.processor else ""
+        stop = TEMPLATES.get(self.config.template).stop if self.config.template else ""
         base = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad, stop_strings=(stop,) if stop else ())
         if isinstance(overrides.get("eos_token_id"), int):
             overrides["eos_token_id"] = (overrides["eos_token_id"],)
@@ -176,12 +177,17 @@ class VisionLanguageModel(nn.Module):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device)
+        config = self.generation_config(**generation)
+        if config.stop_strings and self.processor is None:
+            raise ConfigError(
+                f"stop strings {list(config.stop_strings)} (template {self.config.template!r} ends replies with them) "
+                "need the model's tokenizer to read the generated text: build the model with "
+                "VisionLanguageModel(config, tokenizer=...), or pass stop_strings=() to generate without them"
+            )
         detokenize = self.processor.decode if self.processor is not None else None
         generator = Generator(_VisionStep(self), detokenize=detokenize)
         run = generator.generate if mode == "generate" else generator.stream
-        return run(
-            mask, self.generation_config(**generation), input_ids, input_ids=input_ids, pixel_values=pixel_values
-        )
+        return run(mask, config, input_ids, input_ids=input_ids, pixel_values=pixel_values)
 
     def generate(
         self,

@@ -35,7 +35,7 @@ from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
-from vlbridge.model.build import processor_for
+from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.checkpoint import checkpoints
 from vlbridge.train.distributed import World, init_world
