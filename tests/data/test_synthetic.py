@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFont
 
-from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize, writer
+from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, render_scene, sample_scene, synthesize, writer
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
 from vlbridge.data.synthetic.tasks import _PLURAL, QA, caption, propose, question_form, refer, stratified_answer
@@ -530,10 +530,3 @@ def test_bad_arguments_raise_typed_errors(tmp_path: Path) -> None:
         synthesize(tmp_path / "b", n=6, seed=0)
     synthesize(tmp_path / "b", n=6, seed=0, test_fraction=0.5, val_fraction=0.0, overwrite=True)
     assert len(list((tmp_path / "b/images").iterdir())) == 6
-
-
-def test_main_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--out", str(tmp_path / "d"), "--n", "12", "--seed", "2", "--image-size", "64"]) == 0
-    assert "test:" in capsys.readouterr().out
-    with Image.open(next((tmp_path / "d/images").iterdir())) as image:
-        assert image.size == (64, 64)
