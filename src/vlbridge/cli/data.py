@@ -1,11 +1,22 @@
-"""`vlbridge data synth`: render the synthetic visual world (images, captions, instructions, held-out test set)."""
+"""`vlbridge data synth`: render the synthetic visual world (images, captions, instructions, held-out test set).
+
+    vlbridge data synth --out DIR [--overwrite] [--n N] [--seed S] [--image-size PX] [--turns LOW HIGH] ...
+
+The flags after --out and --overwrite are made from `SynthOptions`' fields (the field name in kebab-case, its
+default, the help text in its metadata), so the command, the writer and a recipe's `data.synth` section take the
+same options under the same names, and an option added to the dataclass is a flag here without an edit.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from typing import Any
 
-from vlbridge.data.synthetic.writer import DEFAULT_TURNS, synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
+
+FLAG_TYPES = (int, float, str)  # what argparse's `type=` parses as given; a bool field would need a flag action
 
 
 def add_parser(sub: Any) -> None:
@@ -18,43 +29,31 @@ def add_parser(sub: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `vlbridge data synth`."""
+    """The flags of `vlbridge data synth`: the output folder, `--overwrite`, and one flag per SynthOptions field."""
     parser.add_argument("--out", required=True, help="output folder (new or empty)")
-    parser.add_argument("--n", type=int, default=5000, help="number of images over all splits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    parser.add_argument("--turns", type=int, nargs=2, default=DEFAULT_TURNS, help="question turns per training image")
-    parser.add_argument(
-        "--focus", nargs="+", default=(), metavar="TYPE", help="one more training turn of each TYPE per image"
-    )
-    parser.add_argument(
-        "--spatial", type=float, default=0.0, help="chance a training relation/choice question names objects by region"
-    )
-    parser.add_argument("--drills", type=int, default=0, help="text-only relation conversations (drills.json)")
-    parser.add_argument(
-        "--varied-names", type=float, default=0.0, help="chance a caption names an object without its colour or shape"
-    )
+    hints = typing.get_type_hints(SynthOptions)
+    for option in dataclasses.fields(SynthOptions):
+        parser.add_argument(f"--{option.name.replace('_', '-')}", **_flag(option, hints[option.name]))
+
+
+def _flag(option: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+    """argparse settings for one field: the value type (a list field: its item type, `nargs` values), the default
+    and the help text, which shows the default."""
+    default = option.default if option.default_factory is dataclasses.MISSING else option.default_factory()
+    settings: dict[str, Any] = {"default": default, "help": f"{option.metadata['help']} (default: %(default)s)"}
+    if typing.get_origin(annotation) is list:
+        (annotation,) = typing.get_args(annotation)
+        settings |= {"nargs": option.metadata.get("nargs", "+"), "metavar": option.metadata.get("metavar")}
+    if annotation not in FLAG_TYPES:
+        raise TypeError(f"SynthOptions.{option.name}: no flag for {annotation}; fields are int, float, str or lists")
+    return settings | {"type": annotation}
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and print a summary per split (questions, mean majority-answer baseline)."""
-    stats = synthesize(
-        args.out,
-        args.n,
-        args.seed,
-        args.image_size,
-        args.test_fraction,
-        args.val_fraction,
-        args.overwrite,
-        args.turns,
-        args.focus,
-        args.spatial,
-        args.drills,
-        args.varied_names,
-    )
+    options = SynthOptions(**{option.name: getattr(args, option.name) for option in dataclasses.fields(SynthOptions)})
+    stats = synthesize(args.out, options, overwrite=args.overwrite)
     print(f"wrote {stats['images']} images to {args.out} (answers and baselines per type: stats.json)")
     for split, summary in stats["splits"].items():
         baseline = summary["mean_majority_baseline"]
