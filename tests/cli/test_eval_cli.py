@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from vlbridge.cli.main import main
-from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
 
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    synthesize(root, n=60, seed=3, image_size=48)
+    synthesize(root, SynthOptions(n=60, seed=3, image_size=48))
     return root
 
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 import vlbridge
 from vlbridge.cli.main import main
 from vlbridge.cli.ship import SAMPLE, SAMPLE_SEED, SCORES
-from vlbridge.data.synthetic import render_scene, sample_scene, synthesize
+from vlbridge.data.synthetic import SynthOptions, render_scene, sample_scene, synthesize
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks.synthetic import SyntheticTask
 
@@ -21,7 +21,7 @@ def test_ship_stores_bf16_weights_the_sample_and_the_scores_of_what_is_stored(
     clip_llava_dir: Path, tmp_path: Path, capsys
 ) -> None:
     data, dest = tmp_path / "data", tmp_path / "default"
-    synthesize(data, n=40, seed=1, image_size=48)
+    synthesize(data, SynthOptions(n=40, seed=1, image_size=48))
     assert main(["ship", str(clip_llava_dir), "--data", str(data), "--dest", str(dest)]) == 0
     assert "overall" in capsys.readouterr().out
     with safe_open(str(dest / "model.safetensors"), framework="pt") as handle:

@@ -18,7 +18,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
 from vlbridge.data.collate import SupervisedDataset, collate
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava, parse_record
-from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.errors import ConfigError, DataError, ModalityError, PlaceholderError
 from vlbridge.lm import templates
 from vlbridge.lm.loss import IGNORE_INDEX
@@ -34,7 +34,7 @@ SIDE = 32  # 32x32 images, 16-pixel patches: 4 patches, 4 visual tokens with the
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    synthesize(out, 20, seed=0, image_size=48)
+    synthesize(out, SynthOptions(n=20, seed=0, image_size=48))
     return out
 
 

@@ -11,7 +11,7 @@ from vlbridge.config import ImageProcessorConfig
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava, parse_record
-from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.errors import ModalityError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.lm.tokenizer_train import train_tokenizer
@@ -24,7 +24,7 @@ SIDE = 32
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    synthesize(out, 12, seed=1, image_size=48)
+    synthesize(out, SynthOptions(n=12, seed=1, image_size=48))
     return out
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from vlbridge.data.llava_json import conversation_texts, load_eval, load_llava, parse_record
-from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.errors import DataError
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    synthesize(out, 20, seed=0)
+    synthesize(out, SynthOptions(n=20, seed=0))
     return out
 
 

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFont
 
-from vlbridge.data.synthetic import ANSWERS, TYPES, Scene, main, render_scene, sample_scene, synthesize, writer
+from vlbridge.data.synthetic import (
+    ANSWERS,
+    TYPES,
+    Scene,
+    SynthOptions,
+    render_scene,
+    sample_scene,
+    synthesize,
+    writer,
+)
 from vlbridge.data.synthetic import scenes as scenes_module
 from vlbridge.data.synthetic.scenes import COLOURS, POSITIONS, RADIUS, SHAPES, SIZES, WORDS, text_mask
 from vlbridge.data.synthetic.tasks import _PLURAL, QA, caption, propose, question_form, refer, stratified_answer
@@ -23,7 +32,7 @@ from vlbridge.errors import ConfigError, DataError
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small dataset with a large held-out share, so every type appears several times in each split."""
     out = tmp_path_factory.mktemp("synth")
-    synthesize(out, n=240, seed=7, test_fraction=0.4, val_fraction=0.1)
+    synthesize(out, SynthOptions(n=240, seed=7, test_fraction=0.4, val_fraction=0.1))
     return out
 
 
@@ -108,7 +117,7 @@ def _check(scene: Scene, question: str, answer: str, choices: list[str] | None =
 def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     for out, seed in zip(runs, (3, 3, 4), strict=True):
-        synthesize(out, n=30, seed=seed)
+        synthesize(out, SynthOptions(n=30, seed=seed))
     files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*") if p.is_file())
     assert len(files) == 30 + len(OUTPUT_FILES)
@@ -122,12 +131,12 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
 def test_images_rendered_by_worker_processes_equal_those_rendered_in_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synthesize(tmp_path / "one", n=30, seed=5)
+    synthesize(tmp_path / "one", SynthOptions(n=30, seed=5))
     monkeypatch.setattr(writer, "RENDERS_PER_WORKER", 8)
     monkeypatch.setattr(writer.os, "sched_getaffinity", lambda pid: {0, 1})  # two workers even on a one-core runner
     started = []
     monkeypatch.setattr(writer, "ProcessPoolExecutor", _recording(writer.ProcessPoolExecutor, started))
-    synthesize(tmp_path / "pool", n=30, seed=5)
+    synthesize(tmp_path / "pool", SynthOptions(n=30, seed=5))
     assert started == [2]
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     for rel in files:
@@ -144,8 +153,8 @@ def _recording(executor: type, started: list[int]) -> type:
 
 
 def test_an_index_renders_the_same_image_whatever_n(tmp_path: Path) -> None:
-    synthesize(tmp_path / "small", n=10, seed=1, test_fraction=0.2, val_fraction=0.0)
-    synthesize(tmp_path / "large", n=20, seed=1, test_fraction=0.2, val_fraction=0.0)
+    synthesize(tmp_path / "small", SynthOptions(n=10, seed=1, test_fraction=0.2, val_fraction=0.0))
+    synthesize(tmp_path / "large", SynthOptions(n=20, seed=1, test_fraction=0.2, val_fraction=0.0))
     for name in ("train_000000.png", "train_000007.png", "test_000001.png"):
         assert (tmp_path / "small/images" / name).read_bytes() == (tmp_path / "large/images" / name).read_bytes()
 
@@ -282,7 +291,7 @@ def test_training_answers_are_balanced(dataset: Path) -> None:
 
 
 def test_many_turns_repeat_types_but_never_a_question(tmp_path: Path) -> None:
-    synthesize(tmp_path, n=60, seed=2, test_fraction=0.1, val_fraction=0.0, turns=(12, 14))
+    synthesize(tmp_path, SynthOptions(n=60, seed=2, test_fraction=0.1, val_fraction=0.0, turns=[12, 14]))
     scenes = _scenes(tmp_path)
     records = [r for r in json.loads((tmp_path / "instruct.json").read_text()) if not r["id"].endswith("_caption")]
     lengths = []
@@ -297,7 +306,7 @@ def test_many_turns_repeat_types_but_never_a_question(tmp_path: Path) -> None:
     counts = list(types["colour"]["answers"].values())
     assert max(counts) - min(counts) <= 0.4 * sum(counts) / len(counts)
     with pytest.raises(ConfigError, match="turns"):
-        synthesize(tmp_path / "bad", n=10, seed=0, turns=(3, 2))
+        synthesize(tmp_path / "bad", SynthOptions(n=10, seed=0, turns=[3, 2]))
 
 
 def _human_turns(out: Path) -> dict[str, list[tuple[str, str]]]:
@@ -316,9 +325,9 @@ def _is_relation(question: str) -> bool:
 
 def test_focus_adds_turns_and_spatial_names_objects_by_region_in_training_only(tmp_path: Path) -> None:
     plain, focused = tmp_path / "plain", tmp_path / "focused"
-    synthesize(plain, n=60, seed=5, test_fraction=0.2, val_fraction=0.1)
-    focus = ("relation", "relation", "multiple_choice")
-    synthesize(focused, n=60, seed=5, test_fraction=0.2, val_fraction=0.1, focus=focus, spatial=0.5)
+    synthesize(plain, SynthOptions(n=60, seed=5, test_fraction=0.2, val_fraction=0.1))
+    focus = ["relation", "relation", "multiple_choice"]
+    synthesize(focused, SynthOptions(n=60, seed=5, test_fraction=0.2, val_fraction=0.1, focus=focus, spatial=0.5))
     for name in ("test.jsonl", "val.jsonl", "scenes.jsonl", "regions.jsonl"):  # the same images, the same tests
         assert (plain / name).read_bytes() == (focused / name).read_bytes(), name
     scenes, before, after = _scenes(focused), _human_turns(plain), _human_turns(focused)
@@ -337,9 +346,9 @@ def test_focus_adds_turns_and_spatial_names_objects_by_region_in_training_only(t
     assert 0.5 < relations["by_region"] / relations["after"] < 0.9  # each of two objects by region at 0.5: 3/4
     assert not any("the object in the" in q for turns in before.values() for q, _ in turns if _is_relation(q))
     with pytest.raises(ConfigError, match="focus names unknown question types"):
-        synthesize(tmp_path / "bad", n=10, seed=0, focus=("colours",))
+        synthesize(tmp_path / "bad", SynthOptions(n=10, seed=0, focus=["colours"]))
     with pytest.raises(ConfigError, match="spatial"):
-        synthesize(tmp_path / "bad", n=10, seed=0, spatial=1.5)
+        synthesize(tmp_path / "bad", SynthOptions(n=10, seed=0, spatial=1.5))
 
 
 def test_varied_names_still_pick_out_one_object_and_join_size_to_an_attribute() -> None:
@@ -358,12 +367,12 @@ def test_varied_names_still_pick_out_one_object_and_join_size_to_an_attribute() 
     assert caption(sample_scene(0), random.Random(0), varied_names=0.0) == caption(sample_scene(0), random.Random(0))
     assert forms[("size", "noun")] > 50 and forms[("size", "colour", "noun")] > 50  # "small star", "small red object"
     with pytest.raises(ConfigError, match="varied_names"):
-        synthesize(Path("unused"), n=10, seed=0, varied_names=2.0)
+        synthesize(Path("unused"), SynthOptions(n=10, seed=0, varied_names=2.0))
 
 
 def test_drills_are_text_only_relation_conversations_between_regions(tmp_path: Path) -> None:
-    synthesize(tmp_path / "plain", n=20, seed=1)
-    synthesize(tmp_path / "drilled", n=20, seed=1, drills=30)
+    synthesize(tmp_path / "plain", SynthOptions(n=20, seed=1))
+    synthesize(tmp_path / "drilled", SynthOptions(n=20, seed=1, drills=30))
     plain = tmp_path / "plain"
     drilled = json.loads((tmp_path / "drilled" / "drills.json").read_text())
     assert not (plain / "drills.json").exists() and len(drilled) == 30
@@ -387,7 +396,7 @@ def test_drills_are_text_only_relation_conversations_between_regions(tmp_path: P
             answers[gpt["value"]] += 1
     assert min(answers.values()) > 40
     with pytest.raises(ConfigError, match="drills"):
-        synthesize(tmp_path / "bad", n=10, seed=0, drills=-1)
+        synthesize(tmp_path / "bad", SynthOptions(n=10, seed=0, drills=-1))
 
 
 def test_spatial_referents_name_regions_and_keep_answers_right() -> None:
@@ -518,22 +527,15 @@ def test_text_is_drawn_large_enough_with_either_font(monkeypatch: pytest.MonkeyP
 
 def test_bad_arguments_raise_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="n must be"):
-        synthesize(tmp_path / "a", n=0, seed=0)
+        synthesize(tmp_path / "a", SynthOptions(n=0, seed=0))
     with pytest.raises(ConfigError, match="test_fraction"):
-        synthesize(tmp_path / "a", n=10, seed=0, test_fraction=1.5)
+        synthesize(tmp_path / "a", SynthOptions(n=10, seed=0, test_fraction=1.5))
     with pytest.raises(ConfigError, match="no training images"):
-        synthesize(tmp_path / "a", n=2, seed=0, test_fraction=0.5, val_fraction=0.4)
+        synthesize(tmp_path / "a", SynthOptions(n=2, seed=0, test_fraction=0.5, val_fraction=0.4))
     with pytest.raises(ConfigError, match="image_size"):
-        synthesize(tmp_path / "a", n=10, seed=0, image_size=16)
-    synthesize(tmp_path / "b", n=12, seed=0)
+        synthesize(tmp_path / "a", SynthOptions(n=10, seed=0, image_size=16))
+    synthesize(tmp_path / "b", SynthOptions(n=12, seed=0))
     with pytest.raises(DataError, match="not empty"):
-        synthesize(tmp_path / "b", n=6, seed=0)
-    synthesize(tmp_path / "b", n=6, seed=0, test_fraction=0.5, val_fraction=0.0, overwrite=True)
+        synthesize(tmp_path / "b", SynthOptions(n=6, seed=0))
+    synthesize(tmp_path / "b", SynthOptions(n=6, seed=0, test_fraction=0.5, val_fraction=0.0), overwrite=True)
     assert len(list((tmp_path / "b/images").iterdir())) == 6
-
-
-def test_main_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--out", str(tmp_path / "d"), "--n", "12", "--seed", "2", "--image-size", "64"]) == 0
-    assert "test:" in capsys.readouterr().out
-    with Image.open(next((tmp_path / "d/images").iterdir())) as image:
-        assert image.size == (64, 64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlbridge.data.synthetic import Scene, synthesize
+from vlbridge.data.synthetic import Scene, SynthOptions, synthesize
 from vlbridge.data.synthetic.baselines import unbound_score
 from vlbridge.data.synthetic.scenes import SceneObject
 from vlbridge.data.synthetic.tasks import QA
@@ -81,7 +81,7 @@ def test_unknown_type_is_refused() -> None:
 
 
 def test_stats_record_the_unbound_baseline(tmp_path: Path) -> None:
-    synthesize(tmp_path, n=300, seed=5, test_fraction=0.5, val_fraction=0.0)
+    synthesize(tmp_path, SynthOptions(n=300, seed=5, test_fraction=0.5, val_fraction=0.0))
     rows = [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()]
     scenes = {
         r["image"]: Scene.from_dict(r["scene"])

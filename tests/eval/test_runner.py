@@ -9,7 +9,7 @@ import pytest
 
 import vlbridge
 from vlbridge.data.llava_json import EvalItem, load_eval
-from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.data.synthetic.tasks import question_form
 from vlbridge.errors import ConfigError, ImageError
 from vlbridge.eval import runner
@@ -20,7 +20,7 @@ from vlbridge.eval.tasks.synthetic import exact_match_scorer
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    synthesize(root, n=60, seed=3, image_size=48)
+    synthesize(root, SynthOptions(n=60, seed=3, image_size=48))
     return root
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
 from vlbridge.train.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
 
@@ -66,3 +67,21 @@ def test_load_yaml_with_overrides_and_run_dir(tmp_path: Path) -> None:
     assert recipe.run_dir == str(tmp_path / "run")
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("synth", "message"),
+    [
+        ({"colour": "red"}, "unknown config key(s) data.synth.colour"),
+        ({"n": "many"}, "data.synth.n: expected int"),
+        ({"turns": [2, "five"]}, "data.synth.turns[1]: expected int"),
+        ({"spatial": 2}, "data.synth.spatial must be a probability in [0, 1]"),
+        ({"n": 2, "test_fraction": 0.5, "val_fraction": 0.4}, "data.synth.n=2 leaves no training images"),
+    ],
+)
+def test_the_synth_section_is_the_writers_options_checked_at_load(synth: dict, message: str) -> None:
+    recipe = recipe_from_dict({**_base(), "data": {"synth": {"n": 10, "focus": ["relation"]}}})
+    assert recipe.data.synth == SynthOptions(n=10, focus=["relation"])
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({**_base(), "data": {"synth": synth}})
+    assert message in str(err.value)

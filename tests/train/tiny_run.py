@@ -34,9 +34,9 @@ TINY_MODEL: dict[str, Any] = {
 
 def make_data(root: Path, n: int = 24) -> Path:
     """A small synthetic dataset (48 px images) in `root`."""
-    from vlbridge.data.synthetic import synthesize
+    from vlbridge.data.synthetic import SynthOptions, synthesize
 
-    synthesize(root, n=n, seed=0, image_size=48)
+    synthesize(root, SynthOptions(n=n, seed=0, image_size=48))
     return root
 
 

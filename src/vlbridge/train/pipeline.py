@@ -32,6 +32,7 @@ from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.llava_json import conversation_texts, load_llava
 from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
+from vlbridge.data.synthetic import synthesize
 from vlbridge.errors import ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
@@ -69,22 +70,8 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
     world.barrier()  # every rank has looked before rank 0 writes (else a late rank could skip the barrier below)
     if render and synth is not None:
         if world.is_main:
-            from vlbridge.data.synthetic import synthesize
-
             log.info("rendering %d synthetic scenes into %s", synth.n, root)
-            synthesize(
-                root,
-                n=synth.n,
-                seed=synth.seed,
-                image_size=synth.image_size,
-                test_fraction=synth.test_fraction,
-                val_fraction=synth.val_fraction,
-                turns=synth.turns,
-                focus=synth.focus,
-                spatial=synth.spatial,
-                drills=synth.drills,
-                varied_names=synth.varied_names,
-            )
+            synthesize(root, synth)
         world.barrier()
     if not root.is_dir():
         raise ConfigError(f"data root {root} does not exist; create it or set data.synth to render the synthetic world")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
 
 OBJECTIVES = ("causal_lm", "text_lm", "contrastive", "regions", "qformer")
@@ -38,27 +39,11 @@ class TokenizerRecipe:
 
 
 @dataclass(frozen=True)
-class SynthRecipe:
-    """Render the synthetic visual world into the data root when that folder is empty or missing."""
-
-    n: int = 5000
-    seed: int = 0
-    image_size: int = 96
-    test_fraction: float = 0.1  # share of the n images held out for the test questions
-    val_fraction: float = 0.05  # share held out for the validation questions
-    turns: list[int] = field(default_factory=lambda: [2, 5])  # question turns per training image: lowest, highest
-    focus: list[str] = field(default_factory=list)  # question types each training image gets one more turn of
-    spatial: float = 0.0  # chance a training relation / multiple-choice question names an object by its region
-    drills: int = 0  # text-only relation questions between regions named by place, in drills.json (a stage's data)
-    varied_names: float = 0.0  # chance a caption names an object without its colour or shape, as questions do
-
-
-@dataclass(frozen=True)
 class DataRecipe:
     """Where stage data files live (stage `data` paths are relative to `root`)."""
 
     root: str = "runs/default/data"
-    synth: SynthRecipe | None = None
+    synth: SynthOptions | None = None  # render the synthetic world into `root` when that folder is empty or missing
     skip_malformed: bool = False  # skip and count malformed records instead of raising DataError
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
 
@@ -159,6 +144,8 @@ def validate(recipe: Recipe) -> Recipe:
         raise ConfigError(
             f"distributed.strategy is {recipe.distributed.strategy!r}; choose one of {', '.join(STRATEGIES)}"
         )
+    if recipe.data.synth is not None:
+        recipe.data.synth.validate("data.synth")
     names = [s.name for s in recipe.stages]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

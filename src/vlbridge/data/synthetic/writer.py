@@ -26,7 +26,6 @@ from validation ones) in content, i.e. objects, regions and word, not just in se
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.data.synthetic.baselines import unbound_score
+from vlbridge.data.synthetic.options import SynthOptions
 from vlbridge.data.synthetic.scenes import GRID, Scene, derive_seed, render_scene
 from vlbridge.data.synthetic.tasks import (
     ANSWERS,
@@ -53,7 +53,7 @@ from vlbridge.data.synthetic.tasks import (
     sample_item,
     stratified_answer,
 )
-from vlbridge.errors import ConfigError, DataError
+from vlbridge.errors import DataError
 
 SPLITS = ("train", "val", "test")
 OUTPUT_FILES = (
@@ -65,22 +65,8 @@ OUTPUT_FILES = (
     "scenes.jsonl",
     "stats.json",
 )
-DEFAULT_TURNS = (2, 5)  # question turns per training image, drawn uniformly
 DRILL_TURNS = 4  # questions per text-only drill conversation
 RENDERS_PER_WORKER = 2000  # below this many images per core, starting worker processes costs more than it saves
-
-
-def _split_sizes(n: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
-    """Images per split; raises ConfigError for sizes that leave no training images."""
-    if n < 1:
-        raise ConfigError(f"n must be a positive number of images, got {n}")
-    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
-        if not 0 <= value < 1:
-            raise ConfigError(f"{name} must be in [0, 1), got {value}")
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-    if n - n_test - n_val < 1:
-        raise ConfigError(f"n={n} leaves no training images after test/val; raise n or lower the fractions")
-    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
@@ -236,55 +222,26 @@ def _write_held_out(
     return items
 
 
-def synthesize(
-    out_dir: str | Path,
-    n: int,
-    seed: int = 0,
-    image_size: int = 96,
-    test_fraction: float = 0.1,
-    val_fraction: float = 0.05,
-    overwrite: bool = False,
-    turns: Sequence[int] = DEFAULT_TURNS,
-    focus: Sequence[str] = (),
-    spatial: float = 0.0,
-    drills: int = 0,
-    varied_names: float = 0.0,
-) -> dict[str, Any]:
-    """Render `n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
+def synthesize(out_dir: str | Path, options: SynthOptions, overwrite: bool = False) -> dict[str, Any]:
+    """Render `options.n` scenes into `out_dir` (split train/val/test by the fractions) and return the stats written.
 
-    The same arguments give byte-identical files. `image_size` below 48 makes the text illegible and is refused.
-    `turns` (lowest, highest) is how many question turns a training image gets: more turns give more supervised
-    answers for each image the model encodes. `focus` lists question types each training image gets one more turn
-    of (a type twice: two more), for the types that need the most examples; `spatial` is the chance that a training
-    relation or multiple-choice question names an object by its region (`tasks.propose`). Held-out questions are
-    the same whatever `focus` and `spatial` are. `drills` text-only conversations of relation questions between
-    regions named by place (`drill`) go to `drills.json`, for a stage of their own before instruction tuning:
-    comparing two regions is a step the language model learns from these in a hundred steps, and in most runs not
-    at all from image questions among the other types.
-    `varied_names` is the chance a caption names an object without its colour or its shape (`tasks.caption`).
+    The same options give byte-identical files (`SynthOptions` says what each one does). Options the writer cannot
+    use raise ConfigError before anything is written; a non-empty `out_dir` raises DataError unless `overwrite`.
     """
-    if image_size < 48:
-        raise ConfigError(f"image_size must be >= 48 pixels for the text to stay legible, got {image_size}")
-    if len(turns) != 2 or not 1 <= turns[0] <= turns[1]:
-        raise ConfigError(f"turns must be (lowest, highest) with 1 <= lowest <= highest, got {tuple(turns)}")
-    unknown = sorted(set(focus) - set(TYPES))
-    if unknown:
-        raise ConfigError(f"focus names unknown question types {unknown}; choose from {', '.join(TYPES)}")
-    if not 0 <= spatial <= 1:
-        raise ConfigError(f"spatial must be a probability in [0, 1], got {spatial}")
-    if drills < 0:
-        raise ConfigError(f"drills must be a number of conversations >= 0, got {drills}")
-    if not 0 <= varied_names <= 1:
-        raise ConfigError(f"varied_names must be a probability in [0, 1], got {varied_names}")
-    sizes = _split_sizes(n, test_fraction, val_fraction)
+    options.validate()
+    sizes = options.split_sizes()
+    seed = options.seed
     out = Path(out_dir)
     _prepare(out, overwrite)
     captions, instruct, regions, scene_rows, train_items = [], [], [], [], []
     renders: list[tuple[Scene, Path]] = []
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
     seen: set[tuple] = set()
+    turns = (options.turns[0], options.turns[1])
     for index in range(sizes["train"]):
-        scene, qas, described = train_item(index, seed, counts, tuple(turns), focus, spatial, varied_names)
+        scene, qas, described = train_item(
+            index, seed, counts, turns, options.focus, options.spatial, options.varied_names
+        )
         name = f"train_{index:06d}"
         image = f"images/{name}.png"
         renders.append((scene, out / image))
@@ -295,69 +252,17 @@ def synthesize(
         scene_rows.append({"id": name, "image": image, "split": "train", "scene": scene.to_dict()})
         train_items += [(scene, qa) for qa in qas]
         seen.add(scene.signature())
-    stats: dict[str, Any] = {"seed": seed, "image_size": image_size, "images": sizes}
+    stats: dict[str, Any] = {"seed": seed, "image_size": options.image_size, "images": sizes}
     stats["splits"] = {"train": _answer_stats(train_items)}
     for split in ("val", "test"):
         items = _write_held_out(out, split, sizes[split], seed, seen, scene_rows, renders)
         stats["splits"][split] = _answer_stats(items)
-    _render_all(renders, image_size)
+    _render_all(renders, options.image_size)
     _write_json(out / "captions.json", captions)
     _write_json(out / "instruct.json", instruct)
-    if drills:
-        _write_json(out / "drills.json", [drill(index, seed) for index in range(drills)])
+    if options.drills:
+        _write_json(out / "drills.json", [drill(index, seed) for index in range(options.drills)])
     _write_jsonl(out / "regions.jsonl", regions)
     _write_jsonl(out / "scenes.jsonl", scene_rows)
     _write_json(out / "stats.json", stats)
     return stats
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `vlbridge data synth`, shared by the CLI and `main`."""
-    parser.add_argument("--out", required=True, help="output folder (new or empty)")
-    parser.add_argument("--n", type=int, default=5000, help="number of images over all splits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--val-fraction", type=float, default=0.05)
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    parser.add_argument("--turns", type=int, nargs=2, default=DEFAULT_TURNS, help="question turns per training image")
-    parser.add_argument(
-        "--focus", nargs="+", default=(), metavar="TYPE", help="one more training turn of each TYPE per image"
-    )
-    parser.add_argument(
-        "--spatial", type=float, default=0.0, help="chance a training relation/choice question names objects by region"
-    )
-    parser.add_argument("--drills", type=int, default=0, help="text-only relation conversations (drills.json)")
-    parser.add_argument(
-        "--varied-names", type=float, default=0.0, help="chance a caption names an object without its colour or shape"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the dataset and print a summary per split (questions, mean majority-answer baseline)."""
-    stats = synthesize(
-        args.out,
-        args.n,
-        args.seed,
-        args.image_size,
-        args.test_fraction,
-        args.val_fraction,
-        args.overwrite,
-        args.turns,
-        args.focus,
-        args.spatial,
-        args.drills,
-        args.varied_names,
-    )
-    print(f"wrote {stats['images']} images to {args.out} (answers and baselines per type: stats.json)")
-    for split, summary in stats["splits"].items():
-        baseline = summary["mean_majority_baseline"]
-        print(f"{split}: {summary['questions']} questions, mean majority-answer baseline {baseline:.3f}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: `vlbridge data synth --out DIR --n N --seed S` (wired by the CLI) or direct use."""
-    parser = argparse.ArgumentParser(prog="vlbridge data synth", description=synthesize.__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
