@@ -4,7 +4,7 @@ Every variant starts from one trained model (`--parts`, e.g. the run of configs/
 and language model are kept, a fresh connector of the variant's kind is put between them (`init_from` + a new
 `model.connector`, see train/pipeline.py), and configs/connectors/<name>.yaml trains it with the same stages and
 steps. Each variant is then scored on the synthetic world's held-out questions per type and profiled: visual tokens
-per image, prefill FLOPs (analytical, eval/flops.py), measured prefill latency and the decode state one image holds
+per image, prefill FLOPs (analytical, bench/flops.py), measured prefill latency and the decode state one image holds
 (LM and pre-fusion KV caches, cross-attention media).
 
     python benchmarks/connector_comparison.py --parts runs/default --data runs/default/data \
