@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import vlbridge
+from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks import GQATask, LlavaTask, MMBenchTask, SyntheticTask, Task, VQAv2Task
@@ -61,7 +62,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (12 to 128)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     group = parser.add_argument_group("synthetic")
     group.add_argument("--data", default=None, help="dataset folder written by `vlbridge data synth`")
