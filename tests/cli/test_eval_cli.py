@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vlbridge.cli import evaluate
 from vlbridge.cli.main import main
 from vlbridge.data.synthetic import SynthOptions, synthesize
+from vlbridge.eval.tasks import TASKS, Prompt, Task, TaskOption
+from vlbridge.eval.tasks.base import QUESTIONS_OPTION
+from vlbridge.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +100,49 @@ def test_flags_of_another_task_are_refused(tmp_path: Path, capsys) -> None:
     assert "--questions is not used by --task synthetic" in capsys.readouterr().err
     assert main(["eval", "--task", "synthetic"]) == 2
     assert "needs --data" in capsys.readouterr().err
+
+
+class EchoTask(Task):
+    """A task the CLI has never heard of: one question per line of --questions, shouted with --upper."""
+
+    name = "echo"
+    options = (QUESTIONS_OPTION, TaskOption("upper", "ask in capitals", switch=True))
+
+    def __init__(self, questions: Path, upper: bool) -> None:
+        self.source, self.upper = questions, upper
+
+    @classmethod
+    def from_options(cls, values, limit, model) -> EchoTask:
+        return cls(Path(values["questions"]), values["upper"])
+
+    def prompts(self) -> list[Prompt]:
+        lines = self.source.read_text().splitlines()
+        return [Prompt(str(i), line.upper() if self.upper else line) for i, line in enumerate(lines)]
+
+    def identity(self) -> dict:
+        return {"questions": str(self.source)}
+
+
+def test_a_registered_task_is_offered_and_built_without_cli_changes(
+    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    registry: Registry = Registry("eval task")
+    for name in TASKS.names():
+        registry.register(name)(TASKS.get(name))
+    registry.register("echo")(EchoTask)
+    monkeypatch.setattr(evaluate, "TASKS", registry)
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    usage = capsys.readouterr().out
+    assert "{echo,gqa,llava,mmbench,synthetic,vqav2}" in usage and "ask in capitals [echo]" in usage
+    (tmp_path / "q.txt").write_text("what colour?\nhow many?\n")
+    args = ["eval", "--task", "echo", "--model", str(clip_llava_dir), "--questions", str(tmp_path / "q.txt")]
+    assert main([*args, "--upper", "--max-new-tokens", "1"]) == 0
+    out = tmp_path / "answers" / clip_llava_dir.name  # Task's default: beside the question file, per model
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == ["0", "1"] and "WHAT COLOUR?" in rows[0]["prompt"]
+    assert main(["eval", "--task", "gqa", "--upper"]) == 2
+    assert "--upper is not used by --task gqa; it is for --task echo" in capsys.readouterr().err
 
 
 def test_text_retention_is_dispatched_with_its_own_flags(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -11,8 +11,7 @@ from PIL import Image
 from vlbridge.errors import DataError
 from vlbridge.eval import runner
 from vlbridge.eval.tasks import LlavaTask
-from vlbridge.eval.tasks.base import _SHORTUUID_ALPHABET
-from vlbridge.eval.tasks.llava import model_id
+from vlbridge.eval.tasks.base import _SHORTUUID_ALPHABET, model_id
 
 
 def _fixed_answers(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str], calls: list[str] | None = None) -> None:

@@ -46,9 +46,10 @@ def test_tied_round_trip(siglip_llava_dir: Path, tmp_path: Path) -> None:
         assert torch.equal(model(**inputs).logits, again(**inputs).logits)
 
 
-def test_bf16_load(clip_llava_dir: Path) -> None:
-    model, proc = vlbridge.load(clip_llava_dir, dtype="bf16")
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+@pytest.mark.parametrize(("name", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_load(clip_llava_dir: Path, name: str, dtype: torch.dtype) -> None:
+    model, proc = vlbridge.load(clip_llava_dir, dtype=name)
+    assert all(p.dtype == dtype for p in model.parameters())
     ref, _ = vlbridge.load(clip_llava_dir)
     inputs = _inputs(proc)
     with torch.no_grad():

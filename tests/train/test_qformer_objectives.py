@@ -18,8 +18,8 @@ from vlbridge.errors import ConfigError, DataError
 from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.objectives import TrainStep, build_objective
+from vlbridge.train.objectives.qformer import QFormerObjective, qformer_mask, sample_negatives
 from vlbridge.train.pipeline import fit_config, train
-from vlbridge.train.qformer_objectives import QFormerObjective, qformer_mask, sample_negatives
 from vlbridge.train.recipe import StageRecipe, recipe_from_dict
 from vlbridge.train.trainer import StageTrainer, seed_everything
 

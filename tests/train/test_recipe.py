@@ -36,11 +36,22 @@ def test_reads_nested_sections() -> None:
         (_base(lr={"connector": "fast"}), "stages[0] (align).lr.connector must be a number"),
         (_base(parts={"connector": 1}), "parts.connector"),
         (_base(epochs=2), "exactly one of `steps` or `epochs`"),
-        (_base(objective="dpo"), "objective"),
-        (_base(data_format="csv"), "data_format"),
-        (_base(data_format="text"), "text_lm objective only"),
-        (_base(data_format="regions"), "regions objective and region-label data"),
-        (_base(objective="regions"), "regions objective and region-label data"),
+        (
+            _base(objective="dpo"),
+            "stages[0] (align).objective is 'dpo'; choose one of causal_lm, text_lm, contrastive, regions, qformer",
+        ),
+        (_base(data_format="csv"), "data_format is 'csv'; choose one of llava, text, regions"),
+        (
+            _base(data_format="text"),
+            "the causal_lm objective reads conversations (data_format: llava); data_format text is for text_lm",
+        ),
+        (_base(data_format="regions"), "causal_lm objective reads conversations (data_format: llava)"),
+        (
+            _base(objective="regions"),
+            "the regions objective reads region labels (data_format: regions); "
+            "data_format llava is for causal_lm, text_lm, contrastive, qformer",
+        ),
+        (_base(objective="qformer", data_format="text"), "the qformer objective reads image-caption pairs"),
         (_base(batch_size=0), "batch_size must be positive"),
         (_base(warmup_ratio=1.5), "warmup_ratio"),
         (_base(lora={"r": 4, "targets": ["qkv"]}), "lora.targets"),

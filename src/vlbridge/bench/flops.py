@@ -34,20 +34,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlbridge.bench.token_budget import CLIP_L_336, LM_PRESETS, kv_bytes
 from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
 from vlbridge.connectors import CONNECTORS
+from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision.vit import ViT
 
 PARTS = ("vision_encoder", "connector", "prefusion", "language_model")
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 CONVENTIONS = ("paper", "executed")
 WEIGHT_OPS = frozenset({"mm", "addmm", "convolution", "_convolution"})
 """Products of activations with weights; every other counted op (bmm, attention) multiplies two activations."""
@@ -219,13 +212,6 @@ def _vision_flops(vision: VisionConfig, size: int) -> PartFlops:
     paper_w, _ = _stack(run, vision.num_hidden_layers)
     exec_w, exec_a = _stack(run, deepest)
     return PartFlops(paper=paper_w, executed=exec_w + exec_a)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """The torch dtype called `name` (float32/fp32, float16/fp16, bfloat16/bf16)."""
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def analyze(

@@ -32,10 +32,10 @@ from vlbridge.bench.flops import (
     FlopsProfile,
     analyze,
     paper_comparison,
-    resolve_dtype,
 )
 from vlbridge.bench.measure import run_isolated, status_kib
 from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.vlm import VisionLanguageModel
 

@@ -21,6 +21,7 @@ import torch
 
 from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
 from vlbridge.connectors import ConnectorContext, available, build_connector
+from vlbridge.dtypes import DTYPE_CHOICES, DTYPES
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.vision.vit import ViT
@@ -57,8 +58,8 @@ LM_PRESETS: dict[str, LMConfig] = {
 }
 """Language models by name (the shapes of their HF configs); vicuna-7b is LMConfig's default."""
 
-KV_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
-"""Bytes per KV-cache element by storage type."""
+KV_DTYPE_BYTES = {**{name: DTYPES[name].itemsize for name in DTYPE_CHOICES}, "int8": 1}
+"""Bytes per KV-cache element by storage type: the float types by their short names, and int8 (quantised caches)."""
 
 DEFAULT_MINI_GRIDS = (1, 12)
 """LLaVA-Mini's 1 token, and the 12 x 12 = 144 compressed tokens it compares against."""

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import vlbridge
+from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError
 from vlbridge.vision.processor import load_image
 
@@ -19,7 +20,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--model", default=None, help="checkpoint dir (default: the embedded model)")
     parser.add_argument("--image", default=None, help="image file the question is about")
     parser.add_argument("--text-only", action="store_true", help="load no vision weights (text-only deployment)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")

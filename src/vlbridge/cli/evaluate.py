@@ -19,27 +19,35 @@ from pathlib import Path
 from typing import Any
 
 import vlbridge
+from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError
 from vlbridge.eval.runner import evaluate
-from vlbridge.eval.tasks import GQATask, LlavaTask, MMBenchTask, SyntheticTask, Task, VQAv2Task
-from vlbridge.eval.tasks.llava import METRICS, model_id
+from vlbridge.eval.tasks import TASKS, Task, TaskOption
 
-TASK_NAMES = ("synthetic", "llava", "vqav2", "gqa", "mmbench")
-TASK_FLAGS = {
-    "synthetic": {"data", "split"},
-    "llava": {"questions", "image_folder", "answers", "prompt_suffix", "metric"},
-    "vqav2": {"questions", "image_folder", "annotations", "image_pattern", "prompt_suffix"},
-    "gqa": {"questions", "image_folder", "image_pattern", "prompt_suffix"},
-    "mmbench": {"questions", "prompt_suffix", "no_circular"},
-}
-"""The task-specific flags (as argparse dests) each task reads; giving one to another task is an error."""
+
+def task_names() -> list[str]:
+    """The registered tasks, sorted (registration order follows module imports, which say nothing to a user).
+
+    Read from the registry on every call, so a task registered later is offered like the built-in ones."""
+    return sorted(TASKS.names())
+
+
+def task_options() -> dict[str, tuple[TaskOption, list[str]]]:
+    """Every option a registered task is built from, by name, with the tasks that read it."""
+    options: dict[str, tuple[TaskOption, list[str]]] = {}
+    for name in task_names():
+        for option in TASKS.get(name).options:
+            known, users = options.setdefault(option.name, (option, []))
+            assert known == option, f"tasks {users} and {name} declare the option {option.name!r} differently"
+            users.append(name)
+    return options
 
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand."""
     parser = sub.add_parser(
         "eval",
-        help="score a model on a benchmark (synthetic, llava, vqav2, gqa, mmbench) or check text retention",
+        help=f"score a model on a benchmark ({', '.join(task_names())}) or check text retention",
         description=__doc__.splitlines()[0],
         epilog="`vlbridge eval text-retention --help` lists the flags of the text-retention check.",
     )
@@ -55,66 +63,43 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="text-retention ...",
         help="run the text-retention check instead, with the flags that follow (they are its own)",
     )
-    parser.add_argument("--task", default="synthetic", choices=TASK_NAMES, help="benchmark layout (default synthetic)")
+    parser.add_argument(
+        "--task", default="synthetic", choices=task_names(), help="benchmark layout (default synthetic)"
+    )
     parser.add_argument("--model", default=None, help="checkpoint dir (default: the embedded model)")
     parser.add_argument("--out", default=None, help="folder for predictions, scores and result files")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (12 to 128)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    group = parser.add_argument_group("synthetic")
-    group.add_argument("--data", default=None, help="dataset folder written by `vlbridge data synth`")
-    group.add_argument("--split", default=None, help="which held-out file: test (default, test.jsonl) or val")
-    group = parser.add_argument_group("llava, vqav2, gqa, mmbench")
-    group.add_argument("--questions", default=None, help="question file (JSONL, JSON or TSV as the task reads)")
-    group.add_argument("--image-folder", default=None, help="folder the question images are in")
-    group.add_argument("--prompt-suffix", default=None, help="line added after each question ('' for none)")
-    group.add_argument("--answers", default=None, help="llava: reference JSONL {question_id, answer(s)} to score")
-    group.add_argument("--metric", default=None, choices=METRICS, help="llava: exact match (default) or vqa accuracy")
-    group.add_argument("--annotations", default=None, help="vqav2: official annotations JSON to score")
-    group.add_argument(
-        "--image-pattern", default=None, help="vqav2/gqa: image name, e.g. 'COCO_val2014_{image_id:012d}.jpg'"
-    )
-    group.add_argument("--no-circular", action="store_true", help="mmbench: ask each question once, unrotated")
+    group = parser.add_argument_group("task options", "each is read by the tasks named in [brackets]")
+    for option, users in task_options().values():
+        help_text = f"{option.help} [{', '.join(users)}]"
+        if option.switch:
+            group.add_argument(option.flag, action="store_true", help=help_text)
+        else:
+            group.add_argument(option.flag, default=None, choices=option.choices, help=help_text)
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    """Refuse task-specific flags the chosen task would silently ignore."""
-    given = {name for flags in TASK_FLAGS.values() for name in flags if getattr(args, name) not in (None, False)}
-    stray = sorted(given - TASK_FLAGS[args.task])
+def _task_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen task's option values; any other task's option that was given raises ConfigError, as the chosen
+    task would silently ignore it."""
+    own = {option.name for option in TASKS.get(args.task).options}
+    options = task_options()
+    stray = sorted(name for name in options if name not in own and getattr(args, name) not in (None, False))
     if stray:
-        flag = "--" + stray[0].replace("_", "-")
-        users = [name for name, flags in TASK_FLAGS.items() if stray[0] in flags]
-        raise ConfigError(f"{flag} is not used by --task {args.task}; it is for --task {' or '.join(users)}")
+        option, users = options[stray[0]]
+        raise ConfigError(f"{option.flag} is not used by --task {args.task}; it is for --task {' or '.join(users)}")
+    return {name: getattr(args, name) for name in own}
 
 
-def build_task(args: argparse.Namespace) -> Task:
-    """The task the flags describe, loaded and validated (before any model is loaded)."""
-    _check_flags(args)
-    suffix = {} if args.prompt_suffix is None else {"suffix": args.prompt_suffix}
-    pattern = {} if args.image_pattern is None else {"image_pattern": args.image_pattern}
-    if args.task == "synthetic":
-        if args.data is None:
-            raise ConfigError("--task synthetic needs --data DIR (a folder written by `vlbridge data synth`)")
-        return SyntheticTask.from_folder(args.data, args.split or "test", limit=args.limit)
-    if args.task == "llava":
-        return LlavaTask(
-            args.questions,
-            args.image_folder,
-            references=args.answers,
-            model_name=model_id(args.model),
-            metric=args.metric or "exact",
-            limit=args.limit,
-            **suffix,
-        )
-    if args.task == "vqav2":
-        return VQAv2Task(
-            args.questions, args.image_folder, annotations=args.annotations, limit=args.limit, **suffix, **pattern
-        )
-    if args.task == "gqa":
-        return GQATask(args.questions, args.image_folder, limit=args.limit, **suffix, **pattern)
-    return MMBenchTask(args.questions, circular=not args.no_circular, limit=args.limit, **suffix)
+def build_task(args: argparse.Namespace) -> tuple[Task, Path]:
+    """The task the flags describe, loaded and validated (before any model is loaded), and the folder its results
+    go to: --out, else the task's default."""
+    task_class, values = TASKS.get(args.task), _task_values(args)
+    task = task_class.from_options(values, limit=args.limit, model=args.model)
+    return task, Path(args.out) if args.out is not None else task_class.default_out(values, args.model)
 
 
 def _print_scores(scores: Mapping[str, Any]) -> None:
@@ -172,13 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 "(benchmarks are chosen with --task)"
             )
         return run_text_retention(args.eval_command[1:], args)
-    task = build_task(args)
-    if args.out is not None:
-        out = Path(args.out)
-    elif args.task == "synthetic":
-        out = Path(args.data) / "eval"
-    else:
-        out = Path(args.questions).parent / "answers" / model_id(args.model)
+    task, out = build_task(args)
     model, processor = vlbridge.load(args.model, dtype=args.dtype, device=args.device)
     run_info = {
         "model": str(Path(args.model).resolve()) if args.model else "embedded default",

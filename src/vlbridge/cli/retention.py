@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from vlbridge.atomic import write_text
+from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.eval.retention import DEFAULT_TOLERANCE, QA_PROMPTS, compare
 
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length for QA")
     parser.add_argument("--qa-prompt", default="chat", choices=QA_PROMPTS, help="chat template, or the bare question")
     parser.add_argument("--no-memory", action="store_true", help="skip the text-only vs full memory measurement")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print the report JSON instead of a table")
 

@@ -10,7 +10,7 @@ whatever the number of patches.
 
 The text side (word + position embeddings over the LM vocabulary, the [CLS]/[DEC] task tokens, each layer's text
 feed-forward and the LM head tied to the word embeddings) serves only the stage-1 objectives, so it is a separate
-module, `QFormerTextStream`, owned by the qformer objective (vlbridge.train.qformer_objectives) as BLIP-2 drops it in
+module, `QFormerTextStream`, owned by the qformer objective (vlbridge.train.objectives.qformer) as BLIP-2 drops it in
 stage 2: every parameter of the connector then takes part in the soft prompt. Parameter names follow HF's
 `Blip2QFormerModel` (`layer.0.attention.attention.query`, `crossattention`, `intermediate_query`, `output_query`).
 

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from vlbridge.bench.measure import run_isolated, status_kib
+from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import exact_match
 
@@ -158,14 +159,14 @@ class LoadMemory:
 
 
 def load_memory(arguments: dict[str, Any]) -> dict[str, float]:
-    """Fresh-process entry: load `path` (with `vision` or not, in torch dtype `dtype`) and return its LoadMemory."""
+    """Fresh-process entry: load `path` (with `vision` or not, in the dtype named `dtype`) and return its LoadMemory."""
     from vlbridge.model.io import load_weights, read_config
     from vlbridge.model.vlm import VisionLanguageModel
 
     path = Path(arguments["path"])
     before = status_kib("VmRSS")
     config, rules = read_config(path)
-    model = VisionLanguageModel(config, vision=arguments["vision"]).to(getattr(torch, arguments["dtype"]))
+    model = VisionLanguageModel(config, vision=arguments["vision"]).to(resolve_dtype(arguments["dtype"]))
     load_weights(model, path, rules)
     gc.collect()
     params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
@@ -174,9 +175,9 @@ def load_memory(arguments: dict[str, Any]) -> dict[str, float]:
 
 def deployment_memory(path: str | Path, dtype: str = "float32") -> dict[str, LoadMemory]:
     """{"full": ..., "text_only": ...}: the checkpoint loaded with and without vision, each in its own fresh
-    process (run side by side), so nothing one load allocated is counted in the other."""
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"dtype {dtype!r} is not measured; use float32, bfloat16 or float16")
+    process (run side by side), so nothing one load allocated is counted in the other. `dtype` is a name from
+    `vlbridge.dtypes`; an unknown one fails here, before any process starts."""
+    resolve_dtype(dtype)
     loads = {"full": True, "text_only": False}
     arguments = {"path": str(path), "dtype": dtype}
     results = run_isolated(
@@ -280,7 +281,7 @@ def compare(
         report["qa"] = _qa_section(items, scored["base"]["answers"], scored["model"]["answers"], tolerance)
         report["qa"]["file"] = str(qa)
     if memory:
-        measured = deployment_memory(model, {"bf16": "bfloat16", "fp16": "float16"}.get(dtype or "", "float32"))
+        measured = deployment_memory(model, dtype or "float32")
         report["memory"] = {name: asdict(m) for name, m in measured.items()}
         report["memory"]["text_only_saving"] = memory_saving(measured)
     verdicts = [report["perplexity"]["within_tolerance"]] + ([report["qa"]["within_tolerance"]] if items else [])

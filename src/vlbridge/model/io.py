@@ -15,7 +15,8 @@ import torch
 from safetensors import safe_open
 
 from vlbridge.config import ModelConfig, from_dict
-from vlbridge.errors import CheckpointError, ConfigError
+from vlbridge.dtypes import resolve_dtype
+from vlbridge.errors import CheckpointError
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
@@ -120,9 +121,15 @@ def load_weights(
 
 
 def load(
-    path: str | Path | None = None, vision: bool = True, device: str | torch.device = "cpu", dtype: Any = None
+    path: str | Path | None = None,
+    vision: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
 ) -> tuple[VisionLanguageModel, Any]:
-    """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default."""
+    """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default.
+
+    `dtype` is a name from `vlbridge.dtypes` (fp32, bf16, fp16, or torch's spelling) or a torch dtype; None keeps
+    the weights in float32."""
     if path is None:
         path = default_model_dir()
         if not (path / "config.json").is_file():
@@ -136,18 +143,8 @@ def load(
     if not path.is_dir():
         raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
     config, rules = read_config(path)
-    model = VisionLanguageModel(config, vision=vision, tokenizer=Tokenizer.from_dir(path)).to(
-        dtype=_resolve_dtype(dtype)
-    )
+    model = VisionLanguageModel(config, vision=vision, tokenizer=Tokenizer.from_dir(path))
+    model.to(dtype=None if dtype is None else resolve_dtype(dtype))
     load_weights(model, path, rules)
     model.to(device=device).eval()
     return model, model.processor
-
-
-def _resolve_dtype(dtype: Any) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[dtype]

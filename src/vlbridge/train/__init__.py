@@ -4,7 +4,6 @@ from vlbridge.train import load_recipe, train
 run_dir = train(load_recipe("configs/default.yaml"), resume=False)   # then vlbridge.load(run_dir)
 """
 
-from vlbridge.train import qformer_objectives  # noqa: F401  (registers the "qformer" objective)
 from vlbridge.train.pipeline import train
 from vlbridge.train.recipe import Recipe, StageRecipe, load_recipe, recipe_from_dict
 

@@ -19,19 +19,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, replace
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
 from vlbridge.atomic import write_text
 from vlbridge.config import ModelConfig, read_yaml
-from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
-from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
-from vlbridge.data.llava_json import conversation_texts, load_llava
-from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.data.synthetic import synthesize
 from vlbridge.errors import ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
@@ -40,7 +34,9 @@ from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.checkpoint import checkpoints
 from vlbridge.train.distributed import World, init_world
+from vlbridge.train.objectives import OBJECTIVES
 from vlbridge.train.recipe import Recipe, StageRecipe, recipe_to_dict
+from vlbridge.train.stage_data import StageDataset, stage_texts
 from vlbridge.train.trainer import StageTrainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -49,7 +45,6 @@ RECIPE_FILE = "recipe.yaml"
 TOKENIZER_DIR = "tokenizer"
 MODEL_DIR = "model"
 DONE_FILE = "done.json"
-IMAGE_TEXT_OBJECTIVES = ("contrastive", "qformer")  # trained on image-caption pairs, not conversations
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,16 +73,6 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
     return root
 
 
-def _stage_texts(stage: StageRecipe, root: Path, skip_malformed: bool) -> list[str]:
-    """The plain texts of a stage's data file: one per line (data_format text), or a LLaVA file's conversations."""
-    path = root / stage.data
-    if stage.data_format == "text":
-        if not path.is_file():
-            raise ConfigError(f"stage {stage.name!r}: data file {path} does not exist")
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return conversation_texts(load_llava(path, root, skip_malformed=skip_malformed, check_images=False).items)
-
-
 def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -> Tokenizer:
     """The recipe's tokenizer folder, the init checkpoint's tokenizer, or a BPE trained on the stage data (saved)."""
     if recipe.tokenizer.path is not None:
@@ -105,7 +90,7 @@ def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -
             # instruction samples were 27% shorter (role names and system prompt as single tokens) but its held-out
             # position accuracy fell to 0.45 and 0.29 from 0.84 and 0.84 (two pairs of runs; configs/default.yaml).
             text_stages = [s for s in recipe.stages if s.data_format != "regions"]
-            texts = [t for s in text_stages for t in _stage_texts(s, root, recipe.data.skip_malformed)]
+            texts = [t for s in text_stages for t in stage_texts(s, root, recipe.data.skip_malformed)]
             spec = recipe.tokenizer
             log.info("training a %d-token BPE tokenizer on %d texts", spec.vocab_size, len(texts))
             train_tokenizer(texts, spec.vocab_size, template=spec.template, add_bos=spec.add_bos).save(saved)
@@ -189,38 +174,15 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
 
 def build_dataset(
     stage: StageRecipe, root: Path, model: VisionLanguageModel, tokenizer: Tokenizer, skip_malformed: bool
-) -> tuple[Any, Any, dict[str, Any]]:
-    """(dataset, collate function, data stats) for a stage's objective and data file."""
-    processor = processor_for(model, tokenizer)
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+) -> StageDataset:
+    """(dataset, collate function, data stats) for a stage: built by the data kind its objective is registered with."""
     limit = model.config.language_model.max_position_embeddings
     if stage.max_length > limit:
         raise ConfigError(
             f"stage {stage.name!r}: max_length {stage.max_length} exceeds the model's context window {limit}"
         )
-    if stage.objective == "text_lm":
-        dataset = TextDataset(_stage_texts(stage, root, skip_malformed), tokenizer, stage.max_length)
-        return dataset, partial(collate, pad_token_id=pad_id), {"samples": len(dataset)}
-    if stage.data_format == "regions":
-        if processor.image_processor is None:
-            raise ConfigError(
-                f"stage {stage.name!r}: region labels train a vision encoder; build the model with vision"
-            )
-        fixed_image_side(processor)  # images are stacked, so they must come out one size
-        regions = load_regions(root / stage.data, root, skip_malformed=skip_malformed)
-        labelled = RegionDataset(regions.items, root, processor.image_processor)
-        stats = {"samples": len(labelled), "skipped_malformed": regions.n_skipped, "grid": labelled.vocab.grid}
-        return labelled, collate_regions, {**stats, "classes": {k: len(v) for k, v in labelled.vocab.classes.items()}}
-    loaded = load_llava(root / stage.data, root, skip_malformed=skip_malformed)
-    stats: dict[str, Any] = {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
-    if stage.objective in IMAGE_TEXT_OBJECTIVES:
-        pairs = ImageTextDataset(loaded.items, root, processor, stage.max_length)
-        stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
-        return pairs, partial(collate_image_text, pad_token_id=pad_id), stats
-    template = stage.template or model.config.template or "plain"
-    dataset = SupervisedDataset(loaded.items, root, processor, template, stage.max_length)
-    stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
-    return dataset, partial(collate, pad_token_id=pad_id), stats
+    kind = OBJECTIVES.get(stage.objective).data
+    return kind.build(stage, root, processor_for(model, tokenizer), skip_malformed)
 
 
 def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:

@@ -16,9 +16,8 @@ from typing import Any
 from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
 from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
+from vlbridge.train.objectives import OBJECTIVES, data_formats, objectives_reading
 
-OBJECTIVES = ("causal_lm", "text_lm", "contrastive", "regions", "qformer")
-DATA_FORMATS = ("llava", "text", "regions")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("ddp", "fsdp")
 
@@ -64,10 +63,10 @@ class StageRecipe:
     """One training stage: objective, data, the plan (parts + learning rates) and optimisation settings."""
 
     name: str
-    objective: str = "causal_lm"  # causal_lm | text_lm | contrastive | regions | qformer
+    objective: str = "causal_lm"  # a registered objective (vlbridge.train.objectives.OBJECTIVES)
     data: str = "captions.json"  # relative to data.root
-    data_format: str = "llava"  # llava (conversation JSON/JSONL) | text (one document per line; text_lm only)
-    #                             | regions (region labels, vlbridge.data.regions; the regions objective's only)
+    data_format: str = "llava"  # llava (conversation JSON/JSONL) | text (one document per line) | regions (region
+    #                             labels, vlbridge.data.regions); which ones an objective reads is its data kind's
     template: str | None = None  # conversation template override (default: the model's)
     parts: dict[str, str] = field(default_factory=dict)  # part -> frozen | full | lora; unnamed parts are frozen
     lr: dict[str, float] = field(default_factory=dict)  # part -> learning rate, one per trained part
@@ -134,6 +133,21 @@ def _check_tables(stage: StageRecipe, where: str) -> StageRecipe:
     return replace(stage, lr={part: float(lr) for part, lr in stage.lr.items()})
 
 
+def _check_objective(stage: StageRecipe, where: str) -> None:
+    """The stage's objective is registered and its data kind reads the stage's data_format."""
+    if stage.objective not in OBJECTIVES:
+        raise ConfigError(f"{where}.objective is {stage.objective!r}; choose one of {', '.join(OBJECTIVES.names())}")
+    formats = data_formats()
+    if stage.data_format not in formats:
+        raise ConfigError(f"{where}.data_format is {stage.data_format!r}; choose one of {', '.join(formats)}")
+    kind = OBJECTIVES.get(stage.objective).data
+    if stage.data_format not in kind.formats:
+        raise ConfigError(
+            f"{where}: the {stage.objective} objective reads {kind.name} (data_format: {' or '.join(kind.formats)}); "
+            f"data_format {stage.data_format} is for {', '.join(objectives_reading(stage.data_format))}"
+        )
+
+
 def validate(recipe: Recipe) -> Recipe:
     """Cross-field checks; raises ConfigError naming the stage and key. Returns the recipe, learning rates as floats."""
     if recipe.model is None and recipe.init_from is None:
@@ -154,16 +168,7 @@ def validate(recipe: Recipe) -> Recipe:
         where = f"stages[{i}] ({stage.name})"
         if not stage.name or "/" in stage.name or stage.name.startswith("."):
             raise ConfigError(f"{where}: name {stage.name!r} must be a plain folder name")
-        if stage.objective not in OBJECTIVES:
-            raise ConfigError(f"{where}.objective is {stage.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if stage.data_format not in DATA_FORMATS:
-            raise ConfigError(f"{where}.data_format is {stage.data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
-        if stage.data_format == "text" and stage.objective != "text_lm":
-            raise ConfigError(f"{where}: plain-text data (data_format: text) serves the text_lm objective only")
-        if (stage.data_format == "regions") != (stage.objective == "regions"):
-            raise ConfigError(
-                f"{where}: the regions objective and region-label data (data_format: regions) go together; set both"
-            )
+        _check_objective(stage, where)
         if (stage.steps is None) == (stage.epochs is None):
             raise ConfigError(f"{where}: set exactly one of `steps` or `epochs`")
         for key in ("steps", "epochs", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):

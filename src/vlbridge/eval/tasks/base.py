@@ -3,6 +3,10 @@
 One task per benchmark layout (the synthetic set, LLaVA's question JSONL, VQAv2, GQA, MMBench). The runner knows
 nothing of layouts: it answers `Prompt`s and hands the predictions back to the task, which scores them against
 its references (when it has any) and writes the files the benchmark's own tooling expects.
+
+Each task class is registered by name in `TASKS` and declares the `TaskOption`s it is built from, so a front end
+(`vlbridge eval`) offers every registered task and its options without knowing any of them: adding a task is a
+new module and its registration, nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +28,44 @@ Rows = Mapping[str, Mapping[str, Any]]
 
 ImageRef = Path | Callable[[], PIL.Image.Image] | None
 """A prompt's image: a file, a loader called when the batch is built (images stored inline, e.g. base64), or none."""
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """A setting some tasks are built from, by `name` (a Python identifier)."""
+
+    name: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    switch: bool = False  # a yes/no flag, False unless given; otherwise a value, None unless given
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling: --name, with dashes."""
+        return "--" + self.name.replace("_", "-")
+
+
+QUESTIONS_OPTION = TaskOption("questions", "question file (JSONL, JSON or TSV as the task reads)")
+IMAGE_FOLDER_OPTION = TaskOption("image_folder", "folder the question images are in")
+PROMPT_SUFFIX_OPTION = TaskOption("prompt_suffix", "line added after each question ('' for none)")
+IMAGE_PATTERN_OPTION = TaskOption("image_pattern", "image file name, e.g. 'COCO_val2014_{image_id:012d}.jpg'")
+"""Options several tasks share; a task's own options live in its module."""
+
+
+def given(values: Mapping[str, Any], **keywords: str) -> dict[str, Any]:
+    """Constructor keywords for the options that were given: `keywords` maps an option name to its keyword, so an
+    option left out keeps the constructor's default."""
+    return {keyword: values[name] for name, keyword in keywords.items() if values[name] is not None}
+
+
+def model_id(model_path: str | Path | None) -> str:
+    """The "model_id" LLaVA writes: the checkpoint folder's name, with its parent's for a `checkpoint-N` folder."""
+    if model_path is None:
+        return "vlbridge-default"
+    parts = Path(model_path).parts
+    if len(parts) > 1 and parts[-1].startswith("checkpoint-"):
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1] if parts else str(model_path)
 
 
 @dataclass(frozen=True)
@@ -54,6 +96,18 @@ class Task(ABC):
 
     name: ClassVar[str]
     max_new_tokens: ClassVar[int] = 16  # a default long enough for the task's answers
+    options: ClassVar[tuple[TaskOption, ...]] = ()  # what `from_options` reads
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> Task:
+        """The task built from `values`, one per option in `options` (None, or False for a switch, when not given),
+        keeping only the first `limit` questions; `model` is the checkpoint path answering (None: the default)."""
+
+    @classmethod
+    def default_out(cls, values: Mapping[str, Any], model: str | None) -> Path:
+        """Where results go unless told: answers/<model id> beside the question file, as LLaVA's scripts keep them."""
+        return Path(values["questions"]).parent / "answers" / model_id(model)
 
     @abstractmethod
     def prompts(self) -> list[Prompt]:
@@ -105,5 +159,5 @@ class ImageFolderTask(Task):
         }
 
 
-TASKS: Registry[Callable[..., Task]] = Registry("eval task")
+TASKS: Registry[type[Task]] = Registry("eval task")
 """Task classes by name: synthetic, llava, vqav2, gqa, mmbench."""

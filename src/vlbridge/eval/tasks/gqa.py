@@ -12,6 +12,7 @@ written.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from typing import Any
 from vlbridge.atomic import write_text
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown, exact_match
-from vlbridge.eval.tasks.base import TASKS, ImageFolderTask, Rows
+from vlbridge.eval.tasks.base import (
+    IMAGE_FOLDER_OPTION,
+    IMAGE_PATTERN_OPTION,
+    PROMPT_SUFFIX_OPTION,
+    QUESTIONS_OPTION,
+    TASKS,
+    ImageFolderTask,
+    Rows,
+    given,
+)
 from vlbridge.eval.tasks.files import image_name, read_json
 from vlbridge.eval.tasks.vqav2 import SHORT_ANSWER
 
@@ -64,6 +74,7 @@ class GQATask(ImageFolderTask):
     """GQA from an official questions file and its image folder."""
 
     name = "gqa"
+    options = (QUESTIONS_OPTION, IMAGE_FOLDER_OPTION, IMAGE_PATTERN_OPTION, PROMPT_SUFFIX_OPTION)
 
     def __init__(
         self,
@@ -82,6 +93,15 @@ class GQATask(ImageFolderTask):
             first = self.questions[answered.index(False)].question_id
             raise DataError(f"question {first!r} has no answer but others do; use one split's file", self.source)
         self.scored = bool(self.questions) and all(answered)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> GQATask:
+        return cls(
+            values["questions"],
+            values["image_folder"],
+            limit=limit,
+            **given(values, prompt_suffix="suffix", image_pattern="image_pattern"),
+        )
 
     def question_texts(self) -> list[tuple[str, str]]:
         return [(q.question_id, q.question) for q in self.questions]

@@ -11,6 +11,7 @@ by exact match after VQA normalisation against any reference, or by VQAv2 accura
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,26 @@ from typing import Any
 from vlbridge.atomic import write_text
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown, exact_match
-from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, short_uuid, with_suffix
+from vlbridge.eval.tasks.base import (
+    IMAGE_FOLDER_OPTION,
+    PROMPT_SUFFIX_OPTION,
+    QUESTIONS_OPTION,
+    TASKS,
+    Prompt,
+    Rows,
+    Task,
+    TaskOption,
+    given,
+    model_id,
+    short_uuid,
+    with_suffix,
+)
 from vlbridge.eval.tasks.files import is_id, iter_jsonl, require_file, require_folder
 from vlbridge.eval.vqa import vqa_accuracy
 
 METRICS = ("exact", "vqa")
+ANSWERS_OPTION = TaskOption("answers", "reference JSONL {question_id, answer(s)} to score")
+METRIC_OPTION = TaskOption("metric", "exact match (default) or vqa accuracy", choices=METRICS)
 
 
 @dataclass(frozen=True)
@@ -34,16 +50,6 @@ class Question:
     image: str | None
     category: str
     line: int
-
-
-def model_id(model_path: str | Path | None) -> str:
-    """The "model_id" LLaVA writes: the checkpoint folder's name, with its parent's for a `checkpoint-N` folder."""
-    if model_path is None:
-        return "vlbridge-default"
-    parts = Path(model_path).parts
-    if len(parts) > 1 and parts[-1].startswith("checkpoint-"):
-        return f"{parts[-2]}_{parts[-1]}"
-    return parts[-1] if parts else str(model_path)
 
 
 def load_questions(path: Path) -> list[Question]:
@@ -87,6 +93,7 @@ class LlavaTask(Task):
 
     name = "llava"
     max_new_tokens = 128
+    options = (QUESTIONS_OPTION, IMAGE_FOLDER_OPTION, ANSWERS_OPTION, PROMPT_SUFFIX_OPTION, METRIC_OPTION)
 
     def __init__(
         self,
@@ -119,6 +126,17 @@ class LlavaTask(Task):
                     f"(line {missing[0].line} of {self.source}); add them, or leave out --answers to only predict",
                     ref_file,
                 )
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> LlavaTask:
+        return cls(
+            values["questions"],
+            values["image_folder"],
+            references=values["answers"],
+            model_name=model_id(model),
+            limit=limit,
+            **given(values, prompt_suffix="suffix", metric="metric"),
+        )
 
     def prompts(self) -> list[Prompt]:
         return [

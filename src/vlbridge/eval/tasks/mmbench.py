@@ -16,7 +16,7 @@ import binascii
 import csv
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,11 +27,22 @@ import PIL.Image
 from vlbridge.atomic import write_text
 from vlbridge.errors import DataError, ImageError
 from vlbridge.eval.scoring import breakdown, circular_variants, extract_choice
-from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, with_suffix
+from vlbridge.eval.tasks.base import (
+    PROMPT_SUFFIX_OPTION,
+    QUESTIONS_OPTION,
+    TASKS,
+    Prompt,
+    Rows,
+    Task,
+    TaskOption,
+    given,
+    with_suffix,
+)
 from vlbridge.eval.tasks.files import require_file
 
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
 REQUIRED = ("index", "question", "image", "A", "B")
+NO_CIRCULAR_OPTION = TaskOption("no_circular", "ask each question once, unrotated", switch=True)
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,7 @@ class MMBenchTask(Task):
 
     name = "mmbench"
     max_new_tokens = 8
+    options = (QUESTIONS_OPTION, PROMPT_SUFFIX_OPTION, NO_CIRCULAR_OPTION)
 
     def __init__(
         self, questions: str | Path, *, suffix: str = LETTER_ANSWER, circular: bool = True, limit: int | None = None
@@ -143,6 +155,15 @@ class MMBenchTask(Task):
         self.questions = every[:limit]
         self.suffix, self.circular = suffix, circular
         self.scored = bool(self.questions) and all(q.answer is not None for q in self.questions)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> MMBenchTask:
+        return cls(
+            values["questions"],
+            circular=not values["no_circular"],
+            limit=limit,
+            **given(values, prompt_suffix="suffix"),
+        )
 
     def _image(self, question: Question) -> PIL.Image.Image:
         """The row's image, decoded when its batch is built (following an index reference to another row)."""

@@ -9,15 +9,15 @@ break down by question form (`tasks.question_form`: how the question names its o
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlbridge.data.llava_json import EvalItem, load_eval
 from vlbridge.data.synthetic.tasks import question_form
-from vlbridge.errors import DataError
+from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown, exact_match
-from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task
+from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, TaskOption
 
 
 def exact_match_scorer(prediction: str, item: EvalItem) -> float:
@@ -26,6 +26,8 @@ def exact_match_scorer(prediction: str, item: EvalItem) -> float:
 
 
 BASELINES = ("majority_baseline", "unbound_baseline")
+DATA_OPTION = TaskOption("data", "dataset folder written by `vlbridge data synth`")
+SPLIT_OPTION = TaskOption("split", "which held-out file: test (default, test.jsonl) or val")
 
 
 def split_baselines(data: Path, split: str) -> dict[str, dict[str, float]]:
@@ -55,6 +57,7 @@ class SyntheticTask(Task):
 
     name = "synthetic"
     max_new_tokens = 12
+    options = (DATA_OPTION, SPLIT_OPTION)
 
     def __init__(
         self,
@@ -78,6 +81,17 @@ class SyntheticTask(Task):
             raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
         items = load_eval(questions).items[:limit]
         return cls(items, data, baselines=split_baselines(data, split), source=str(questions.resolve()))
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> SyntheticTask:
+        if values["data"] is None:
+            raise ConfigError("--task synthetic needs --data DIR (a folder written by `vlbridge data synth`)")
+        return cls.from_folder(values["data"], values["split"] or "test", limit=limit)
+
+    @classmethod
+    def default_out(cls, values: Mapping[str, Any], model: str | None) -> Path:
+        """The dataset folder's eval/."""
+        return Path(values["data"]) / "eval"
 
     def prompts(self) -> list[Prompt]:
         return [

@@ -12,6 +12,7 @@ Without annotations (test-dev) only the results file is written.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,23 @@ from typing import Any
 from vlbridge.atomic import write_text
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown
-from vlbridge.eval.tasks.base import TASKS, ImageFolderTask, Rows
+from vlbridge.eval.tasks.base import (
+    IMAGE_FOLDER_OPTION,
+    IMAGE_PATTERN_OPTION,
+    PROMPT_SUFFIX_OPTION,
+    QUESTIONS_OPTION,
+    TASKS,
+    ImageFolderTask,
+    Rows,
+    TaskOption,
+    given,
+)
 from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file
 from vlbridge.eval.vqa import vqa_accuracy
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
+ANNOTATIONS_OPTION = TaskOption("annotations", "official annotations JSON to score")
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ class VQAv2Task(ImageFolderTask):
     """VQAv2 from the official question/annotation files and a COCO image folder."""
 
     name = "vqav2"
+    options = (QUESTIONS_OPTION, IMAGE_FOLDER_OPTION, ANNOTATIONS_OPTION, IMAGE_PATTERN_OPTION, PROMPT_SUFFIX_OPTION)
 
     def __init__(
         self,
@@ -131,6 +144,16 @@ class VQAv2Task(ImageFolderTask):
                     "annotations of the same split, or leave out --annotations to only predict",
                     ann_file,
                 )
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> VQAv2Task:
+        return cls(
+            values["questions"],
+            values["image_folder"],
+            annotations=values["annotations"],
+            limit=limit,
+            **given(values, prompt_suffix="suffix", image_pattern="image_pattern"),
+        )
 
     def question_texts(self) -> list[tuple[str, str]]:
         return [(str(q["question_id"]), q["question"]) for q in self.questions]

@@ -32,7 +32,7 @@ from vlbridge.connectors.qformer import CLS, DEC, QFormerConnector
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.model.vlm import VisionLanguageModel
-from vlbridge.train.objectives import OBJECTIVES, Batch, Objective, ObjectiveOutput
+from vlbridge.train.objectives.base import Batch, Objective, ObjectiveOutput
 
 MODES = ("unimodal", "bidirectional", "causal")
 
@@ -215,6 +215,3 @@ def _qformer_of(model: VisionLanguageModel) -> QFormerConnector:
 def build_qformer_objective(model: VisionLanguageModel, dataset: Dataset | None = None) -> QFormerObjective:
     """The qformer objective sized for `model` (its Q-Former and its LM vocabulary)."""
     return QFormerObjective(_qformer_of(model), model.config.language_model.vocab_size)
-
-
-OBJECTIVES.register("qformer")(build_qformer_objective)

@@ -1,0 +1,80 @@
+"""Training objectives: what a stage turns a batch into a loss with, registered once with the data they read.
+
+- `causal_lm`: the VLM's next-token loss on supervised (assistant) tokens, images spliced in; reads conversations.
+- `text_lm`: causal-LM pre-training of the language model alone; reads plain text (or a LLaVA file's conversations).
+- `contrastive`: CLIP-style contrastive pre-training of the ViT; reads image-caption pairs.
+- `regions`: supervised pre-training of the ViT on per-region attribute labels; reads region labels.
+- `qformer`: BLIP-2 stage 1 (ITC + ITM + ITG) for the Q-Former connector; reads image-caption pairs.
+
+`OBJECTIVES` is the one place an objective is named. Each entry carries the factory that sizes the objective for the
+model (and the stage's data) and the `DataKind` its stages read (train/stage_data.py): recipe validation lists the
+registered names and checks a stage's `data_format` against the kind, the pipeline builds the stage's dataset through
+the kind, and the trainer builds the objective through the factory. Adding an objective is one module and one entry
+here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.registry import Registry
+from vlbridge.train.objectives.base import Batch, Objective, ObjectiveFactory, ObjectiveOutput, TrainStep
+from vlbridge.train.objectives.contrastive import ContrastiveObjective, build_contrastive
+from vlbridge.train.objectives.language import CausalLMObjective, TextLMObjective
+from vlbridge.train.objectives.qformer import QFormerObjective, build_qformer_objective
+from vlbridge.train.objectives.regions import RegionObjective, build_regions, region_pool
+from vlbridge.train.stage_data import CONVERSATIONS, PAIRS, REGIONS, TEXT, DataKind
+
+
+@dataclass(frozen=True)
+class ObjectiveEntry:
+    """A registered objective: `build(model, dataset)` makes it; `data` is the kind of data its stages read."""
+
+    build: ObjectiveFactory
+    data: DataKind
+
+
+OBJECTIVES: Registry[ObjectiveEntry] = Registry("objective")
+OBJECTIVES.register("causal_lm")(ObjectiveEntry(lambda model, dataset: CausalLMObjective(), CONVERSATIONS))
+OBJECTIVES.register("text_lm")(ObjectiveEntry(lambda model, dataset: TextLMObjective(), TEXT))
+OBJECTIVES.register("contrastive")(ObjectiveEntry(build_contrastive, PAIRS))
+OBJECTIVES.register("regions")(ObjectiveEntry(build_regions, REGIONS))
+OBJECTIVES.register("qformer")(ObjectiveEntry(build_qformer_objective, PAIRS))
+
+
+def build_objective(name: str, model: VisionLanguageModel, dataset: Dataset | None = None) -> Objective:
+    """The objective registered as `name`, sized for `model` and, where its heads depend on the labels, for the
+    stage's `dataset`; an unknown name raises ConfigError listing the registered ones."""
+    return OBJECTIVES.get(name).build(model, dataset)
+
+
+def data_formats() -> list[str]:
+    """Every `data_format` some registered objective reads, in registration order."""
+    return list(dict.fromkeys(f for name in OBJECTIVES.names() for f in OBJECTIVES.get(name).data.formats))
+
+
+def objectives_reading(data_format: str) -> list[str]:
+    """The registered objectives whose data kind reads `data_format` files, in registration order."""
+    return [name for name in OBJECTIVES.names() if data_format in OBJECTIVES.get(name).data.formats]
+
+
+__all__ = [
+    "OBJECTIVES",
+    "Batch",
+    "CausalLMObjective",
+    "ContrastiveObjective",
+    "Objective",
+    "ObjectiveEntry",
+    "ObjectiveOutput",
+    "QFormerObjective",
+    "RegionObjective",
+    "TextLMObjective",
+    "TrainStep",
+    "build_objective",
+    "data_formats",
+    "objectives_reading",
+    "region_pool",
+]

@@ -1,0 +1,38 @@
+"""The task registry: every task is found by its name and built from its declared options alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlbridge.errors import ConfigError, VlbridgeError
+from vlbridge.eval.tasks import TASKS, LlavaTask
+
+
+def test_unknown_task_lists_the_registered_ones() -> None:
+    assert sorted(TASKS.names()) == ["gqa", "llava", "mmbench", "synthetic", "vqav2"]
+    with pytest.raises(ConfigError, match="unknown eval task 'okvqa'; known eval tasks: gqa, llava, mmbench"):
+        TASKS.get("okvqa")
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_a_task_built_from_no_options_names_the_flag_it_needs(name: str) -> None:
+    task = TASKS.get(name)
+    assert task.name == name
+    assert len({option.name for option in task.options}) == len(task.options)
+    values = {option.name: False if option.switch else None for option in task.options}
+    with pytest.raises(VlbridgeError, match="needs --"):
+        task.from_options(values, limit=None, model=None)
+
+
+def test_options_reach_the_constructor_and_unset_ones_keep_its_defaults(tmp_path: Path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "text": "Why?"}) + "\n" for i in range(3)))
+    values = {"questions": str(questions), "image_folder": None, "answers": None, "prompt_suffix": None}
+    task = TASKS.get("llava").from_options({**values, "metric": "vqa"}, limit=2, model="runs/exp1/checkpoint-500")
+    assert isinstance(task, LlavaTask) and len(task.prompts()) == 2
+    assert (task.metric, task.suffix, task.model_name) == ("vqa", "", "exp1_checkpoint-500")
+    assert TASKS.get("llava").from_options({**values, "metric": None}, limit=None, model=None).metric == "exact"
+    assert LlavaTask.default_out(values, "runs/exp1") == tmp_path / "answers" / "exp1"
