@@ -1,7 +1,8 @@
 """Nested, typed configs: dataclasses read from YAML/dicts, with `--set a.b=c` overrides.
 
 Configs are never mutated; derived values come from `dataclasses.replace`. An unknown key or a value of the
-wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default.
+wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default. `from_dict` is
+the one typed reader: the connectors read their own options dataclasses with it too (vlbridge.connectors.base).
 """
 
 from __future__ import annotations
@@ -86,7 +87,12 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    """Which connector bridges vision to language, and its settings (connector-specific ones in `options`)."""
+    """Which connector bridges vision to language, and its settings.
+
+    Connector-specific settings stay a plain mapping in `options`, as written in YAML and saved in config.json; the
+    connector named by `name` declares their types and defaults as a dataclass and reads them into it when it is
+    built (`vlbridge.connectors.base.parse_options`), so this file needs to know no connector.
+    """
 
     name: str = "mlp"
     depth: int = 2  # mlp: number of Linear layers (LLaVA-1.5 mlp2x_gelu = 2)
