@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -33,6 +35,20 @@ def test_wrong_type_is_named() -> None:
         from_dict(ModelConfig, {"language_model": {"num_hidden_layers": "two"}})
     with pytest.raises(ConfigError, match="got a boolean"):
         from_dict(ModelConfig, {"language_model": {"hidden_size": True}})
+
+
+@dataclass(frozen=True)
+class _Choice:
+    mode: Literal["fast", "exact"] = "fast"
+    level: Literal[1, 2] = 1
+
+
+def test_literal_fields_take_one_of_their_values() -> None:
+    assert from_dict(_Choice, {"mode": "exact", "level": 2}) == _Choice("exact", 2)
+    with pytest.raises(ConfigError, match=r"^mode: expected one of 'fast', 'exact', got 'quick'$"):
+        from_dict(_Choice, {"mode": "quick"})
+    with pytest.raises(ConfigError, match=r"^level: expected one of 1, 2, got True$"):
+        from_dict(_Choice, {"level": True})  # True == 1, but it is no level
 
 
 def test_null_vision_means_text_only() -> None:

@@ -1,7 +1,8 @@
 """Nested, typed configs: dataclasses read from YAML/dicts, with `--set a.b=c` overrides.
 
 Configs are never mutated; derived values come from `dataclasses.replace`. An unknown key or a value of the
-wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default.
+wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default. `from_dict` is
+the one typed reader: the connectors read their own options dataclasses with it too (vlbridge.connectors.base).
 """
 
 from __future__ import annotations
@@ -86,7 +87,12 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    """Which connector bridges vision to language, and its settings (connector-specific ones in `options`)."""
+    """Which connector bridges vision to language, and its settings.
+
+    Connector-specific settings stay a plain mapping in `options`, as written in YAML and saved in config.json; the
+    connector named by `name` declares their types and defaults as a dataclass and reads them into it when it is
+    built (`vlbridge.connectors.base.parse_options`), so this file needs to know no connector.
+    """
 
     name: str = "mlp"
     depth: int = 2  # mlp: number of Linear layers (LLaVA-1.5 mlp2x_gelu = 2)
@@ -149,6 +155,11 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         return None
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -167,16 +178,21 @@ def _check(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def unknown_keys(cls: type, data: dict[str, Any]) -> list[str]:
+    """The keys of `data` that are no field of dataclass `cls`, sorted."""
+    return sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+
+
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = unknown_keys(cls, data)
     if unknown:
         prefix = f"{where}." if where else ""
+        names = sorted(f.name for f in dataclasses.fields(cls))
         raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(names))}"
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(names)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {k: _check(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 

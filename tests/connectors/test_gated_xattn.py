@@ -196,10 +196,11 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"resampler": "qformer"}, r"options\.resampler must be one of perceiver, none, got 'qformer'"),
+        ({"resampler": "qformer"}, r"options\.resampler: expected one of 'perceiver', 'none', got 'qformer'"),
         ({"every": 3}, r"options\.every is 3 but the LM has 2 layers.*at most 2"),
-        ({"attend_previous_only": 1}, r"options\.attend_previous_only must be of type bool, got 1"),
-        ({"gate_init": 0.1}, r"no option\(s\) gate_init"),
+        ({"attend_previous_only": 1}, r"options\.attend_previous_only: expected bool, got int 1"),
+        ({"every": 0}, r"connector\.options\.every must be >= 1, got 0"),
+        ({"gate_init": 0.1}, r"'gated_xattn' has no option\(s\) gate_init; its options are: num_latents: int = 64"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict, message: str) -> None:

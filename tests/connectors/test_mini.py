@@ -137,9 +137,9 @@ def test_config_errors_name_the_option() -> None:
                 connector=ConnectorConfig(name="mini", options={"grids": 2}),
             )
         )
-    with pytest.raises(ConfigError, match="grid must be an integer >= 1"):
+    with pytest.raises(ConfigError, match=r"connector\.options\.grid must be >= 1, got 0"):
         mini_model(grid=0)
-    with pytest.raises(ConfigError, match="prefusion_init must be 'lm' or 'random'"):
+    with pytest.raises(ConfigError, match=r"prefusion_init: expected one of 'lm', 'random', got 'copy'"):
         mini_model(init="copy")
     with pytest.raises(ConfigError, match="square patch grid but got 17 features"):
         mini_model().connector(torch.randn(1, 17, 16))

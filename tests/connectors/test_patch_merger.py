@@ -58,9 +58,9 @@ def test_bad_input_is_a_config_error() -> None:
         merger()(torch.randn(1, 49, 6))  # a 7 x 7 grid
     with pytest.raises(ConfigError, match=r"17 features per image, not a perfect square.*select_strategy"):
         merger()(torch.randn(1, 17, 6))
-    with pytest.raises(ConfigError, match=r"connector\.options\.merge must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"'patch_merger': connector\.options\.merge must be >= 1, got 0"):
         merger(merge=0)
-    with pytest.raises(ConfigError, match=r"connector\.options\.norm must be one of patch, merged, got 'post'"):
+    with pytest.raises(ConfigError, match=r"connector\.options\.norm: expected one of 'patch', 'merged', got 'post'"):
         merger(norm="post")
 
 

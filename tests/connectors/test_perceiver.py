@@ -87,10 +87,10 @@ def test_too_many_frames_is_a_config_error() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"num_latent": 4}, r"no option\(s\) num_latent; its options are: depth, ff_mult"),
+        ({"num_latent": 4}, r"no option\(s\) num_latent; its options are: num_latents: int = 64, depth: int = 6"),
         ({"depth": 0}, r"options\.depth must be >= 1, got 0"),
-        ({"num_latents": "8"}, r"options\.num_latents must be of type int, got '8'"),
-        ({"num_latents": True}, r"options\.num_latents must be of type int, got True"),
+        ({"num_latents": "8"}, r"options\.num_latents: expected int, got str '8'"),
+        ({"num_latents": True}, r"options\.num_latents: expected int, got a boolean True"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict, message: str) -> None:

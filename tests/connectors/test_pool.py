@@ -54,7 +54,7 @@ def test_bad_input_is_a_config_error() -> None:
         pool().num_tokens(5)
     with pytest.raises(ConfigError, match="not a perfect square"):
         pool()(torch.randn(1, 17, 6))
-    with pytest.raises(ConfigError, match=r"connector\.options\.kernel must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"connector 'pool': connector\.options\.kernel must be >= 1, got 0"):
         pool(kernel=0)
     with pytest.raises(ConfigError, match=r"no option\(s\) kernal; its options are: kernel"):
         pool(kernal=2)

@@ -94,9 +94,10 @@ def test_outputs_are_layer_normed_queries_projected() -> None:
     [
         ({"num_querys": 4}, r"connector 'qformer' has no option\(s\) num_querys; its options are: .*num_queries"),
         ({"hidden_size": 30, "num_heads": 4}, r"hidden_size 30 is not divisible by num_heads 4"),
-        ({"num_layers": 0}, r"connector.options.num_layers must be a positive int, got 0"),
-        ({"num_queries": True}, r"connector.options.num_queries must be a positive int"),
-        ({"dropout": 1.5}, r"connector.options.dropout must be a within \[0, 1\) float"),
+        ({"num_layers": 0}, r"connector 'qformer': connector\.options\.num_layers must be >= 1, got 0"),
+        ({"num_queries": True}, r"connector\.options\.num_queries: expected int, got a boolean True"),
+        ({"dropout": 1.5}, r"connector\.options\.dropout must be within \[0, 1\), got 1\.5"),
+        ({"layer_norm_eps": 0}, r"connector\.options\.layer_norm_eps must be positive, got 0\.0"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict, message: str) -> None:

@@ -4,19 +4,27 @@ A connector maps vision features (one tensor per image) to visual tokens in the 
 no tokens at all and reach into the LM instead (`lm_hooks`, used by Flamingo's gated cross-attention), or build
 layers of the LM's own structure (`ConnectorContext.block_cls`, used by LLaVA-Mini's modality pre-fusion) and rewrite
 the text embeddings too (`fuse` at the prompt, `fuse_step` for each generated token, with state in a `FusionCache`).
+
+Each connector declares its options (`connector.options` in a config) as a frozen dataclass, its `Options`, with
+types and defaults; `parse_options` is the one path from the config's mapping to that dataclass, through the config
+reader's `from_dict`, so an unknown option or a wrong type is a ConfigError naming the connector, the option, the
+expected type and every option the connector accepts. Range checks live in the dataclass's `__post_init__`; checks that
+need the parts around the connector (the LM's depth, say) stay in the connector.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from vlbridge.config import ConnectorConfig, LMConfig
+from vlbridge.config import ConnectorConfig, LMConfig, from_dict, unknown_keys
 from vlbridge.connectors.splice import splice
 from vlbridge.errors import ConfigError
 from vlbridge.registry import Registry
@@ -26,6 +34,56 @@ if TYPE_CHECKING:
 
 LayerHook = Callable[[torch.Tensor], torch.Tensor]
 """Applied to the LM residual stream (B, T, D) before the decoder layer it is keyed by."""
+
+OptionsT = TypeVar("OptionsT")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a connector that takes none (mlp, linear): any key in `connector.options` is an error."""
+
+
+def describe_options(options_cls: type) -> str:
+    """`name: type = default` for each field of an options dataclass ("none" without fields): what a connector
+    accepts, as its option errors list it."""
+    hints = typing.get_type_hints(options_cls)
+    described = [f"{f.name}: {_type_name(hints[f.name])}{_default(f)}" for f in dataclasses.fields(options_cls)]
+    return ", ".join(described) or "none"
+
+
+def _default(f: dataclasses.Field) -> str:
+    """` = 2`: the field's default, or what its default factory makes (every option has a default)."""
+    return f" = {(f.default if f.default_factory is dataclasses.MISSING else f.default_factory())!r}"
+
+
+def _type_name(tp: Any) -> str:
+    """`int` for a class, `int | None` or `Literal['a', 'b']` for the rest (typing's repr without its module)."""
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def parse_options(name: str, options_cls: type[OptionsT], options: Mapping[str, Any]) -> OptionsT:
+    """Connector `name`'s `options` mapping read into its options dataclass, defaults filled in.
+
+    The one path from config to options: `from_dict` does the typing (the same reader as every other config section)
+    and this adds which connector it was and what it accepts, so the user can fix the key in one read.
+    """
+    data = dict(options)
+    accepted = describe_options(options_cls)
+    unknown = unknown_keys(options_cls, data)
+    if unknown:
+        raise ConfigError(f"connector {name!r} has no option(s) {', '.join(unknown)}; its options are: {accepted}")
+    try:
+        return from_dict(options_cls, data, "connector.options")
+    except ConfigError as err:
+        raise ConfigError(f"connector {name!r}: {err}; its options are: {accepted}") from None
+
+
+def at_least(options: object, minimum: int, *names: str) -> None:
+    """Raise ConfigError for the first of the fields `names` of `options` below `minimum` (None means unset)."""
+    for key in names:
+        value = getattr(options, key)
+        if value is not None and value < minimum:
+            raise ConfigError(f"connector.options.{key} must be >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -50,12 +108,19 @@ class FusionCache:
 
 
 class Connector(nn.Module, ABC):
-    """Maps vision features (N_images, P, Dv) to visual tokens (N_images, K, D) for the LM."""
+    """Maps vision features (N_images, P, Dv) to visual tokens (N_images, K, D) for the LM.
+
+    A subclass sets `Options` to its options dataclass; `self.options` then holds `config.options` read into it.
+    """
+
+    Options: ClassVar[type] = NoOptions
+    """The dataclass `connector.options` is read into: one field per option, with its type and default."""
 
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__()
         self.config = config
         self.context = context
+        self.options = parse_options(config.name, self.Options, config.options)
 
     @abstractmethod
     def num_tokens(self, n_patches: int) -> int:
@@ -98,17 +163,6 @@ class Connector(nn.Module, ABC):
     def init_from_language_model(self, language_model: DecoderLM) -> None:
         """Called by the VLM once the language model holds its weights, for connectors initialised from it (LLaVA-Mini
         copies its first layers); most connectors do nothing."""
-
-
-def check_options(config: ConnectorConfig, allowed: Iterable[str]) -> None:
-    """Reject option keys the connector does not read, so a typo never falls back to a default silently."""
-    known = sorted(allowed)
-    unknown = sorted(set(config.options) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"connector {config.name!r} has no option(s) {', '.join(unknown)}; "
-            f"its options are: {', '.join(known) or 'none'}"
-        )
 
 
 CONNECTORS: Registry[type[Connector]] = Registry("connector")

@@ -20,31 +20,32 @@ images. One `lm_hooks` call serves one prefill-then-decode run (or one forward p
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, LayerHook
-from vlbridge.connectors.perceiver import (
-    PERCEIVER_DEFAULTS,
-    CrossAttention,
-    FeedForward,
-    PerceiverResampler,
-    read_options,
-)
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, LayerHook, at_least
+from vlbridge.connectors.perceiver import CrossAttention, FeedForward, PerceiverOptions, PerceiverResampler
 from vlbridge.errors import ConfigError
 
-GATED_XATTN_DEFAULTS: dict[str, Any] = {
-    **PERCEIVER_DEFAULTS,
-    "every": 1,
-    "resampler": "perceiver",
-    "attend_previous_only": True,
-}
-"""Flamingo inserts a block every 4th (large) to 7th layer; 1 suits tiny LMs. Resampler options as `perceiver`."""
 
-RESAMPLERS = ("perceiver", "none")
+@dataclass(frozen=True)
+class GatedXAttnOptions(PerceiverOptions):
+    """`connector.options` of `gated_xattn`: the resampler's (as `perceiver`) and where the blocks go.
+
+    Flamingo inserts a block every 4th (large) to 7th layer; 1 suits tiny LMs.
+    """
+
+    every: int = 1  # a block before every `every`-th LM layer
+    resampler: Literal["perceiver", "none"] = "perceiver"  # the media: resampled latents, or the raw features
+    attend_previous_only: bool = True  # a position sees only the last image before it (Flamingo), or all of them
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, 1, "every")
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -108,25 +109,23 @@ class _MediaHook:
 class GatedXAttnConnector(Connector):
     """One learned media-marker token per image in the sequence; vision reaches the LM through `lm_hooks`."""
 
+    Options = GatedXAttnOptions
+    options: GatedXAttnOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        options = read_options(config, GATED_XATTN_DEFAULTS)
+        options = self.options
         lm = context.lm_config
-        if options["resampler"] not in RESAMPLERS:
+        if options.every > lm.num_hidden_layers:
             raise ConfigError(
-                f"connector.options.resampler must be one of {', '.join(RESAMPLERS)}, got {options['resampler']!r}"
-            )
-        if options["every"] > lm.num_hidden_layers:
-            raise ConfigError(
-                f"connector.options.every is {options['every']} but the LM has {lm.num_hidden_layers} layers, so no "
+                f"connector.options.every is {options.every} but the LM has {lm.num_hidden_layers} layers, so no "
                 f"cross-attention block would be inserted; set it to at most {lm.num_hidden_layers}"
             )
-        self.attend_previous_only = options["attend_previous_only"]
         d, dv = lm.hidden_size, context.vision_hidden_size
         self.media_marker = nn.Parameter(torch.randn(d) * 0.02)
         self.resampler: PerceiverResampler | None = None
         self.media_norm: nn.LayerNorm | None = None
-        if options["resampler"] == "perceiver":
+        if options.resampler == "perceiver":
             self.resampler = PerceiverResampler(dv, d, options, config.hidden_act, config.bias)
             media_dim = d
         else:
@@ -134,9 +133,9 @@ class GatedXAttnConnector(Connector):
             media_dim = dv
         blocks = {}
         for i in range(lm.num_hidden_layers):
-            if (i + 1) % options["every"] == 0:
+            if (i + 1) % options.every == 0:
                 heads = (lm.num_attention_heads, lm.resolved_head_dim)
-                ff = (options["ff_mult"], config.hidden_act, config.bias)
+                ff = (options.ff_mult, config.hidden_act, config.bias)
                 blocks[str(i)] = GatedCrossAttentionBlock(d, media_dim, *heads, *ff)
         self.layers = nn.ModuleDict(blocks)
         self.media_dim = media_dim
@@ -171,6 +170,6 @@ class GatedXAttnConnector(Connector):
         row_media = media[index].reshape(image_mask.shape[0], n_slots * k, dm)  # (B, M*K, Dm), extra slots unseen
         last_media = image_mask.long().cumsum(dim=1).to(media.device)  # (B, T); the mask may be real when media is meta
         return {
-            int(i): _MediaHook(block, row_media, last_media, k, self.attend_previous_only)
+            int(i): _MediaHook(block, row_media, last_media, k, self.options.attend_previous_only)
             for i, block in self.layers.items()
         }

@@ -22,40 +22,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vlbridge.config import ConnectorConfig, LMConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, check_options
-from vlbridge.connectors.mlp import MLPConnector
+from vlbridge.config import ConnectorConfig
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, at_least
+from vlbridge.connectors.mlp import mlp_projector
 from vlbridge.connectors.splice import rows_of_images, splice
 from vlbridge.errors import ConfigError
 from vlbridge.lm.decoder import DecoderLM, init_weights, padding_mask
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.rope import RotaryEmbedding
 
-DEFAULT_OPTIONS = {"grid": 1, "prefusion_layers": 4, "prefusion_init": "lm"}
 
+@dataclass(frozen=True)
+class MiniOptions:
+    """`connector.options` of `mini`."""
 
-def _options(config: ConnectorConfig, lm: LMConfig) -> tuple[int, int, str]:
-    """(grid, prefusion_layers, prefusion_init) from `config.options`, checked."""
-    check_options(config, DEFAULT_OPTIONS)
-    opts = {**DEFAULT_OPTIONS, **config.options}
-    grid, layers, init = opts["grid"], opts["prefusion_layers"], opts["prefusion_init"]
-    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
-        raise ConfigError(f"connector.options.grid must be an integer >= 1 (C x C tokens per image), got {grid!r}")
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
-        raise ConfigError(f"connector.options.prefusion_layers must be an integer >= 0, got {layers!r}")
-    if init not in ("lm", "random"):
-        raise ConfigError(f"connector.options.prefusion_init must be 'lm' or 'random', got {init!r}")
-    if init == "lm" and layers > lm.num_hidden_layers:
-        raise ConfigError(
-            f"connector.options.prefusion_layers {layers} exceeds the language model's {lm.num_hidden_layers} layers, "
-            "so they cannot be initialised from it; use fewer pre-fusion layers or prefusion_init: random"
-        )
-    return grid, layers, init
+    grid: int = 1  # C: C x C compressed tokens per image
+    prefusion_layers: int = 4  # pre-fusion blocks of the LM's structure (0: compression only)
+    prefusion_init: Literal["lm", "random"] = "lm"  # copy the LM's first layers into them, or the LM's own init
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "grid")
+        at_least(self, 0, "prefusion_layers")
 
 
 def sincos_2d(rows: Tensor, cols: Tensor, dim: int) -> Tensor:
@@ -120,18 +113,26 @@ class PrefusionState:
 class MiniConnector(Connector):
     """mlp projection -> C x C query cross-attention (the visual tokens); pre-fusion blocks rewrite the text."""
 
+    Options = MiniOptions
+    options: MiniOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
         lm = context.lm_config
-        self.grid, n_layers, self.prefusion_init = _options(config, lm)
+        n_layers = self.options.prefusion_layers
+        if self.options.prefusion_init == "lm" and n_layers > lm.num_hidden_layers:
+            raise ConfigError(
+                f"connector.options.prefusion_layers {n_layers} exceeds the language model's {lm.num_hidden_layers} "
+                "layers, so they cannot be initialised from it; use fewer pre-fusion layers or prefusion_init: random"
+            )
         d = lm.hidden_size
         if d % 4 or d % lm.num_attention_heads:
             raise ConfigError(
                 f"the mini connector needs the LM hidden size ({d}) divisible by 4 (2D sin-cos positions) and by its "
                 f"{lm.num_attention_heads} attention heads (cross-attention heads)"
             )
-        self.projector = MLPConnector(config, context)
-        self.queries = nn.Parameter(torch.randn(self.grid * self.grid, d) * 0.02)  # (C^2, D)
+        self.projector = mlp_projector(config, context)
+        self.queries = nn.Parameter(torch.randn(self.options.grid**2, d) * 0.02)  # (C^2, D)
         self.query_norm = nn.LayerNorm(d)
         self.key_norm = nn.LayerNorm(d)
         self.cross_attn = CrossAttention(d, lm.num_attention_heads)
@@ -140,7 +141,7 @@ class MiniConnector(Connector):
         self.rotary = RotaryEmbedding(lm.resolved_head_dim, lm.rope_theta, min(lm.max_position_embeddings, 4096))
 
     def num_tokens(self, n_patches: int) -> int:
-        return self.grid * self.grid
+        return self.options.grid**2
 
     def forward(self, features: Tensor) -> Tensor:
         return self.compress(self.projector(features))
@@ -154,7 +155,8 @@ class MiniConnector(Connector):
                 f"the mini connector needs a square patch grid but got {p} features per image; drop the CLS token "
                 "(vision.select_strategy: default)"
             )
-        query_pos, key_pos = (t.to(projected.device, projected.dtype) for t in grid_positions(self.grid, side, d))
+        positions = grid_positions(self.options.grid, side, d)
+        query_pos, key_pos = (t.to(projected.device, projected.dtype) for t in positions)
         queries = (self.query_norm(self.queries) + query_pos).expand(n, -1, -1)  # (N, C^2, D)
         values = self.key_norm(projected)  # (N, P, D)
         return self.cross_attn(queries, values + key_pos, values)
@@ -171,7 +173,7 @@ class MiniConnector(Connector):
         out = splice(embeds, image_mask, self.compress(projected))  # (B, T, D)
         if not len(self.prefusion):
             return out
-        visual, visual_valid = rows_of_images(projected, image_mask, self.grid * self.grid)  # (B, V, D), (B, V)
+        visual, visual_valid = rows_of_images(projected, image_mask, self.options.grid**2)  # (B, V, D), (B, V)
         text_valid = ~image_mask if attention_mask is None else attention_mask.bool() & ~image_mask  # (B, T)
         valid = torch.cat([visual_valid, text_valid], dim=1)  # (B, V + T)
         x = torch.cat([visual.to(embeds.dtype), embeds], dim=1)  # (B, V + T, D)
@@ -211,7 +213,7 @@ class MiniConnector(Connector):
 
     def init_from_language_model(self, language_model: DecoderLM) -> None:
         """With prefusion_init 'lm', copy the LM's first layers into the pre-fusion blocks (same class, same keys)."""
-        if self.prefusion_init != "lm":
+        if self.options.prefusion_init != "lm":
             return
         for block, layer in zip(self.prefusion, language_model.model.layers, strict=False):
             block.load_state_dict(layer.state_dict())

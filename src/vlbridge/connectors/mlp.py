@@ -1,7 +1,9 @@
 """LLaVA's projectors: `mlp` (LLaVA-1.5 `mlp2x_gelu`, Linear -> GELU -> Linear) and `linear` (LLaVA-1).
 
 Liu et al., "Improved Baselines with Visual Instruction Tuning" (2023). Weights are named as HF's
-`LlavaMultiModalProjector` (`linear_1`, `linear_2`) so llava-hf checkpoints load with an identity map.
+`LlavaMultiModalProjector` (`linear_1`, `linear_2`) so llava-hf checkpoints load with an identity map. Neither takes
+`connector.options`: `depth`, `hidden_act` and `bias` are fields of the connector config itself. `mlp_projector` builds
+the same projector inside the connectors that reduce or compress the patches before or after it.
 """
 
 from __future__ import annotations
@@ -48,3 +50,9 @@ class LinearConnector(MLPConnector):
 
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(replace(config, depth=1), context)
+
+
+def mlp_projector(config: ConnectorConfig, context: ConnectorContext) -> MLPConnector:
+    """LLaVA's mlp from `config`'s depth, hidden_act and bias, as a part of another connector (whose options are its
+    own, so the projector is built without them)."""
+    return MLPConnector(replace(config, name="mlp", options={}), context)

@@ -10,32 +10,42 @@ layout matches Qwen2-VL's and its merger weights fit by name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
-from vlbridge.connectors.reduce import as_grid, int_option, square_side
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, at_least
+from vlbridge.connectors.reduce import as_grid, square_side
 from vlbridge.errors import ConfigError
 from vlbridge.nn_utils import activation
 
-NORMS = ("patch", "merged")
+
+@dataclass(frozen=True)
+class PatchMergerOptions:
+    """`connector.options` of `patch_merger`."""
+
+    merge: int = 2  # m: concatenate m x m neighbouring patches into one token
+    norm: Literal["patch", "merged"] = "patch"  # LayerNorm each patch (Qwen2-VL) or the merged vector (Qwen3-VL)
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "merge")
 
 
 @CONNECTORS.register("patch_merger")
 class PatchMergerConnector(Connector):
     """m x m neighbouring patches (`options.merge`, default 2) -> one token; `options.norm`: patch | merged."""
 
+    Options = PatchMergerOptions
+    options: PatchMergerOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        check_options(config, ("merge", "norm"))
-        self.merge = int_option(config, "merge", 2)
-        self.norm = config.options.get("norm", "patch")
-        if self.norm not in NORMS:
-            raise ConfigError(f"connector.options.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         d_vision = context.vision_hidden_size
-        d_merged = d_vision * self.merge**2
-        self.ln_q = nn.LayerNorm(d_vision if self.norm == "patch" else d_merged, eps=1e-6)
+        d_merged = d_vision * self.options.merge**2
+        self.ln_q = nn.LayerNorm(d_vision if self.options.norm == "patch" else d_merged, eps=1e-6)
         self.mlp = nn.Sequential(
             nn.Linear(d_merged, d_merged, bias=config.bias),
             activation(config.hidden_act),
@@ -43,24 +53,25 @@ class PatchMergerConnector(Connector):
         )
 
     def num_tokens(self, n_patches: int) -> int:
-        side = square_side(n_patches, self.config.name)
-        if side % self.merge:
+        side, m = square_side(n_patches, self.config.name), self.options.merge
+        if side % m:
             raise ConfigError(
-                f"connector 'patch_merger' merges {self.merge} x {self.merge} patches, but the patch grid is "
-                f"{side} x {side} ({n_patches} patches, not divisible by {self.merge**2}); choose "
-                f"vision.image_size / vision.patch_size divisible by {self.merge}, or set connector.options.merge"
+                f"connector 'patch_merger' merges {m} x {m} patches, but the patch grid is "
+                f"{side} x {side} ({n_patches} patches, not divisible by {m**2}); choose "
+                f"vision.image_size / vision.patch_size divisible by {m}, or set connector.options.merge"
             )
-        return n_patches // self.merge**2
+        return n_patches // m**2
 
     def group(self, features: torch.Tensor) -> torch.Tensor:
         """(N, P, C) row-major grid -> (N, P / m^2, m^2 * C): each m x m block's patches concatenated row-major."""
         self.num_tokens(features.shape[1])  # a ConfigError unless the grid splits into m x m blocks
         grid = as_grid(features, self.config.name)  # (N, S, S, C)
         n, side, _, c = grid.shape
-        m, blocks = self.merge, side // self.merge
+        m = self.options.merge
+        blocks = side // m
         grid = grid.reshape(n, blocks, m, blocks, m, c).permute(0, 1, 3, 2, 4, 5)  # (N, S/m, S/m, m, m, C)
         return grid.reshape(n, blocks * blocks, m * m * c)  # (N, P/m^2, m^2 C)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        merged = self.group(self.ln_q(features)) if self.norm == "patch" else self.ln_q(self.group(features))
+        merged = self.group(self.ln_q(features)) if self.options.norm == "patch" else self.ln_q(self.group(features))
         return self.mlp(merged)  # (N, P/m^2, D)

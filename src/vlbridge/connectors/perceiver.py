@@ -11,39 +11,31 @@ The attention and feed-forward blocks here are also the parts of Flamingo's gate
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, at_least
 from vlbridge.errors import ConfigError
 from vlbridge.nn_utils import activation
 
-PERCEIVER_DEFAULTS: dict[str, Any] = {
-    "num_latents": 64,
-    "depth": 6,
-    "max_frames": 8,
-    "num_heads": 8,
-    "head_dim": 64,
-    "ff_mult": 4,
-}
-"""Flamingo's resampler settings (64 latents, 6 layers, 8 heads of 64, FFN 4x); override in `connector.options`."""
 
+@dataclass(frozen=True)
+class PerceiverOptions:
+    """`connector.options` of `perceiver`; the defaults are Flamingo's (64 latents, 6 layers, 8 heads of 64, FFN 4x)."""
 
-def read_options(config: ConnectorConfig, defaults: dict[str, Any]) -> dict[str, Any]:
-    """`config.options` over `defaults`: an unknown key, a wrong type or a non-positive int raises ConfigError."""
-    check_options(config, defaults)
-    options = {**defaults, **config.options}
-    for key, default in defaults.items():
-        value, kind = options[key], type(default)
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-            raise ConfigError(f"connector.options.{key} must be of type {kind.__name__}, got {value!r}")
-        if kind is int and value < 1:
-            raise ConfigError(f"connector.options.{key} must be >= 1, got {value}")
-    return options
+    num_latents: int = 64  # output tokens per image or video
+    depth: int = 6  # resampler layers
+    max_frames: int = 8  # frames per video that have a time embedding
+    num_heads: int = 8
+    head_dim: int = 64
+    ff_mult: int = 4  # feed-forward width, as a multiple of the vision width
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "num_latents", "depth", "max_frames", "num_heads", "head_dim", "ff_mult")
 
 
 class CrossAttention(nn.Module):
@@ -104,14 +96,14 @@ class ResamplerLayer(nn.Module):
 class PerceiverResampler(nn.Module):
     """(N, F, P, Dv) frames -> (N, K, out_dim): K learned latents resample the features of each item's frames."""
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any], hidden_act: str, bias: bool) -> None:
+    def __init__(self, in_dim: int, out_dim: int, options: PerceiverOptions, hidden_act: str, bias: bool) -> None:
         super().__init__()
-        self.max_frames = options["max_frames"]
-        self.latents = nn.Parameter(torch.randn(options["num_latents"], in_dim))
+        self.max_frames = options.max_frames
+        self.latents = nn.Parameter(torch.randn(options.num_latents, in_dim))
         self.frame_embeddings = nn.Parameter(torch.randn(self.max_frames, in_dim) * 0.02)
         self.layers = nn.ModuleList(
-            ResamplerLayer(in_dim, options["num_heads"], options["head_dim"], options["ff_mult"], hidden_act, bias)
-            for _ in range(options["depth"])
+            ResamplerLayer(in_dim, options.num_heads, options.head_dim, options.ff_mult, hidden_act, bias)
+            for _ in range(options.depth)
         )
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, out_dim, bias=bias)
@@ -141,11 +133,13 @@ class PerceiverResampler(nn.Module):
 class PerceiverConnector(Connector):
     """Flamingo's resampler as a connector: every image becomes `options.num_latents` visual tokens."""
 
+    Options = PerceiverOptions
+    options: PerceiverOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        options = read_options(config, PERCEIVER_DEFAULTS)
         self.resampler = PerceiverResampler(
-            context.vision_hidden_size, context.lm_config.hidden_size, options, config.hidden_act, config.bias
+            context.vision_hidden_size, context.lm_config.hidden_size, self.options, config.hidden_act, config.bias
         )
 
     def num_tokens(self, n_patches: int) -> int:

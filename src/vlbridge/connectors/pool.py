@@ -8,33 +8,47 @@ S x S grid gives ceil(S / k)^2 tokens and no zero padding dilutes an edge token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
-from vlbridge.connectors.mlp import MLPConnector
-from vlbridge.connectors.reduce import as_grid, int_option, square_side
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, at_least
+from vlbridge.connectors.mlp import mlp_projector
+from vlbridge.connectors.reduce import as_grid, square_side
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """`connector.options` of `pool`."""
+
+    kernel: int = 2  # k: pool k x k patches into one token
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "kernel")
 
 
 @CONNECTORS.register("pool")
 class PoolConnector(Connector):
     """Average-pool k x k neighbourhoods of the patch grid (`options.kernel`, default 2), then the mlp projector."""
 
+    Options = PoolOptions
+    options: PoolOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        check_options(config, ("kernel",))
-        self.kernel = int_option(config, "kernel", 2)
-        self.projector = MLPConnector(config, context)
+        self.projector = mlp_projector(config, context)
 
     def num_tokens(self, n_patches: int) -> int:
-        side = square_side(n_patches, self.config.name)
-        return ((side + self.kernel - 1) // self.kernel) ** 2  # ceil(S / k)^2
+        side, k = square_side(n_patches, self.config.name), self.options.kernel
+        return ((side + k - 1) // k) ** 2  # ceil(S / k)^2
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(N, P, Dv) -> (N, ceil(S/k)^2, Dv): the pooled grid in row-major order, before projection."""
+        k = self.options.kernel
         grid = as_grid(features, self.config.name).permute(0, 3, 1, 2)  # (N, Dv, S, S)
-        pooled = F.avg_pool2d(grid, self.kernel, stride=self.kernel, ceil_mode=True)  # (N, Dv, S', S')
+        pooled = F.avg_pool2d(grid, k, stride=k, ceil_mode=True)  # (N, Dv, S', S')
         return pooled.flatten(2).transpose(1, 2)  # (N, S'^2, Dv)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

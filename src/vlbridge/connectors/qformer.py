@@ -26,14 +26,13 @@ that a narrow Q-Former trained from scratch passes signal between the streams fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, at_least
 from vlbridge.errors import ConfigError
 from vlbridge.nn_utils import activation
 
@@ -42,8 +41,31 @@ CLS, DEC = 0, 1
 
 
 @dataclass(frozen=True)
+class QFormerOptions:
+    """`connector.options` of `qformer`; None: sized from the parts around it (see the module docstring)."""
+
+    num_queries: int = 32
+    hidden_size: int | None = None  # the vision width, at most 768
+    num_layers: int = 2
+    num_heads: int | None = None  # hidden_size // 64, or a smaller divisor for narrow widths
+    intermediate_size: int | None = None  # 4 x hidden_size
+    cross_attention_freq: int = 2
+    max_text_length: int | None = None  # the LM context, at most 512
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        positive = ("num_queries", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+        at_least(self, 1, *positive, "cross_attention_freq", "max_text_length")
+        if self.layer_norm_eps <= 0:
+            raise ConfigError(f"connector.options.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"connector.options.dropout must be within [0, 1), got {self.dropout!r}")
+
+
+@dataclass(frozen=True)
 class QFormerSettings:
-    """The Q-Former's resolved sizes (from `connector.options`, defaults filled in)."""
+    """The Q-Former's resolved sizes: its options with every None sized from the parts around it."""
 
     num_queries: int
     hidden_size: int
@@ -64,35 +86,32 @@ def _default_heads(hidden_size: int) -> int:
     return next(h for h in (16, 12, 8, 4, 2, 1) if hidden_size % h == 0 and (hidden_size // h >= 8 or h == 1))
 
 
-def qformer_settings(config: ConnectorConfig, context: ConnectorContext) -> QFormerSettings:
-    """Validate `config.options` (unknown names and bad values raise ConfigError naming them) and fill defaults."""
-    options: dict[str, Any] = dict(config.options)
-    hidden = options.get("hidden_size", min(context.vision_hidden_size, 768))
-    defaults: dict[str, Any] = {
-        "num_queries": 32,
-        "hidden_size": hidden,
-        "num_layers": 2,
-        "num_heads": _default_heads(hidden) if isinstance(hidden, int) and hidden > 0 else 1,
-        "intermediate_size": 4 * hidden if isinstance(hidden, int) else 1,
-        "cross_attention_freq": 2,
-        "max_text_length": min(context.lm_config.max_position_embeddings, 512),
-        "layer_norm_eps": 1e-12,
-        "dropout": 0.0,
-    }
-    check_options(config, defaults)
-    values = {**defaults, **options}
-    for name, value in values.items():
-        want = float if name in ("layer_norm_eps", "dropout") else int
-        ok = isinstance(value, (int, float) if want is float else int) and not isinstance(value, bool)
-        if not ok or (value <= 0 if name != "dropout" else not 0 <= value < 1):
-            bound = "within [0, 1)" if name == "dropout" else "positive"
-            raise ConfigError(f"connector.options.{name} must be a {bound} {want.__name__}, got {value!r}")
-    if values["hidden_size"] % values["num_heads"]:
+def qformer_settings(options: QFormerOptions, hidden_act: str, context: ConnectorContext) -> QFormerSettings:
+    """Fill the options left None from the vision width and the LM's context; raises ConfigError if the heads do not
+    divide the width."""
+    hidden = min(context.vision_hidden_size, 768) if options.hidden_size is None else options.hidden_size
+    heads = _default_heads(hidden) if options.num_heads is None else options.num_heads
+    if hidden % heads:
         raise ConfigError(
-            f"connector.options.hidden_size {values['hidden_size']} is not divisible by num_heads "
-            f"{values['num_heads']}; choose num_heads that divides it"
+            f"connector.options.hidden_size {hidden} is not divisible by num_heads {heads}; "
+            "choose num_heads that divides it"
         )
-    return QFormerSettings(**values, hidden_act=config.hidden_act)
+    return QFormerSettings(
+        num_queries=options.num_queries,
+        hidden_size=hidden,
+        num_layers=options.num_layers,
+        num_heads=heads,
+        intermediate_size=4 * hidden if options.intermediate_size is None else options.intermediate_size,
+        cross_attention_freq=options.cross_attention_freq,
+        max_text_length=(
+            min(context.lm_config.max_position_embeddings, 512)
+            if options.max_text_length is None
+            else options.max_text_length
+        ),
+        layer_norm_eps=options.layer_norm_eps,
+        dropout=options.dropout,
+        hidden_act=hidden_act,
+    )
 
 
 class MultiHeadAttention(nn.Module):
@@ -203,9 +222,12 @@ class QFormerLayer(nn.Module):
 class QFormerConnector(Connector):
     """`num_queries` learnable queries -> Q-Former layers over the vision features -> Linear to the LM width."""
 
+    Options = QFormerOptions
+    options: QFormerOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        s = self.settings = qformer_settings(config, context)
+        s = self.settings = qformer_settings(self.options, config.hidden_act, context)
         self.vision_layernorm = nn.LayerNorm(context.vision_hidden_size, eps=s.layer_norm_eps)  # BLIP-2's ln_vision
         self.query_tokens = nn.Parameter(torch.zeros(1, s.num_queries, s.hidden_size))
         self.layernorm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)

@@ -1,8 +1,7 @@
-"""Shared pieces of the token-reduction connectors (`pool`, `tome`, `patch_merger`, SPEC section 2).
+"""Shared pieces of the spatial token-reduction connectors (`pool`, `patch_merger`, SPEC section 2).
 
-They read a few settings from `ConnectorConfig.options` and, for the spatial ones, view the vision features as the
-square patch grid the ViT produced (row-major, CLS dropped). Both are checked here once, so every reducer rejects a
-typo'd option or a non-grid feature count with the same actionable ConfigError.
+They view the vision features as the square patch grid the ViT produced (row-major, CLS dropped). That view is
+checked here once, so both reject a non-grid feature count with the same actionable ConfigError.
 """
 
 from __future__ import annotations
@@ -11,16 +10,7 @@ import math
 
 import torch
 
-from vlbridge.config import ConnectorConfig
 from vlbridge.errors import ConfigError
-
-
-def int_option(config: ConnectorConfig, key: str, default: int, minimum: int = 1) -> int:
-    """`options[key]` (or `default`) as an integer >= `minimum`; anything else is a ConfigError naming the key."""
-    value = config.options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"connector.options.{key} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def square_side(n_patches: int, name: str) -> int:

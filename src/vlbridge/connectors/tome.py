@@ -12,14 +12,18 @@ and batched: every image of a batch ends with the same count, which `num_tokens`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
-from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, check_options
-from vlbridge.connectors.mlp import MLPConnector
-from vlbridge.connectors.reduce import int_option
+from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, at_least
+from vlbridge.connectors.mlp import mlp_projector
 from vlbridge.errors import ConfigError
+
+DEFAULT_RATIO = 0.25
+"""The share of the patches kept when neither `target` nor `ratio` is set."""
 
 
 def bipartite_merge(
@@ -66,26 +70,37 @@ def merge_tokens(x: torch.Tensor, target: int, size: torch.Tensor | None = None)
     return x.to(dtype), size
 
 
+@dataclass(frozen=True)
+class ToMeOptions:
+    """`connector.options` of `tome`: merge down to `target` tokens, or to `ratio` of the patches (at most one)."""
+
+    target: int | None = None  # tokens per image (fewer patches stay as they are)
+    ratio: float | None = None  # share of the patches, rounded, at least 1 token; DEFAULT_RATIO when neither is set
+
+    def __post_init__(self) -> None:
+        if self.target is not None and self.ratio is not None:
+            raise ConfigError("connector.options sets both target and ratio; they exclude each other, drop one")
+        at_least(self, 1, "target")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise ConfigError(f"connector.options.ratio must be a number in (0, 1], got {self.ratio!r}")
+
+
 @CONNECTORS.register("tome")
 class ToMeConnector(Connector):
     """Bipartite token merging down to `options.target` tokens or `options.ratio` of them, then the mlp projector."""
 
+    Options = ToMeOptions
+    options: ToMeOptions
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        check_options(config, ("target", "ratio"))
-        if "target" in config.options and "ratio" in config.options:
-            raise ConfigError("connector 'tome' takes options.target or options.ratio, not both; drop one")
-        self.target = int_option(config, "target", 1) if "target" in config.options else None
-        ratio = config.options.get("ratio", 0.25)
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
-            raise ConfigError(f"connector.options.ratio must be a number in (0, 1], got {ratio!r}")
-        self.ratio = float(ratio)
-        self.projector = MLPConnector(config, context)
+        self.projector = mlp_projector(config, context)
 
     def num_tokens(self, n_patches: int) -> int:
-        if self.target is not None:
-            return min(self.target, n_patches)
-        return max(1, round(n_patches * self.ratio))
+        if self.options.target is not None:
+            return min(self.options.target, n_patches)
+        ratio = DEFAULT_RATIO if self.options.ratio is None else self.options.ratio
+        return max(1, round(n_patches * ratio))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         merged, _ = merge_tokens(features, self.num_tokens(features.shape[1]))  # (N, K, Dv)
