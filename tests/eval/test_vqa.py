@@ -25,50 +25,44 @@ def test_public_entry_point_scores_with_the_current_version() -> None:
 
 
 @pytest.mark.parametrize(
-    ("prediction", "answers", "current", "v2017"),
+    ("prediction", "answers", "scores"),
     [
         # ten identical "yes". 2021: answers identical, so neither side is processed; "Yes" != "yes", 0 matches
         # -> 0. 2017: the prediction is always processed, "Yes" -> "yes"; the identical answers stay "yes", so
-        # every leave-one-out subset has 9 matches -> min(9/3, 1) = 1 -> 1.0.
-        ("Yes", ["yes"] * 10, 0.0, 1.0),
-        # ten identical "two". 2021: untouched on both sides, "two" == "two" -> 1.0. 2017: the prediction becomes
-        # "2" but the answers stay "two" -> 0.
-        ("two", ["two"] * 10, 1.0, 0.0),
-        # three "2", seven "3". Both versions: answers differ, the prediction "two" -> "2"; the answers "2"/"3" have
+        # every leave-one-out subset has 9 matches -> min(9/3, 1) = 1 -> 1.0. EvalAI lower-cases first -> 1.0, 1.0.
+        ("Yes", ["yes"] * 10, (0.0, 1.0, 1.0, 1.0)),
+        # ten identical "2": as above, "Two" only matches once processed ("Two" -> "2"): 2021 0, the others 1.0
+        ("Two", ["2"] * 10, (0.0, 1.0, 1.0, 1.0)),
+        # ten identical "two". 2021: untouched on both sides, "two" == "two" -> 1.0. 2017, and EvalAI before either:
+        # the prediction becomes "2" but the answers stay "two" -> 0.
+        ("two", ["two"] * 10, (1.0, 0.0, 0.0, 0.0)),
+        # three "2", seven "3". Answers differ, the prediction "two" -> "2" (EvalAI too); the answers "2"/"3" have
         # nothing to process. 3 matches: the 3 subsets dropping a "2" keep 2 (2/3), the 7 dropping a "3" keep 3 (1)
-        # -> (3 * 2/3 + 7 * 1) / 10 = 0.9.
-        ("two", ["2"] * 3 + ["3"] * 7, 0.9, 0.9),
-        # four "t shirt", six "shirt". Both versions: answers differ, so the prediction is processed: "-" touches no
-        # space and there is no digit-comma-digit, so it becomes a space -> "t shirt"; the answers are unchanged
-        # by their processing (2021 full, 2017 punctuation only). 4 matches: every subset keeps >= 3 -> 1.0.
-        ("t-shirt", ["t shirt"] * 4 + ["shirt"] * 6, 1.0, 1.0),
-        # four "1000 2000", six "2000". Both versions: the prediction contains "1,0", a digit-comma-digit, so every
-        # mark is deleted, "-" included -> "10002000", which matches no answer -> 0.
-        ("1,000-2,000", ["1000 2000"] * 4 + ["2000"] * 6, 0.0, 0.0),
+        # -> (3 * 2/3 + 7 * 1) / 10 = 0.9 in every column.
+        ("two", ["2"] * 3 + ["3"] * 7, (0.9, 0.9, 0.9, 0.9)),
+        # four "t shirt", six "shirt". Answers differ, so the prediction is processed: "-" touches no space and there
+        # is no digit-comma-digit, so it becomes a space -> "t shirt" (EvalAI gives the same); the answers are
+        # unchanged by their processing (2021 full, 2017 punctuation only). 4 matches: every subset keeps >= 3 -> 1.0.
+        ("t-shirt", ["t shirt"] * 4 + ["shirt"] * 6, (1.0, 1.0, 1.0, 1.0)),
+        # four "1000 2000", six "2000". Scorer alone: the prediction contains "1,0", a digit-comma-digit, so every
+        # mark is deleted, "-" included -> "10002000", which matches nothing -> 0, 0. EvalAI deletes the commas
+        # first -> "1000-2000"; no digit-comma-digit is left, so "-" becomes a space -> "1000 2000", 4 matches -> 1.0.
+        ("1,000-2,000", ["1000 2000"] * 4 + ["2000"] * 6, (0.0, 0.0, 1.0, 1.0)),
+        # four "man's", six "man". Scorer alone: "'" is not punctuation and "man's" no contraction key, so it stays
+        # "man's", 4 matches -> 1.0. EvalAI writes "'s" as " 's" -> "man 's", which nothing turns back -> 0.
+        ("man's", ["man's"] * 4 + ["man"] * 6, (1.0, 1.0, 0.0, 0.0)),
     ],
 )
-def test_worked_examples_of_both_versions(prediction: str, answers: list[str], current: float, v2017: float) -> None:
-    assert vqa_accuracy(prediction, answers) == pytest.approx(current)
-    assert vqa_accuracy(prediction, answers, version="2021") == pytest.approx(current)
-    assert vqa_accuracy(prediction, answers, version="2017") == pytest.approx(v2017)
-
-
-@pytest.mark.parametrize(
-    ("prediction", "answers", "expected"),
-    [
-        # "Yes" -> "yes", then as above: 2021 leaves the ten identical "yes" alone -> exact match, 9 per subset -> 1.0
-        ("Yes", ["yes"] * 10, 1.0),
-        # "1,000-2,000": commas deleted first -> "1000-2000"; no digit-comma-digit is left, so "-" becomes a space
-        # -> "1000 2000"; answers differ, its full normalisation keeps it, and it matches 4 answers -> 1.0
-        ("1,000-2,000", ["1000 2000"] * 4 + ["2000"] * 6, 1.0),
-        # "two" -> "2", which misses ten identical (so untouched) "two" -> 0
-        ("two", ["two"] * 10, 0.0),
-        # "man's" -> "man 's" (the apostrophe is not punctuation, so it stays split) and misses "man's" -> 0
-        ("man's", ["man's"] * 4 + ["man"] * 6, 0.0),
-    ],
-)
-def test_evalai_processing_before_the_current_scorer(prediction: str, answers: list[str], expected: float) -> None:
-    assert vqa_accuracy(evalai_process_answer(prediction), answers) == pytest.approx(expected)
+def test_worked_examples_of_docs_scoring(prediction: str, answers: list[str], scores: tuple[float, ...]) -> None:
+    """The table in docs/scoring.md: 2021, 2017, then EvalAI processing before 2021 and before 2017."""
+    processed = evalai_process_answer(prediction)
+    got = (
+        vqa_accuracy(prediction, answers),  # the default is 2021
+        vqa_accuracy(prediction, answers, version="2017"),
+        vqa_accuracy(processed, answers, version="2021"),
+        vqa_accuracy(processed, answers, version="2017"),
+    )
+    assert got == pytest.approx(scores)
 
 
 @pytest.mark.parametrize(
