@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlbridge.errors import DataError
+from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval import runner
 from vlbridge.eval.tasks import VQAv2Task
 
@@ -80,6 +80,48 @@ def test_results_file_is_the_official_format(bench: Path, tmp_path: Path, monkey
         {"question_id": 421, "answer": "yes"},
         {"question_id": 1234560, "answer": "2"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "submitted", "by_answer_type"),
+    [
+        # default, as LLaVA submits: EvalAI processing ("Cat" -> "cat", "Yes." -> "yes", "Two" -> "2"), 2021 scorer.
+        # "cat": answers differ, 3 match -> 0.9; "yes" and "2" equal the ten identical answers exactly -> 1.0 each.
+        ({}, ["cat", "yes", "2"], {"other": 0.9, "yes/no": 1.0, "number": 1.0}),
+        # raw text, 2021 scorer: "Cat" is normalised (answers differ) -> 0.9; "Yes." and "Two" meet ten identical
+        # answers, so nothing is normalised and neither matches -> 0
+        ({"evalai_preprocess": False}, ["Cat", "Yes.", "Two"], {"other": 0.9, "yes/no": 0.0, "number": 0.0}),
+        # raw text, 2017 scorer: the prediction is always normalised ("Yes." -> "yes", "Two" -> "2") -> 1.0 each
+        (
+            {"evalai_preprocess": False, "scorer_version": "2017"},
+            ["Cat", "Yes.", "Two"],
+            {"other": 0.9, "yes/no": 1.0, "number": 1.0},
+        ),
+    ],
+)
+def test_evalai_processing_and_scorer_version(
+    bench: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict,
+    submitted: list[str],
+    by_answer_type: dict[str, float],
+) -> None:
+    _fixed_answers(monkeypatch, {"420": "Cat", "421": "Yes.", "1234560": "Two"})
+    task = VQAv2Task(bench / "questions.json", bench / "val2014", annotations=bench / "annotations.json", **options)
+    result = runner.evaluate(None, None, task, tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "vqav2_results.json").read_text())
+    assert [r["answer"] for r in results] == submitted, "the results file holds the answers as scored"
+    scores = result.scores
+    assert {key: scores["by_answer_type"][key]["accuracy"] for key in by_answer_type} == pytest.approx(by_answer_type)
+    assert scores["evalai_preprocess"] == options.get("evalai_preprocess", True)
+    assert scores["scorer_version"] == options.get("scorer_version", "2021")
+    assert [row["prediction"] for row in result.rows.values()] == ["Cat", "Yes.", "Two"], "raw predictions are kept"
+
+
+def test_unknown_scorer_version_fails_before_answering(bench: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown VQA scorer version '2019'"):
+        VQAv2Task(bench / "questions.json", bench / "val2014", scorer_version="2019")  # type: ignore[arg-type]
 
 
 def test_coco_image_names_prompt_suffix_and_pattern_override(bench: Path) -> None:

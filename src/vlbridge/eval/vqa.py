@@ -1,15 +1,29 @@
 """VQAv2 answer normalisation and accuracy, exactly as the official VQA evaluation scores them.
 
 Implements the rules of vqaEval.py in the VQA API (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation), the
-scorer behind every reported VQAv2 number, so our figures compare with published ones:
+scorer behind every reported VQAv2 number, so our figures compare with published ones. Two versions of it are in
+use and they give different scores (docs/scoring.md works through examples):
 
-- prediction: newlines and tabs become spaces, then strip; punctuation; lower-case; number words to digits; drop
-  articles; contractions written without the apostrophe get it back ("dont" -> "don't").
-- ground truth: only the punctuation step, and only when the answers are not all identical (the official
-  annotation files store answers already normalised, so this rarely matters there; `normalize_gt=True` normalises
-  them fully, as TextVQA-style scorers do, for answers that were not).
-- accuracy: for each of the n ground-truth answers, the other n - 1 give min(#matches / 3, 1); the mean over the
-  n leave-one-out subsets is the score. Leaving one out goes by position, so duplicate answers still count.
+- "2021", the default: the current code (commit a013f00, "Fixed processing answers bug", March 2021). Newlines and
+  tabs become spaces and both the prediction and every ground-truth answer are stripped. Then, only when the
+  ground-truth answers are not all identical, both sides are normalised fully (below); when they are all
+  identical neither side is touched, so only an exact match counts ("Yes" scores 0 against ten "yes").
+- "2017": the code from October 2016 (commit 458a8b2) that scored VQAv2 from its 2017 release until that fix. The
+  prediction is always normalised fully; the ground truth gets only the punctuation step, and only when the
+  answers are not all identical ("Yes" scores 1.0 against ten "yes", "two" scores 0 against ten "two").
+
+Full normalisation (`normalize_answer`): newlines and tabs become spaces, then strip; punctuation; lower-case;
+number words to digits; drop articles; contractions written without the apostrophe get it back ("dont" -> "don't").
+`normalize_gt=True` instead normalises both sides fully whatever the answers, as TextVQA-style scorers do, for
+answers that were not stored normalised. Accuracy: for each of the n ground-truth answers, the other n - 1 give
+min(#matches / 3, 1); the mean over the n leave-one-out subsets is the score. Leaving one out goes by position, so
+duplicate answers still count.
+
+`evalai_process_answer` is the EvalAI answer processor that LLaVA applies to predictions before submitting them
+(llava/eval/m4c_evaluator.py, from MMF): it lower-cases, deletes every comma and question mark, splits "'s" off as
+" 's", then normalises fully. Under "2021" it makes case and number words count again against identical answers
+("Yes" and "Two" match ten "yes" and ten "2"; "two" then misses ten "two", as under "2017"), and it changes a few
+answers the scorer alone would not ("1,000-2,000" -> "1000 2000", "man's" -> "man 's").
 
 Two quirks of the official code are kept on purpose, because they change scores: its period pattern
 `(?!<=\\d)(\\.)(?!\\d)` meant a look-behind but wrote a look-ahead that never fires, so it strips every period not
@@ -21,8 +35,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal, cast, get_args
 
-from vlbridge.errors import DataError
+from vlbridge.errors import ConfigError, DataError
+
+VQAVersion = Literal["2021", "2017"]
+"""Which vqaEval.py scores: the current code ("2021") or the one before its answer-processing fix ("2017")."""
+VQA_VERSIONS: tuple[str, ...] = get_args(VQAVersion)
 
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 """Marks the official scorer removes; note that the apostrophe, colon and period are not among them."""
@@ -103,34 +122,69 @@ def _map_words(text: str) -> str:
     return " ".join(words)
 
 
+def _clean_whitespace(text: str) -> str:
+    """Newlines and tabs to spaces, then strip: the only step the 2021 scorer applies to every answer."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(ans: str) -> str:
-    """Normalise an answer as the official VQAv2 scorer normalises a prediction ("The Two dogs." -> "2 dogs")."""
-    text = ans.replace("\n", " ").replace("\t", " ").strip()
-    return _map_words(_strip_punctuation(text))
+    """Normalise an answer fully, as the official VQAv2 scorer does ("The Two dogs." -> "2 dogs")."""
+    return _map_words(_strip_punctuation(_clean_whitespace(ans)))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str], *, normalize_gt: bool = False) -> float:
+def evalai_process_answer(ans: str) -> str:
+    """LLaVA's EvalAI answer processor, applied to a prediction before it is submitted or scored.
+
+    Lower-case, delete every comma and question mark, split "'s" off as " 's", then `normalize_answer`. Deleting
+    the commas first means the punctuation step never sees a digit-comma-digit, so other marks become spaces
+    ("1,000-2,000" -> "1000 2000", where `normalize_answer` gives "10002000").
+    """
+    text = ans.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_answer(text)
+
+
+def require_version(version: str) -> VQAVersion:
+    """`version` if it names a vqaEval.py version, else a ConfigError listing them (checked before any answer)."""
+    if version not in VQA_VERSIONS:
+        raise ConfigError(f"unknown VQA scorer version {version!r}; use one of {', '.join(VQA_VERSIONS)}")
+    return cast(VQAVersion, version)
+
+
+def _compared(
+    prediction: str, answers: Sequence[str], version: VQAVersion, normalize_gt: bool
+) -> tuple[str, list[str]]:
+    """The prediction and the ground-truth answers as the chosen scorer compares them."""
+    if normalize_gt or len(answers) == 1:
+        return normalize_answer(prediction), [normalize_answer(a) for a in answers]
+    if version == "2017":
+        gts = [_strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+        return normalize_answer(prediction), gts
+    pred, gts = _clean_whitespace(prediction), [_clean_whitespace(a) for a in answers]
+    if len(set(gts)) > 1:
+        return normalize_answer(pred), [normalize_answer(a) for a in gts]
+    return pred, gts
+
+
+def vqa_accuracy(
+    prediction: str, answers: Sequence[str], *, version: VQAVersion = "2021", normalize_gt: bool = False
+) -> float:
     """Official VQAv2 accuracy of one predicted answer against the human answers (10 in VQAv2), in [0, 1].
 
+    `version` picks the official scorer: "2021" (current; normalises both sides, and only when the answers
+    differ) or "2017" (normalises the prediction always and the answers' punctuation when they differ); see the
+    module docstring and docs/scoring.md. `normalize_gt=True` normalises both sides fully under either version.
     Any number of answers works: the mean over leave-one-out subsets of min(#matches / 3, 1), so with fewer than 4
     answers even a full match scores below 1 ((n - 1) / 3), as the official formula gives. A single answer, where
-    no subset is left, is scored by exact match after normalising both sides. `normalize_gt=False` treats the
-    answers as the official scorer does (punctuation only, and only if they differ); True normalises them fully.
+    no subset is left, is scored by exact match after normalising both sides.
     """
     if isinstance(answers, str) or len(answers) == 0:
         raise DataError(
             f"vqa_accuracy needs a non-empty list of ground-truth answers, got {answers!r}; pass e.g. ['2']"
         )
-    pred = normalize_answer(prediction)
-    if len(answers) == 1:
-        return float(pred == normalize_answer(answers[0]))
-    if normalize_gt:
-        gts = [normalize_answer(a) for a in answers]
-    elif len(set(answers)) > 1:
-        gts = [_strip_punctuation(a) for a in answers]
-    else:
-        gts = list(answers)
+    pred, gts = _compared(prediction, answers, require_version(version), normalize_gt)
     hits = [gt == pred for gt in gts]
+    if len(hits) == 1:
+        return float(hits[0])
     total = sum(hits)
     # leaving answer i out leaves total - hits[i] matches among the others
     return sum(min(1.0, (total - hit) / 3) for hit in hits) / len(hits)

@@ -4,9 +4,11 @@ Goyal et al., "Making the V in VQA Matter" (2017). Questions are {"questions": [
 "question"}], "data_subtype": "val2014"}; annotations are {"annotations": [{"question_id", "answers": [{"answer"},
 ...], "answer_type", "question_type", ...}]}; images are COCO files named `COCO_<split>_<12-digit image id>.jpg`
 (split from the questions' data_subtype). Each question is asked as LLaVA-1.5 asks it, with "Answer the question
-using a single word or phrase." on the next line; answers are scored with the official VQA accuracy per answer type
-and question type, and written in the official results format [{"question_id", "answer"}] for the evaluation server.
-Without annotations (test-dev) only the results file is written.
+using a single word or phrase." on the next line. As LLaVA does before submitting, each prediction first goes
+through the EvalAI answer processor (`evalai_preprocess=False` keeps the raw text); it is then written in the
+official results format [{"question_id", "answer"}] for the evaluation server and scored with the official VQA
+accuracy (the current vqaEval.py unless `scorer_version="2017"`; docs/scoring.md) per answer type and question
+type. Without annotations (test-dev) only the results file is written.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from vlbridge.eval.tasks.base import (
     given,
 )
 from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file
-from vlbridge.eval.vqa import vqa_accuracy
+from vlbridge.eval.vqa import VQAVersion, evalai_process_answer, require_version, vqa_accuracy
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
@@ -122,8 +124,11 @@ class VQAv2Task(ImageFolderTask):
         image_pattern: str = IMAGE_PATTERN,
         suffix: str = SHORT_ANSWER,
         limit: int | None = None,
+        evalai_preprocess: bool = True,
+        scorer_version: VQAVersion = "2021",
     ) -> None:
         super().__init__(questions, image_folder, image_pattern, suffix)
+        self.evalai_preprocess, self.scorer_version = evalai_preprocess, require_version(scorer_version)
         questions_list, split = load_questions(self.source)
         self.questions = questions_list[:limit]
         if split is None and "{split}" in image_pattern:
@@ -158,11 +163,13 @@ class VQAv2Task(ImageFolderTask):
     def question_texts(self) -> list[tuple[str, str]]:
         return [(str(q["question_id"]), q["question"]) for q in self.questions]
 
+    def _submitted(self, rows: Rows, question: dict[str, Any]) -> str:
+        """The answer submitted and scored for a question: the prediction, through EvalAI's processor if enabled."""
+        prediction = rows[str(question["question_id"])]["prediction"]
+        return evalai_process_answer(prediction) if self.evalai_preprocess else prediction
+
     def write_outputs(self, rows: Rows, out_dir: Path) -> list[Path]:
-        results = [
-            {"question_id": q["question_id"], "answer": rows[str(q["question_id"])]["prediction"]}
-            for q in self.questions
-        ]
+        results = [{"question_id": q["question_id"], "answer": self._submitted(rows, q)} for q in self.questions]
         target = out_dir / "vqav2_results.json"
         write_text(target, json.dumps(results) + "\n")
         return [target]
@@ -173,9 +180,11 @@ class VQAv2Task(ImageFolderTask):
         records = []
         for q in self.questions:
             ann = self.annotations[str(q["question_id"])]
-            value = vqa_accuracy(rows[str(q["question_id"])]["prediction"], ann.answers)
+            value = vqa_accuracy(self._submitted(rows, q), ann.answers, version=self.scorer_version)
             records.append({"answer_type": ann.answer_type, "question_type": ann.question_type, "score": value})
         return {
+            "scorer_version": self.scorer_version,
+            "evalai_preprocess": self.evalai_preprocess,
             "by_answer_type": breakdown(records, key="answer_type"),
             "by_question_type": breakdown(records, key="question_type"),
         }
