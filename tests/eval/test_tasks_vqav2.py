@@ -171,3 +171,12 @@ def test_annotations_must_cover_the_questions(bench: Path) -> None:
         VQAv2Task(bench / "questions.json", bench / "val2014", annotations=bench / "annotations.json")
     limited = VQAv2Task(bench / "questions.json", bench / "val2014", annotations=bench / "annotations.json", limit=1)
     assert len(limited.prompts()) == 1
+
+
+def test_command_line_options_choose_the_scorer_and_raw_answers(bench: Path) -> None:
+    common = {"questions": str(bench / "questions.json"), "image_folder": str(bench / "val2014"), "annotations": None}
+    unset = {"image_pattern": None, "prompt_suffix": None, "scorer_version": None, "raw_answers": False}
+    default = VQAv2Task.from_options({**common, **unset}, None, None)
+    assert (default.scorer_version, default.evalai_preprocess) == ("2021", True)
+    chosen = VQAv2Task.from_options({**common, **unset, "scorer_version": "2017", "raw_answers": True}, None, None)
+    assert (chosen.scorer_version, chosen.evalai_preprocess) == ("2017", False)

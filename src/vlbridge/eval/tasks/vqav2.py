@@ -34,11 +34,13 @@ from vlbridge.eval.tasks.base import (
     given,
 )
 from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file
-from vlbridge.eval.vqa import VQAVersion, evalai_process_answer, require_version, vqa_accuracy
+from vlbridge.eval.vqa import VQA_VERSIONS, VQAVersion, evalai_process_answer, require_version, vqa_accuracy
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
 ANNOTATIONS_OPTION = TaskOption("annotations", "official annotations JSON to score")
+SCORER_VERSION_OPTION = TaskOption("scorer_version", "vqaEval.py version that scores (default 2021)", VQA_VERSIONS)
+RAW_ANSWERS_OPTION = TaskOption("raw_answers", "score predictions as written, without EvalAI's processor", switch=True)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,15 @@ class VQAv2Task(ImageFolderTask):
     """VQAv2 from the official question/annotation files and a COCO image folder."""
 
     name = "vqav2"
-    options = (QUESTIONS_OPTION, IMAGE_FOLDER_OPTION, ANNOTATIONS_OPTION, IMAGE_PATTERN_OPTION, PROMPT_SUFFIX_OPTION)
+    options = (
+        QUESTIONS_OPTION,
+        IMAGE_FOLDER_OPTION,
+        ANNOTATIONS_OPTION,
+        IMAGE_PATTERN_OPTION,
+        PROMPT_SUFFIX_OPTION,
+        SCORER_VERSION_OPTION,
+        RAW_ANSWERS_OPTION,
+    )
 
     def __init__(
         self,
@@ -157,7 +167,8 @@ class VQAv2Task(ImageFolderTask):
             values["image_folder"],
             annotations=values["annotations"],
             limit=limit,
-            **given(values, prompt_suffix="suffix", image_pattern="image_pattern"),
+            evalai_preprocess=not values["raw_answers"],
+            **given(values, prompt_suffix="suffix", image_pattern="image_pattern", scorer_version="scorer_version"),
         )
 
     def question_texts(self) -> list[tuple[str, str]]:
