@@ -4,20 +4,24 @@ Every variant starts from one trained model (`--parts`, e.g. the run of configs/
 and language model are kept, a fresh connector of the variant's kind is put between them (`init_from` + a new
 `model.connector`, see train/pipeline.py), and configs/connectors/<name>.yaml trains it with the same stages and
 steps. Each variant is then scored on the synthetic world's held-out questions per type and profiled: visual tokens
-per image, prefill FLOPs (analytical, bench/flops.py), measured prefill latency and the decode state one image holds
-(LM and pre-fusion KV caches, cross-attention media).
+per image, prefill FLOPs (analytical, vlbridge/bench/flops.py), measured prefill latency and the decode state one
+image holds (LM and pre-fusion KV caches, cross-attention media).
 
-    python benchmarks/connector_comparison.py --parts runs/default --data runs/default/data \
-        --out benchmarks/results/connectors [--only mlp pool-k2 ...] [--set stages.1.steps=100] [--limit 400]
+    python -m benchmarks.connector_comparison --parts runs/default --data runs/default/data \
+        [--only mlp pool-k2 ...] [--set stages.1.steps=100] [--limit 400]
 
-Writes results.md (the table), results.json and accuracy.png / tradeoff.png to --out; a variant already finished
-in --out is not trained again, so an interrupted comparison resumes.
+Writes results.md (the table), results.json and accuracy.png / tradeoff.png to --out (benchmarks/results/
+connectors_default). Variants train in --runs (runs/connectors); one already finished there is not trained again,
+so an interrupted comparison resumes. `--quick` renders a tiny synthetic dataset, trains a tiny model on it as the
+parts, and compares mlp with mini-c1-p1 after one step per stage, all in a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +31,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import vlbridge
+from benchmarks._suite import benchmark_parser, out_dir, run_header
 from vlbridge.atomic import write_text
 from vlbridge.bench.flops import analyze
 from vlbridge.bench.profiler import measure_prefill
+from vlbridge.data.synthetic import synthesize
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks.synthetic import SyntheticTask
 from vlbridge.train import load_recipe, train
@@ -53,11 +59,37 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mini-c3-p2": ("mini", [f"{MINI}.grid=3", f"{MINI}.prefusion_layers=2"]),
 }
 
+QUICK_VARIANTS = ["mlp", "mini-c1-p1"]  # every visual token against one pre-fused token
+QUICK_SCENES, QUICK_QUESTIONS = 24, 4
+QUICK_SET = [  # a 64-wide 2-layer LM and a 48-wide 1-layer ViT; one step of batch 2 per stage
+    "model.language_model.hidden_size=64",
+    "model.language_model.intermediate_size=128",
+    "model.language_model.num_hidden_layers=2",
+    "model.language_model.num_attention_heads=2",
+    "model.language_model.num_key_value_heads=1",
+    "model.vision.hidden_size=48",
+    "model.vision.intermediate_size=96",
+    "model.vision.num_hidden_layers=1",
+    "model.vision.num_attention_heads=1",
+    *(f"stages.{i}.{key}" for i in (0, 1) for key in ("steps=1", "batch_size=2", "save_every=0")),
+]
+
+
+def quick_setup(args: argparse.Namespace, work: Path) -> None:
+    """--quick: a tiny synthetic dataset and a tiny model trained on it (the mlp recipe under QUICK_SET) as the
+    parts, every variant trained under QUICK_SET too, all in `work`, so nothing of an earlier run is reused."""
+    args.data = work / "data"
+    synthesize(args.data, n=QUICK_SCENES, seed=0, val_fraction=0.25)
+    args.set = [*QUICK_SET, *args.set]
+    parts = load_recipe(CONFIGS / "mlp.yaml", [f"data.root={args.data}", *args.set], run_dir=str(work / "parts"))
+    args.parts = train(parts)
+    args.runs = work / "runs"
+
 
 def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train, score and profile one variant; the result is cached in OUT/runs/NAME/result.json."""
+    """Train, score and profile one variant; the result is cached in RUNS/NAME/result.json."""
     config, overrides = VARIANTS[name]
-    run_dir = args.out / "runs" / name
+    run_dir = args.runs / name
     cached = run_dir / "result.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -132,27 +164,40 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", required=True, help="trained model whose vision encoder and LM every variant shares")
-    parser.add_argument("--data", required=True, help="synthetic dataset folder (vlbridge data synth)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/connectors"))
-    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--parts", help="trained model whose vision encoder and LM every variant shares")
+    parser.add_argument("--data", help="synthetic dataset folder (vlbridge data synth)")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("runs/connectors"),
+        help="folder the variants train in (--quick: a temporary one)",
+    )
+    parser.add_argument(
+        "--only", nargs="*", choices=list(VARIANTS), metavar="VARIANT", help="default: all (--quick: 2)"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides applied to every variant")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
-    parser.add_argument("--repeats", type=int, default=5, help="timed prefills per variant (median reported)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N held-out questions (--quick: 4)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed prefills per variant, median (5; --quick: 1)")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = [run_variant(name, args) for name in args.only]
-    command = "python benchmarks/connector_comparison.py " + " ".join(
-        [f"--parts {args.parts}", f"--data {args.data}", f"--split {args.split}"]
-        + ([f"--limit {args.limit}"] if args.limit else [])
-        + ([f"--set {' '.join(args.set)}"] if args.set else [])
-    )
-    write_text(args.out / "results.json", json.dumps(results, indent=2))
-    write_text(args.out / "results.md", f"Regenerate with:\n\n    {command}\n\n{table(results)}")
-    plot(results, args.out)
+    if args.quick and (args.parts or args.data):
+        parser.error("--quick makes its own parts and data")
+    if not args.quick and not (args.parts and args.data):
+        parser.error("--parts and --data are required (or --quick)")
+    out = out_dir(args, "connectors_default")
+    args.only = args.only or (QUICK_VARIANTS if args.quick else list(VARIANTS))
+    args.limit = args.limit or (QUICK_QUESTIONS if args.quick else None)
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    with tempfile.TemporaryDirectory() if args.quick else contextlib.nullcontext() as work:
+        if work is not None:
+            quick_setup(args, Path(work))
+        results = [run_variant(name, args) for name in args.only]
+    write_text(out / "results.json", json.dumps(results, indent=2))
+    write_text(out / "results.md", f"{run_header('- ')}\n{table(results)}")
+    plot(results, out)
     print(table(results))
+    print(f"results: {out / 'results.md'}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared set-up of the benchmarks that time training steps on a synthetic dataset's instruction conversations.
+"""Shared set-up of the experiments that time training steps on a synthetic dataset's instruction conversations.
 
 `load_instruct` parses the common arguments and tokenises `instruct.json` as the instruct stage does;
 `timed_step` times one forward + backward under bf16 autocast, as the default recipe trains; `compare_steps` times a

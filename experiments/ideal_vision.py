@@ -12,7 +12,7 @@ is not in the way; the recipe's own mix differs, so it is not a bound on the rec
 teacher-forced exact match of the whole reply (answer and end-of-turn marker): the reply greedy decoding would
 produce, without decoding. Held-out scenes come from their own seeds.
 
-    python benchmarks/ideal_vision.py --steps 1800 --turns 1 1 --captions 0.1 --template qa
+    python experiments/ideal_vision.py --steps 1800 --turns 1 1 --captions 0.1 --template qa
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ ones drawn by the trainer's own `batch_order`:
 2. **Time**: forward + backward (bf16 autocast, as the default recipe trains) of the model on the first `--steps`
    batches of each order, alternating one of each so that machine noise hits both alike.
 
-    python benchmarks/length_grouping.py --model runs/default --data runs/default/data --steps 40
+    python experiments/length_grouping.py --model runs/default --data runs/default/data --steps 40
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ mask and the attention kernel reads it. This times forward + backward (bf16 auto
 of both on the same length-grouped instruct batches, alternating one of each so that machine noise hits both alike,
 and checks the losses agree.
 
-    python benchmarks/causal_training_mask.py --model src/vlbridge/assets/default --data runs/default/data --steps 40
+    python experiments/causal_training_mask.py --model src/vlbridge/assets/default --data runs/default/data --steps 40
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ At std 1/sqrt(width) (`--init-std`, the default runs both) a distant answer alon
 step 100): the attention logits no longer start near zero, so the heads are not stuck attending uniformly
 (results/binding_gap.txt).
 
-    python benchmarks/binding_gap.py --steps 800
+    python experiments/binding_gap.py --steps 800
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ one k x k block of them, per 3x3 region):
    images every 100 steps. It shows how fast the encoder learns shape when the signal is direct rather than passed
    back through the LM's caption and question losses.
 
-    python benchmarks/shape_perception.py --model runs/default --data runs/default/data --supervised-steps 2000
+    python experiments/shape_perception.py --model runs/default --data runs/default/data --supervised-steps 2000
 """
 
 from __future__ import annotations

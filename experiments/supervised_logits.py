@@ -6,7 +6,7 @@ positions; `forward(..., labels=...)` computes the (B, T, V) logits of every pos
 them. This times forward + backward (bf16 autocast, as the default recipe trains) of both on the same length-grouped
 instruct batches, alternating one of each so that machine noise hits both alike, and checks the losses agree.
 
-    python benchmarks/supervised_logits.py --model runs/default --data runs/default/data --steps 40
+    python experiments/supervised_logits.py --model runs/default --data runs/default/data --steps 40
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ bf16 inputs autocast gives it, whose CPU flash kernel is the slower one at this 
 forward + backward of both on the same length-grouped batches, alternating one of each so that machine noise hits both
 alike, and checks the losses agree. `--captions` times the align stage's batches (batch 32).
 
-    python benchmarks/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --steps 40
-    python benchmarks/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --captions \\
+    python experiments/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --steps 40
+    python experiments/eager_attention.py --model src/vlbridge/assets/default --data runs/default/data --captions \\
         --batch-size 32 --steps 40
 """
 
