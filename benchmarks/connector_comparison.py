@@ -35,7 +35,7 @@ from benchmarks._suite import benchmark_parser, out_dir, run_header
 from vlbridge.atomic import write_text
 from vlbridge.bench.flops import analyze
 from vlbridge.bench.profiler import measure_prefill
-from vlbridge.data.synthetic import synthesize
+from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks.synthetic import SyntheticTask
 from vlbridge.train import load_recipe, train
@@ -79,7 +79,7 @@ def quick_setup(args: argparse.Namespace, work: Path) -> None:
     """--quick: a tiny synthetic dataset and a tiny model trained on it (the mlp recipe under QUICK_SET) as the
     parts, every variant trained under QUICK_SET too, all in `work`, so nothing of an earlier run is reused."""
     args.data = work / "data"
-    synthesize(args.data, n=QUICK_SCENES, seed=0, val_fraction=0.25)
+    synthesize(args.data, SynthOptions(n=QUICK_SCENES, seed=0, val_fraction=0.25))
     args.set = [*QUICK_SET, *args.set]
     parts = load_recipe(CONFIGS / "mlp.yaml", [f"data.root={args.data}", *args.set], run_dir=str(work / "parts"))
     args.parts = train(parts)

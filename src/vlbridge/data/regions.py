@@ -2,7 +2,7 @@
 
 The original ViT was pre-trained on labelled images before any language (Dosovitskiy et al., "An Image is Worth
 16x16 Words", 2021). This is its per-region form, the `regions` objective's data: it tells a from-scratch encoder
-what is where directly, which the LM's caption loss teaches it slowly (benchmarks/shape_perception.py). The
+what is where directly, which the LM's caption loss teaches it slowly (experiments/shape_perception.py). The
 synthetic writer makes `regions.jsonl`; any dataset can be written the same way, one JSON object per line:
 
     {"image": "images/train_000000.png", "grid": 3,

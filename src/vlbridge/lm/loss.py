@@ -21,7 +21,7 @@ def causal_lm_loss(
 
     `outputs` are logits (B, T, V), or final hidden states (B, T, D) with the LM `head`, which then runs on the
     supervised positions only: training skips the (B, T, V) logits of every prompt and image position (94% of
-    the positions of instruction batches in benchmarks/supervised_logits.py: 1.06-1.08x the training steps per second).
+    the positions of instruction batches in experiments/supervised_logits.py: 1.06-1.08x the training steps per second).
     """
     targets = labels[:, 1:].to(outputs.device)  # (B, T-1)
     supervised = targets != IGNORE_INDEX

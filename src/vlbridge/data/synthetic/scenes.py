@@ -113,7 +113,7 @@ class Scene:
         vision pre-training (`regions.jsonl`): what each region holds (empty, object, text), the object's shape,
         colour and size, the word drawn in the text region, and the region's own position. Position is labelled
         because the heads are shared by all regions: without it the pre-training makes the features position-blind
-        (benchmarks/shape_perception.py read a token's own region at 0.112, chance 0.111), and no question can say
+        (experiments/shape_perception.py read a token's own region at 0.112, chance 0.111), and no question can say
         where an object is."""
         labels: dict[str, list[str | None]] = {"kind": ["empty"] * len(POSITIONS), "position": list(POSITIONS)}
         for name in ("shape", "colour", "size", "word"):

@@ -317,7 +317,7 @@ def caption(scene: Scene, rng: random.Random, varied_names: float = 0.0) -> str:
     with nothing between key and value the lookup is one hop from the token at hand. Questions need two: gather the
     words that name the object at the answer, then find it in the image, and neither gets a gradient before the
     other works. With filler words between key and value ("a small red circle in the top left") captions are
-    two-hop too: on ideal visual tokens (benchmarks/ideal_vision.py) position questions stayed at 0.25 after 600
+    two-hop too: on ideal visual tokens (experiments/ideal_vision.py) position questions stayed at 0.25 after 600
     steps with those captions and reached 0.71 with these. With one of the two facts drawn per object, the default
     recipe's model put a named object in its region in 28% of its own captions and answered 0.33 of position
     questions; with both (and its ViT frozen in alignment), 0.90, and with the counts too, 0.99 (count questions

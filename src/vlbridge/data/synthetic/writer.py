@@ -99,7 +99,7 @@ def train_item(
     in shuffled rounds, so past nine turns a type comes again, never the same question), then one more turn per
     type in `focus`, each put at a random place among them; and its caption conversation. `spatial` is
     `tasks.propose`'s, `varied_names` `tasks.caption`'s. `counts` (type -> answer tally) is updated; scripts that
-    need scenes without images (e.g. benchmarks/ideal_vision.py) call it directly."""
+    need scenes without images (e.g. experiments/ideal_vision.py) call it directly."""
     rng = random.Random(derive_seed(seed, "train", index))
     kind = TYPES[index % len(TYPES)]
     answer = stratified_answer(kind, index // len(TYPES), seed, "train")

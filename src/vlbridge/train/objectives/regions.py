@@ -4,7 +4,7 @@ As the original ViT was pre-trained on labels before any language: the patch fea
 averaged per region and a linear head per attribute classifies each region (summed cross-entropies; unlabelled
 regions are skipped). The heads belong to the objective and go with the stage. It is the direct signal the LM's
 losses pass back weakly: a from-scratch ViT trained only through them tells shapes apart poorly
-(benchmarks/shape_perception.py).
+(experiments/shape_perception.py).
 """
 
 from __future__ import annotations
