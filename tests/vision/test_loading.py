@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from vlbridge.errors import ImageError
-from vlbridge.vision import load_image
+from vlbridge.config import ImageProcessorConfig
+from vlbridge.errors import ConfigError, ImageError
+from vlbridge.vision import ImageProcessor, load_image
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -43,3 +46,63 @@ def test_load_image_converts_to_rgb(tmp_path):
     assert image.mode == "RGB" and image.size == (5, 3) and image.getpixel((0, 0)) == (77, 77, 77)
     transparent = PIL.Image.new("RGBA", (2, 2), (10, 20, 30, 0))
     assert load_image(transparent).getpixel((1, 1)) == (255, 255, 255)  # composited onto white, as HF does
+
+
+def save(image: PIL.Image.Image, path: Path) -> Path:
+    image.save(path)
+    return path
+
+
+# --- size limits: refused from the header, before decoding --------------------------------------------------------
+
+
+def test_limits_default_to_the_documented_values():
+    cfg = ImageProcessorConfig()
+    assert (cfg.max_image_pixels, cfg.max_aspect_ratio) == (8192 * 8192, 50.0)
+
+
+@pytest.mark.parametrize("size", [(10, 10), (50, 2), (2, 50)])
+def test_images_within_the_limits_load(tmp_path, size):
+    cfg = ImageProcessorConfig(max_image_pixels=100, max_aspect_ratio=25)
+    path = save(PIL.Image.new("RGB", size, (9, 8, 7)), tmp_path / "ok.png")
+    assert load_image(path, cfg).size == size
+    assert ImageProcessor(dataclasses.replace(cfg, size=8, crop_size=8))([path]).shape == (1, 3, 8, 8)
+
+
+def test_too_many_pixels_is_refused_naming_size_limit_and_fix(tmp_path):
+    path = save(PIL.Image.new("RGB", (11, 10)), tmp_path / "big.png")
+    with pytest.raises(ImageError, match=r"big\.png is 11x10 = 110 pixels, over image_processor\.max_image_pixels=100"):
+        load_image(path, ImageProcessorConfig(max_image_pixels=100))
+    with pytest.raises(ImageError, match=r"raise image_processor\.max_image_pixels"):
+        ImageProcessor(ImageProcessorConfig(max_image_pixels=100))([path])
+
+
+def test_thin_strip_is_refused_naming_ratio_limit_and_fix(tmp_path):
+    path = save(PIL.Image.new("RGB", (1, 26)), tmp_path / "strip.png")
+    with pytest.raises(
+        ImageError, match=r"strip\.png is 1x26, aspect ratio 26\.0:1, over image_processor\.max_aspect_ratio=25"
+    ):
+        load_image(path, ImageProcessorConfig(max_aspect_ratio=25))
+    with pytest.raises(
+        ImageError, match=r"1x100000, aspect ratio 100000\.0:1, over image_processor\.max_aspect_ratio=50"
+    ):
+        load_image(PIL.Image.new("RGB", (1, 100_000)))  # PIL images in memory are checked too
+
+
+def test_pad_to_square_counts_the_padded_square(tmp_path):
+    """pad_to_square makes a max(w, h)^2 canvas: a 20x5 image (100 pixels) becomes 400 once padded."""
+    path = save(PIL.Image.new("RGB", (20, 5)), tmp_path / "wide.png")
+    load_image(path, ImageProcessorConfig(max_image_pixels=100))
+    with pytest.raises(ImageError, match=r"wide\.png is 20x5, 20x20 once padded to a square, = 400 pixels"):
+        ImageProcessor(ImageProcessorConfig(max_image_pixels=100, pad_to_square=True))([path])
+
+
+def test_empty_pil_image_is_refused():
+    with pytest.raises(ImageError, match="0x5: it has no pixels"):
+        ImageProcessor(ImageProcessorConfig())([PIL.Image.new("RGB", (0, 5))])
+
+
+@pytest.mark.parametrize("field,value", [("max_image_pixels", 0), ("max_aspect_ratio", 0.5)])
+def test_limits_must_be_positive(field, value):
+    with pytest.raises(ConfigError, match=rf"image_processor\.{field}"):
+        ImageProcessor(ImageProcessorConfig(**{field: value}))

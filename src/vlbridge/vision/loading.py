@@ -1,4 +1,10 @@
-"""Image loading: a path or a PIL image -> an RGB PIL image; a missing, unreadable or corrupt file raises ImageError."""
+"""Image loading: a path or a PIL image -> an RGB PIL image, in bounded memory; every failure raises ImageError.
+
+Images are untrusted input, so their size is checked against the image processor config's limits
+(`max_image_pixels`, `max_aspect_ratio`; the reasons for their defaults are in ImageProcessorConfig) before any
+pixel is decoded: PIL's `Image.open` parses only the header, and `image.size` is known before `load()`. A header
+that declares a decompression bomb (a few bytes that would decode to gigabytes) is refused there.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,32 @@ from pathlib import Path
 
 import PIL.Image
 
+from vlbridge.config import ImageProcessorConfig
 from vlbridge.errors import ImageError
 
 ImageSource = str | Path | PIL.Image.Image
+
+
+def check_size(width: int, height: int, config: ImageProcessorConfig, name: str) -> None:
+    """Refuse an image the processor could not handle in bounded memory: no pixels, more than `max_image_pixels`
+    (counting the padded square when padding), or a long side over `max_aspect_ratio` times the short one."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} is {width}x{height}: it has no pixels; pass a non-empty image")
+    short, long = sorted((width, height))
+    held = long * long if config.pad_to_square else width * height
+    if held > config.max_image_pixels:
+        padded = f", {long}x{long} once padded to a square," if config.pad_to_square else ""
+        raise ImageError(
+            f"{name} is {width}x{height}{padded} = {held:,} pixels, over image_processor.max_image_pixels="
+            f"{config.max_image_pixels:,}; downscale it, or if you trust the source and have the memory, raise "
+            "image_processor.max_image_pixels in the model's config"
+        )
+    if long > config.max_aspect_ratio * short:
+        raise ImageError(
+            f"{name} is {width}x{height}, aspect ratio {long / short:.1f}:1, over image_processor.max_aspect_ratio="
+            f"{config.max_aspect_ratio:g} (the centre crop would keep under {100 / config.max_aspect_ratio:.2g}% of "
+            "it); crop it into parts nearer square, or raise image_processor.max_aspect_ratio in the model's config"
+        )
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -20,9 +49,21 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source: ImageSource) -> PIL.Image.Image:
-    """An RGB image from a path or a PIL image; missing, unreadable or corrupt files raise ImageError."""
+def describe(image: PIL.Image.Image) -> str:
+    """How error messages name an in-memory PIL image: its mode, size and, when PIL opened it, its file."""
+    filename = getattr(image, "filename", "")
+    return f"the {image.mode} {image.width}x{image.height} PIL image" + (f" from {filename}" if filename else "")
+
+
+def load_image(source: ImageSource, config: ImageProcessorConfig | None = None) -> PIL.Image.Image:
+    """An RGB image from a path or a PIL image, within `config`'s size limits (default: ImageProcessorConfig()'s).
+
+    A file's size is checked from its header before decoding, so a huge or absurdly thin image costs no memory;
+    missing, unreadable, oversized or corrupt files raise ImageError naming the file and the fix.
+    """
+    config = config or ImageProcessorConfig()
     if isinstance(source, PIL.Image.Image):
+        check_size(*source.size, config, describe(source))
         return to_rgb(source)
     if not isinstance(source, (str, Path)):
         raise ImageError(f"expected an image path or a PIL image, got {type(source).__name__}")
@@ -31,8 +72,15 @@ def load_image(source: ImageSource) -> PIL.Image.Image:
         raise ImageError(f"image file {path} does not exist (or is not a file); check the path")
     try:
         with PIL.Image.open(path) as image:
+            check_size(*image.size, config, str(path))
             image.load()
             return to_rgb(image)
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+        raise ImageError(
+            f"{path} declares an image too large to open: PIL refuses it before vlbridge's own limit "
+            f"(image_processor.max_image_pixels={config.max_image_pixels:,}) is checked ({err}); downscale it, or if "
+            "you trust the source, raise that limit and PIL.Image.MAX_IMAGE_PIXELS (PIL refuses twice its value)"
+        ) from err
     except PIL.UnidentifiedImageError as err:
         raise ImageError(f"{path} is not an image PIL can read ({err}); pass a PNG/JPEG/... file") from err
     except (OSError, ValueError, SyntaxError) as err:

@@ -62,15 +62,20 @@ class ImageProcessor:
             )
         if len(config.image_mean) != 3 or len(config.image_std) != 3:
             raise ConfigError("image_processor.image_mean and image_std need 3 values (R, G, B)")
+        if config.max_image_pixels < 1 or config.max_aspect_ratio < 1:
+            raise ConfigError(
+                f"image_processor.max_image_pixels ({config.max_image_pixels}) must be at least 1 and "
+                f"image_processor.max_aspect_ratio ({config.max_aspect_ratio}) at least 1 (a square)"
+            )
         self.config = config
         self._mean = np.array(config.image_mean, dtype=np.float32)
         self._std = np.array(config.image_std, dtype=np.float32)
         self._fill = tuple(int(m * 255) for m in config.image_mean)
 
     def preprocess_one(self, image: ImageSource) -> torch.Tensor:
-        """One image (PIL or path) -> (3, H, W) float32."""
+        """One image (PIL or path) -> (3, H, W) float32; its size is checked against the config's limits first."""
         cfg = self.config
-        image = load_image(image)
+        image = load_image(image, cfg)
         if cfg.pad_to_square:
             image = pad_to_square(image, self._fill)
         if cfg.resize_mode == "exact":
