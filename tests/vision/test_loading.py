@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from vlbridge.config import ImageProcessorConfig
 from vlbridge.errors import ConfigError, ImageError
@@ -106,3 +107,53 @@ def test_empty_pil_image_is_refused():
 def test_limits_must_be_positive(field, value):
     with pytest.raises(ConfigError, match=rf"image_processor\.{field}"):
         ImageProcessor(ImageProcessorConfig(**{field: value}))
+
+
+# --- high bit depth: scaled to 8 bits, never clipped ---------------------------------------------------------------
+
+SIXTEEN_BIT = np.array([[0, 255, 256, 32767, 32768, 65279, 65280, 65535]], dtype=np.uint16)
+HIGH_BYTE = np.array([[0, 0, 1, 127, 128, 254, 255, 255]], dtype=np.uint8)  # v >> 8
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pgm", ".tif"])  # PIL opens these as I;16, I (PGM) and I;16
+def test_16_bit_greys_keep_their_high_byte(tmp_path, suffix):
+    path = save(PIL.Image.fromarray(SIXTEEN_BIT), tmp_path / f"deep{suffix}")
+    np.testing.assert_array_equal(np.asarray(load_image(path)), np.repeat(HIGH_BYTE[..., None], 3, axis=2))
+
+
+def test_16_bit_grey_matches_the_same_picture_in_8_bits(tmp_path):
+    """The processor sees a 16-bit image exactly as its 8-bit version (v >> 8), as PIL decodes 16-bit colour PNGs."""
+    deep = np.random.default_rng(0).integers(0, 65536, (37, 53), dtype=np.uint16)
+    path = save(PIL.Image.fromarray(deep), tmp_path / "deep.png")
+    processor = ImageProcessor(ImageProcessorConfig(size=24, crop_size=24))
+    eight_bit = PIL.Image.fromarray((deep >> 8).astype(np.uint8))
+    torch.testing.assert_close(processor([path]), processor([eight_bit]), atol=0, rtol=0)
+
+
+def test_16_bit_transparency_is_composited_onto_white(tmp_path):
+    path = tmp_path / "key.png"
+    PIL.Image.fromarray(SIXTEEN_BIT).save(path, transparency=32768)
+    expected = HIGH_BYTE.copy()
+    expected[0, 4] = 255
+    np.testing.assert_array_equal(np.asarray(load_image(path))[..., 0], expected)
+
+
+def test_float_image_reads_0_to_1_as_black_to_white(tmp_path):
+    values = np.array([[0.0, 0.5 / 255, 0.49, 0.5, 254.5 / 255, 1.0]], dtype=np.float32)
+    path = save(PIL.Image.fromarray(values), tmp_path / "linear.tif")
+    assert PIL.Image.open(path).mode == "F"
+    np.testing.assert_array_equal(np.asarray(load_image(path))[..., 1], np.rint(values * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("values", [[0.0, 255.0], [-0.25, 0.5], [0.0, np.nan], [0.0, np.inf]])
+def test_float_image_outside_0_1_is_refused_not_clipped(tmp_path, values):
+    path = save(PIL.Image.fromarray(np.array([values], dtype=np.float32)), tmp_path / "hdr.tif")
+    with pytest.raises(ImageError, match=r"hdr\.tif holds float pixels from .* 0\.0 \(black\) to 1\.0 \(white\)"):
+        load_image(path)
+
+
+def test_32_bit_integers_outside_16_bits_are_refused(tmp_path):
+    image = PIL.Image.fromarray(np.array([[0, 70_000]], dtype=np.int32))
+    assert image.mode == "I"
+    with pytest.raises(ImageError, match=r"integer pixels from 0 to 70000, outside 16-bit 0\.\.65535"):
+        load_image(image)

@@ -3,13 +3,16 @@
 Images are untrusted input, so their size is checked against the image processor config's limits
 (`max_image_pixels`, `max_aspect_ratio`; the reasons for their defaults are in ImageProcessorConfig) before any
 pixel is decoded: PIL's `Image.open` parses only the header, and `image.size` is known before `load()`. A header
-that declares a decompression bomb (a few bytes that would decode to gigabytes) is refused there.
+that declares a decompression bomb (a few bytes that would decode to gigabytes) is refused there. 16-bit, 32-bit and
+float pixels are scaled to 8 bits by a stated rule, or refused where their scale is unknowable (to_8bit), never
+clipped as PIL's convert("RGB") does.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 
 from vlbridge.config import ImageProcessorConfig
@@ -40,8 +43,48 @@ def check_size(width: int, height: int, config: ImageProcessorConfig, name: str)
         )
 
 
-def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """RGB copy of `image`; transparent pixels are composited onto white (as HF's convert_to_rgb)."""
+def to_8bit(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """An 8-bit grey copy ('L', or 'LA' when the file marks a grey value transparent) of a 16-bit, 32-bit integer
+    or float image; any other mode is returned as it is.
+
+    PIL's convert("RGB") clips these modes to 0..255, so a 16-bit PNG comes out nearly white and a 0..1 float TIFF
+    black (transformers' processors do the same). Instead: 16-bit samples keep their high byte (v >> 8), as PIL
+    itself decodes 16-bit colour PNGs, so a grey and a colour 16-bit file of one picture agree; 'I' (32-bit) is
+    read the same way, since PIL's PGM/PPM decoder fills it with 16-bit samples; floats are read as 0.0 black to
+    1.0 white, the convention of float image arrays, and rounded to the nearest level (round-half-even of v * 255).
+    Values outside those ranges (a true 32-bit image, floats on another scale such as PIL's convert("F") 0..255,
+    NaN) have no knowable scale: they are refused, never clipped into a silently wrong picture.
+    """
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image)  # (H, W): uint16 ('I;16*'), int32 ('I') or float32 ('F')
+    low, high = values.min(), values.max()
+    if image.mode == "F":
+        if not 0.0 <= low <= high <= 1.0:
+            raise ImageError(
+                f"{name} holds float pixels from {low:g} to {high:g}; vlbridge reads float images as 0.0 (black) to "
+                "1.0 (white) and will not guess another scale: divide by its maximum (255 for PIL's convert('F')) "
+                "or save it as an 8- or 16-bit image"
+            )
+        grey = np.rint(values * 255.0).astype(np.uint8)
+    else:
+        if not 0 <= low <= high <= 65535:
+            raise ImageError(
+                f"{name} holds integer pixels from {low} to {high}, outside 16-bit 0..65535, so their scale is "
+                "unknown; save it as an 8- or 16-bit image"
+            )
+        grey = (values >> 8).astype(np.uint8)
+    transparent = image.info.get("transparency")  # a 16-bit PNG's tRNS: the one grey value drawn transparent
+    if transparent is not None:
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(np.stack([grey, alpha], axis=-1))  # (H, W, 2): 'LA'
+    return PIL.Image.fromarray(grey)
+
+
+def to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """RGB copy of `image` (named `name` in errors): high bit depths scaled to 8 bits (to_8bit), then transparent
+    pixels composited onto white, as HF's convert_to_rgb does."""
+    image = to_8bit(image, name)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -63,8 +106,9 @@ def load_image(source: ImageSource, config: ImageProcessorConfig | None = None) 
     """
     config = config or ImageProcessorConfig()
     if isinstance(source, PIL.Image.Image):
-        check_size(*source.size, config, describe(source))
-        return to_rgb(source)
+        name = describe(source)
+        check_size(*source.size, config, name)
+        return to_rgb(source, name)
     if not isinstance(source, (str, Path)):
         raise ImageError(f"expected an image path or a PIL image, got {type(source).__name__}")
     path = Path(source)
@@ -74,7 +118,7 @@ def load_image(source: ImageSource, config: ImageProcessorConfig | None = None) 
         with PIL.Image.open(path) as image:
             check_size(*image.size, config, str(path))
             image.load()
-            return to_rgb(image)
+            return to_rgb(image, str(path))
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
         raise ImageError(
             f"{path} declares an image too large to open: PIL refuses it before vlbridge's own limit "
