@@ -20,8 +20,6 @@ def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "nope.png"
     with pytest.raises(ImageError, match=r"nope\.png does not exist"):
         load_image(path)
-    with pytest.raises(ImageError, match="does not exist"):
-        load_image(tmp_path)  # a directory is not an image file
 
 
 def test_text_file_named_png_is_not_an_image(tmp_path):
@@ -157,3 +155,47 @@ def test_32_bit_integers_outside_16_bits_are_refused(tmp_path):
     assert image.mode == "I"
     with pytest.raises(ImageError, match=r"integer pixels from 0 to 70000, outside 16-bit 0\.\.65535"):
         load_image(image)
+
+
+# --- files that are not images -------------------------------------------------------------------------------------
+
+
+def test_paths_that_are_not_image_files_say_what_they_are(tmp_path):
+    with pytest.raises(ImageError, match="is a directory, not an image file"):
+        load_image(tmp_path)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty\.jpg is empty \(0 bytes\)"):
+        load_image(tmp_path / "empty.jpg")
+    with pytest.raises(ImageError, match=r"/dev/null is not a regular file"):
+        load_image("/dev/null")
+    with pytest.raises(ImageError, match=r"cannot be reached .*null byte"):
+        load_image("a\0b.png")
+
+
+def test_formats_outside_the_allow_list_are_refused(tmp_path):
+    """ICO (and EPS, which would run Ghostscript) are images PIL reads, but not formats vlbridge opens."""
+    path = save(PIL.Image.new("RGB", (16, 16)), tmp_path / "icon.ico")
+    with pytest.raises(ImageError, match=r"icon\.ico is not an image in a supported format \(BMP, GIF, JPEG"):
+        load_image(path)
+
+
+def test_multi_picture_jpegs_from_cameras_load(tmp_path):
+    """PIL reads them through its JPEG opener as format MPO, so the allow-list's JPEG covers them."""
+    path = tmp_path / "phone.jpg"
+    PIL.Image.new("RGB", (8, 6), (0, 0, 255)).save(
+        path, "MPO", save_all=True, append_images=[PIL.Image.new("RGB", (8, 6))]
+    )
+    assert PIL.Image.open(path).format == "MPO"
+    assert load_image(path).getpixel((4, 3))[2] > 200
+
+
+def test_lazily_opened_corrupt_pil_image_is_an_image_error(tmp_path):
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    path = tmp_path / "cut.png"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with (
+        PIL.Image.open(path) as lazy,
+        pytest.raises(ImageError, match=r"PIL image from .*cut\.png is corrupt or truncated"),
+    ):
+        ImageProcessor(ImageProcessorConfig())([lazy])

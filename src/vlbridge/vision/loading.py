@@ -3,14 +3,17 @@
 Images are untrusted input, so their size is checked against the image processor config's limits
 (`max_image_pixels`, `max_aspect_ratio`; the reasons for their defaults are in ImageProcessorConfig) before any
 pixel is decoded: PIL's `Image.open` parses only the header, and `image.size` is known before `load()`. A header
-that declares a decompression bomb (a few bytes that would decode to gigabytes) is refused there. 16-bit, 32-bit and
+that declares a decompression bomb (a few bytes that would decode to gigabytes) is refused there. Files are opened
+only in the formats listed in FORMATS. 16-bit, 32-bit and
 float pixels are scaled to 8 bits by a stated rule, or refused where their scale is unknowable (to_8bit), never
 clipped as PIL's convert("RGB") does.
 """
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import PIL.Image
@@ -19,6 +22,14 @@ from vlbridge.config import ImageProcessorConfig
 from vlbridge.errors import ImageError
 
 ImageSource = str | Path | PIL.Image.Image
+# The formats a file may be in: photos and screenshots. PIL's rarer decoders (40-odd formats) stay out of reach of
+# untrusted files, and so does EPS, which PIL decodes by running Ghostscript. (PIL's JPEG opener also reads the
+# multi-picture JPEGs many cameras and phones write, as format MPO.)
+FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
+# What PIL raises on malformed data, as Pillow's own fuzz tests list it (its header parsers turn IndexError,
+# KeyError, TypeError, EOFError and struct.error into SyntaxError). MemoryError is left out: the size limits rule
+# it out for image data, so one is a real shortage that a "corrupt file" message would hide.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, NotImplementedError)
 
 
 def check_size(width: int, height: int, config: ImageProcessorConfig, name: str) -> None:
@@ -98,34 +109,76 @@ def describe(image: PIL.Image.Image) -> str:
     return f"the {image.mode} {image.width}x{image.height} PIL image" + (f" from {filename}" if filename else "")
 
 
+def decode(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """`image`'s pixels decoded (a no-op once loaded) and converted to RGB; PIL's errors become ImageError."""
+    try:
+        image.load()
+        return to_rgb(image, name)
+    except DECODE_ERRORS as err:
+        raise corrupt(name, err) from err
+
+
+def corrupt(name: str, err: Exception) -> ImageError:
+    """The error for data PIL cannot decode, with PIL's own reason."""
+    return ImageError(
+        f"{name} is corrupt or truncated, or a variant PIL cannot decode ({type(err).__name__}: {err}); "
+        "re-export it as PNG or JPEG, or replace it"
+    )
+
+
+def open_file(path: Path) -> BinaryIO:
+    """`path` opened for reading, once it is known to be a non-empty regular file; else an ImageError saying what
+    it is instead."""
+    try:
+        info = path.stat()
+    except FileNotFoundError as err:
+        raise ImageError(f"image file {path} does not exist; check the path") from err
+    except (OSError, ValueError) as err:
+        raise ImageError(f"image file {path} cannot be reached ({err}); check the path") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path} is a directory, not an image file; pass the path of an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{path} is not a regular file (a device, pipe or socket); pass the path of an image file")
+    if info.st_size == 0:
+        raise ImageError(f"image file {path} is empty (0 bytes): the copy or download that made it failed; redo it")
+    try:
+        return path.open("rb")
+    except OSError as err:
+        raise ImageError(f"image file {path} cannot be read ({err.strerror}); check its permissions") from err
+
+
 def load_image(source: ImageSource, config: ImageProcessorConfig | None = None) -> PIL.Image.Image:
     """An RGB image from a path or a PIL image, within `config`'s size limits (default: ImageProcessorConfig()'s).
 
     A file's size is checked from its header before decoding, so a huge or absurdly thin image costs no memory;
-    missing, unreadable, oversized or corrupt files raise ImageError naming the file and the fix.
+    every failure (missing, unreadable, empty, not an image or not in FORMATS, oversized, corrupt, a pixel scale
+    that cannot be known) raises ImageError naming the file or PIL image and the fix.
     """
     config = config or ImageProcessorConfig()
     if isinstance(source, PIL.Image.Image):
         name = describe(source)
         check_size(*source.size, config, name)
-        return to_rgb(source, name)
+        return decode(source, name)
     if not isinstance(source, (str, Path)):
         raise ImageError(f"expected an image path or a PIL image, got {type(source).__name__}")
     path = Path(source)
-    if not path.is_file():
-        raise ImageError(f"image file {path} does not exist (or is not a file); check the path")
-    try:
-        with PIL.Image.open(path) as image:
+    with open_file(path) as file:
+        try:
+            image = PIL.Image.open(file, formats=FORMATS)
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+            raise ImageError(
+                f"{path} declares an image too large to open: PIL refuses it before vlbridge's own limit "
+                f"(image_processor.max_image_pixels={config.max_image_pixels:,}) is checked ({err}); downscale it, "
+                "or if you trust the source, raise that limit and PIL.Image.MAX_IMAGE_PIXELS (PIL refuses twice "
+                "its value)"
+            ) from err
+        except PIL.UnidentifiedImageError as err:
+            raise ImageError(
+                f"{path} is not an image in a supported format ({', '.join(FORMATS)}), or its header is damaged "
+                f"({err}); convert it to PNG or JPEG"
+            ) from err
+        except DECODE_ERRORS as err:
+            raise corrupt(str(path), err) from err
+        with image:
             check_size(*image.size, config, str(path))
-            image.load()
-            return to_rgb(image, str(path))
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
-        raise ImageError(
-            f"{path} declares an image too large to open: PIL refuses it before vlbridge's own limit "
-            f"(image_processor.max_image_pixels={config.max_image_pixels:,}) is checked ({err}); downscale it, or if "
-            "you trust the source, raise that limit and PIL.Image.MAX_IMAGE_PIXELS (PIL refuses twice its value)"
-        ) from err
-    except PIL.UnidentifiedImageError as err:
-        raise ImageError(f"{path} is not an image PIL can read ({err}); pass a PNG/JPEG/... file") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"image file {path} is corrupt or truncated ({err}); re-export or replace it") from err
+            return decode(image, str(path))
