@@ -1,11 +1,14 @@
-"""Hostile image files: sizes declared in headers, and the memory they may take.
+"""Hostile image files: sizes declared in headers, mutated headers and random bytes, and the memory they may take.
 
-A header declaring a huge or absurdly thin image must be refused as an ImageError before any pixel is decoded
-(PIL's Image.open reads the header only), so it costs no memory.
+Every file must come out as an ImageError that names it, or as pixels of the configured shape; nothing that PIL
+raises may escape, and a header declaring a huge or absurdly thin image must be refused before any pixel is
+decoded (PIL's Image.open reads the header only), so it costs no memory.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import struct
 import subprocess
@@ -13,11 +16,22 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from vlbridge.bench.measure import status_kib
+from vlbridge.config import ImageProcessorConfig
 from vlbridge.errors import ImageError
-from vlbridge.vision import load_image
+from vlbridge.vision import ImageProcessor, load_image
+
+SEED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
+SIGNATURES = (b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\0\0\0\0WEBPVP8 ", b"BM", b"II*\0", b"P6\n")
+# Small limits keep the images the fuzzer may legitimately decode cheap; the defaults are exercised below.
+FUZZ_CONFIG = ImageProcessorConfig(size=32, crop_size=32, max_image_pixels=2**20)
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -29,6 +43,42 @@ def png_header(width: int, height: int) -> bytes:
     """A 57-byte PNG that declares width x height 8-bit RGB and holds no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
+
+
+@functools.cache
+def seed(fmt: str) -> bytes:
+    """An 8x6 RGB noise image saved as `fmt`."""
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def put(data: bytes, offset: int, fmt: str, *values: int) -> bytes:
+    """`data` with `values` packed as `fmt` over the bytes at `offset`."""
+    return data[:offset] + struct.pack(fmt, *values) + data[offset + struct.calcsize(fmt) :]
+
+
+def declare_size(fmt: str, width: int, height: int) -> bytes:
+    """The `fmt` seed with its header rewritten to declare width x height (the pixel data stays 8x6)."""
+    data = seed(fmt)
+    if fmt == "PNG":
+        return data[:8] + png_chunk(b"IHDR", struct.pack(">II", width, height) + data[24:29]) + data[33:]
+    if fmt == "JPEG":
+        return put(data, data.index(b"\xff\xc0") + 5, ">HH", height, width)  # baseline SOF0: height, width
+    if fmt == "TIFF":
+        return put(put(data, 18, "<I", width), 30, "<I", height)  # ImageWidth, ImageLength: the first two tags
+    if fmt == "PPM":
+        return b"P6\n%d %d\n255\n" % (width, height) + data[len(b"P6\n8 6\n255\n") :]
+    offset, layout = {"GIF": (6, "<HH"), "WEBP": (26, "<HH"), "BMP": (18, "<ii")}[fmt]  # WEBP: the VP8 frame header
+    return put(data, offset, layout, width, height)
+
+
+@pytest.mark.parametrize("fmt", SEED_FORMATS)
+def test_size_rewriting_reaches_the_header(fmt):
+    """The fuzzer's declared sizes are the sizes PIL reads, so the size checks are what they exercise."""
+    assert PIL.Image.open(io.BytesIO(declare_size(fmt, 8, 6))).size == (8, 6)
+    assert PIL.Image.open(io.BytesIO(declare_size(fmt, 300, 7))).size == (300, 7)
 
 
 def test_decompression_bomb_header_names_size_limit_and_fix(tmp_path):
@@ -58,9 +108,51 @@ def test_thin_strip_header_is_refused_before_decoding(tmp_path):
         load_image(path)
 
 
+@st.composite
+def hostile_bytes(draw: st.DrawFn) -> bytes:
+    """A seed with a rewritten declared size, a seed with bytes overwritten and cut short, or random bytes."""
+    kind = draw(st.sampled_from(["declared_size", "mutated", "random"]))
+    if kind == "random":
+        return draw(st.sampled_from(SIGNATURES)) + draw(st.binary(max_size=300))
+    fmt = draw(st.sampled_from(SEED_FORMATS))
+    if kind == "declared_size":
+        side = st.integers(0, 65535)
+        return declare_size(fmt, draw(side), draw(side))
+    data = bytearray(seed(fmt))
+    for offset, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=8)):
+        data[offset] = value
+    return bytes(data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data)
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # raised, it must still be an ImageError
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's notes on the corrupt TIFF tags it skips
+def test_fuzzed_images_give_an_image_error_or_pixels(tmp_path):
+    """200 hostile files (a fixed sequence, for a reproducible CI): each an ImageError naming it, or (1, 3, 32, 32)
+    finite pixels. The run raises this process's peak memory by under 100 MiB; that bound only shows when the peak
+    was lower before, so the fresh-process test below is the exact one."""
+    processor = ImageProcessor(FUZZ_CONFIG)
+    path = tmp_path / "fuzzed.img"
+
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
+    @given(data=hostile_bytes())
+    def check(data: bytes) -> None:
+        path.write_bytes(data)
+        try:
+            pixels = processor([path])
+        except ImageError as err:
+            assert str(path) in str(err), err
+            return
+        assert pixels.shape == (1, 3, 32, 32) and pixels.dtype == torch.float32 and torch.isfinite(pixels).all()
+
+    before = status_kib("VmHWM")
+    check()
+    assert status_kib("VmHWM") - before < 100 * 1024
+
+
 MEMORY_PROBE = """
 import json, resource, sys
 import PIL.Image
+from vlbridge.bench.measure import status_kib
 from vlbridge.bench.measure import status_kib
 from vlbridge.config import ImageProcessorConfig
 from vlbridge.errors import ImageError
