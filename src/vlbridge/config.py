@@ -106,7 +106,7 @@ class ImageProcessorConfig:
     pixel, a few times that while a transparent one is composited. `max_aspect_ratio` caps long side / short side:
     the shortest-edge resize makes a size x (size * ratio) image before the centre crop, so the ratio bounds that
     image (a 1x100000 strip would be 224 x 22.4 M pixels, over 20 GB); at 50:1 it is at most 7 bytes x 50 x size^2
-    (18 MB at size 224, 40 MB at 336), and only strips whose crop keeps under 2% of them are refused.
+    (18 MB at size 224, 40 MB at 336), and only strips of which a centre crop would keep under 2% are refused.
     """
 
     resize_mode: str = "shortest_edge"  # "shortest_edge" (CLIP) or "exact" (SigLIP: resize to crop size)

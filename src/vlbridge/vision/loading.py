@@ -4,9 +4,8 @@ Images are untrusted input, so their size is checked against the image processor
 (`max_image_pixels`, `max_aspect_ratio`; the reasons for their defaults are in ImageProcessorConfig) before any
 pixel is decoded: PIL's `Image.open` parses only the header, and `image.size` is known before `load()`. A header
 that declares a decompression bomb (a few bytes that would decode to gigabytes) is refused there. Files are opened
-only in the formats listed in FORMATS. 16-bit, 32-bit and
-float pixels are scaled to 8 bits by a stated rule, or refused where their scale is unknowable (to_8bit), never
-clipped as PIL's convert("RGB") does.
+only in the formats listed in FORMATS. 16-bit, 32-bit and float pixels are scaled to 8 bits by a stated rule, or
+refused where their scale is unknowable (to_8bit), never clipped as PIL's convert("RGB") does.
 """
 
 from __future__ import annotations
@@ -49,8 +48,8 @@ def check_size(width: int, height: int, config: ImageProcessorConfig, name: str)
     if long > config.max_aspect_ratio * short:
         raise ImageError(
             f"{name} is {width}x{height}, aspect ratio {long / short:.1f}:1, over image_processor.max_aspect_ratio="
-            f"{config.max_aspect_ratio:g} (the centre crop would keep under {100 / config.max_aspect_ratio:.2g}% of "
-            "it); crop it into parts nearer square, or raise image_processor.max_aspect_ratio in the model's config"
+            f"{config.max_aspect_ratio:g}; cut it into parts nearer square, or raise image_processor.max_aspect_ratio "
+            "in the model's config"
         )
 
 
