@@ -103,7 +103,19 @@ class ConnectorConfig:
 
 @dataclass(frozen=True)
 class ImageProcessorConfig:
-    """Image preprocessing equal to CLIPImageProcessor / SiglipImageProcessor, plus LLaVA's pad-to-square."""
+    """Image preprocessing equal to CLIPImageProcessor / SiglipImageProcessor, plus LLaVA's pad-to-square.
+
+    The two limits bound the memory an untrusted image can take; they are checked from the file's header, before any
+    pixel is decoded. `max_image_pixels` caps the largest image the processor holds (the decoded image, or with
+    pad_to_square the padded square): 8192 x 8192 passes phone and full-frame camera photos (50 MP, 61 MP; 100 MP
+    medium format is refused) and stays under PIL's decompression-bomb warning (89.5 M pixels); at that size
+    processing peaks at about 0.5 GiB for an RGB JPEG and 1.3 GiB for a transparent PNG (4 bytes a pixel decoded,
+    plus the RGB conversion's copies), so a server taking many images at once may want it lower. `max_aspect_ratio`
+    caps long side / short side: the shortest-edge resize makes a size x (size * ratio) image before the centre
+    crop, so the ratio bounds that image (a 1x100000 strip would be 224 x 22.4 M pixels, over 20 GB); at 50:1 it is
+    at most 7 bytes x 50 x size^2 (18 MB at size 224, 40 MB at 336), and only strips of which a centre crop would
+    keep under 2% are refused.
+    """
 
     resize_mode: str = "shortest_edge"  # "shortest_edge" (CLIP) or "exact" (SigLIP: resize to crop size)
     size: int = 224  # shortest edge in "shortest_edge" mode
@@ -114,6 +126,8 @@ class ImageProcessorConfig:
     image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
     pad_to_square: bool = False  # LLaVA "pad": expand to a square filled with the mean colour first
+    max_image_pixels: int = 8192 * 8192  # largest image held (padded square with pad_to_square); see above
+    max_aspect_ratio: float = 50.0  # long side / short side; bounds the shortest-edge resize; see above
 
 
 @dataclass(frozen=True)

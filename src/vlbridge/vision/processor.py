@@ -1,17 +1,16 @@
-"""Image loading and preprocessing: pixel-exact with HF's CLIPImageProcessor / SiglipImageProcessor (PIL path).
+"""Image preprocessing: pixel-exact with HF's CLIPImageProcessor / SiglipImageProcessor (PIL path).
 
-Steps, in HF's order and arithmetic: convert to RGB (transparency composited onto white), optionally LLaVA's
-pad-to-square (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023: the image centred on a square
-filled with the mean colour, so no content is cropped away), PIL resize (shortest edge to `size`, the long edge
-truncated as int(size * long / short); or exactly to `crop_size`), centre crop (zero-padded when too small), rescale
-in float64 then float32, normalise per channel.
+Steps, in HF's order and arithmetic: load and convert to RGB (vision/loading.py: transparency composited onto white),
+optionally LLaVA's pad-to-square (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023: the image
+centred on a square filled with the mean colour, so no content is cropped away), PIL resize (shortest edge to `size`,
+the long edge truncated as int(size * long / short); or exactly to `crop_size`), centre crop (zero-padded when too
+small), rescale in float64 then float32, normalise per channel.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -19,36 +18,7 @@ import torch
 
 from vlbridge.config import ImageProcessorConfig
 from vlbridge.errors import ConfigError, ImageError
-
-ImageSource = str | Path | PIL.Image.Image
-
-
-def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """RGB copy of `image`; transparent pixels are composited onto white (as HF's convert_to_rgb)."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(source: ImageSource) -> PIL.Image.Image:
-    """An RGB image from a path or a PIL image; missing, unreadable or corrupt files raise ImageError."""
-    if isinstance(source, PIL.Image.Image):
-        return to_rgb(source)
-    if not isinstance(source, (str, Path)):
-        raise ImageError(f"expected an image path or a PIL image, got {type(source).__name__}")
-    path = Path(source)
-    if not path.is_file():
-        raise ImageError(f"image file {path} does not exist (or is not a file); check the path")
-    try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except PIL.UnidentifiedImageError as err:
-        raise ImageError(f"{path} is not an image PIL can read ({err}); pass a PNG/JPEG/... file") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"image file {path} is corrupt or truncated ({err}); re-export or replace it") from err
+from vlbridge.vision.loading import ImageSource, load_image
 
 
 def pad_to_square(image: PIL.Image.Image, fill: tuple[int, ...]) -> PIL.Image.Image:
@@ -92,15 +62,20 @@ class ImageProcessor:
             )
         if len(config.image_mean) != 3 or len(config.image_std) != 3:
             raise ConfigError("image_processor.image_mean and image_std need 3 values (R, G, B)")
+        if config.max_image_pixels < 1 or config.max_aspect_ratio < 1:
+            raise ConfigError(
+                f"image_processor.max_image_pixels ({config.max_image_pixels}) must be at least 1 and "
+                f"image_processor.max_aspect_ratio ({config.max_aspect_ratio}) at least 1 (a square)"
+            )
         self.config = config
         self._mean = np.array(config.image_mean, dtype=np.float32)
         self._std = np.array(config.image_std, dtype=np.float32)
         self._fill = tuple(int(m * 255) for m in config.image_mean)
 
     def preprocess_one(self, image: ImageSource) -> torch.Tensor:
-        """One image (PIL or path) -> (3, H, W) float32."""
+        """One image (PIL or path) -> (3, H, W) float32; its size is checked against the config's limits first."""
         cfg = self.config
-        image = load_image(image)
+        image = load_image(image, cfg)
         if cfg.pad_to_square:
             image = pad_to_square(image, self._fill)
         if cfg.resize_mode == "exact":
