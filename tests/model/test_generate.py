@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlbridge.config import LMConfig
-from vlbridge.errors import ConfigError
+from vlbridge.errors import ConfigError, PromptError
 from vlbridge.lm import DecoderLM, KVCache
 from vlbridge.model.generate import (
     GenerationConfig,
@@ -240,3 +240,17 @@ def test_special_ids_outside_the_vocabulary_are_refused() -> None:
     for config in (GenerationConfig(eos_token_id=(3, V)), GenerationConfig(pad_token_id=V)):
         with pytest.raises(ConfigError, match=f"outside the model's vocabulary of {V}"):
             Generator(chain()).generate(_ones(ids), config, ids)
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_a_prompt_without_tokens_is_refused(mode: str) -> None:
+    """Generation continues from a prompt's last token: an empty prompt, or an all-padding row, has none."""
+    run = getattr(Generator(chain()), mode)
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(PromptError, match=r"prompt row\(s\) \[0\] ha(s|ve) no tokens"):
+        run(empty, GenerationConfig(), empty)
+    ids, mask = torch.tensor([[1, 2], [0, 0]]), torch.tensor([[1, 1], [0, 0]])
+    with pytest.raises(PromptError, match=r"prompt row\(s\) \[1\]"):
+        run(mask, GenerationConfig(), ids)
+    with pytest.raises(PromptError, match=r"add a batch dimension"):
+        run(torch.ones(3, dtype=torch.long), GenerationConfig(), torch.tensor([1, 2, 3]))

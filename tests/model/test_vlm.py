@@ -11,7 +11,7 @@ from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.connectors.splice import splice
-from vlbridge.errors import ConfigError, ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ModalityError, PlaceholderError, PromptError
 from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.vlm import VisionLanguageModel
@@ -189,6 +189,19 @@ def _text_model(bos: bool) -> VisionLanguageModel:
     tokenizer = Tokenizer(backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", chat_template=None)
     torch.manual_seed(0)
     return VisionLanguageModel(tiny_config(), vision=False, tokenizer=tokenizer).eval()
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_an_empty_prompt_is_refused_unless_the_tokenizer_adds_bos(mode: str) -> None:
+    model = _text_model(bos=False)
+    with pytest.raises(PromptError, match=r"no tokens.*give non-empty text"):
+        getattr(model, mode)(**model.processor(text=""), max_new_tokens=2)
+    model = _text_model(bos=True)
+    inputs = model.processor(text="")
+    assert inputs["input_ids"].tolist() == [[1]]
+    out = model.generate(**inputs, max_new_tokens=2, eos_token_id=())
+    streamed = torch.stack(list(model.stream(**inputs, max_new_tokens=2, eos_token_id=())), dim=1)
+    assert out.shape == (1, 3) and torch.equal(out[:, 1:], streamed)
 
 
 NAN = float("nan")

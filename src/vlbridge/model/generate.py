@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from vlbridge.config import unknown_keys
-from vlbridge.errors import ConfigError
+from vlbridge.errors import ConfigError, PromptError
 from vlbridge.lm.kv_cache import KVCache
 
 _NO_BEAMS = "beam search is not implemented: decoding is greedy, or sampling with do_sample=True"
@@ -180,6 +180,26 @@ def filter_top_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _check_prompts(attention_mask: Tensor, prompt_ids: Tensor) -> None:
+    """PromptError unless the prompts are a batch (B, T) of at least one row, each holding at least one token: the
+    first new token is read from the logits of a prompt's last token, and a row without one would be continued from
+    padding, silently."""
+    if attention_mask.ndim != 2 or prompt_ids.ndim != 2 or attention_mask.shape[0] != prompt_ids.shape[0]:
+        raise PromptError(
+            f"prompts must come as a batch: input_ids and attention_mask of shape (batch, length) with one row per "
+            f"prompt, got {tuple(prompt_ids.shape)} and {tuple(attention_mask.shape)}; add a batch dimension with "
+            "ids[None]"
+        )
+    if attention_mask.shape[0] == 0:
+        raise PromptError("no prompts were given; pass at least one")
+    empty = (attention_mask == 0).all(dim=1).nonzero()[:, 0].tolist()
+    if empty:
+        raise PromptError(
+            f"prompt row(s) {empty} have no tokens: generation continues from a prompt's last token; give non-empty "
+            "text (empty text encodes to no tokens unless the tokenizer adds a BOS)"
+        )
+
+
 class Generator:
     """Autoregressive decoding over a StepModel; `detokenize(ids) -> str` is needed only for stop strings.
 
@@ -206,6 +226,7 @@ class Generator:
         """Yield the new tokens (B,) of each step as soon as they are chosen (finished rows get `pad_token_id`)."""
         if config.stop_strings and self.detokenize is None:
             raise ConfigError("stop_strings need a detokenize callable: Generator(model, detokenize=tokenizer.decode)")
+        _check_prompts(attention_mask, prompt_ids)
         return self._run(attention_mask, config, prompt_ids, inputs or {"input_ids": prompt_ids})
 
     def _run(
