@@ -43,3 +43,10 @@ class DataError(VlbridgeError):
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
         super().__init__(where + message)
+
+
+class PromptError(DataError):
+    """A prompt cannot be encoded or continued: it is not text, holds a lone surrogate, or has no tokens.
+
+    A DataError, so a dataset reader that catches DataError can add the file and line of the record it came from.
+    """

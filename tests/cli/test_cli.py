@@ -76,6 +76,23 @@ def test_chat_bad_image_is_a_clear_error(clip_llava_dir: Path, tmp_path: Path, c
     assert "fake.png" in err and err.startswith("vlbridge: error:")
 
 
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--stop", "", "hi"], "an empty stop string"),
+        (["--do-sample", "--temperature", "nan", "hi"], "temperature must be finite"),
+        (["how \udcff many?"], "lone surrogate '\\udcff' (U+DCFF)"),
+    ],
+)
+def test_chat_bad_generation_input_is_one_error_line(
+    clip_llava_dir: Path, args: list[str], pattern: str, capsys: pytest.CaptureFixture
+) -> None:
+    """A question that was not valid UTF-8 reaches Python as lone surrogates (sys.argv uses surrogateescape)."""
+    assert main(["chat", "--model", str(clip_llava_dir), "--text-only", "--max-new-tokens", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlbridge: error: ") and err.count("\n") == 1 and pattern in err
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["chat", "--model", str(tmp_path / "none"), "hi"]) == 2
     assert "does not exist" in capsys.readouterr().err

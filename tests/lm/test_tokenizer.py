@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers, processors
 
-from vlbridge.errors import CheckpointError, ConfigError, DataError
+from vlbridge.errors import CheckpointError, ConfigError, DataError, PromptError
 from vlbridge.lm.tokenizer import Tokenizer
 
 WORDS = ["<unk>", "<s>", "</s>", "<pad>", "a", "red", "circle", "is", "left", "of", "blue", "square", "."]
@@ -38,6 +38,16 @@ def test_encode_decode_and_ids() -> None:
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (1, 2, 3, None)
     assert tok.encode_batch(["a", "red"]) == [[1, 4], [1, 5]]
     assert tok.token_to_id("square") == 11 and tok.token_to_id("green") is None
+
+
+def test_text_that_is_not_unicode_is_a_prompt_error() -> None:
+    tok = make()
+    with pytest.raises(PromptError, match=r"the text holds a lone surrogate '\\ud800' \(U\+D800\) at character 2"):
+        tok.encode("a \ud800")
+    with pytest.raises(PromptError, match=r"text 1 holds a lone surrogate '\\udc80' \(U\+DC80\) at character 0"):
+        tok.encode_batch(["a", "\udc80 red"])
+    with pytest.raises(PromptError, match="text 0 is a bytes, not a str"):
+        tok.encode_batch([b"a"])
 
 
 def test_decode_accepts_tensors() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlbridge.config import LMConfig
-from vlbridge.errors import ConfigError
+from vlbridge.errors import ConfigError, PromptError
 from vlbridge.lm import DecoderLM, KVCache
 from vlbridge.model.generate import (
     GenerationConfig,
@@ -172,11 +172,85 @@ def test_left_padded_batch_equals_single_prompts(lm: DecoderLM, penalty: float) 
         assert torch.equal(batch[row, width:], single[0, len(p) :])
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(max_new_tokens=0), dict(do_sample=True, temperature=0.0), dict(top_p=0.0), dict(top_k=-1),
-     dict(repetition_penalty=0.0)],
-)  # fmt: skip
-def test_invalid_generation_config_raises(kwargs: dict) -> None:
-    with pytest.raises(ConfigError):
+    ("kwargs", "pattern"),
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(max_new_tokens=2.5), "max_new_tokens must be an int, got float 2.5"),
+        (dict(max_new_tokens=True), "max_new_tokens must be an int, got bool True"),
+        (dict(do_sample="yes"), "do_sample must be True or False"),
+        (dict(do_sample=True, temperature=0.0), "temperature must be > 0 when sampling"),
+        (dict(temperature=NAN), "temperature must be finite and >= 0"),
+        (dict(do_sample=True, temperature=INF), "temperature must be finite"),
+        (dict(temperature=-1.0), "temperature must be finite and >= 0"),
+        (dict(top_k=-1), "top_k must be >= 0"),
+        (dict(top_k=2.5), "top_k must be an int"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=NAN), r"top_p must be in \(0, 1\]"),
+        (dict(top_p="0.9"), "top_p must be a number, got str"),
+        (dict(repetition_penalty=0.0), "repetition_penalty must be finite and > 0"),
+        (dict(repetition_penalty=NAN), "repetition_penalty must be finite and > 0"),
+        (dict(repetition_penalty=INF), "repetition_penalty must be finite and > 0"),
+        (dict(eos_token_id=[2]), "eos_token_id must be a tuple of ids"),
+        (dict(eos_token_id=(2.0,)), "eos_token_id must be a tuple of ids"),
+        (dict(eos_token_id=(True,)), "eos_token_id must be a tuple of ids"),
+        (dict(eos_token_id=(-1,)), "eos_token_id must be a tuple of ids"),
+        (dict(pad_token_id=-1), "pad_token_id must be >= 0"),
+        (dict(pad_token_id=None), "pad_token_id must be an int"),
+        (dict(stop_strings=("",)), "an empty stop string"),
+        (dict(stop_strings="ab"), "stop_strings must be a tuple of strings"),
+        (dict(stop_strings=(3,)), "stop_strings must be a tuple of strings"),
+        (dict(seed=1.5), "seed must be an int"),
+        (dict(seed=-1), r"seed must be in \[0, 2\*\*64\)"),
+        (dict(seed=2**64), r"seed must be in \[0, 2\*\*64\)"),
+    ],
+)
+def test_invalid_generation_config_raises(kwargs: dict, pattern: str) -> None:
+    """Every field is type- and range-checked: a bool is no int, NaN and inf are no numbers a setting can take."""
+    with pytest.raises(ConfigError, match=pattern):
         GenerationConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    [
+        ("max_length", "max_length .use max_new_tokens"),
+        ("num_beams", "num_beams .beam search is not implemented"),
+        ("min_new_tokens", "min_new_tokens .*eos_token_id=\\(\\)"),
+        ("top_n", "unknown generation setting.*top_n; accepted: do_sample, eos_token_id, max_new_tokens"),
+    ],
+)
+def test_unknown_generation_settings_name_the_accepted_ones(name: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        GenerationConfig().with_overrides(**{name: 2})
+
+
+def test_overrides_take_one_id_or_string_as_a_tuple_of_one() -> None:
+    config = GenerationConfig().with_overrides(eos_token_id=4, stop_strings="ab", max_new_tokens=3)
+    assert (config.eos_token_id, config.stop_strings, config.max_new_tokens) == ((4,), ("ab",), 3)
+    config = config.with_overrides(eos_token_id=[4, 5], stop_strings=None)
+    assert (config.eos_token_id, config.stop_strings) == ((4, 5), ())
+
+
+def test_special_ids_outside_the_vocabulary_are_refused() -> None:
+    ids = torch.tensor([[0]])
+    for config in (GenerationConfig(eos_token_id=(3, V)), GenerationConfig(pad_token_id=V)):
+        with pytest.raises(ConfigError, match=f"outside the model's vocabulary of {V}"):
+            Generator(chain()).generate(_ones(ids), config, ids)
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_a_prompt_without_tokens_is_refused(mode: str) -> None:
+    """Generation continues from a prompt's last token: an empty prompt, or an all-padding row, has none."""
+    run = getattr(Generator(chain()), mode)
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(PromptError, match=r"prompt row\(s\) \[0\] ha(s|ve) no tokens"):
+        run(empty, GenerationConfig(), empty)
+    ids, mask = torch.tensor([[1, 2], [0, 0]]), torch.tensor([[1, 1], [0, 0]])
+    with pytest.raises(PromptError, match=r"prompt row\(s\) \[1\]"):
+        run(mask, GenerationConfig(), ids)
+    with pytest.raises(PromptError, match=r"add a batch dimension"):
+        run(torch.ones(3, dtype=torch.long), GenerationConfig(), torch.tensor([1, 2, 3]))

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers, processors
 
 from vlbridge.config import ImageProcessorConfig
-from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError, PromptError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.processor import Processor
 from vlbridge.vision.processor import ImageProcessor
@@ -149,6 +149,21 @@ def test_bad_call_options() -> None:
         processor()("cat", padding_side="middle")
     with pytest.raises(ConfigError, match="return_tensors"):
         processor()("cat", return_tensors="np")
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("what \ud800 is", r"prompt 0 holds a lone surrogate '\\ud800' \(U\+D800\) at character 5 \(after 'what '\)"),
+        (["cat", "<image> a\udcff"], r"prompt 1 holds .* \(U\+DCFF\) at character 9 \(after '<image> a'\); decode"),
+        (None, "text is a NoneType; pass a str or a list of str"),
+        (["cat", 3], "prompt 1 is a int, not a str"),
+    ],
+)
+def test_prompts_that_are_not_unicode_text_are_refused(text: object, pattern: str) -> None:
+    """Positions count in the text as given, before `<image>` is expanded or stripped."""
+    with pytest.raises(PromptError, match=pattern):
+        processor(vision=False, text_only_images="strip")(text)
 
 
 def test_chat_template_builtin_or_tokenizer() -> None:

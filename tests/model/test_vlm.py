@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import models, pre_tokenizers, processors
 
 from tiny_vlm import IMAGE_TOKEN, greedy_by_full_forwards, tiny_config
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.mlp import MLPConnector
 from vlbridge.connectors.splice import splice
-from vlbridge.errors import ConfigError, ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ModalityError, PlaceholderError, PromptError
 from vlbridge.lm.loss import IGNORE_INDEX
+from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.vlm import VisionLanguageModel
 
 
@@ -173,3 +176,58 @@ def test_generation_ends_at_a_plain_text_end_of_turn(template: str, new_tokens: 
     out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, eos_token_id=())
     assert out.shape[1] - ids.shape[1] == new_tokens
     assert model.generation_config(stop_strings=["b"]).stop_strings == ("b",)  # an explicit choice wins
+
+
+def _text_model(bos: bool) -> VisionLanguageModel:
+    """The tiny LM loaded text-only with a word-level tokenizer (ids 0-5: <unk> <s> </s> <pad> a b) that puts `<s>`
+    in front of every text when `bos`."""
+    words = ["<unk>", "<s>", "</s>", "<pad>", "a", "b"]
+    backend = BackendTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = Tokenizer(backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", chat_template=None)
+    torch.manual_seed(0)
+    return VisionLanguageModel(tiny_config(), vision=False, tokenizer=tokenizer).eval()
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_an_empty_prompt_is_refused_unless_the_tokenizer_adds_bos(mode: str) -> None:
+    model = _text_model(bos=False)
+    with pytest.raises(PromptError, match=r"no tokens.*give non-empty text"):
+        getattr(model, mode)(**model.processor(text=""), max_new_tokens=2)
+    model = _text_model(bos=True)
+    inputs = model.processor(text="")
+    assert inputs["input_ids"].tolist() == [[1]]
+    out = model.generate(**inputs, max_new_tokens=2, eos_token_id=())
+    streamed = torch.stack(list(model.stream(**inputs, max_new_tokens=2, eos_token_id=())), dim=1)
+    assert out.shape == (1, 3) and torch.equal(out[:, 1:], streamed)
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+@pytest.mark.parametrize(
+    ("settings", "pattern"),
+    [
+        (dict(max_length=50), r"max_length \(use max_new_tokens"),
+        (dict(num_beams=2), "beam search is not implemented"),
+        (dict(max_new_tokens=2.5), "max_new_tokens must be an int"),
+        (dict(max_new_tokens=True), "max_new_tokens must be an int"),
+        (dict(top_k=2.5), "top_k must be an int"),
+        (dict(temperature=NAN), "temperature must be finite"),
+        (dict(do_sample=True, temperature=NAN), "temperature must be finite"),
+        (dict(repetition_penalty=NAN), "repetition_penalty must be finite"),
+        (dict(stop_strings=[""]), "an empty stop string"),
+    ],
+)
+def test_bad_generation_settings_are_config_errors_on_both_paths(mode: str, settings: dict, pattern: str) -> None:
+    """Refused when generate/stream is called, before any token is computed."""
+    model = _text_model(bos=True)
+    with pytest.raises(ConfigError, match=pattern):
+        getattr(model, mode)(input_ids=torch.tensor([[4, 5]]), **settings)
+
+
+def test_one_stop_string_is_one_stop_string() -> None:
+    assert _text_model(bos=True).generation_config(stop_strings="ab").stop_strings == ("ab",)

@@ -31,7 +31,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, decoders, pre_tokenizers, processors
 
 from vlbridge.atomic import atomic_path, write_text
-from vlbridge.errors import CheckpointError, ConfigError, DataError
+from vlbridge.errors import CheckpointError, ConfigError, DataError, PromptError
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
@@ -57,6 +57,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
+
+
+def check_text(text: object, what: str = "the text") -> None:
+    """PromptError unless `text` is a str that is valid Unicode, naming the position of the first bad character.
+
+    A lone surrogate (U+D800..U+DFFF) is no character: it is what undecodable bytes become under
+    errors="surrogateescape" (how Python reads sys.argv and file names), or what a JSON "\\ud83d" escape leaves without
+    its pair. No tokenizer can encode one, and replacing it would change the prompt silently. `what` names the text.
+    """
+    if not isinstance(text, str):
+        raise PromptError(f"{what} is a {type(text).__name__}, not a str; pass the prompt as text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char, before = text[err.start], text[max(0, err.start - 20) : err.start]
+        raise PromptError(
+            f"{what} holds a lone surrogate {char!r} (U+{ord(char):04X}) at character {err.start} (after {before!r}); "
+            "decode the source bytes as UTF-8 (a lone surrogate comes from bytes that are not UTF-8, or a JSON "
+            "\\uXXXX escape without its pair), or remove the character"
+        ) from None
 
 
 def _raise_exception(message: str) -> None:
@@ -205,12 +225,23 @@ class Tokenizer:
         return template
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`; with special tokens, whatever BOS/EOS the post-processor adds."""
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        """Token ids of `text`; with special tokens, whatever BOS/EOS the post-processor adds. Text that is not a str
+        or not valid Unicode raises PromptError (see `check_text`)."""
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            check_text(text)
+            raise
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
-        """`encode` over many texts (unpadded)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        """`encode` over many texts (unpadded); PromptError names the first text that cannot be encoded."""
+        texts = list(texts)
+        try:
+            return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        except TypeError:
+            for i, text in enumerate(texts):
+                check_text(text, f"text {i}")
+            raise
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids` (a list or 1-D tensor); special added tokens are dropped unless asked for."""

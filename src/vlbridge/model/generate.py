@@ -13,20 +13,59 @@ finished or `max_new_tokens` were produced. Batches are left-padded; the attenti
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from vlbridge.errors import ConfigError
+from vlbridge.config import unknown_keys
+from vlbridge.errors import ConfigError, PromptError
 from vlbridge.lm.kv_cache import KVCache
+
+_NO_BEAMS = "beam search is not implemented: decoding is greedy, or sampling with do_sample=True"
+_HF_ONLY = {
+    "max_length": "use max_new_tokens, which counts the new tokens only; max_length counts the prompt too",
+    "min_length": "no minimum is implemented; eos_token_id=() generates exactly max_new_tokens",
+    "min_new_tokens": "no minimum is implemented; eos_token_id=() generates exactly max_new_tokens",
+    "num_beams": _NO_BEAMS,
+    "num_beam_groups": _NO_BEAMS,
+    "early_stopping": _NO_BEAMS,
+    "length_penalty": _NO_BEAMS,
+    "diversity_penalty": _NO_BEAMS,
+}
+"""transformers' `generate` settings vlbridge does not have, with what to do instead."""
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    """ConfigError unless `value` is an instance of `kind` (numbers.Integral, numbers.Real or bool); a bool counts
+    only as a bool, although Python makes it an int."""
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return
+    wanted = {bool: "True or False", numbers.Integral: "an int", numbers.Real: "a number"}[kind]
+    raise ConfigError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
+
+
+def _is_id(value: Any) -> bool:
+    """Whether `value` can be a token id: an int >= 0 (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+def _as_tuple(value: Any) -> Any:
+    """One id or string as a tuple of one, a list as a tuple, None as (); anything else as is, for the check."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, numbers.Integral)):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How to pick new tokens and when to stop."""
+    """How to pick new tokens and when to stop; every field is type- and range-checked when the config is built."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -40,16 +79,72 @@ class GenerationConfig:
     seed: int | None = None  # sampling seed; None: torch's global generator
 
     def __post_init__(self) -> None:
+        _check_type("max_new_tokens", self.max_new_tokens, numbers.Integral)
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
+        _check_type("do_sample", self.do_sample, bool)
+        _check_type("temperature", self.temperature, numbers.Real)
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(
+                f"temperature must be finite and >= 0 (1 leaves the logits as they are), got {self.temperature}"
+            )
+        if self.do_sample and self.temperature == 0:
             raise ConfigError(f"temperature must be > 0 when sampling, got {self.temperature}; use do_sample=False")
+        _check_type("top_k", self.top_k, numbers.Integral)
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        _check_type("top_p", self.top_p, numbers.Real)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ConfigError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        _check_type("repetition_penalty", self.repetition_penalty, numbers.Real)
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ConfigError(
+                f"repetition_penalty must be finite and > 0 (1 disables it), got {self.repetition_penalty}"
+            )
+        eos = self.eos_token_id
+        if not isinstance(eos, tuple) or not all(_is_id(i) for i in eos):
+            raise ConfigError(f"eos_token_id must be a tuple of ids (ints >= 0; () for none), got {eos!r}")
+        _check_type("pad_token_id", self.pad_token_id, numbers.Integral)
+        if self.pad_token_id < 0:
+            raise ConfigError(
+                f"pad_token_id must be >= 0 (the id finished rows are padded with), got {self.pad_token_id}"
+            )
+        stops = self.stop_strings
+        if not isinstance(stops, tuple) or not all(isinstance(s, str) for s in stops):
+            raise ConfigError(f"stop_strings must be a tuple of strings (() for none), got {stops!r}")
+        if "" in stops:
+            raise ConfigError(
+                f"stop_strings {stops!r} hold an empty stop string, which every text contains, so each reply would end "
+                "after one token; remove it"
+            )
+        if self.seed is not None:
+            _check_type("seed", self.seed, numbers.Integral)
+            if not 0 <= self.seed < 2**64:
+                raise ConfigError(f"seed must be in [0, 2**64) (what torch.Generator takes), got {self.seed}")
+
+    def with_overrides(self, **overrides: Any) -> GenerationConfig:
+        """This config with `overrides` laid over it, as `generate(**settings)` takes them: one EOS id or stop string
+        may stand for a tuple of one, a list for a tuple, None for (); a name that is no field raises ConfigError
+        naming the accepted ones (and what to use instead of a transformers-only setting such as max_length)."""
+        unknown = unknown_keys(GenerationConfig, overrides)
+        if unknown:
+            named = ", ".join(f"{name} ({_HF_ONLY[name]})" if name in _HF_ONLY else name for name in unknown)
+            accepted = ", ".join(sorted(f.name for f in fields(GenerationConfig)))
+            raise ConfigError(f"unknown generation setting(s): {named}; accepted: {accepted}")
+        for name in ("eos_token_id", "stop_strings"):
+            if name in overrides:
+                overrides[name] = _as_tuple(overrides[name])
+        return replace(self, **overrides)
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """ConfigError if an EOS or pad id is no id of a vocabulary of `vocab_size`: an EOS id the model can never
+        emit would never end a reply, and a pad id outside it could not be decoded."""
+        outside = sorted({i for i in (*self.eos_token_id, self.pad_token_id) if i >= vocab_size})
+        if outside:
+            raise ConfigError(
+                f"token id(s) {outside} (eos_token_id {list(self.eos_token_id)}, pad_token_id {self.pad_token_id}) lie "
+                f"outside the model's vocabulary of {vocab_size}; pass ids below {vocab_size}"
+            )
 
 
 class StepModel(Protocol):
@@ -85,6 +180,26 @@ def filter_top_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _check_prompts(attention_mask: Tensor, prompt_ids: Tensor) -> None:
+    """PromptError unless the prompts are a batch (B, T) of at least one row, each holding at least one token: the
+    first new token is read from the logits of a prompt's last token, and a row without one would be continued from
+    padding, silently."""
+    if attention_mask.ndim != 2 or prompt_ids.ndim != 2 or attention_mask.shape[0] != prompt_ids.shape[0]:
+        raise PromptError(
+            f"prompts must come as a batch: input_ids and attention_mask of shape (batch, length) with one row per "
+            f"prompt, got {tuple(prompt_ids.shape)} and {tuple(attention_mask.shape)}; add a batch dimension with "
+            "ids[None]"
+        )
+    if attention_mask.shape[0] == 0:
+        raise PromptError("no prompts were given; pass at least one")
+    empty = (attention_mask == 0).all(dim=1).nonzero()[:, 0].tolist()
+    if empty:
+        raise PromptError(
+            f"prompt row(s) {empty} have no tokens: generation continues from a prompt's last token; give non-empty "
+            "text (empty text encodes to no tokens unless the tokenizer adds a BOS)"
+        )
+
+
 class Generator:
     """Autoregressive decoding over a StepModel; `detokenize(ids) -> str` is needed only for stop strings.
 
@@ -111,6 +226,7 @@ class Generator:
         """Yield the new tokens (B,) of each step as soon as they are chosen (finished rows get `pad_token_id`)."""
         if config.stop_strings and self.detokenize is None:
             raise ConfigError("stop_strings need a detokenize callable: Generator(model, detokenize=tokenizer.decode)")
+        _check_prompts(attention_mask, prompt_ids)
         return self._run(attention_mask, config, prompt_ids, inputs or {"input_ids": prompt_ids})
 
     def _run(
@@ -125,6 +241,7 @@ class Generator:
             mask[:, :t] = attention_mask
             logits = self.model.prefill(cache, attention_mask, **inputs)  # (B, V)
             assert cache.length == t, "prefill must cache exactly the attention_mask's tokens"
+            config.check_vocabulary(logits.shape[-1])
             seen = self._seen_tokens(prompt_ids, attention_mask, logits, config)
             eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=device)
             unfinished = torch.ones(b, dtype=torch.bool, device=device)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlbridge.atomic import write_text
-from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError, PromptError
 from vlbridge.lm import templates
-from vlbridge.lm.tokenizer import Tokenizer
+from vlbridge.lm.tokenizer import Tokenizer, check_text
 from vlbridge.vision.processor import ImageProcessor, ImageSource
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class Processor:
             raise ConfigError(f"return_tensors={return_tensors!r} is not supported; use 'pt'")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side={padding_side!r}; choose 'left' or 'right'")
-        prompts = [text] if isinstance(text, str) else list(text)
+        prompts = self._prompts(text)
         out: dict[str, torch.Tensor] = {}
         n_images, visual = [0] * len(prompts), [0] * len(prompts)
         if self.image_processor is None:
@@ -148,6 +148,20 @@ class Processor:
         self._check_length(ids, n_images, visual)
         out.update(self._pad(ids, padding_side))
         return out
+
+    @staticmethod
+    def _prompts(text: Any) -> list[str]:
+        """`text` as a list of prompts, each checked to be valid Unicode text before `<image>` expansion changes it,
+        so a PromptError's position counts in the text as the user wrote it."""
+        if isinstance(text, str):
+            prompts = [text]
+        elif isinstance(text, (list, tuple)):
+            prompts = list(text)
+        else:
+            raise PromptError(f"text is a {type(text).__name__}; pass a str or a list of str (one per prompt)")
+        for i, prompt in enumerate(prompts):
+            check_text(prompt, f"prompt {i}")
+        return prompts
 
     def _expand(self, prompts: list[str], n_images: list[int], counts: list[int]) -> tuple[list[str], list[int]]:
         """Replace the k-th placeholder by counts[k] image tokens; returns prompts and visual tokens per prompt."""

@@ -9,7 +9,7 @@ LLaVA-Mini's also rewrites the text by modality pre-fusion, and fuses each gener
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,18 +147,13 @@ class VisionLanguageModel(nn.Module):
 
     def generation_config(self, **overrides: Any) -> GenerationConfig:
         """Generation settings with this model's EOS and pad ids filled in, and its template's stop text (a reply
-        that `plain` or `qa` taught to end with a newline ends there), all from the model's config."""
+        that `plain` or `qa` taught to end with a newline ends there), all from the model's config; `overrides` as
+        `GenerationConfig.with_overrides` takes them (unknown or ill-typed settings raise ConfigError)."""
         lm = self.config.language_model
-        eos = lm.eos_token_id
-        eos_ids = () if eos is None else (tuple(eos) if isinstance(eos, list) else (eos,))
-        pad = lm.pad_token_id if lm.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
         stop = TEMPLATES.get(self.config.template).stop if self.config.template else ""
-        base = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad, stop_strings=(stop,) if stop else ())
-        if isinstance(overrides.get("eos_token_id"), int):
-            overrides["eos_token_id"] = (overrides["eos_token_id"],)
-        if "stop_strings" in overrides:
-            overrides["stop_strings"] = tuple(overrides["stop_strings"] or ())
-        return replace(base, **overrides)
+        base = GenerationConfig().with_overrides(eos_token_id=lm.eos_token_id, stop_strings=stop or None)
+        pad = lm.pad_token_id if lm.pad_token_id is not None else next(iter(base.eos_token_id), 0)
+        return base.with_overrides(**{"pad_token_id": pad, **overrides})
 
     @property
     def device(self) -> torch.device:
