@@ -34,13 +34,7 @@ from tqdm import tqdm
 from vlbridge.errors import ConfigError, VlbridgeError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
-from vlbridge.train.checkpoint import (
-    TrainState,
-    latest_checkpoint,
-    load_checkpoint,
-    remove_partial,
-    save_checkpoint,
-)
+from vlbridge.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
 from vlbridge.train.objectives import Batch, TrainStep, build_objective
@@ -49,6 +43,8 @@ from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
 
 log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
 
 
 def seed_everything(seed: int) -> None:
@@ -233,7 +229,7 @@ class StageTrainer:
             model.vision_encoder.gradient_checkpointing = False
         if stage.lora is not None:
             if self.world.is_main:
-                lora_ops.save_adapter(model.language_model, self.stage_dir / "adapter", stage.lora)
+                lora_ops.save_adapter(model.language_model, self.stage_dir / ADAPTER_DIR, stage.lora)
             if stage.lora.merge:
                 lora_ops.merge_lora(model.language_model)
             else:
@@ -242,8 +238,6 @@ class StageTrainer:
     def _restore(self, resume: bool, module: nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
         """A fresh state, or the newest checkpoint's (module, optimiser, scheduler and RNG restored too)."""
         metrics = MetricsLog(self.stage_dir, enabled=self.world.is_main)
-        if resume and self.world.is_main:
-            remove_partial(self.stage_dir)
         ckpt = latest_checkpoint(self.stage_dir) if resume else None
         if ckpt is None:
             metrics.truncate_after(0)
