@@ -22,6 +22,8 @@ from tiny_run import align_stage, instruct_stage, recipe, stage, write_recipe
 
 import vlbridge
 from vlbridge.cli import main as cli_main
+from vlbridge.errors import VlbridgeError
+from vlbridge.train.trainer import StageTrainer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; a busy 2-core machine makes 2 threads crawl
 
@@ -153,3 +155,22 @@ def test_ctrl_c_mid_training_ends_quietly_and_says_how_to_resume(data, tokenizer
     assert not (run_dir / "align" / "done.json").exists()
     last = err.rstrip("\n").split("\n")[-1]  # on a line of its own, below the progress bar
     assert last == f"vlbridge: training interrupted; the run is resumable: vlbridge {shlex.join([*args, '--resume'])}"
+
+
+def test_a_training_error_starts_on_its_own_line_below_the_progress_bar(
+    cli, data, tokenizer_dir, tmp_path, capsys, monkeypatch
+) -> None:
+    config = write_recipe(tmp_path / "r.yaml", recipe(tmp_path / "run", data, tokenizer_dir, [align_stage(steps=4)]))
+    real_update, steps = StageTrainer._update, []
+
+    def fail_at_step_3(self, *args):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            raise VlbridgeError("stage 'align': the loss became nan; lower the learning rates")
+        return real_update(self, *args)
+
+    monkeypatch.setattr(StageTrainer, "_update", fail_at_step_3)
+    assert cli(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "align:  50%" in err  # the bar was drawn
+    assert "\nvlbridge: error: stage 'align': the loss became nan" in err, err

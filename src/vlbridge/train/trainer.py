@@ -284,48 +284,47 @@ class StageTrainer:
         metrics = MetricsLog(self.stage_dir, enabled=world.is_main)
         module.train()
         batches = self._batches(state)
-        bar = tqdm(
+        with tqdm(
             total=self.total_steps,
             initial=state.step,
             desc=stage.name,
             unit="step",
             mininterval=0.5,
             disable=not world.is_main,
-        )
-        window_tokens, window_start = 0, time.perf_counter()
-        while state.step < self.total_steps:
-            step_start = time.perf_counter()
-            loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
-            state.step += 1
-            state.tokens += tokens
-            state.elapsed_s += time.perf_counter() - step_start
-            state.window_losses.append(loss)
-            window_tokens += tokens
-            rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
-            if state.step % stage.log_every == 0 or state.step == self.total_steps:
-                state.metrics = {
-                    "stage": stage.name,
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
-                    "grad_norm": grad_norm,
-                    "lr": lrs,  # the rates this step applied
-                    "tokens": state.tokens,
-                    "tokens_per_s": rate,
-                    "elapsed_s": state.elapsed_s,
-                }
-                metrics.append(state.metrics)
-                state.window_losses = []
-                window_tokens, window_start = 0, time.perf_counter()
-            if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
-                saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
-                if world.is_main:
-                    save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
-                world.barrier()
-                world.reseed(self.seed, state.step)
-        bar.close()
+        ) as bar:  # closed (its line ended) before any error or Ctrl-C is reported
+            window_tokens, window_start = 0, time.perf_counter()
+            while state.step < self.total_steps:
+                step_start = time.perf_counter()
+                loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
+                state.step += 1
+                state.tokens += tokens
+                state.elapsed_s += time.perf_counter() - step_start
+                state.window_losses.append(loss)
+                window_tokens += tokens
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+                if state.step % stage.log_every == 0 or state.step == self.total_steps:
+                    state.metrics = {
+                        "stage": stage.name,
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
+                        "grad_norm": grad_norm,
+                        "lr": lrs,  # the rates this step applied
+                        "tokens": state.tokens,
+                        "tokens_per_s": rate,
+                        "elapsed_s": state.elapsed_s,
+                    }
+                    metrics.append(state.metrics)
+                    state.window_losses = []
+                    window_tokens, window_start = 0, time.perf_counter()
+                if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
+                    saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
+                    if world.is_main:
+                        save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
+                    world.barrier()
+                    world.reseed(self.seed, state.step)
         self._finish(module, train_step)
         if world.is_main:
             plot_loss(metrics.path, self.stage_dir / "loss.png", title=f"stage {stage.name} ({stage.objective})")
