@@ -19,15 +19,22 @@ from vlbridge.errors import CheckpointError
 
 RECOPY = "copy it again from where the checkpoint came from"
 """The fix for a damaged file that vlbridge did not write itself."""
+MAX_JSON_BYTES = 256 << 20
+"""Far above any real config, index or tokenizer_config file (MBs at most): a larger one is not read into memory."""
 
 
 def read_json_object(path: Path, fix: str = RECOPY) -> dict[str, Any]:
-    """The JSON object stored in `path`; an unreadable file, invalid JSON or another JSON value raises
+    """The JSON object stored in `path`; an unreadable or oversized file, invalid JSON or another JSON value raises
     CheckpointError naming the file and `fix`."""
     try:
-        data = json.loads(path.read_bytes())
+        size = path.stat().st_size
+        text = path.read_bytes() if size <= MAX_JSON_BYTES else None
     except OSError as err:
         raise CheckpointError(f"cannot read {path} ({err.strerror}); make it readable or {fix}") from err
+    if text is None:
+        raise CheckpointError(f"{path} is {size / 2**20:.0f} MiB, not the small JSON file it should be; {fix}")
+    try:
+        data = json.loads(text)
     except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
         raise CheckpointError(f"{path} is not valid JSON ({err}), so it is damaged or cut short; {fix}") from err
     if not isinstance(data, dict):

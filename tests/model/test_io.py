@@ -220,6 +220,12 @@ def _truncated_config(d: Path) -> Path:
     return d / "config.json"
 
 
+def _huge_config(d: Path) -> Path:
+    with (d / "config.json").open("r+b") as handle:
+        handle.truncate(1 << 30)  # sparse: takes no disk, and must take no memory either
+    return d / "config.json"
+
+
 def _index(weight_map) -> object:
     """A shard index beside the single weights file, naming shards as `weight_map` says."""
 
@@ -243,6 +249,7 @@ DAMAGED = {
     "config garbage": (_write("config.json", b"\x00\xff not json"), r"copy it again"),
     "config truncated": (_truncated_config, r"copy it again"),
     "config a JSON list": (_write("config.json", b"[1, 2, 3]"), r"must hold a JSON object"),
+    "config of 1 GiB": (_huge_config, r"1024 MiB, not the small JSON file"),
     "tokenizer garbage": (_write("tokenizer.json", b"{ garbage"), r"re-save the tokenizer"),
     "processor config garbage": (_write("processor_config.json", b"garbage"), r"copy it again"),
     "shard index garbage": (_write("model.safetensors.index.json", b"garbage"), r"copy it again"),
