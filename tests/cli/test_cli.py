@@ -133,8 +133,12 @@ def endless_dir(clip_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def _interrupted(proc: subprocess.Popen) -> str:
     """Send Ctrl-C's SIGINT to a running `vlbridge` and return its stderr once it has ended (with status 130)."""
     proc.send_signal(signal.SIGINT)
-    stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == EXIT_INTERRUPTED, stderr
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # only if it is still running
+    stderr = stderr.decode()
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     return stderr
 
