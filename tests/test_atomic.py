@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vlbridge.atomic import atomic_path, write_text
+from killed import killed_mid_write
+from vlbridge.atomic import atomic_path, remove_stale, write_text
 
 
 def test_write_replaces_whole_file_with_umask_permissions(tmp_path: Path) -> None:
@@ -29,3 +30,14 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]
+
+
+def test_remove_stale_deletes_what_a_killed_write_left_and_nothing_else(tmp_path: Path) -> None:
+    killed_mid_write(tmp_path / "model.safetensors")
+    (stale,) = list(tmp_path.iterdir())
+    users = [".notes.tmp", ".model.safetensors.abc12345.tmp", "model.safetensors", "run.tmp", "x.vlbridge-1.tmp"]
+    for name in users:
+        (tmp_path / name).write_text("the user's")
+    assert remove_stale(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)
+    assert remove_stale(tmp_path / "absent") == []

@@ -1,15 +1,21 @@
 """Atomic file writes: write to a temporary file beside the target, then rename over it.
 
 A crash mid-write leaves the previous file (or none), never a truncated one, so checkpoints and outputs are never lost.
+What a kill does leave is the temporary file, `.<target>.vlbridge-<random>.tmp`; `remove_stale` deletes those (and
+only those) when a run resumes, so a killed model save does not keep its partial copy on disk for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+_MARK = "vlbridge-"
+_TEMP_NAME = re.compile(rf"^\..+\.{_MARK}[^./]+\.tmp$")  # mkstemp's random part has no dot
 
 
 @contextlib.contextmanager
@@ -17,7 +23,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it is renamed to `target`, on error removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_MARK}", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -36,3 +42,17 @@ def write_text(target: str | Path, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def remove_stale(folder: str | Path) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` when its process was killed; returns them.
+
+    Only files of its own naming pattern are touched, never a user's file. A live write's file has that name too, so
+    call it only on folders no other process is writing to (a resumed run's own folders)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if _TEMP_NAME.match(p.name) and p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

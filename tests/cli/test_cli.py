@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 import vlbridge
-from vlbridge.cli.main import EXIT_BROKEN_PIPE, main
+from vlbridge.cli.main import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, main
 
 
 def test_info_reports_parameters_tokens_and_context(clip_llava_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -126,3 +127,58 @@ def test_a_closed_output_pipe_ends_the_command_quietly() -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+@pytest.fixture(scope="module")
+def endless_dir(clip_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llava with no EOS and a long context: a reply goes on until max_new_tokens, long enough to be
+    interrupted mid-generation."""
+    from dataclasses import replace
+
+    from vlbridge.lm.tokenizer import Tokenizer
+    from vlbridge.model.io import read_config
+    from vlbridge.model.vlm import VisionLanguageModel
+
+    config, _ = read_config(clip_llava_dir)
+    lm = replace(config.language_model, eos_token_id=None, max_position_embeddings=8192)
+    model = VisionLanguageModel(replace(config, language_model=lm), tokenizer=Tokenizer.from_dir(clip_llava_dir))
+    path = tmp_path_factory.mktemp("endless")
+    model.save_pretrained(path)
+    return path
+
+
+def _interrupted(proc: subprocess.Popen) -> str:
+    """Send Ctrl-C's SIGINT to a running `vlbridge` and return its stderr once it has ended (with status 130)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # only if it is still running
+    stderr = stderr.decode()
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    return stderr
+
+
+def test_ctrl_c_in_an_interactive_chat_ends_it_quietly(clip_llava_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlbridge", "chat", "--model", str(clip_llava_dir), "--text-only"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert "type a question" in proc.stderr.readline().decode()  # waiting for the first question
+    assert _interrupted(proc) == "\n"  # only a newline, so the shell prompt starts on a line of its own
+
+
+def test_ctrl_c_during_a_one_shot_reply_ends_it_quietly(endless_dir: Path) -> None:
+    args = ["chat", "--model", str(endless_dir), "--text-only", "--max-new-tokens", "8000", "a red circle"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlbridge", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert os.read(proc.stdout.fileno(), 1)  # the reply is streaming
+    assert _interrupted(proc) == "\n"

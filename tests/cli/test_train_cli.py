@@ -4,6 +4,7 @@ uninterrupted run (tolerance: none, bitwise on CPU); user errors exit 2 with a c
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from tiny_run import align_stage, instruct_stage, recipe, stage, write_recipe
 
 import vlbridge
 from vlbridge.cli import main as cli_main
+from vlbridge.errors import VlbridgeError
+from vlbridge.train.trainer import StageTrainer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; a busy 2-core machine makes 2 threads crawl
 
@@ -130,3 +133,44 @@ def test_every_stage_end_to_end_then_load_and_generate(cli, tmp_path) -> None:
     ids = model.generate(**inputs, max_new_tokens=5)
     assert ids.shape[0] == 1 and inputs["input_ids"].shape[1] < ids.shape[1] <= inputs["input_ids"].shape[1] + 5
     assert isinstance(processor.decode(ids[0, inputs["input_ids"].shape[1] :]), str)
+
+
+def test_ctrl_c_mid_training_ends_quietly_and_says_how_to_resume(data, tokenizer_dir, tmp_path) -> None:
+    long_align = align_stage(steps=150, batch_size=2, save_every=10, log_every=1)
+    config = write_recipe(tmp_path / "r.yaml", recipe(tmp_path / "unused", data, tokenizer_dir, [long_align]))
+    run_dir = tmp_path / "run dir"
+    args = ["train", "--config", str(config), "--run-dir", str(run_dir), "--set", "seed=3"]
+    with (tmp_path / "stderr").open("w+") as stderr:
+        proc = subprocess.Popen(_command(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 300
+        while not (run_dir / "align" / "metrics.jsonl").is_file():  # the stage has begun its steps
+            assert proc.poll() is None, "the run ended before its first step"
+            assert time.monotonic() < deadline, "no step within 300 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == cli_main.EXIT_INTERRUPTED
+        stderr.seek(0)
+        err = stderr.read()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not (run_dir / "align" / "done.json").exists()
+    last = err.rstrip("\n").split("\n")[-1]  # on a line of its own, below the progress bar
+    assert last == f"vlbridge: training interrupted; the run is resumable: vlbridge {shlex.join([*args, '--resume'])}"
+
+
+def test_a_training_error_starts_on_its_own_line_below_the_progress_bar(
+    cli, data, tokenizer_dir, tmp_path, capsys, monkeypatch
+) -> None:
+    config = write_recipe(tmp_path / "r.yaml", recipe(tmp_path / "run", data, tokenizer_dir, [align_stage(steps=4)]))
+    real_update, steps = StageTrainer._update, []
+
+    def fail_at_step_3(self, *args):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            raise VlbridgeError("stage 'align': the loss became nan; lower the learning rates")
+        return real_update(self, *args)
+
+    monkeypatch.setattr(StageTrainer, "_update", fail_at_step_3)
+    assert cli(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "align:  50%" in err  # the bar was drawn
+    assert "\nvlbridge: error: stage 'align': the loss became nan" in err, err

@@ -188,3 +188,102 @@ def test_a_model_saved_without_a_tokenizer_names_what_is_missing(clip_llava_dir:
     assert (tmp_path / "bare" / "model.safetensors").is_file()
     with pytest.raises(CheckpointError, match=r"tokenizer\.json is missing"):
         vlbridge.load(tmp_path / "bare")
+
+
+def _cut_weights(d: Path) -> Path:
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return d / "model.safetensors"
+
+
+def _write(name: str, content: bytes):
+    def edit(d: Path) -> Path:
+        (d / name).write_bytes(content)
+        return d / name
+
+    return edit
+
+
+def _edit_config(change):
+    def edit(d: Path) -> Path:
+        config = json.loads((d / "config.json").read_text())
+        change(config)
+        (d / "config.json").write_text(json.dumps(config))
+        return d / "config.json"
+
+    return edit
+
+
+def _truncated_config(d: Path) -> Path:
+    text = (d / "config.json").read_text()
+    (d / "config.json").write_text(text[: len(text) // 2])
+    return d / "config.json"
+
+
+def _huge_config(d: Path) -> Path:
+    with (d / "config.json").open("r+b") as handle:
+        handle.truncate(1 << 30)  # sparse: takes no disk, and must take no memory either
+    return d / "config.json"
+
+
+def _index(weight_map) -> object:
+    """A shard index beside the single weights file, naming shards as `weight_map` says."""
+
+    def edit(d: Path) -> Path:
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        return d / "model.safetensors.index.json"
+
+    return edit
+
+
+def _index_to_outside(d: Path) -> Path:
+    shutil.copy(d / "model.safetensors", d.parent / "outside.safetensors")  # a whole, valid file out of the folder
+    names = load_file(d / "model.safetensors")
+    return _index(dict.fromkeys(names, "../outside.safetensors"))(d)
+
+
+DAMAGED = {
+    "weights cut in half": (_cut_weights, r"truncated or corrupt"),
+    "weights empty": (_write("model.safetensors", b""), r"truncated or corrupt"),
+    "weights garbage": (_write("model.safetensors", b"\x93garbage" * 64), r"truncated or corrupt"),
+    "config garbage": (_write("config.json", b"\x00\xff not json"), r"copy it again"),
+    "config truncated": (_truncated_config, r"copy it again"),
+    "config a JSON list": (_write("config.json", b"[1, 2, 3]"), r"must hold a JSON object"),
+    "config of 1 GiB": (_huge_config, r"1024 MiB, not the small JSON file"),
+    "tokenizer garbage": (_write("tokenizer.json", b"{ garbage"), r"re-save the tokenizer"),
+    "processor config garbage": (_write("processor_config.json", b"garbage"), r"copy it again"),
+    "shard index garbage": (_write("model.safetensors.index.json", b"garbage"), r"copy it again"),
+    "shard index without a weight map": (_write("model.safetensors.index.json", b"{}"), r"weight_map"),
+    "shard index names a missing shard": (
+        _index({"a.weight": "model-00001-of-00002.safetensors"}),
+        r"model-00001-of-00002\.safetensors.*copy the missing shard",
+    ),
+    "shard index names a file outside the folder": (_index_to_outside, r"outside\.safetensors.*inside"),
+    "llava config without vision_config": (_edit_config(lambda c: c.pop("vision_config")), r"no vision_config"),
+    "llava config without text_config": (_edit_config(lambda c: c.pop("text_config")), r"no text_config"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_a_damaged_checkpoint_file_is_a_checkpoint_error_naming_it(
+    clip_llava_dir: Path, tmp_path: Path, case: str
+) -> None:
+    damage, fix = DAMAGED[case]
+    broken = tmp_path / "ckpt"
+    shutil.copytree(clip_llava_dir, broken)
+    named = damage(broken)
+    with pytest.raises(CheckpointError, match=fix) as caught:
+        vlbridge.load(broken)
+    assert str(named) in str(caught.value)
+
+
+def test_a_vlbridge_config_without_its_model_section_is_a_checkpoint_error(
+    clip_llava_dir: Path, tmp_path: Path
+) -> None:
+    model, _ = vlbridge.load(clip_llava_dir)
+    model.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    del config["model"]
+    (tmp_path / "ours" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json has no 'model' section"):
+        vlbridge.load(tmp_path / "ours")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tiny_run import instruct_stage, recipe, stage
 
 import vlbridge.train.trainer as trainer_module
+from killed import killed_mid_write
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.train import recipe_from_dict, train
 from vlbridge.train.checkpoint import (
@@ -21,7 +22,6 @@ from vlbridge.train.checkpoint import (
     checkpoints,
     latest_checkpoint,
     load_checkpoint,
-    remove_partial,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -55,10 +55,9 @@ def test_save_is_atomic_pruned_and_restores_strictly(tmp_path: Path) -> None:
         opt.step()
         sched.step()
         save_checkpoint(tmp_path, module, opt, sched, TrainState(stage="s", step=step, epoch=1, batch=3), keep=2)
-    (tmp_path / ".ckpt-00000008.pt.abc.tmp").write_bytes(b"torn")  # what a kill mid-write leaves behind
+    killed_mid_write(tmp_path / "ckpt-00000008.pt")  # a torn temporary file is no checkpoint
     assert [p.name for p in checkpoints(tmp_path)] == ["ckpt-00000004.pt", "ckpt-00000006.pt"]
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-00000006.pt"
-    assert remove_partial(tmp_path) == 1 and len(list(tmp_path.iterdir())) == 2
     fresh = torch.nn.Linear(3, 2)
     opt2, sched2 = _opt(fresh)
     state = load_checkpoint(tmp_path / "ckpt-00000006.pt", fresh, opt2, sched2)
@@ -133,3 +132,21 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_data, tiny_tokenizer_dir,
     after = _weights(tmp_path / "run")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "run" / "text" / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_resume_removes_the_partial_files_of_killed_saves_and_nothing_else(
+    tiny_data, tiny_tokenizer_dir, tmp_path
+) -> None:
+    one = [stage("text", "text_lm", "captions.json", {"language_model": "full"}, {"language_model": 1e-2})]
+    run = recipe_from_dict(recipe(tmp_path / "run", tiny_data, tiny_tokenizer_dir, one))
+    train(run)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    killed_mid_write(tmp_path / "run" / "model.safetensors")  # the final save
+    killed_mid_write(tmp_path / "run" / "text" / "model" / "model.safetensors")  # the stage model's save
+    killed_mid_write(tmp_path / "run" / "text" / "ckpt-00000002.pt")  # a mid-stage checkpoint
+    users = [tmp_path / "run" / ".notes.tmp", tmp_path / "run" / "text" / "model" / ".model.safetensors.x.tmp"]
+    for path in users:
+        path.write_text("the user's")
+    train(run, resume=True)
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    assert after == sorted(before + [p.relative_to(tmp_path) for p in users])

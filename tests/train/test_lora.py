@@ -115,3 +115,23 @@ def test_adapter_round_trip(tmp_path: Path) -> None:
         apply_lora(fresh, cfg)
     with pytest.raises(CheckpointError, match=r"no adapter_config\.json"):
         load_adapter(_lm(), tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fix"),
+    [
+        ("adapter_config.json", b"{ cut sho", r"not valid JSON"),
+        ("adapter_config.json", b'{"r": 4}', r"lacks lora_alpha, lora_dropout, target_modules"),
+        ("adapter_model.safetensors", b"\x00" * 7, r"truncated or corrupt"),
+    ],
+)
+def test_a_damaged_adapter_is_a_checkpoint_error_naming_the_file(
+    tmp_path: Path, name: str, content: bytes, fix: str
+) -> None:
+    lm = _lm()
+    apply_lora(lm, LoraRecipe(r=4, alpha=8, dropout=0.0))
+    save_adapter(lm, tmp_path, LoraRecipe(r=4, alpha=8, dropout=0.0))
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=fix) as caught:
+        load_adapter(_lm(), tmp_path)
+    assert str(tmp_path / name) in str(caught.value)

@@ -36,9 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_BROKEN_PIPE = 141
 """What a shell reports for a Unix tool stopped by SIGPIPE (128 + 13): its reader went away (`vlbridge chat | head`)."""
 
+EXIT_INTERRUPTED = 130
+"""What a shell reports for a command stopped by Ctrl-C (128 + SIGINT's 2)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one clear line and exit with status 2; a closed output pipe ends it quietly."""
+    """Run the CLI; user errors print one clear line and exit with status 2; a closed output pipe and Ctrl-C end it
+    quietly (a subcommand's `interrupted(args)`, when it sets one, says what Ctrl-C left, e.g. how to resume)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -49,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python's documented recipe: stdout now points nowhere, so the flush at exit cannot raise a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # the terminal echoed ^C mid-line: the shell prompt starts on a line of its own
+        note = args.interrupted(args) if hasattr(args, "interrupted") else None
+        if note:
+            print(f"vlbridge: {note}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

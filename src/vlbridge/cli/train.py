@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -23,7 +24,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     parser.add_argument("--run-dir", default=None, help="where the run is written (overrides the recipe's run_dir)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, interrupted=interrupted)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,3 +40,16 @@ def run(args: argparse.Namespace) -> int:
     if main_process:
         print(f"trained model: {run_dir} (vlbridge chat --model {run_dir})")
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str | None:
+    """After Ctrl-C: the run is resumable (atomic checkpoints, finished stages kept); the command that continues it.
+    Under torchrun only rank 0 says so."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    command = ["train", "--config", args.config]
+    if args.run_dir is not None:
+        command += ["--run-dir", args.run_dir]
+    for override in args.overrides:
+        command += ["--set", override]
+    return f"training interrupted; the run is resumable: vlbridge {shlex.join([*command, '--resume'])}"

@@ -32,6 +32,7 @@ from tokenizers import AddedToken, decoders, pre_tokenizers, processors
 
 from vlbridge.atomic import atomic_path, write_text
 from vlbridge.errors import CheckpointError, ConfigError, DataError, PromptError
+from vlbridge.files import read_json_object
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
@@ -46,17 +47,12 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_RESAVE = "re-save the tokenizer (transformers' save_pretrained or vlbridge's Tokenizer.save) or copy it again"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, {} if the file is absent; unreadable JSON raises CheckpointError."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); re-save the tokenizer") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
+    """A JSON object from `path`, {} if the file is absent; a damaged file raises CheckpointError."""
+    return read_json_object(path, fix=_RESAVE) if path.is_file() else {}
 
 
 def check_text(text: object, what: str = "the text") -> None:
@@ -186,7 +182,10 @@ class Tokenizer:
                 f"{file} is missing: vlbridge needs the fast-tokenizer file; save the tokenizer with transformers' "
                 "save_pretrained (or vlbridge's Tokenizer.save) into this folder"
             )
-        tok = tokenizers.Tokenizer.from_file(str(file))
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as err:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise CheckpointError(f"{file} is not a valid tokenizer file ({err}); {_RESAVE}") from err
         config = _read_json(path / "tokenizer_config.json")
         if "added_tokens_decoder" not in config:  # transformers reads the legacy map only then, and lets it win
             config.update(_read_json(path / "special_tokens_map.json"))

@@ -7,7 +7,6 @@ without `vision_model.`). A plain HF causal LM (`model.*`, `lm_head.*`) loads as
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from vlbridge.config import ConnectorConfig, ImageProcessorConfig, ModelConfig
 from vlbridge.errors import CheckpointError
+from vlbridge.files import RECOPY, read_json_object
 from vlbridge.lm.hf_keys import lm_config_from_hf
 from vlbridge.vision.hf_keys import image_processor_config_from_hf, vision_config_from_hf
 
@@ -51,10 +51,10 @@ def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, 
             f"config.json has model_type {model_type!r}; vlbridge loads 'llava' checkpoints, text LLMs "
             f"({', '.join(TEXT_MODEL_TYPES)}) and its own format"
         )
-    text = dict(raw["text_config"])
+    text = dict(_section(raw, "text_config", "the language model's settings", path))
     if raw.get("tie_word_embeddings"):
         text["tie_word_embeddings"] = True
-    vision = vision_config_from_hf(raw["vision_config"])
+    vision = vision_config_from_hf(_section(raw, "vision_config", "the vision tower's settings", path))
     layer = raw.get("vision_feature_layer", -2)
     vision = replace(
         vision,
@@ -81,12 +81,24 @@ def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, 
     return config, LLAVA_KEY_RULES
 
 
+def _section(raw: dict[str, Any], key: str, what: str, path: Path) -> dict[str, Any]:
+    """A part of a llava config.json that must be present. transformers fills an absent one with the defaults of a
+    model nobody loaded (a 7B Llama, a CLIP ViT-L/14 at 336 px), so loading would build the wrong model: refuse."""
+    section = raw.get(key)
+    if not isinstance(section, dict):
+        raise CheckpointError(
+            f"{path / 'config.json'} has no {key} ({what}), which a llava config needs; {RECOPY} "
+            "(transformers' save_pretrained writes it)"
+        )
+    return section
+
+
 def image_token_from_dir(path: Path, default: str) -> str:
     """The placeholder string an HF processor/tokenizer config names, else `default`."""
     for name in ("processor_config.json", "tokenizer_config.json"):
         file = path / name
         if file.is_file():
-            token = json.loads(file.read_text()).get("image_token")
+            token = read_json_object(file).get("image_token")
             if isinstance(token, str):
                 return token
     return default
@@ -97,8 +109,11 @@ def image_processor_dict_from_dir(path: Path) -> dict[str, Any] | None:
     `image_processor` entry; None when neither exists."""
     legacy = path / "preprocessor_config.json"
     if legacy.is_file():
-        return json.loads(legacy.read_text())
+        return read_json_object(legacy)
     combined = path / "processor_config.json"
-    if combined.is_file():
-        return json.loads(combined.read_text()).get("image_processor")
-    return None
+    if not combined.is_file():
+        return None
+    settings = read_json_object(combined).get("image_processor")
+    if settings is not None and not isinstance(settings, dict):
+        raise CheckpointError(f"{combined}: image_processor must be a JSON object of settings; {RECOPY}")
+    return settings

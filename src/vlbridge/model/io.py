@@ -2,21 +2,21 @@
 
 A checkpoint directory is self-contained: config.json (every choice), model.safetensors (or HF shards with
 model.safetensors.index.json), and the processor's tokenizer/preprocessor files. `vision=False` reads no vision
-weights at all, so a text-only deployment never holds them in memory.
+weights at all, so a text-only deployment never holds them in memory. A damaged file (empty, cut short, garbage,
+a shard index naming missing shards or files outside the folder) raises CheckpointError naming it and the fix.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from vlbridge.config import ModelConfig, from_dict
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError
+from vlbridge.files import RECOPY, open_safetensors, read_json_object
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
@@ -32,9 +32,26 @@ def default_model_dir() -> Path:
 
 
 def _weight_files(path: Path) -> list[Path]:
-    if (path / WEIGHTS_INDEX).is_file():
-        index = json.loads((path / WEIGHTS_INDEX).read_text())
-        return [path / name for name in sorted(set(index["weight_map"].values()))]
+    """The checkpoint's weight files: the shards its index names (each a file inside `path`), else WEIGHTS."""
+    index = path / WEIGHTS_INDEX
+    if index.is_file():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+            raise CheckpointError(f"{index} has no weight_map from tensor names to shard files; {RECOPY}")
+        names = sorted(set(weight_map.values()))
+        outside = [name for name in names if Path(name).name != name or name in ("", ".", "..")]
+        if outside:
+            raise CheckpointError(
+                f"{index} names shards by paths, not plain file names ({_preview(outside)}); vlbridge reads only "
+                f"files inside the checkpoint folder {path}: {RECOPY}"
+            )
+        missing = [name for name in names if not (path / name).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{index} names {len(missing)} shard(s) that are not in {path}: {_preview(missing)}; copy the "
+                "missing shard(s) into that folder"
+            )
+        return [path / name for name in names]
     if (path / WEIGHTS).is_file():
         return [path / WEIGHTS]
     raise CheckpointError(f"{path} holds no {WEIGHTS} or {WEIGHTS_INDEX}; is it a model checkpoint directory?")
@@ -45,10 +62,14 @@ def read_config(path: Path) -> tuple[ModelConfig, tuple[tuple[str, str], ...] | 
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{path} has no config.json; pass a vlbridge or HF llava checkpoint directory")
-    raw = json.loads(cfg_file.read_text())
+    raw = read_json_object(cfg_file)
     if raw.get("format") == FORMAT:
         if raw.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{cfg_file}: format_version {raw.get('format_version')} is not supported")
+        if not isinstance(raw.get("model"), dict):
+            raise CheckpointError(
+                f"{cfg_file} has no 'model' section (every setting of the model); {RECOPY}, or save the model again"
+            )
         return from_dict(ModelConfig, raw["model"]), None
     return model_config_from_hf(raw, path)
 
@@ -58,7 +79,7 @@ def index_weights(path: Path, rules: tuple[tuple[str, str], ...] | None) -> dict
     index: dict[str, tuple[Path, str]] = {}
     unmapped: list[str] = []
     for file in _weight_files(path):
-        with safe_open(str(file), framework="pt") as handle:
+        with open_safetensors(file) as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 if key.endswith(STALE_BUFFER_SUFFIXES):
                     continue
@@ -108,7 +129,7 @@ def load_weights(
     wrong = []
     with torch.no_grad():
         for file, names in by_file.items():
-            with safe_open(str(file), framework="pt") as handle:
+            with open_safetensors(file) as handle:
                 for name in names:
                     key = index[name][1]
                     shape = tuple(handle.get_slice(key).get_shape())

@@ -76,14 +76,6 @@ def checkpoints(stage_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def remove_partial(stage_dir: str | Path) -> int:
-    """Delete the temporary files of checkpoint writes a kill interrupted; returns how many there were."""
-    partial = list(Path(stage_dir).glob(".ckpt-*.tmp"))
-    for path in partial:
-        path.unlink(missing_ok=True)
-    return len(partial)
-
-
 def latest_checkpoint(stage_dir: str | Path) -> Path | None:
     """The newest checkpoint of a stage, None when it has none."""
     found = checkpoints(stage_dir)

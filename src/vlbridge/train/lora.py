@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from vlbridge.atomic import atomic_path, write_text
 from vlbridge.errors import CheckpointError, ConfigError
+from vlbridge.files import open_safetensors, read_json_object
 from vlbridge.train.recipe import LoraRecipe
 
 ADAPTER_NAME = "default"
@@ -124,11 +125,15 @@ def load_adapter(language_model: nn.Module, path: str | Path) -> LoraRecipe:
     path = Path(path)
     if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
         raise CheckpointError(f"{path} holds no {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}; is it a saved LoRA adapter?")
-    raw = json.loads((path / ADAPTER_CONFIG).read_text())
+    raw = read_json_object(path / ADAPTER_CONFIG, fix="save the adapter again")
+    lacking = [key for key in ("r", "lora_alpha", "lora_dropout", "target_modules") if key not in raw]
+    if lacking:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} lacks {', '.join(lacking)}; save the adapter again")
     cfg = LoraRecipe(r=raw["r"], alpha=raw["lora_alpha"], dropout=raw["lora_dropout"], targets=raw["target_modules"])
+    with open_safetensors(path / ADAPTER_WEIGHTS) as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not iterable)
     apply_lora(language_model, cfg)
     expected = adapter_state_dict(language_model)
-    tensors = load_file(str(path / ADAPTER_WEIGHTS))
     if set(tensors) != set(expected):
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         unload_lora(language_model)

@@ -8,10 +8,11 @@
                                model/ (the model after the stage, a vlbridge checkpoint) and done.json
     config.json, model.safetensors, tokenizer files   the final model: `vlbridge.load(run_dir)`
 
-Resume skips finished stages (those with done.json), reloads the last finished stage's model, and continues an
-unfinished stage from its newest checkpoint. Every stage starts from a seed derived from the recipe's, so a stage
-behaves the same whether the run reached it in one go or after a restart. A new run refuses a run directory that
-already holds one, so results are never overwritten by accident.
+Resume first deletes the temporary files of writes a kill interrupted, skips finished stages (those with done.json),
+reloads the last finished stage's model, and continues an unfinished stage from its newest checkpoint. Every stage
+starts from a seed derived from the recipe's, so a stage behaves the same whether the run reached it in one go or
+after a restart. A new run refuses a run directory that already holds one, so results are never overwritten by
+accident.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vlbridge.atomic import write_text
+from vlbridge.atomic import remove_stale, write_text
 from vlbridge.config import ModelConfig, read_yaml
 from vlbridge.data.synthetic import synthesize
 from vlbridge.errors import ConfigError
@@ -37,7 +38,7 @@ from vlbridge.train.distributed import World, init_world
 from vlbridge.train.objectives import OBJECTIVES
 from vlbridge.train.recipe import Recipe, StageRecipe, recipe_to_dict
 from vlbridge.train.stage_data import StageDataset, stage_texts
-from vlbridge.train.trainer import StageTrainer, seed_everything
+from vlbridge.train.trainer import ADAPTER_DIR, StageTrainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,18 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
         log.warning("the recipe differs from the one %s was started with; resuming with the new one", run_dir)
 
 
+def remove_partial_writes(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """Delete the temporary files of writes a kill interrupted (a model save, a checkpoint, metrics) in the folders
+    the run writes, and only those files; returns them. A resumed run rewrites whatever they were."""
+    folders = [run_dir, run_dir / TOKENIZER_DIR]
+    for stage in recipe.stages:
+        folders += [run_dir / stage.name, run_dir / stage.name / MODEL_DIR, run_dir / stage.name / ADAPTER_DIR]
+    removed = [path for folder in folders for path in remove_stale(folder)]
+    if removed:
+        log.info("removed %d partial file(s) of interrupted writes: %s", len(removed), ", ".join(map(str, removed)))
+    return removed
+
+
 def train(recipe: Recipe, resume: bool = False, world: World | None = None) -> Path:
     """Run (or resume) every stage of `recipe`; returns the run directory, which holds the final model.
 
@@ -211,6 +224,8 @@ def train(recipe: Recipe, resume: bool = False, world: World | None = None) -> P
 def _train(recipe: Recipe, resume: bool, world: World, device: torch.device) -> Path:
     run_dir = Path(recipe.run_dir)
     _check_run_dir(recipe, run_dir, resume)
+    if resume and world.is_main:
+        remove_partial_writes(recipe, run_dir)
     world.barrier()  # every rank has checked the run directory before rank 0 writes into it
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

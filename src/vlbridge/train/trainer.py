@@ -34,13 +34,7 @@ from tqdm import tqdm
 from vlbridge.errors import ConfigError, VlbridgeError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
-from vlbridge.train.checkpoint import (
-    TrainState,
-    latest_checkpoint,
-    load_checkpoint,
-    remove_partial,
-    save_checkpoint,
-)
+from vlbridge.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
 from vlbridge.train.objectives import Batch, TrainStep, build_objective
@@ -49,6 +43,8 @@ from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
 
 log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
 
 
 def seed_everything(seed: int) -> None:
@@ -233,7 +229,7 @@ class StageTrainer:
             model.vision_encoder.gradient_checkpointing = False
         if stage.lora is not None:
             if self.world.is_main:
-                lora_ops.save_adapter(model.language_model, self.stage_dir / "adapter", stage.lora)
+                lora_ops.save_adapter(model.language_model, self.stage_dir / ADAPTER_DIR, stage.lora)
             if stage.lora.merge:
                 lora_ops.merge_lora(model.language_model)
             else:
@@ -242,8 +238,6 @@ class StageTrainer:
     def _restore(self, resume: bool, module: nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
         """A fresh state, or the newest checkpoint's (module, optimiser, scheduler and RNG restored too)."""
         metrics = MetricsLog(self.stage_dir, enabled=self.world.is_main)
-        if resume and self.world.is_main:
-            remove_partial(self.stage_dir)
         ckpt = latest_checkpoint(self.stage_dir) if resume else None
         if ckpt is None:
             metrics.truncate_after(0)
@@ -290,48 +284,47 @@ class StageTrainer:
         metrics = MetricsLog(self.stage_dir, enabled=world.is_main)
         module.train()
         batches = self._batches(state)
-        bar = tqdm(
+        with tqdm(
             total=self.total_steps,
             initial=state.step,
             desc=stage.name,
             unit="step",
             mininterval=0.5,
             disable=not world.is_main,
-        )
-        window_tokens, window_start = 0, time.perf_counter()
-        while state.step < self.total_steps:
-            step_start = time.perf_counter()
-            loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
-            state.step += 1
-            state.tokens += tokens
-            state.elapsed_s += time.perf_counter() - step_start
-            state.window_losses.append(loss)
-            window_tokens += tokens
-            rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
-            if state.step % stage.log_every == 0 or state.step == self.total_steps:
-                state.metrics = {
-                    "stage": stage.name,
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
-                    "grad_norm": grad_norm,
-                    "lr": lrs,  # the rates this step applied
-                    "tokens": state.tokens,
-                    "tokens_per_s": rate,
-                    "elapsed_s": state.elapsed_s,
-                }
-                metrics.append(state.metrics)
-                state.window_losses = []
-                window_tokens, window_start = 0, time.perf_counter()
-            if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
-                saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
-                if world.is_main:
-                    save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
-                world.barrier()
-                world.reseed(self.seed, state.step)
-        bar.close()
+        ) as bar:  # closed (its line ended) before any error or Ctrl-C is reported
+            window_tokens, window_start = 0, time.perf_counter()
+            while state.step < self.total_steps:
+                step_start = time.perf_counter()
+                loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
+                state.step += 1
+                state.tokens += tokens
+                state.elapsed_s += time.perf_counter() - step_start
+                state.window_losses.append(loss)
+                window_tokens += tokens
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+                if state.step % stage.log_every == 0 or state.step == self.total_steps:
+                    state.metrics = {
+                        "stage": stage.name,
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
+                        "grad_norm": grad_norm,
+                        "lr": lrs,  # the rates this step applied
+                        "tokens": state.tokens,
+                        "tokens_per_s": rate,
+                        "elapsed_s": state.elapsed_s,
+                    }
+                    metrics.append(state.metrics)
+                    state.window_losses = []
+                    window_tokens, window_start = 0, time.perf_counter()
+                if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
+                    saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
+                    if world.is_main:
+                        save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
+                    world.barrier()
+                    world.reseed(self.seed, state.step)
         self._finish(module, train_step)
         if world.is_main:
             plot_loss(metrics.path, self.stage_dir / "loss.png", title=f"stage {stage.name} ({stage.objective})")
