@@ -169,7 +169,7 @@ def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"qa\.jsonl:3: .*answer"):
         load_qa(qa)
     qa.write_text('{"question": "a?", "answer": "x"}\nnot json\n')
-    with pytest.raises(DataError, match=r"qa\.jsonl:2: not JSON"):
+    with pytest.raises(DataError, match=r"qa\.jsonl:2: not valid JSON"):
         load_qa(qa)
     qa.write_text('{"question": "a?", "answer": ["x", "y"]}\n')
     assert load_qa(qa)[0].answers == ("x", "y")

@@ -31,6 +31,7 @@ def test_options_reach_the_constructor_and_unset_ones_keep_its_defaults(tmp_path
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"question_id": i, "text": "Why?"}) + "\n" for i in range(3)))
     values = {"questions": str(questions), "image_folder": None, "answers": None, "prompt_suffix": None}
+    values["allow_absolute_images"] = False
     task = TASKS.get("llava").from_options({**values, "metric": "vqa"}, limit=2, model="runs/exp1/checkpoint-500")
     assert isinstance(task, LlavaTask) and len(task.prompts()) == 2
     assert (task.metric, task.suffix, task.model_name) == ("vqa", "", "exp1_checkpoint-500")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import PIL.Image
 
+from vlbridge.data.files import ImageFolder
 from vlbridge.eval.tasks.files import require_file, require_folder
 from vlbridge.registry import Registry
 
@@ -49,6 +50,9 @@ QUESTIONS_OPTION = TaskOption("questions", "question file (JSONL, JSON or TSV as
 IMAGE_FOLDER_OPTION = TaskOption("image_folder", "folder the question images are in")
 PROMPT_SUFFIX_OPTION = TaskOption("prompt_suffix", "line added after each question ('' for none)")
 IMAGE_PATTERN_OPTION = TaskOption("image_pattern", "image file name, e.g. 'COCO_val2014_{image_id:012d}.jpg'")
+ALLOW_ABSOLUTE_IMAGES_OPTION = TaskOption(
+    "allow_absolute_images", "let question files name images by absolute path (else: inside the folder)", switch=True
+)
 """Options several tasks share; a task's own options live in its module."""
 
 
@@ -130,15 +134,32 @@ class ImageFolderTask(Task):
     """A task whose questions name their images in one folder through a file-name pattern (VQAv2, GQA).
 
     Each question is asked about its image with the prompt suffix on the next line; subclasses load the questions,
-    set `images` (one file name per question, in order) and list (question id, question) in `question_texts`.
+    list (question id, question) in `question_texts` and set `images` from the file names with `image_files`.
     """
 
-    images: list[str]
+    images: list[Path]
 
-    def __init__(self, questions: str | Path, image_folder: str | Path, image_pattern: str, suffix: str) -> None:
+    def __init__(
+        self,
+        questions: str | Path,
+        image_folder: str | Path,
+        image_pattern: str,
+        suffix: str,
+        allow_absolute_images: bool = False,
+    ) -> None:
         self.source = require_file(questions, "--questions")
         self.image_folder = require_folder(image_folder, "--image-folder")
         self.image_pattern, self.suffix = image_pattern, suffix
+        self.folder = ImageFolder(self.image_folder, allow_absolute=allow_absolute_images, must_exist=False)
+
+    def image_files(self, names: Sequence[str]) -> list[Path]:
+        """The image file of each question (one name each, in `question_texts` order), or DataError naming the
+        question whose name leads outside the image folder; the runner checks that the files exist."""
+        questions = self.question_texts()
+        return [
+            self.folder.path(name, f"question {qid!r}", self.source)
+            for (qid, _), name in zip(questions, names, strict=True)
+        ]
 
     @abstractmethod
     def question_texts(self) -> list[tuple[str, str]]:
@@ -146,7 +167,7 @@ class ImageFolderTask(Task):
 
     def prompts(self) -> list[Prompt]:
         return [
-            Prompt(qid, with_suffix(text, self.suffix), self.image_folder / image)
+            Prompt(qid, with_suffix(text, self.suffix), image)
             for (qid, text), image in zip(self.question_texts(), self.images, strict=True)
         ]
 
