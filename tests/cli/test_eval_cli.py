@@ -103,6 +103,18 @@ def test_flags_of_another_task_are_refused(tmp_path: Path, capsys) -> None:
     assert "needs --data" in capsys.readouterr().err
 
 
+def test_limit_below_one_is_refused_before_anything_runs(synth_dir: Path, tmp_path: Path, capsys) -> None:
+    args = ["eval", "--model", str(tmp_path / "not-loaded"), "--data", str(synth_dir), "--out", str(tmp_path / "out")]
+    for limit in ("-1", "0"):  # -1 used to ask every question but the last, as Python slices
+        assert main([*args, "--limit", limit]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"vlbridge: error: --limit must be a whole number >= 1 (how many questions to ask), got {limit}"
+        )
+        assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_split_names_a_question_file_inside_the_data_folder(synth_dir: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "data").mkdir()
     shutil.copy(synth_dir / "test.jsonl", tmp_path / "outside.jsonl")

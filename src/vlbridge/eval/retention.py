@@ -242,12 +242,16 @@ def compare(
     """
     if tolerance < 0:
         raise ConfigError(f"tolerance must be >= 0 (a fraction: 0.03 = 3%), got {tolerance}")
+    if batch_size < 1:  # slicing by a negative step would silently leave windows and questions out
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if window is not None and window < 2:  # 0 would silently mean "the context length"
+        raise ConfigError(f"--window must be at least 2 tokens, got {window}; leave it out for the context length")
     data = Path(data)
     if not data.is_file():
         raise DataError("the held-out text file does not exist; pass a plain-text file", data)
     text = read_text(data)
     items = load_qa(qa) if qa is not None else None
-    length = window or min(_context_length(base), _context_length(model))
+    length = window if window is not None else min(_context_length(base), _context_length(model))
     settings = {"device": device, "dtype": dtype, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     settings["qa_prompt"] = qa_prompt
     scored = {role: _score(path, text, length, items, settings) for role, path in (("base", base), ("model", model))}

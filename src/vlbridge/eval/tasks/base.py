@@ -16,13 +16,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import PIL.Image
 
 from vlbridge.data.files import ImageFolder
+from vlbridge.errors import ConfigError
 from vlbridge.eval.tasks.files import require_file, require_folder
 from vlbridge.registry import Registry
+
+T = TypeVar("T")
 
 Rows = Mapping[str, Mapping[str, Any]]
 """Predictions by prompt id, in prompt order: each row holds "question_id", "prompt", "prediction" and the record."""
@@ -70,6 +73,19 @@ def model_id(model_path: str | Path | None) -> str:
     if len(parts) > 1 and parts[-1].startswith("checkpoint-"):
         return f"{parts[-2]}_{parts[-1]}"
     return parts[-1] if parts else str(model_path)
+
+
+def limited(items: Sequence[T], limit: int | None) -> list[T]:
+    """The first `limit` items (all for None). A limit below 1 raises ConfigError: slicing would read -1 as "all
+    but the last" and 0 as "none", a run that looks fine and answers the wrong questions."""
+    if limit is None:
+        return list(items)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(
+            f"--limit must be a whole number >= 1 (how many questions to ask), got {limit!r}; leave it out to ask "
+            "every question"
+        )
+    return list(items[:limit])
 
 
 @dataclass(frozen=True)

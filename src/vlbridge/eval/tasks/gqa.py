@@ -31,6 +31,7 @@ from vlbridge.eval.tasks.base import (
     ImageFolderTask,
     Rows,
     given,
+    limited,
 )
 from vlbridge.eval.tasks.files import image_name
 from vlbridge.eval.tasks.vqav2 import SHORT_ANSWER
@@ -96,7 +97,7 @@ class GQATask(ImageFolderTask):
         allow_absolute_images: bool = False,
     ) -> None:
         super().__init__(questions, image_folder, image_pattern, suffix, allow_absolute_images)
-        self.questions = load_questions(self.source)[:limit]
+        self.questions = limited(load_questions(self.source), limit)
         self.images = self.image_files([image_name(image_pattern, image_id=q.image_id) for q in self.questions])
         answered = [q.answer is not None for q in self.questions]
         if any(answered) and not all(answered):

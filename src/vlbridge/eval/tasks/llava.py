@@ -31,6 +31,7 @@ from vlbridge.eval.tasks.base import (
     Task,
     TaskOption,
     given,
+    limited,
     model_id,
     short_uuid,
     with_suffix,
@@ -119,7 +120,7 @@ class LlavaTask(Task):
         if metric not in METRICS:
             raise ConfigError(f"metric {metric!r} is unknown; choose one of {', '.join(METRICS)}")
         self.source = require_file(questions, "--questions")
-        self.questions = load_questions(self.source)[:limit]
+        self.questions = limited(load_questions(self.source), limit)
         with_image = next((q for q in self.questions if q.image is not None), None)
         self.image_folder = None
         self.images: list[Path | None] = [None] * len(self.questions)

@@ -37,6 +37,7 @@ from vlbridge.eval.tasks.base import (
     Task,
     TaskOption,
     given,
+    limited,
     with_suffix,
 )
 from vlbridge.eval.tasks.files import require_file
@@ -156,7 +157,7 @@ class MMBenchTask(Task):
         self.source = require_file(questions, "--questions")
         every = load_questions(self.source)
         self.by_index = {q.index: q for q in every}  # a limited run may still reuse an image of a later row
-        self.questions = every[:limit]
+        self.questions = limited(every, limit)
         self.suffix, self.circular = suffix, circular
         self.scored = all(q.answer is not None for q in self.questions)
 

@@ -17,7 +17,7 @@ from vlbridge.data.llava_json import EvalItem, load_eval
 from vlbridge.data.synthetic.tasks import question_form
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown, exact_match
-from vlbridge.eval.tasks.base import ALLOW_ABSOLUTE_IMAGES_OPTION, TASKS, Prompt, Rows, Task, TaskOption
+from vlbridge.eval.tasks.base import ALLOW_ABSOLUTE_IMAGES_OPTION, TASKS, Prompt, Rows, Task, TaskOption, limited
 
 
 def exact_match_scorer(prediction: str, item: EvalItem) -> float:
@@ -86,7 +86,7 @@ class SyntheticTask(Task):
         questions = data / f"{split}.jsonl"
         if not questions.is_file():
             raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
-        items = load_eval(questions, data, allow_absolute_images=allow_absolute_images).items[:limit]
+        items = limited(load_eval(questions, data, allow_absolute_images=allow_absolute_images).items, limit)
         return cls(items, data, baselines=split_baselines(data, split), source=str(questions.resolve()))
 
     @classmethod

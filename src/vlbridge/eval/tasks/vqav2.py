@@ -34,6 +34,7 @@ from vlbridge.eval.tasks.base import (
     Rows,
     TaskOption,
     given,
+    limited,
 )
 from vlbridge.eval.tasks.files import image_name, is_id, require_file
 from vlbridge.eval.vqa import VQA_VERSIONS, VQAVersion, evalai_process_answer, require_version, vqa_accuracy
@@ -144,7 +145,7 @@ class VQAv2Task(ImageFolderTask):
         super().__init__(questions, image_folder, image_pattern, suffix, allow_absolute_images)
         self.evalai_preprocess, self.scorer_version = evalai_preprocess, require_version(scorer_version)
         questions_list, split = load_questions(self.source)
-        self.questions = questions_list[:limit]
+        self.questions = limited(questions_list, limit)
         if split is None and "{split}" in image_pattern:
             raise DataError(
                 'the questions file has no "data_subtype" to name the COCO split; pass --image-pattern, e.g. '
