@@ -115,6 +115,23 @@ def test_limit_below_one_is_refused_before_anything_runs(synth_dir: Path, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_default_output_folder_is_named_from_the_resolved_model_path(
+    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "ckpt"
+    shutil.copytree(clip_llava_dir, model)
+    (model / "sub").mkdir()
+    for bench, model_arg in ((tmp_path / "bench", f"{model}/sub/.."), (tmp_path / "bench2", ".")):
+        bench.mkdir()
+        (bench / "q.jsonl").write_text('{"question_id": 1, "text": "Is the sky blue?"}\n')
+        monkeypatch.chdir(model)
+        args = ["eval", "--task", "llava", "--model", model_arg, "--questions", str(bench / "q.jsonl")]
+        assert main([*args, "--max-new-tokens", "2"]) == 0
+        assert sorted(p.name for p in bench.iterdir()) == ["answers", "q.jsonl"]  # nothing beside the questions
+        assert [p.name for p in (bench / "answers").iterdir()] == ["ckpt"]
+        assert json.loads((bench / "answers" / "ckpt" / "answers.jsonl").read_text())["model_id"] == "ckpt"
+
+
 def test_split_names_a_question_file_inside_the_data_folder(synth_dir: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "data").mkdir()
     shutil.copy(synth_dir / "test.jsonl", tmp_path / "outside.jsonl")

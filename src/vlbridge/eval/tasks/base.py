@@ -66,13 +66,16 @@ def given(values: Mapping[str, Any], **keywords: str) -> dict[str, Any]:
 
 
 def model_id(model_path: str | Path | None) -> str:
-    """The "model_id" LLaVA writes: the checkpoint folder's name, with its parent's for a `checkpoint-N` folder."""
+    """The "model_id" LLaVA writes: the checkpoint folder's name, with its parent's for a `checkpoint-N` folder.
+
+    Names come from the resolved path, so `run/sub/..` is `run` and `.` the current folder's name: the id is one
+    plain folder name, never '..' or '.', and an output folder named after it stays where it is put."""
     if model_path is None:
         return "vlbridge-default"
-    parts = Path(model_path).parts
-    if len(parts) > 1 and parts[-1].startswith("checkpoint-"):
-        return f"{parts[-2]}_{parts[-1]}"
-    return parts[-1] if parts else str(model_path)
+    path = Path(model_path).resolve()
+    if path.name.startswith("checkpoint-") and path.parent.name:
+        return f"{path.parent.name}_{path.name}"
+    return path.name or "root"
 
 
 def limited(items: Sequence[T], limit: int | None) -> list[T]:
