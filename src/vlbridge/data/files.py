@@ -23,7 +23,6 @@ from vlbridge.errors import DataError
 
 S = TypeVar("S", bound=Sized)
 
-SAVE_AS_UTF8 = "save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8` or your editor's 'Save with encoding')"
 _BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
     (codecs.BOM_UTF32_LE, "UTF-32"),
     (codecs.BOM_UTF32_BE, "UTF-32"),
@@ -33,25 +32,35 @@ _BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
 _JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
 
+def _save_as_utf8(encoding: str) -> str:
+    """The fix for a file in `encoding` (iconv's name for it)."""
+    return f"save it as UTF-8 (e.g. `iconv -f {encoding} -t UTF-8 FILE > NEW`, or your editor's 'Save with encoding')"
+
+
 def _decode(data: bytes, path: Path, line: int) -> str:
     """`data`, the file's bytes from line `line` on, as text; DataError at the line of the first byte that is not
     UTF-8 (a byte-order mark of another Unicode encoding, or a NUL byte, counts as one)."""
     if line == 1:
         for bom, name in _BOMS:
             if data.startswith(bom):
-                raise DataError(f"the file is {name} text, which vlbridge does not read; {SAVE_AS_UTF8}", path, 1)
+                raise DataError(
+                    f"the file is {name} text, which vlbridge does not read; {_save_as_utf8(name)}", path, 1
+                )
         data = data.removeprefix(codecs.BOM_UTF8)
     nul = data.find(b"\x00")
     if nul >= 0:
         where = line + data.count(b"\n", 0, nul)
-        raise DataError(f"holds a NUL byte, as UTF-16 text or a binary file does; {SAVE_AS_UTF8}", path, where)
+        fix = _save_as_utf8("UTF-16LE")
+        raise DataError(
+            f"holds a NUL byte, as UTF-16 text without a byte-order mark (or a binary file) does; {fix}", path, where
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         where = line + data.count(b"\n", 0, err.start)
         raise DataError(
             f"is not UTF-8 text (byte 0x{data[err.start]:02x} cannot start or continue a character; the file may be "
-            f"Latin-1 or another legacy encoding); {SAVE_AS_UTF8}",
+            f"Latin-1 or another legacy encoding); {_save_as_utf8('LATIN1')}",
             path,
             where,
         ) from None
