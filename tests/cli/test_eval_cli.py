@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -100,6 +101,67 @@ def test_flags_of_another_task_are_refused(tmp_path: Path, capsys) -> None:
     assert "--questions is not used by --task synthetic" in capsys.readouterr().err
     assert main(["eval", "--task", "synthetic"]) == 2
     assert "needs --data" in capsys.readouterr().err
+
+
+def test_limit_below_one_is_refused_before_anything_runs(synth_dir: Path, tmp_path: Path, capsys) -> None:
+    args = ["eval", "--model", str(tmp_path / "not-loaded"), "--data", str(synth_dir), "--out", str(tmp_path / "out")]
+    for limit in ("-1", "0"):  # -1 used to ask every question but the last, as Python slices
+        assert main([*args, "--limit", limit]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"vlbridge: error: --limit must be a whole number >= 1 (how many questions to ask), got {limit}"
+        )
+        assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_output_folder_is_named_from_the_resolved_model_path(
+    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "ckpt"
+    shutil.copytree(clip_llava_dir, model)
+    (model / "sub").mkdir()
+    for bench, model_arg in ((tmp_path / "bench", f"{model}/sub/.."), (tmp_path / "bench2", ".")):
+        bench.mkdir()
+        (bench / "q.jsonl").write_text('{"question_id": 1, "text": "Is the sky blue?"}\n')
+        monkeypatch.chdir(model)
+        args = ["eval", "--task", "llava", "--model", model_arg, "--questions", str(bench / "q.jsonl")]
+        assert main([*args, "--max-new-tokens", "2"]) == 0
+        assert sorted(p.name for p in bench.iterdir()) == ["answers", "q.jsonl"]  # nothing beside the questions
+        assert [p.name for p in (bench / "answers").iterdir()] == ["ckpt"]
+        assert json.loads((bench / "answers" / "ckpt" / "answers.jsonl").read_text())["model_id"] == "ckpt"
+
+
+def test_split_names_a_question_file_inside_the_data_folder(synth_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "data").mkdir()
+    shutil.copy(synth_dir / "test.jsonl", tmp_path / "outside.jsonl")
+    args = ["eval", "--model", str(tmp_path / "not-loaded"), "--data", str(tmp_path / "data"), "--split", "../outside"]
+    assert main(args) == 2
+    assert "--split names a question file in --data (test, val, or NAME for NAME.jsonl), got '../outside'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_images_outside_the_image_folder_need_the_opt_in_flag(clip_llava_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "images").mkdir()
+    secret = tmp_path / "outside" / "secret.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
+    questions = tmp_path / "q.jsonl"
+    args = ["eval", "--task", "llava", "--model", str(clip_llava_dir), "--questions", str(questions)]
+    args += ["--image-folder", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--max-new-tokens", "2"]
+    for image in ("../outside/secret.png", str(secret)):
+        questions.write_text(json.dumps({"question_id": 5, "text": "What is it?", "image": image}) + "\n")
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"vlbridge: error: {questions}:1: question 5: image path {image!r} ")
+            and err.count("\n") == 1
+        )
+        assert not (tmp_path / "out").exists()
+    assert "--allow-absolute-images" in err
+    assert main([*args, "--allow-absolute-images"]) == 0
+    assert json.loads((tmp_path / "out" / "answers.jsonl").read_text())["question_id"] == 5
 
 
 class EchoTask(Task):

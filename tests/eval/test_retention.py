@@ -157,6 +157,19 @@ def test_window_beyond_the_context_is_refused(ckpts: dict[str, Path]) -> None:
         compare(ckpts["base"], ckpts["vlm"], ckpts["text"], memory=False, window=200)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_size": -1}, "--batch-size must be >= 1, got -1"),  # range(0, n, -1) left every full window out
+        ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+        ({"window": 0}, "--window must be at least 2 tokens, got 0"),  # 0 silently meant the context length
+    ],
+)
+def test_batch_size_and_window_below_their_minimum_are_refused(tmp_path: Path, settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compare(tmp_path / "base", tmp_path / "vlm", tmp_path / "text.txt", memory=False, **settings)
+
+
 def test_relative_difference_and_verdict() -> None:
     assert relative_difference(103.0, 100.0) == pytest.approx(0.03)
     assert relative_difference(0.0, 0.0) == 0.0 and relative_difference(0.5, 0.0) is None
@@ -169,7 +182,7 @@ def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"qa\.jsonl:3: .*answer"):
         load_qa(qa)
     qa.write_text('{"question": "a?", "answer": "x"}\nnot json\n')
-    with pytest.raises(DataError, match=r"qa\.jsonl:2: not JSON"):
+    with pytest.raises(DataError, match=r"qa\.jsonl:2: not valid JSON"):
         load_qa(qa)
     qa.write_text('{"question": "a?", "answer": ["x", "y"]}\n')
     assert load_qa(qa)[0].answers == ("x", "y")

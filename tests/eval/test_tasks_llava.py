@@ -138,8 +138,8 @@ def test_references_must_cover_every_question(bench: Path, tmp_path: Path) -> No
 def test_image_folder_is_needed_only_for_image_questions(bench: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="needs --image-folder"):
         LlavaTask(bench / "questions.jsonl")
-    text_only = LlavaTask(bench / "questions.jsonl", limit=0)
-    assert text_only.prompts() == []
+    text_only = _write_jsonl(tmp_path / "text.jsonl", [{"question_id": 1, "text": "Is the sky blue?"}])
+    assert [p.image for p in LlavaTask(text_only).prompts()] == [None]
     with pytest.raises(DataError, match=r"--questions .* does not exist"):
         LlavaTask(tmp_path / "missing.jsonl")
 

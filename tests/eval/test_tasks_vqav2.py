@@ -176,6 +176,7 @@ def test_annotations_must_cover_the_questions(bench: Path) -> None:
 def test_command_line_options_choose_the_scorer_and_raw_answers(bench: Path) -> None:
     common = {"questions": str(bench / "questions.json"), "image_folder": str(bench / "val2014"), "annotations": None}
     unset = {"image_pattern": None, "prompt_suffix": None, "scorer_version": None, "raw_answers": False}
+    unset["allow_absolute_images"] = False
     default = VQAv2Task.from_options({**common, **unset}, None, None)
     assert (default.scorer_version, default.evalai_preprocess) == ("2021", True)
     chosen = VQAv2Task.from_options({**common, **unset, "scorer_version": "2017", "raw_answers": True}, None, None)

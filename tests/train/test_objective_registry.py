@@ -45,8 +45,8 @@ def test_an_objective_registered_only_in_the_registry_validates_builds_its_data_
 ) -> None:
     built: dict[str, object] = {}
 
-    def probe_data(stage, root, processor, skip_malformed):
-        built["dataset"], collate_fn, stats = TEXT.build(stage, root, processor, skip_malformed)
+    def probe_data(stage, root, processor, data):
+        built["dataset"], collate_fn, stats = TEXT.build(stage, root, processor, data)
         return built["dataset"], collate_fn, {**stats, "kind": "probe"}
 
     def probe_objective(model, dataset):

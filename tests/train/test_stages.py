@@ -12,7 +12,7 @@ from tiny_run import align_stage, instruct_stage
 from vlbridge.config import from_dict
 from vlbridge.errors import ConfigError
 from vlbridge.train.pipeline import build_dataset
-from vlbridge.train.recipe import StageRecipe
+from vlbridge.train.recipe import DataRecipe, StageRecipe
 from vlbridge.train.stages import apply_plan, plan_for
 from vlbridge.train.trainer import StageTrainer
 
@@ -83,7 +83,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _run(stage_dict: dict, model, tokenizer, data: Path, out: Path) -> None:
     stage = from_dict(StageRecipe, stage_dict)
-    dataset, collate_fn, _ = build_dataset(stage, data, model, tokenizer, skip_malformed=False)
+    dataset, collate_fn, _ = build_dataset(stage, data, model, tokenizer, DataRecipe())
     StageTrainer(stage, model, dataset, collate_fn, out, seed=0).run()
 
 

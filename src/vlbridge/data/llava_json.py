@@ -8,9 +8,11 @@ record per line) holds the same records. Held-out questions (`test.jsonl`, `val.
 
 Every problem is a DataError naming the file, the line where the bad record starts (for a JSON list, found by
 decoding the array item by item with `json.JSONDecoder.raw_decode`) and what is wrong; `skip_malformed=True` skips
-and counts such records instead. Image files are checked eagerly at load time (pass `check_images=False` to defer
-the check to when an image is read). Invalid JSON in a JSON list is fatal even when skipping: past a syntax error
-the next record cannot be found reliably.
+and counts such records instead. Files are read through `vlbridge.data.files` (UTF-8 only, nesting depth, no empty
+files). Image paths must stay inside the image root (`files.ImageFolder`; absolute paths only with
+`allow_absolute_images`), checked for every record at load time; image files are checked to exist then too (pass
+`check_images=False` to defer that check to when an image is read). Invalid JSON in a JSON list is fatal even when
+skipping: past a syntax error the next record cannot be found reliably.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from vlbridge.data.files import ImageFolder, json_error, nonempty, parse_json, read_text
 from vlbridge.errors import DataError
 from vlbridge.lm.templates import IMAGE_PLACEHOLDER
 
@@ -32,7 +35,8 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 @dataclass(frozen=True)
 class Record:
-    """One LLaVA conversation: image paths as written in the file (relative to the image root), turns, origin."""
+    """One LLaVA conversation: image paths as written in the file (relative to the image root, which the loaders
+    check they stay inside), turns, origin."""
 
     id: str
     images: tuple[str, ...]
@@ -93,9 +97,7 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
 
     A JSONL line that is not valid JSON yields an `_Invalid`; a JSON list with a syntax error raises at once.
     """
-    if not path.is_file():
-        raise DataError("the dataset file does not exist; check the path", path)
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     start = _WHITESPACE.match(text).end()
     if text.startswith("[", start):
         yield from _iter_list(path, text, start)
@@ -104,10 +106,10 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            yield number, json.loads(raw)
-        except json.JSONDecodeError as err:
-            hint = "; a JSON file must hold one list of records, a .jsonl file one record per line"
-            yield number, _Invalid(f"not valid JSON ({err.msg} at column {err.colno}){hint}")
+            value = parse_json(raw)
+        except DataError as err:
+            value = _Invalid(f"{err}; a JSON file must hold one list of records, a .jsonl file one record per line")
+        yield number, value
 
 
 def _iter_list(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
@@ -122,8 +124,8 @@ def _iter_list(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
         counted = pos
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise DataError(f"not valid JSON ({err.msg} at column {err.colno})", path, err.lineno) from err
+        except (ValueError, RecursionError) as err:
+            raise json_error(err, text, path) from None
         yield line, value
         pos = _WHITESPACE.match(text, pos).end()
         if text.startswith(",", pos):
@@ -137,13 +139,11 @@ def _iter_list(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
             raise DataError("not valid JSON (expected ',' or ']' after a record)", path, where)
 
 
-def check_image_files(images: Sequence[str], image_root: Path | None) -> None:
-    """DataError for the first of `images` missing under `image_root` (None: no check)."""
-    if image_root is None:
-        return
-    for image in images:
-        if not (image_root / image).is_file():
-            raise DataError(f"image file {image_root / image} does not exist; fix the path or add the file")
+def check_image_files(images: Sequence[str], folder: ImageFolder | None, record: str) -> None:
+    """DataError naming `record` for the first of `images` that `folder` refuses (None: no check)."""
+    if folder is not None:
+        for image in images:
+            folder.path(image, record)
 
 
 def _image_list(value: Any) -> tuple[str, ...]:
@@ -162,12 +162,12 @@ def _record_id(data: dict[str, Any], line: int) -> str:
     return str(value)
 
 
-def parse_record(data: Any, line: int, image_root: Path | None = None) -> Record:
+def parse_record(data: Any, line: int, images: ImageFolder | None = None) -> Record:
     """Validate one LLaVA record (DataError without a location on any problem) and return it as a Record."""
     if not isinstance(data, dict):
         raise DataError(f"a record must be a JSON object, got {type(data).__name__}")
     record_id = _record_id(data, line)
-    images = _image_list(data.get("image"))
+    paths = _image_list(data.get("image"))
     turns = data.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise DataError(f"record {record_id!r} needs a non-empty 'conversations' list (missing key or wrong type)")
@@ -190,17 +190,17 @@ def parse_record(data: Any, line: int, image_root: Path | None = None) -> Record
         placeholders += turn["value"].count(IMAGE_PLACEHOLDER)
     if turns[-1]["from"] != "gpt":
         raise DataError(f"record {record_id!r} ends on a {turns[-1]['from']!r} turn; it must end with a gpt reply")
-    if placeholders != len(images):
+    if placeholders != len(paths):
         raise DataError(
-            f"record {record_id!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s); "
+            f"record {record_id!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s); "
             f"put one {IMAGE_PLACEHOLDER} in a human turn per image"
         )
-    check_image_files(images, image_root)
+    check_image_files(paths, images, f"record {record_id!r}")
     conversations = tuple({"from": t["from"], "value": t["value"]} for t in turns)
-    return Record(id=record_id, images=images, conversations=conversations, line=line)
+    return Record(id=record_id, images=paths, conversations=conversations, line=line)
 
 
-def parse_eval_item(data: Any, line: int, image_root: Path | None = None) -> EvalItem:
+def parse_eval_item(data: Any, line: int, images: ImageFolder | None = None) -> EvalItem:
     """Validate one held-out question (DataError without a location on any problem) and return it as an EvalItem."""
     if not isinstance(data, dict):
         raise DataError(f"a question must be a JSON object, got {type(data).__name__}")
@@ -210,16 +210,16 @@ def parse_eval_item(data: Any, line: int, image_root: Path | None = None) -> Eva
     answers = data["answer"] if isinstance(data["answer"], list) else [data["answer"]]
     if not answers or not all(isinstance(a, str) for a in answers) or not isinstance(data["question"], str):
         raise DataError("'question' must be a string and 'answer' a string or a non-empty list of strings")
-    images = _image_list(data.get("image"))
-    if len(images) > 1:
-        raise DataError(f"'image' must be one path or absent, got {len(images)} paths")
+    paths = _image_list(data.get("image"))
+    if len(paths) > 1:
+        raise DataError(f"'image' must be one path or absent, got {len(paths)} paths")
     choices = data.get("choices")
     if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
         raise DataError(f"'choices' must be a list of strings, got {choices!r}")
-    check_image_files(images, image_root)
+    check_image_files(paths, images, f"question {data['question_id']!r}")
     return EvalItem(
         question_id=str(data["question_id"]),
-        image=images[0] if images else None,
+        image=paths[0] if paths else None,
         question=data["question"],
         answers=tuple(answers),
         type=str(data.get("type", "all")),
@@ -229,10 +229,11 @@ def parse_eval_item(data: Any, line: int, image_root: Path | None = None) -> Eva
 
 
 def load_items(
-    path: str | Path, parse: Callable[[Any, int, Path | None], R], image_root: Path | None, skip_malformed: bool
+    path: str | Path, parse: Callable[[Any, int, ImageFolder], R], images: ImageFolder, skip_malformed: bool
 ) -> Loaded[R]:
-    """Every record of a JSON list or JSONL file through `parse(value, line, image_root)`, which raises DataError
-    without a location on a bad one; the error gets the file and line here, or the record is skipped and listed."""
+    """Every record of a JSON list or JSONL file through `parse(value, line, images)`, which raises DataError
+    without a location on a bad one; the error gets the file and line here, or the record is skipped and listed.
+    A file that yields no record, skipped ones aside, raises DataError naming it."""
     path = Path(path)
     items: list[R] = []
     skipped: list[Skipped] = []
@@ -240,34 +241,56 @@ def load_items(
         try:
             if isinstance(value, _Invalid):
                 raise DataError(value.reason)
-            item = parse(value, line, image_root)
+            item = parse(value, line, images)
         except DataError as err:
             if not skip_malformed:
                 raise DataError(str(err), path, line) from None
             skipped.append(Skipped(path, line, str(err)))
             continue
         items.append(dataclasses.replace(item, source=path))
-    return Loaded(items, skipped)
+    if skipped and not items:
+        first = skipped[0]
+        raise DataError(f"all {len(skipped)} records are malformed, e.g. line {first.line}: {first.reason}", path)
+    return Loaded(nonempty(items, path, "records"), skipped)
+
+
+def image_folder(
+    path: str | Path, image_root: str | Path | None, check_images: bool, allow_absolute_images: bool
+) -> ImageFolder:
+    """The folder a data file's image paths are checked against: `image_root`, else the file's own folder."""
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    return ImageFolder(root, allow_absolute=allow_absolute_images, must_exist=check_images)
 
 
 def load_llava(
-    path: str | Path, image_root: str | Path | None = None, *, skip_malformed: bool = False, check_images: bool = True
+    path: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    skip_malformed: bool = False,
+    check_images: bool = True,
+    allow_absolute_images: bool = False,
 ) -> Loaded[Record]:
     """Read a LLaVA JSON/JSONL dataset; image paths are relative to `image_root` (default: the file's folder).
 
     Malformed records raise DataError(path, line), or with `skip_malformed` are left out and listed in `.skipped`.
-    With `check_images`, a record whose image file is missing counts as malformed.
+    A record whose image path leads outside `image_root` (or is absolute, unless `allow_absolute_images`) counts as
+    malformed; with `check_images`, so does one whose image file is missing.
     """
-    root = Path(image_root) if image_root is not None else Path(path).parent
-    return load_items(path, parse_record, root if check_images else None, skip_malformed)
+    images = image_folder(path, image_root, check_images, allow_absolute_images)
+    return load_items(path, parse_record, images, skip_malformed)
 
 
 def load_eval(
-    path: str | Path, image_root: str | Path | None = None, *, skip_malformed: bool = False, check_images: bool = True
+    path: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    skip_malformed: bool = False,
+    check_images: bool = True,
+    allow_absolute_images: bool = False,
 ) -> Loaded[EvalItem]:
     """Read held-out questions (JSONL or a JSON list) as `load_llava` reads conversations."""
-    root = Path(image_root) if image_root is not None else Path(path).parent
-    return load_items(path, parse_eval_item, root if check_images else None, skip_malformed)
+    images = image_folder(path, image_root, check_images, allow_absolute_images)
+    return load_items(path, parse_eval_item, images, skip_malformed)
 
 
 def conversation_texts(records: Sequence[Record]) -> list[str]:

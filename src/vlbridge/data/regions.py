@@ -8,10 +8,11 @@ synthetic writer makes `regions.jsonl`; any dataset can be written the same way,
     {"image": "images/train_000000.png", "grid": 3,
      "labels": {"kind": ["object", "empty", ...], "shape": ["circle", null, ...], "word": [null, "CAT", ...]}}
 
-`image` is relative to the image root. Each attribute lists grid * grid labels in row-major order; null means no
-label there (the loss skips it). Every line has the same grid. An attribute's classes are the sorted labels it
-takes over the file, so the file alone fixes the objective's heads. Malformed lines raise DataError with file and
-line, or are skipped and counted (`skip_malformed`), as for LLaVA files.
+`image` is relative to the image root and must stay inside it (`vlbridge.data.files.ImageFolder`). Each attribute
+lists grid * grid labels in row-major order; null means no label there (the loss skips it). Every line has the same
+grid. An attribute's classes are the sorted labels it takes over the file, so the file alone fixes the objective's
+heads. Malformed lines raise DataError with file and line, or are skipped and counted (`skip_malformed`), as for
+LLaVA files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vlbridge.data.llava_json import Loaded, check_image_files, load_items
+from vlbridge.data.files import ImageFolder
+from vlbridge.data.llava_json import Loaded, check_image_files, image_folder, load_items
 from vlbridge.errors import DataError, ImageError
 from vlbridge.vision.processor import ImageProcessor
 
@@ -44,7 +46,7 @@ class RegionItem:
     line: int | None = None
 
 
-def parse_region_item(data: Any, line: int, image_root: Path | None = None) -> RegionItem:
+def parse_region_item(data: Any, line: int, images: ImageFolder | None = None) -> RegionItem:
     """Validate one line (DataError without a location on any problem) and return it as a RegionItem."""
     if not isinstance(data, dict):
         raise DataError(f"a region record must be a JSON object, got {type(data).__name__}")
@@ -61,24 +63,29 @@ def parse_region_item(data: Any, line: int, image_root: Path | None = None) -> R
             raise DataError(f"labels.{name} must list {regions} labels (grid {grid} x {grid}, row-major)")
         if not all(v is None or (isinstance(v, str) and v) for v in values):
             raise DataError(f"labels.{name} holds a label that is neither a non-empty string nor null")
-    check_image_files([image], image_root)
+    check_image_files([image], images, "the record")
     return RegionItem(image, grid, {name: tuple(values) for name, values in labels.items()}, line=line)
 
 
 def load_regions(
-    path: str | Path, image_root: str | Path | None = None, *, skip_malformed: bool = False, check_images: bool = True
+    path: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    skip_malformed: bool = False,
+    check_images: bool = True,
+    allow_absolute_images: bool = False,
 ) -> Loaded[RegionItem]:
-    """Read a region-label JSONL file; image paths are relative to `image_root` (default: the file's folder).
+    """Read a region-label JSONL file; image paths are relative to `image_root` (default: the file's folder), as
+    `load_llava` reads them.
 
     A record whose grid differs from the first record's raises DataError, skipping or not (batches stack one grid).
     """
-    root = Path(image_root) if image_root is not None else Path(path).parent
-    loaded = load_items(path, parse_region_item, root if check_images else None, skip_malformed)
-    if loaded.items:
-        grid = loaded.items[0].grid
-        for item in loaded.items:
-            if item.grid != grid:
-                raise DataError(f"grid {item.grid} differs from the first record's grid {grid}", path, item.line)
+    images = image_folder(path, image_root, check_images, allow_absolute_images)
+    loaded = load_items(path, parse_region_item, images, skip_malformed)
+    grid = loaded.items[0].grid  # load_items gives at least one
+    for item in loaded.items:
+        if item.grid != grid:
+            raise DataError(f"grid {item.grid} differs from the first record's grid {grid}", path, item.line)
     return loaded
 
 

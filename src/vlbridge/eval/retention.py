@@ -15,7 +15,6 @@ deployment (the vision plug-in never loaded) takes ~40% less memory. This module
 from __future__ import annotations
 
 import gc
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from vlbridge.bench.measure import run_isolated, status_kib
+from vlbridge.data.files import iter_jsonl, read_text
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import exact_match
@@ -91,26 +91,19 @@ class QAItem:
 
 
 def load_qa(path: str | Path) -> list[QAItem]:
-    """Read JSONL lines {"question": str, "answer": str or [str, ...]}; malformed lines raise DataError."""
+    """Read JSONL lines {"question": str, "answer": str or [str, ...]}; malformed lines (and empty files) raise
+    DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError('the QA file does not exist; pass a JSONL file of {"question", "answer"} lines', path)
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"not JSON ({err}); write one object per line", path, number) from err
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+    for number, row in iter_jsonl(path):
+        if not isinstance(row.get("question"), str):
             raise DataError('need {"question": str, "answer": str or a list of str}', path, number)
         answers = [row["answer"]] if isinstance(row.get("answer"), str) else row.get("answer")
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             raise DataError('"answer" must be a string or a non-empty list of strings', path, number)
         items.append(QAItem(row["question"], tuple(answers)))
-    if not items:
-        raise DataError("the QA file holds no questions", path)
     return items
 
 
@@ -249,12 +242,16 @@ def compare(
     """
     if tolerance < 0:
         raise ConfigError(f"tolerance must be >= 0 (a fraction: 0.03 = 3%), got {tolerance}")
+    if batch_size < 1:  # slicing by a negative step would silently leave windows and questions out
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if window is not None and window < 2:  # 0 would silently mean "the context length"
+        raise ConfigError(f"--window must be at least 2 tokens, got {window}; leave it out for the context length")
     data = Path(data)
     if not data.is_file():
         raise DataError("the held-out text file does not exist; pass a plain-text file", data)
-    text = data.read_text(encoding="utf-8")
+    text = read_text(data)
     items = load_qa(qa) if qa is not None else None
-    length = window or min(_context_length(base), _context_length(model))
+    length = window if window is not None else min(_context_length(base), _context_length(model))
     settings = {"device": device, "dtype": dtype, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     settings["qa_prompt"] = qa_prompt
     scored = {role: _score(path, text, length, items, settings) for role, path in (("base", base), ("model", model))}

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vlbridge.atomic import write_text
+from vlbridge.data.files import read_json, read_text
 from vlbridge.errors import ConfigError, DataError, ImageError
 from vlbridge.eval.tasks.base import Prompt, Rows, Task
 
@@ -49,7 +50,7 @@ def _answered(path: Path) -> dict[str, dict[str, Any]]:
     """Rows already written; a last line torn by an interruption is dropped (and the file rewritten without it)."""
     if not path.is_file():
         return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
     rows = {}
     for i, line in enumerate(lines):
         try:
@@ -69,7 +70,7 @@ def _claim(out_dir: Path, run: dict[str, Any]) -> None:
     """Tie out_dir to one run (model, settings): resuming into another run's predictions would mix two models."""
     marker = out_dir / "run.json"
     if marker.is_file():
-        previous = json.loads(marker.read_text())
+        previous = read_json(marker)
         if previous != run:
             raise ConfigError(
                 f"{out_dir} holds predictions of another run ({previous}); this run is {run}. "

@@ -36,7 +36,7 @@ from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.checkpoint import checkpoints
 from vlbridge.train.distributed import World, init_world
 from vlbridge.train.objectives import OBJECTIVES
-from vlbridge.train.recipe import Recipe, StageRecipe, recipe_to_dict
+from vlbridge.train.recipe import DataRecipe, Recipe, StageRecipe, recipe_to_dict
 from vlbridge.train.stage_data import StageDataset, stage_texts
 from vlbridge.train.trainer import ADAPTER_DIR, StageTrainer, seed_everything
 
@@ -91,7 +91,7 @@ def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -
             # instruction samples were 27% shorter (role names and system prompt as single tokens) but its held-out
             # position accuracy fell to 0.45 and 0.29 from 0.84 and 0.84 (two pairs of runs; configs/default.yaml).
             text_stages = [s for s in recipe.stages if s.data_format != "regions"]
-            texts = [t for s in text_stages for t in stage_texts(s, root, recipe.data.skip_malformed)]
+            texts = [t for s in text_stages for t in stage_texts(s, root, recipe.data)]
             spec = recipe.tokenizer
             log.info("training a %d-token BPE tokenizer on %d texts", spec.vocab_size, len(texts))
             train_tokenizer(texts, spec.vocab_size, template=spec.template, add_bos=spec.add_bos).save(saved)
@@ -174,7 +174,7 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
 
 
 def build_dataset(
-    stage: StageRecipe, root: Path, model: VisionLanguageModel, tokenizer: Tokenizer, skip_malformed: bool
+    stage: StageRecipe, root: Path, model: VisionLanguageModel, tokenizer: Tokenizer, data: DataRecipe
 ) -> StageDataset:
     """(dataset, collate function, data stats) for a stage: built by the data kind its objective is registered with."""
     limit = model.config.language_model.max_position_embeddings
@@ -183,7 +183,7 @@ def build_dataset(
             f"stage {stage.name!r}: max_length {stage.max_length} exceeds the model's context window {limit}"
         )
     kind = OBJECTIVES.get(stage.objective).data
-    return kind.build(stage, root, processor_for(model, tokenizer), skip_malformed)
+    return kind.build(stage, root, processor_for(model, tokenizer), data)
 
 
 def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
@@ -266,7 +266,7 @@ def run_stage(
     stage = recipe.stages[index]
     stage_dir = Path(recipe.run_dir) / stage.name
     seed_everything(recipe.seed + 1 + index)
-    dataset, collate_fn, stats = build_dataset(stage, root, model, tokenizer, recipe.data.skip_malformed)
+    dataset, collate_fn, stats = build_dataset(stage, root, model, tokenizer, recipe.data)
     log.info("stage %s (%s): %s", stage.name, stage.objective, json.dumps(stats))
     trainer = StageTrainer(
         stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers

@@ -44,6 +44,7 @@ class DataRecipe:
     root: str = "runs/default/data"
     synth: SynthOptions | None = None  # render the synthetic world into `root` when that folder is empty or missing
     skip_malformed: bool = False  # skip and count malformed records instead of raising DataError
+    allow_absolute_images: bool = False  # accept absolute image paths in data files (relative ones stay inside root)
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
 
 

@@ -2,7 +2,8 @@
 or region labels.
 
 Every objective is registered with one `DataKind` (train/objectives), which names the data file layouts a stage may
-give it (its `data_format` values) and builds the stage's dataset, collate function and data stats from the file.
+give it (its `data_format` values) and builds the stage's dataset, collate function and data stats from the file,
+read as the recipe's `data` section says (skip malformed records? absolute image paths allowed?).
 The pipeline asks the objective's kind, so it names no objective and no kind itself.
 """
 
@@ -18,13 +19,14 @@ from torch.utils.data import Dataset
 
 from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
+from vlbridge.data.files import nonempty, read_text
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava
 from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
 from vlbridge.model.processor import Processor
 
 if TYPE_CHECKING:  # the recipe validates stages against the objectives, which import this module
-    from vlbridge.train.recipe import StageRecipe
+    from vlbridge.train.recipe import DataRecipe, StageRecipe
 
 StageDataset = tuple[Dataset, Callable[[list[Any]], Any], dict[str, Any]]
 """(dataset, collate function, data stats) of one stage."""
@@ -33,21 +35,29 @@ StageDataset = tuple[Dataset, Callable[[list[Any]], Any], dict[str, Any]]
 @dataclass(frozen=True)
 class DataKind:
     """What an objective reads: `name` (for messages), the data file layouts a stage may give it (`formats`, as
-    `data_format` values) and `build(stage, root, processor, skip_malformed)`, which makes the stage's dataset."""
+    `data_format` values) and `build(stage, root, processor, data)`, which makes the stage's dataset (`data`: the
+    recipe's data section, how files are read)."""
 
     name: str
     formats: tuple[str, ...]
-    build: Callable[[StageRecipe, Path, Processor, bool], StageDataset]
+    build: Callable[[StageRecipe, Path, Processor, DataRecipe], StageDataset]
 
 
-def stage_texts(stage: StageRecipe, root: Path, skip_malformed: bool) -> list[str]:
+def stage_texts(stage: StageRecipe, root: Path, data: DataRecipe) -> list[str]:
     """The plain texts of a stage's data file: one per line (data_format text), or a LLaVA file's conversations."""
     path = root / stage.data
     if stage.data_format == "text":
         if not path.is_file():
             raise ConfigError(f"stage {stage.name!r}: data file {path} does not exist")
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return conversation_texts(load_llava(path, root, skip_malformed=skip_malformed, check_images=False).items)
+        return nonempty([line for line in read_text(path).splitlines() if line.strip()], path, "text lines")
+    records = load_llava(
+        path,
+        root,
+        skip_malformed=data.skip_malformed,
+        check_images=False,
+        allow_absolute_images=data.allow_absolute_images,
+    )
+    return conversation_texts(records.items)
 
 
 def _pad_id(processor: Processor) -> int:
@@ -56,41 +66,45 @@ def _pad_id(processor: Processor) -> int:
     return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
 
 
-def _llava_records(stage: StageRecipe, root: Path, skip_malformed: bool) -> tuple[list[Record], dict[str, Any]]:
+def _llava_records(stage: StageRecipe, root: Path, data: DataRecipe) -> tuple[list[Record], dict[str, Any]]:
     """The records of the stage's LLaVA file and the stats of reading it."""
-    loaded = load_llava(root / stage.data, root, skip_malformed=skip_malformed)
+    loaded = load_llava(
+        root / stage.data, root, skip_malformed=data.skip_malformed, allow_absolute_images=data.allow_absolute_images
+    )
     return loaded.items, {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
 
 
-def _conversations(stage: StageRecipe, root: Path, processor: Processor, skip_malformed: bool) -> StageDataset:
+def _conversations(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Conversations rendered with the stage's template (else the model's, else plain), assistant turns supervised."""
-    records, stats = _llava_records(stage, root, skip_malformed)
+    records, stats = _llava_records(stage, root, data)
     template = stage.template or processor.template or "plain"
     dataset = SupervisedDataset(records, root, processor, template, stage.max_length)
     stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
     return dataset, partial(collate, pad_token_id=_pad_id(processor)), stats
 
 
-def _text(stage: StageRecipe, root: Path, processor: Processor, skip_malformed: bool) -> StageDataset:
+def _text(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """The file's plain texts (`stage_texts`), tokenised and packed for the language model alone."""
-    dataset = TextDataset(stage_texts(stage, root, skip_malformed), processor.tokenizer, stage.max_length)
+    dataset = TextDataset(stage_texts(stage, root, data), processor.tokenizer, stage.max_length)
     return dataset, partial(collate, pad_token_id=_pad_id(processor)), {"samples": len(dataset)}
 
 
-def _pairs(stage: StageRecipe, root: Path, processor: Processor, skip_malformed: bool) -> StageDataset:
+def _pairs(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Each one-image record's image, captioned by its replies."""
-    records, stats = _llava_records(stage, root, skip_malformed)
+    records, stats = _llava_records(stage, root, data)
     pairs = ImageTextDataset(records, root, processor, stage.max_length)
     stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
     return pairs, partial(collate_image_text, pad_token_id=_pad_id(processor)), stats
 
 
-def _regions(stage: StageRecipe, root: Path, processor: Processor, skip_malformed: bool) -> StageDataset:
+def _regions(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Images with their per-region attribute labels (vlbridge.data.regions)."""
     if processor.image_processor is None:
         raise ConfigError(f"stage {stage.name!r}: region labels train a vision encoder; build the model with vision")
     fixed_image_side(processor)  # images are stacked, so they must come out one size
-    regions = load_regions(root / stage.data, root, skip_malformed=skip_malformed)
+    regions = load_regions(
+        root / stage.data, root, skip_malformed=data.skip_malformed, allow_absolute_images=data.allow_absolute_images
+    )
     labelled = RegionDataset(regions.items, root, processor.image_processor)
     stats = {"samples": len(labelled), "skipped_malformed": regions.n_skipped, "grid": labelled.vocab.grid}
     return labelled, collate_regions, {**stats, "classes": {k: len(v) for k, v in labelled.vocab.classes.items()}}

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import PIL.Image
 
+from vlbridge.data.files import ImageFolder
+from vlbridge.errors import ConfigError
 from vlbridge.eval.tasks.files import require_file, require_folder
 from vlbridge.registry import Registry
+
+T = TypeVar("T")
 
 Rows = Mapping[str, Mapping[str, Any]]
 """Predictions by prompt id, in prompt order: each row holds "question_id", "prompt", "prediction" and the record."""
@@ -49,6 +53,9 @@ QUESTIONS_OPTION = TaskOption("questions", "question file (JSONL, JSON or TSV as
 IMAGE_FOLDER_OPTION = TaskOption("image_folder", "folder the question images are in")
 PROMPT_SUFFIX_OPTION = TaskOption("prompt_suffix", "line added after each question ('' for none)")
 IMAGE_PATTERN_OPTION = TaskOption("image_pattern", "image file name, e.g. 'COCO_val2014_{image_id:012d}.jpg'")
+ALLOW_ABSOLUTE_IMAGES_OPTION = TaskOption(
+    "allow_absolute_images", "let question files name images by absolute path (else: inside the folder)", switch=True
+)
 """Options several tasks share; a task's own options live in its module."""
 
 
@@ -59,13 +66,29 @@ def given(values: Mapping[str, Any], **keywords: str) -> dict[str, Any]:
 
 
 def model_id(model_path: str | Path | None) -> str:
-    """The "model_id" LLaVA writes: the checkpoint folder's name, with its parent's for a `checkpoint-N` folder."""
+    """The "model_id" LLaVA writes: the checkpoint folder's name, with its parent's for a `checkpoint-N` folder.
+
+    Names come from the resolved path, so `run/sub/..` is `run` and `.` the current folder's name: the id is one
+    plain folder name, never '..' or '.', and an output folder named after it stays where it is put."""
     if model_path is None:
         return "vlbridge-default"
-    parts = Path(model_path).parts
-    if len(parts) > 1 and parts[-1].startswith("checkpoint-"):
-        return f"{parts[-2]}_{parts[-1]}"
-    return parts[-1] if parts else str(model_path)
+    path = Path(model_path).resolve()
+    if path.name.startswith("checkpoint-") and path.parent.name:
+        return f"{path.parent.name}_{path.name}"
+    return path.name or "root"
+
+
+def limited(items: Sequence[T], limit: int | None) -> list[T]:
+    """The first `limit` items (all for None). A limit below 1 raises ConfigError: slicing would read -1 as "all
+    but the last" and 0 as "none", a run that looks fine and answers the wrong questions."""
+    if limit is None:
+        return list(items)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(
+            f"--limit must be a whole number >= 1 (how many questions to ask), got {limit!r}; leave it out to ask "
+            "every question"
+        )
+    return list(items[:limit])
 
 
 @dataclass(frozen=True)
@@ -130,15 +153,32 @@ class ImageFolderTask(Task):
     """A task whose questions name their images in one folder through a file-name pattern (VQAv2, GQA).
 
     Each question is asked about its image with the prompt suffix on the next line; subclasses load the questions,
-    set `images` (one file name per question, in order) and list (question id, question) in `question_texts`.
+    list (question id, question) in `question_texts` and set `images` from the file names with `image_files`.
     """
 
-    images: list[str]
+    images: list[Path]
 
-    def __init__(self, questions: str | Path, image_folder: str | Path, image_pattern: str, suffix: str) -> None:
+    def __init__(
+        self,
+        questions: str | Path,
+        image_folder: str | Path,
+        image_pattern: str,
+        suffix: str,
+        allow_absolute_images: bool = False,
+    ) -> None:
         self.source = require_file(questions, "--questions")
         self.image_folder = require_folder(image_folder, "--image-folder")
         self.image_pattern, self.suffix = image_pattern, suffix
+        self.folder = ImageFolder(self.image_folder, allow_absolute=allow_absolute_images, must_exist=False)
+
+    def image_files(self, names: Sequence[str]) -> list[Path]:
+        """The image file of each question (one name each, in `question_texts` order), or DataError naming the
+        question whose name leads outside the image folder; the runner checks that the files exist."""
+        questions = self.question_texts()
+        return [
+            self.folder.path(name, f"question {qid!r}", self.source)
+            for (qid, _), name in zip(questions, names, strict=True)
+        ]
 
     @abstractmethod
     def question_texts(self) -> list[tuple[str, str]]:
@@ -146,7 +186,7 @@ class ImageFolderTask(Task):
 
     def prompts(self) -> list[Prompt]:
         return [
-            Prompt(qid, with_suffix(text, self.suffix), self.image_folder / image)
+            Prompt(qid, with_suffix(text, self.suffix), image)
             for (qid, text), image in zip(self.question_texts(), self.images, strict=True)
         ]
 

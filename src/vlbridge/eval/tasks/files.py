@@ -1,13 +1,13 @@
-"""Reading benchmark files with errors that name the file and the line or entry to fix.
+"""Benchmark files and fields named on the command line, with errors that name the flag or entry to fix.
 
+The files themselves are read by `vlbridge.data.files` (UTF-8, JSON depth, empty files), as every data file is.
 JSON Lines files report the line; whole-JSON files (VQAv2, GQA: usually one minified line) report the entry, by
 list index or key, since a line number there would point at the whole file.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +33,6 @@ def require_file(path: str | Path | None, flag: str) -> Path:
 def require_folder(path: str | Path | None, flag: str) -> Path:
     """`path` as a Path, or a DataError naming the flag when it is missing or not a folder."""
     return _require(path, flag, Path.is_dir, "the folder that holds the images", "is not a folder")
-
-
-def read_json(path: Path) -> Any:
-    """The parsed JSON file; a syntax error raises DataError with the line and column."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"not valid JSON ({err.msg} at column {err.colno}); fix or re-download the file", path, err.lineno
-        ) from None
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object raises DataError there."""
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"not valid JSON ({err.msg} at column {err.colno}); a .jsonl file holds one JSON object per line",
-                    path,
-                    number,
-                ) from None
-            if not isinstance(value, dict):
-                raise DataError(f"expected a JSON object, got {type(value).__name__}; fix the line", path, number)
-            yield number, value
 
 
 def is_id(value: Any) -> bool:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.atomic import write_text
+from vlbridge.data.files import nonempty, read_json
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown, exact_match
 from vlbridge.eval.tasks.base import (
+    ALLOW_ABSOLUTE_IMAGES_OPTION,
     IMAGE_FOLDER_OPTION,
     IMAGE_PATTERN_OPTION,
     PROMPT_SUFFIX_OPTION,
@@ -29,8 +31,9 @@ from vlbridge.eval.tasks.base import (
     ImageFolderTask,
     Rows,
     given,
+    limited,
 )
-from vlbridge.eval.tasks.files import image_name, read_json
+from vlbridge.eval.tasks.files import image_name
 from vlbridge.eval.tasks.vqav2 import SHORT_ANSWER
 
 IMAGE_PATTERN = "{image_id}.jpg"
@@ -62,11 +65,12 @@ def _parse(path: Path, qid: str, entry: Any) -> Question:
 
 
 def load_questions(path: Path) -> list[Question]:
-    """Validated questions in file order; a malformed entry raises DataError naming its question id."""
+    """Validated questions in file order; a malformed entry raises DataError naming its question id, and so does a
+    file without questions."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError("expected a JSON object {question id: question} (the official GQA layout)", path)
-    return [_parse(path, str(qid), entry) for qid, entry in data.items()]
+    return nonempty([_parse(path, str(qid), entry) for qid, entry in data.items()], path, "questions")
 
 
 @TASKS.register("gqa")
@@ -74,7 +78,13 @@ class GQATask(ImageFolderTask):
     """GQA from an official questions file and its image folder."""
 
     name = "gqa"
-    options = (QUESTIONS_OPTION, IMAGE_FOLDER_OPTION, IMAGE_PATTERN_OPTION, PROMPT_SUFFIX_OPTION)
+    options = (
+        QUESTIONS_OPTION,
+        IMAGE_FOLDER_OPTION,
+        IMAGE_PATTERN_OPTION,
+        PROMPT_SUFFIX_OPTION,
+        ALLOW_ABSOLUTE_IMAGES_OPTION,
+    )
 
     def __init__(
         self,
@@ -84,15 +94,16 @@ class GQATask(ImageFolderTask):
         image_pattern: str = IMAGE_PATTERN,
         suffix: str = SHORT_ANSWER,
         limit: int | None = None,
+        allow_absolute_images: bool = False,
     ) -> None:
-        super().__init__(questions, image_folder, image_pattern, suffix)
-        self.questions = load_questions(self.source)[:limit]
-        self.images = [image_name(image_pattern, image_id=q.image_id) for q in self.questions]
+        super().__init__(questions, image_folder, image_pattern, suffix, allow_absolute_images)
+        self.questions = limited(load_questions(self.source), limit)
+        self.images = self.image_files([image_name(image_pattern, image_id=q.image_id) for q in self.questions])
         answered = [q.answer is not None for q in self.questions]
         if any(answered) and not all(answered):
-            first = self.questions[answered.index(False)].question_id
-            raise DataError(f"question {first!r} has no answer but others do; use one split's file", self.source)
-        self.scored = bool(self.questions) and all(answered)
+            unanswered = self.questions[answered.index(False)].question_id
+            raise DataError(f"question {unanswered!r} has no answer but others do; use one split's file", self.source)
+        self.scored = all(answered)
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> GQATask:
@@ -100,6 +111,7 @@ class GQATask(ImageFolderTask):
             values["questions"],
             values["image_folder"],
             limit=limit,
+            allow_absolute_images=values["allow_absolute_images"],
             **given(values, prompt_suffix="suffix", image_pattern="image_pattern"),
         )
 

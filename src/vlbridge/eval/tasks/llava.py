@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.atomic import write_text
+from vlbridge.data.files import ImageFolder, iter_jsonl
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown, exact_match
 from vlbridge.eval.tasks.base import (
+    ALLOW_ABSOLUTE_IMAGES_OPTION,
     IMAGE_FOLDER_OPTION,
     PROMPT_SUFFIX_OPTION,
     QUESTIONS_OPTION,
@@ -29,11 +31,12 @@ from vlbridge.eval.tasks.base import (
     Task,
     TaskOption,
     given,
+    limited,
     model_id,
     short_uuid,
     with_suffix,
 )
-from vlbridge.eval.tasks.files import is_id, iter_jsonl, require_file, require_folder
+from vlbridge.eval.tasks.files import is_id, require_file, require_folder
 from vlbridge.eval.vqa import vqa_accuracy
 
 METRICS = ("exact", "vqa")
@@ -93,7 +96,14 @@ class LlavaTask(Task):
 
     name = "llava"
     max_new_tokens = 128
-    options = (QUESTIONS_OPTION, IMAGE_FOLDER_OPTION, ANSWERS_OPTION, PROMPT_SUFFIX_OPTION, METRIC_OPTION)
+    options = (
+        QUESTIONS_OPTION,
+        IMAGE_FOLDER_OPTION,
+        ANSWERS_OPTION,
+        PROMPT_SUFFIX_OPTION,
+        METRIC_OPTION,
+        ALLOW_ABSOLUTE_IMAGES_OPTION,
+    )
 
     def __init__(
         self,
@@ -105,15 +115,22 @@ class LlavaTask(Task):
         model_name: str = "vlbridge-default",
         metric: str = "exact",
         limit: int | None = None,
+        allow_absolute_images: bool = False,
     ) -> None:
         if metric not in METRICS:
             raise ConfigError(f"metric {metric!r} is unknown; choose one of {', '.join(METRICS)}")
         self.source = require_file(questions, "--questions")
-        self.questions = load_questions(self.source)[:limit]
+        self.questions = limited(load_questions(self.source), limit)
         with_image = next((q for q in self.questions if q.image is not None), None)
         self.image_folder = None
+        self.images: list[Path | None] = [None] * len(self.questions)
         if with_image is not None:
             self.image_folder = require_folder(image_folder, "--image-folder")
+            folder = ImageFolder(self.image_folder, allow_absolute=allow_absolute_images, must_exist=False)
+            self.images = [
+                None if q.image is None else folder.path(q.image, f"question {q.question_id!r}", self.source, q.line)
+                for q in self.questions
+            ]
         self.suffix, self.model_name, self.metric = suffix, model_name, metric
         self.references = None
         if references is not None:
@@ -135,18 +152,14 @@ class LlavaTask(Task):
             references=values["answers"],
             model_name=model_id(model),
             limit=limit,
+            allow_absolute_images=values["allow_absolute_images"],
             **given(values, prompt_suffix="suffix", metric="metric"),
         )
 
     def prompts(self) -> list[Prompt]:
         return [
-            Prompt(
-                str(q.question_id),
-                with_suffix(q.text, self.suffix),
-                None if q.image is None else self.image_folder / q.image,
-                {"answer_id": short_uuid()},
-            )
-            for q in self.questions
+            Prompt(str(q.question_id), with_suffix(q.text, self.suffix), image, {"answer_id": short_uuid()})
+            for q, image in zip(self.questions, self.images, strict=True)
         ]
 
     def identity(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 import PIL.Image
 
 from vlbridge.atomic import write_text
+from vlbridge.data.files import nonempty, read_lines
 from vlbridge.errors import DataError, ImageError
 from vlbridge.eval.scoring import breakdown, circular_variants, extract_choice
 from vlbridge.eval.tasks.base import (
@@ -36,6 +37,7 @@ from vlbridge.eval.tasks.base import (
     Task,
     TaskOption,
     given,
+    limited,
     with_suffix,
 )
 from vlbridge.eval.tasks.files import require_file
@@ -67,26 +69,28 @@ def is_none(value: str | None) -> bool:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line, row by column) for each data row; wrong field counts and missing columns raise DataError."""
+    """(line, row by column) for each data row; an empty file, wrong field counts and missing columns raise
+    DataError."""
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)  # base64 images exceed the default 128 KiB field limit
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            header = next(reader, None)
-            missing = [c for c in REQUIRED if header is None or c not in header]
-            if missing:
-                raise DataError(f"missing column(s) {', '.join(missing)}; an MMBench TSV needs {REQUIRED}", path, 1)
-            for cells in reader:
-                if not any(cell.strip() for cell in cells):
-                    continue
-                if len(cells) != len(header):
-                    raise DataError(
-                        f"row has {len(cells)} fields but the header has {len(header)}; check the tabs and quoting",
-                        path,
-                        reader.line_num,
-                    )
-                yield reader.line_num, dict(zip(header, cells, strict=True))
+        reader = csv.reader(read_lines(path), delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            raise DataError("the file is empty; an MMBench TSV holds a header row and one row per question", path)
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise DataError(f"missing column(s) {', '.join(missing)}; an MMBench TSV needs {REQUIRED}", path, 1)
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                raise DataError(
+                    f"row has {len(cells)} fields but the header has {len(header)}; check the tabs and quoting",
+                    path,
+                    reader.line_num,
+                )
+            yield reader.line_num, dict(zip(header, cells, strict=True))
     except csv.Error as err:
         raise DataError(f"not a readable TSV ({err}); write it with tab separators", path) from None
     finally:
@@ -122,15 +126,16 @@ def _parse(path: Path, line: int, row: dict[str, str], has_answer: bool) -> Ques
 
 
 def load_questions(path: Path) -> list[Question]:
-    """Validated rows in file order; a malformed row raises DataError with the file and line."""
-    rows = list(_rows(path))
+    """Validated rows in file order; a malformed row raises DataError with the file and line, and so does a file
+    without rows."""
+    rows = nonempty(list(_rows(path)), path, "question rows")
     answered = [not is_none(row.get("answer")) for _, row in rows]
     if any(answered) and not all(answered):
         line = rows[answered.index(False)][0]
         raise DataError("this row has no answer but others do; fill it in, or use one split's file", path, line)
     questions, seen = [], {}
     for line, row in rows:
-        question = _parse(path, line, row, has_answer=bool(rows) and all(answered))
+        question = _parse(path, line, row, has_answer=all(answered))
         if question.index in seen:
             raise DataError(f"index {question.index} was already used on line {seen[question.index]}", path, line)
         seen[question.index] = line
@@ -152,9 +157,9 @@ class MMBenchTask(Task):
         self.source = require_file(questions, "--questions")
         every = load_questions(self.source)
         self.by_index = {q.index: q for q in every}  # a limited run may still reuse an image of a later row
-        self.questions = every[:limit]
+        self.questions = limited(every, limit)
         self.suffix, self.circular = suffix, circular
-        self.scored = bool(self.questions) and all(q.answer is not None for q in self.questions)
+        self.scored = all(q.answer is not None for q in self.questions)
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> MMBenchTask:

@@ -8,16 +8,16 @@ break down by question form (`tasks.question_form`: how the question names its o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlbridge.data.files import read_json
 from vlbridge.data.llava_json import EvalItem, load_eval
 from vlbridge.data.synthetic.tasks import question_form
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown, exact_match
-from vlbridge.eval.tasks.base import TASKS, Prompt, Rows, Task, TaskOption
+from vlbridge.eval.tasks.base import ALLOW_ABSOLUTE_IMAGES_OPTION, TASKS, Prompt, Rows, Task, TaskOption, limited
 
 
 def exact_match_scorer(prediction: str, item: EvalItem) -> float:
@@ -40,7 +40,7 @@ def split_baselines(data: Path, split: str) -> dict[str, dict[str, float]]:
     stats_file = data / "stats.json"
     if not stats_file.is_file():
         return {}
-    splits = json.loads(stats_file.read_text())["splits"]
+    splits = read_json(stats_file)["splits"]
     if split not in splits:
         return {}
     types = splits[split]["types"]
@@ -57,7 +57,7 @@ class SyntheticTask(Task):
 
     name = "synthetic"
     max_new_tokens = 12
-    options = (DATA_OPTION, SPLIT_OPTION)
+    options = (DATA_OPTION, SPLIT_OPTION, ALLOW_ABSOLUTE_IMAGES_OPTION)
 
     def __init__(
         self,
@@ -73,20 +73,28 @@ class SyntheticTask(Task):
         self.source = source
 
     @classmethod
-    def from_folder(cls, data: str | Path, split: str = "test", limit: int | None = None) -> SyntheticTask:
-        """The `split` questions of a dataset folder, with the baselines of its stats.json."""
+    def from_folder(
+        cls, data: str | Path, split: str = "test", limit: int | None = None, allow_absolute_images: bool = False
+    ) -> SyntheticTask:
+        """The `split` questions of a dataset folder (`split`.jsonl, a file in it), with the baselines of its
+        stats.json; image paths must stay inside the folder."""
         data = Path(data)
+        if split in ("", ".", "..") or Path(split).name != split:
+            raise ConfigError(
+                f"--split names a question file in --data (test, val, or NAME for NAME.jsonl), got {split!r}"
+            )
         questions = data / f"{split}.jsonl"
         if not questions.is_file():
             raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
-        items = load_eval(questions).items[:limit]
+        items = limited(load_eval(questions, data, allow_absolute_images=allow_absolute_images).items, limit)
         return cls(items, data, baselines=split_baselines(data, split), source=str(questions.resolve()))
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], limit: int | None, model: str | None) -> SyntheticTask:
         if values["data"] is None:
             raise ConfigError("--task synthetic needs --data DIR (a folder written by `vlbridge data synth`)")
-        return cls.from_folder(values["data"], values["split"] or "test", limit=limit)
+        split = values["split"] or "test"
+        return cls.from_folder(values["data"], split, limit, values["allow_absolute_images"])
 
     @classmethod
     def default_out(cls, values: Mapping[str, Any], model: str | None) -> Path:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.atomic import write_text
+from vlbridge.data.files import nonempty, read_json
 from vlbridge.errors import DataError
 from vlbridge.eval.scoring import breakdown
 from vlbridge.eval.tasks.base import (
+    ALLOW_ABSOLUTE_IMAGES_OPTION,
     IMAGE_FOLDER_OPTION,
     IMAGE_PATTERN_OPTION,
     PROMPT_SUFFIX_OPTION,
@@ -32,8 +34,9 @@ from vlbridge.eval.tasks.base import (
     Rows,
     TaskOption,
     given,
+    limited,
 )
-from vlbridge.eval.tasks.files import image_name, is_id, read_json, require_file
+from vlbridge.eval.tasks.files import image_name, is_id, require_file
 from vlbridge.eval.vqa import VQA_VERSIONS, VQAVersion, evalai_process_answer, require_version, vqa_accuracy
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -55,7 +58,7 @@ class Annotation:
 def _entries(path: Path, data: Any, key: str) -> list[Any]:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise DataError(f'expected a JSON object with a "{key}" list (the official VQAv2 layout)', path)
-    return data[key]
+    return nonempty(data[key], path, key)
 
 
 def _is_question(q: Any) -> bool:
@@ -123,6 +126,7 @@ class VQAv2Task(ImageFolderTask):
         PROMPT_SUFFIX_OPTION,
         SCORER_VERSION_OPTION,
         RAW_ANSWERS_OPTION,
+        ALLOW_ABSOLUTE_IMAGES_OPTION,
     )
 
     def __init__(
@@ -136,18 +140,20 @@ class VQAv2Task(ImageFolderTask):
         limit: int | None = None,
         evalai_preprocess: bool = True,
         scorer_version: VQAVersion = "2021",
+        allow_absolute_images: bool = False,
     ) -> None:
-        super().__init__(questions, image_folder, image_pattern, suffix)
+        super().__init__(questions, image_folder, image_pattern, suffix, allow_absolute_images)
         self.evalai_preprocess, self.scorer_version = evalai_preprocess, require_version(scorer_version)
         questions_list, split = load_questions(self.source)
-        self.questions = questions_list[:limit]
+        self.questions = limited(questions_list, limit)
         if split is None and "{split}" in image_pattern:
             raise DataError(
                 'the questions file has no "data_subtype" to name the COCO split; pass --image-pattern, e.g. '
                 "'COCO_val2014_{image_id:012d}.jpg'",
                 self.source,
             )
-        self.images = [image_name(image_pattern, split=split, image_id=q["image_id"]) for q in self.questions]
+        names = [image_name(image_pattern, split=split, image_id=q["image_id"]) for q in self.questions]
+        self.images = self.image_files(names)
         self.annotations = None
         if annotations is not None:
             ann_file = require_file(annotations, "--annotations")
@@ -168,6 +174,7 @@ class VQAv2Task(ImageFolderTask):
             annotations=values["annotations"],
             limit=limit,
             evalai_preprocess=not values["raw_answers"],
+            allow_absolute_images=values["allow_absolute_images"],
             **given(values, prompt_suffix="suffix", image_pattern="image_pattern", scorer_version="scorer_version"),
         )
 
