@@ -1,15 +1,19 @@
-"""DecoderLM behaviour that needs no oracle: fast paths equal plain ones, hooks, heads, training, RoPE."""
+"""DecoderLM behaviour that needs no oracle: fast paths equal plain ones and leave global state alone, hooks, heads,
+training, RoPE."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from vlbridge.config import LMConfig
+from vlbridge.config import LMConfig, VisionConfig
 from vlbridge.errors import ConfigError
 from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary, decoder
 from vlbridge.lm.decoder import THIN_ROWS, DecoderLayer, Linear, eager_causal_attention
+from vlbridge.vision import ViT
 
 CFG = LMConfig(
     vocab_size=53,
@@ -41,7 +45,9 @@ def test_linear_fast_path_equals_f_linear(rows: int, bias: bool) -> None:
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(1, rows, 24), rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_one_row_uses_aten_gemv_and_restores_backend(model: DecoderLM) -> None:
+def test_bf16_decode_leaves_backend_switches_alone(model: DecoderLM) -> None:
+    """One or two rows in bf16 (decode at batch 1-2) run with oneDNN as enabled as before, during and after; the
+    results agree with the batched and float32 ones to bf16 rounding."""
     lm = DecoderLM(CFG).eval()
     lm.load_state_dict(model.state_dict())
     lm = lm.to(torch.bfloat16)
@@ -50,12 +56,66 @@ def test_bf16_one_row_uses_aten_gemv_and_restores_backend(model: DecoderLM) -> N
     ids = torch.randint(0, CFG.vocab_size, (4, 1))
     with torch.no_grad():
         one = torch.cat([lm(ids[i : i + 1], hooks=hooks) for i in range(4)])
+        two = torch.cat([lm(ids[i : i + 2], hooks=hooks) for i in (0, 2)])
         batch = lm(ids, hooks=hooks)
         ref = model(ids)
-    assert flags == [False] * 4 + [True]
-    assert torch.backends.mkldnn.enabled
+    assert flags == [True] * 7 and torch.backends.mkldnn.enabled
     scale = ref.abs().max()
-    assert (one - batch).abs().max() <= 0.02 * scale and (one - ref).abs().max() <= 0.05 * scale
+    assert (one - batch).abs().max() <= 0.02 * scale and (two - batch).abs().max() <= 0.02 * scale
+    assert (one - ref).abs().max() <= 0.05 * scale
+
+
+def greedy(lm: DecoderLM, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy ids (B, steps) after `prompt` (B, T), through prefill and one decode_step per token."""
+    b, t = prompt.shape
+    cache = lm.new_cache(b, t + steps)
+    mask = torch.ones(b, t + steps, dtype=torch.long)
+    out = [lm.prefill(cache, mask[:, :t], input_ids=prompt).argmax(-1, keepdim=True)]
+    for i in range(t, t + steps - 1):
+        out.append(lm.decode_step(cache, out[-1], mask[:, : i + 1]).argmax(-1, keepdim=True))
+    return torch.cat(out, dim=1)
+
+
+def test_bf16_decode_in_one_thread_leaves_a_float32_model_in_another_bit_identical() -> None:
+    """A server's models share the process: while a bf16 LM decodes, a float32 ViT (whose patch convolution runs on
+    oneDNN when enabled) computes exactly what it computes alone, and so does the decode."""
+    torch.manual_seed(0)
+    vit = ViT(
+        VisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        )
+    ).eval()
+    lm = DecoderLM(CFG).eval().to(torch.bfloat16)
+    pixels = torch.randn(2, 3, 16, 16)
+    prompt = torch.randint(0, CFG.vocab_size, (1, 4), generator=torch.Generator().manual_seed(1))
+    steps = 32
+    decodes: list[torch.Tensor] = []
+    started = threading.Event()
+
+    def decode() -> None:
+        with torch.no_grad():
+            started.set()
+            decodes.append(greedy(lm, prompt, steps))
+
+    with torch.no_grad():
+        features, ids = vit(pixels), greedy(lm, prompt, steps)
+        forwards = changed = 0
+        for _ in range(20):
+            started.clear()
+            thread = threading.Thread(target=decode)
+            thread.start()
+            started.wait()
+            while thread.is_alive() or not forwards:
+                changed += not torch.equal(vit(pixels), features)
+                forwards += 1
+            thread.join()
+    assert changed == 0, f"{changed} of {forwards} float32 forwards changed while a bf16 model decoded"
+    assert len(decodes) == 20 and all(torch.equal(d, ids) for d in decodes)
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])

@@ -12,8 +12,7 @@ preallocated KV cache through views.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
@@ -53,6 +52,14 @@ class Linear(nn.Linear):
     AMD EPYC over a 130M model's decode matmuls: 1 row 36 -> 15 ms (2 threads) / 36 -> 24 ms (1 thread); with
     several threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a
     transposed view; gradients flow as usual.
+
+    bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran with
+    oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than
+    oneDNN's over a 130M model's decode products, but no per-call op reaches those kernels instead: linear, mm,
+    addmm, mv, dot and bmm all consult that switch. On CPUs without AVX512-BF16 PyTorch gives one-row products to
+    ATen's GEMV itself; there a decode step measured the same at batch 1 (the same kernels) and, at batch 2, 0.93x as
+    fast for a 130M model and 0.79x for the default LM (width 256), where oneDNN's fixed ~20 us a product outweighs
+    its faster streaming.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -283,17 +290,16 @@ class DecoderLM(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         past = 0 if kv_cache is None else kv_cache.length
         rope, mask = self._rope_and_mask(x, past, attention_mask, position_ids)
-        with _small_gemm_backend(x):
-            for i, layer in enumerate(self.model.layers):
-                if hooks and i in hooks:
-                    x = hooks[i](x)
-                x = layer(x, rope, mask, kv_cache)
-            if kv_cache is not None:
-                kv_cache.advance(x.shape[1])
-            if logits_to_keep:
-                x = x[:, -logits_to_keep:]
-            x = self.model.norm(x)
-            return x if return_hidden else self.head(x)
+        for i, layer in enumerate(self.model.layers):
+            if hooks and i in hooks:
+                x = hooks[i](x)
+            x = layer(x, rope, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        x = self.model.norm(x)
+        return x if return_hidden else self.head(x)
 
     def head(self, hidden: Tensor) -> Tensor:
         """Float32 logits (..., V) of final normed hidden states (..., D): training applies it to the supervised
@@ -357,25 +363,6 @@ class DecoderLM(nn.Module):
         """
         logits = self(input_ids=token_ids, attention_mask=attention_mask, kv_cache=cache, hooks=hooks, logits_to_keep=1)
         return logits[:, -1]
-
-
-@contextmanager
-def _small_gemm_backend(x: Tensor) -> Iterator[None]:
-    """Route bfloat16 CPU products of one or two rows to ATen's own GEMV instead of oneDNN for the block.
-
-    oneDNN's bf16 matmul costs ~20 us a call and streams weights at about half the speed of ATen's kernel when the
-    input has 1-2 rows (decode at batch 1-2), measured 2x faster over a 130M model; from 4 rows on oneDNN wins.
-    The switch is torch's global `torch.backends.mkldnn.enabled`, restored on exit.
-    """
-    rows = x.numel() // x.shape[-1]
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or rows > 2 or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = True
 
 
 def init_weights(module: nn.Module, std: float) -> None:
