@@ -1,4 +1,4 @@
-"""DecoderLM behaviour that needs no oracle: fast paths equal plain ones, hooks, heads, training, RoPE."""
+"""DecoderLM behaviour that needs no oracle: hooks, heads, training, init, RoPE (its kernels: test_cpu_kernels.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from torch.nn import functional as F
 
 from vlbridge.config import LMConfig
 from vlbridge.errors import ConfigError
-from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary, decoder
-from vlbridge.lm.decoder import THIN_ROWS, DecoderLayer, Linear, eager_causal_attention
+from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary
+from vlbridge.lm.decoder import DecoderLayer
 
 CFG = LMConfig(
     vocab_size=53,
@@ -26,83 +26,6 @@ CFG = LMConfig(
 def model() -> DecoderLM:
     torch.manual_seed(0)
     return DecoderLM(CFG).eval()
-
-
-@pytest.mark.parametrize("rows", [1, 3, THIN_ROWS[1] + 1])
-@pytest.mark.parametrize("bias", [False, True])
-def test_linear_fast_path_equals_f_linear(rows: int, bias: bool) -> None:
-    torch.manual_seed(rows)
-    layer = Linear(24, 40, bias=bias)
-    x = torch.randn(1, rows, 24, requires_grad=True)
-    out = layer(x)
-    assert out.shape == (1, rows, 40)
-    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-    out.sum().backward()
-    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(1, rows, 24), rtol=1e-5, atol=1e-5)
-
-
-def test_bf16_one_row_uses_aten_gemv_and_restores_backend(model: DecoderLM) -> None:
-    lm = DecoderLM(CFG).eval()
-    lm.load_state_dict(model.state_dict())
-    lm = lm.to(torch.bfloat16)
-    flags: list[bool] = []
-    hooks = {1: lambda h: flags.append(torch.backends.mkldnn.enabled) or h}
-    ids = torch.randint(0, CFG.vocab_size, (4, 1))
-    with torch.no_grad():
-        one = torch.cat([lm(ids[i : i + 1], hooks=hooks) for i in range(4)])
-        batch = lm(ids, hooks=hooks)
-        ref = model(ids)
-    assert flags == [False] * 4 + [True]
-    assert torch.backends.mkldnn.enabled
-    scale = ref.abs().max()
-    assert (one - batch).abs().max() <= 0.02 * scale and (one - ref).abs().max() <= 0.05 * scale
-
-
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_eager_causal_attention_equals_sdpa(kv_heads: int) -> None:
-    torch.manual_seed(kv_heads)
-    q = torch.randn(3, 4, 17, 8, requires_grad=True)
-    k, v = (torch.randn(3, kv_heads, 17, 8, requires_grad=True) for _ in range(2))
-    eager = eager_causal_attention(q.transpose(2, 3).transpose(2, 3), k, v)  # a non-contiguous q, as the layer's
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads < 4)
-    torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5)
-    grads = torch.autograd.grad(eager.square().sum(), (q, k, v))
-    torch.testing.assert_close(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), rtol=1e-4, atol=1e-4)
-
-
-def test_bf16_autocast_forward_takes_the_eager_path_up_to_its_length_limit(
-    model: DecoderLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[torch.dtype] = []
-
-    def recorded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = eager_causal_attention(q, k, v)
-        calls.append(out.dtype)
-        return out
-
-    monkeypatch.setattr(decoder, "eager_causal_attention", recorded)
-    ids = torch.randint(0, CFG.vocab_size, (2, 9))
-    with torch.no_grad():
-        ref = model(ids)
-        assert calls == []  # float32: the SDPA kernel
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = model(ids)
-    assert calls == [torch.bfloat16] * CFG.num_hidden_layers  # q arrives in float32 (RoPE), the matmuls run in bf16
-    assert (fast.float() - ref).abs().max() <= 0.05 * ref.abs().max()
-    monkeypatch.setattr(decoder, "EAGER_MAX_TOKENS", ids.shape[1] - 1)
-    sdpa_dtypes: list[torch.dtype] = []
-    sdpa = F.scaled_dot_product_attention
-
-    def recorded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        sdpa_dtypes.append(v.dtype)
-        return sdpa(q, k, v, **kwargs)
-
-    monkeypatch.setattr(decoder.F, "scaled_dot_product_attention", recorded_sdpa)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        long = model(ids)
-    assert len(calls) == CFG.num_hidden_layers  # longer sequences: the flash kernel, in float32
-    assert sdpa_dtypes == [torch.float32] * CFG.num_hidden_layers
-    torch.testing.assert_close(long, fast, rtol=0.05, atol=0.05 * float(ref.abs().max()))
 
 
 def test_hook_before_layer_zero_equals_shifted_embeddings(model: DecoderLM) -> None:

@@ -7,13 +7,12 @@ state_dict of `DecoderLM` equals that of `LlamaForCausalLM` / `Qwen2ForCausalLM`
 
 The generation contract (`new_cache`, `prefill`, `decode_step`) lives here too; the Generator drives it. The decode
 hot path takes no Python loop over the batch, builds a mask only when the batch has padding, and reads the
-preallocated KV cache through views.
+preallocated KV cache through views. Which kernel runs each product and each attention is cpu_kernels.py's choice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
@@ -22,6 +21,7 @@ from torch.nn import functional as F
 
 from vlbridge.config import LMConfig
 from vlbridge.errors import ConfigError, ContextOverflowError
+from vlbridge.lm.cpu_kernels import Linear, attention
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.rope import RotaryEmbedding, apply_rotary
 from vlbridge.nn_utils import activation
@@ -41,81 +41,6 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
-THIN_ROWS = (4, 256)
-"""Float32 CPU products of up to this many rows run as W @ x^T: (single-threaded, multi-threaded) (see `Linear`)."""
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state_dict) with a faster path for few-row float32 products on CPU.
-
-    MKL's x @ W^T for a handful of rows (a decode step has one row per sequence) runs far below memory bandwidth on
-    some CPUs; the same product as W @ x^T, with a single row duplicated into two, streams W faster. Measured on
-    AMD EPYC over a 130M model's decode matmuls: 1 row 36 -> 15 ms (2 threads) / 36 -> 24 ms (1 thread); with
-    several threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a
-    transposed view; gradients flow as usual.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // self.in_features
-        limit = THIN_ROWS[1] if torch.get_num_threads() > 1 else THIN_ROWS[0]
-        if x.dtype != torch.float32 or x.device.type != "cpu" or rows > limit or rows == 0:
-            return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, self.in_features)  # (M, I)
-        if rows == 1:
-            flat = torch.cat((flat, flat))  # (2, I): a two-column GEMM instead of MKL's slow GEMV
-        if self.bias is None:
-            out = torch.mm(self.weight, flat.t())  # (O, M')
-        else:
-            out = torch.addmm(self.bias[:, None], self.weight, flat.t())  # (O, M')
-        return out[:, :rows].t().reshape(*x.shape[:-1], self.out_features)  # (..., O), a strided view
-
-
-# Longest sequence that eager_causal_attention takes: fwd + bwd of one layer's attention (4 heads of 64, bf16, 2 CPU
-# threads) ran 1.1-2.2x faster eager at 96-176 tokens, but 0.72-0.93x at 192-384, where SDPA's flash kernel wins.
-EAGER_MAX_TOKENS = 176
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype a matmul on `x` runs in: autocast's when it is on for `x`'s device (RoPE's float32 tables promote q
-    and k back to float32 under autocast), else `x`'s."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
-def eager_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal grouped-query attention as two matmuls and a float32 softmax (HF's "eager" attention).
-
-    For bf16 training on CPU on sequences up to EAGER_MAX_TOKENS: there PyTorch's CPU flash kernel is the slower one
-    at this LM's shapes (4 heads of 64), and the default recipe's caption steps run 1.20x faster this way
-    (benchmarks/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's
-    eager path; the flash kernel keeps them in float32.
-    """
-    b, h, t, hd = q.shape
-    kv = k.shape[1]
-    q = q.reshape(b, kv, h // kv, t, hd)  # (B, H_kv, G, T, hd): each kv head serves its group without a copy
-    scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)) * hd**-0.5  # (B, H_kv, G, T, T)
-    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-    probs = scores.masked_fill(future, float("-inf")).softmax(-1, dtype=torch.float32).to(scores.dtype)
-    return torch.matmul(probs, v.unsqueeze(2)).view(b, h, t, hd)  # (B, H, T, hd)
-
-
-def cpu_bf16_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal attention for bf16 autocast on CPU (training and prompt prefill): eager up to EAGER_MAX_TOKENS, above
-    it SDPA's flash kernel in float32, returned in bf16.
-
-    The float32 flash kernel is the faster one there (its bf16 backward is slow on CPU), and q and k already arrive in
-    float32 (RoPE). The default recipe's instruct steps ran 1.10-1.13x as fast as with bf16 SDPA on every length
-    (benchmarks/eager_attention.py); against eager with bf16 SDPA above the limit, the float32 kernel gained 1.07x.
-    """
-    if q.shape[2] <= EAGER_MAX_TOKENS:
-        return eager_causal_attention(q, k, v)
-    with torch.autocast("cpu", enabled=False):
-        out = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), is_causal=True, enable_gqa=k.shape[1] < q.shape[1]
-        )
-    return out.to(torch.bfloat16)
-
-
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE; q/k/v biases when `attention_bias` (Qwen2), never on o_proj."""
 
@@ -125,7 +50,6 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.resolved_head_dim
-        self.groups = self.num_heads // self.num_kv_heads
         d, hd, bias = config.hidden_size, self.head_dim, config.attention_bias
         self.q_proj = Linear(d, self.num_heads * hd, bias=bias)
         self.k_proj = Linear(d, self.num_kv_heads * hd, bias=bias)
@@ -143,19 +67,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, H_kv, S, hd)
-        if t == 1 and self.groups > 1:
-            # One query per row: fold the query heads of each kv group into the query axis, so attention runs on
-            # the H_kv cached heads without repeating them (no copy of the cache per step).
-            q = q.view(b, self.num_kv_heads, self.groups, self.head_dim)  # (B, H_kv, G, hd)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H_kv, G, hd)
-            return self.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
-        is_causal = attn_mask is None and t > 1  # DecoderLM passes an explicit mask whenever a cache prefix exists
-        if is_causal and q.device.type == "cpu" and _compute_dtype(q) == torch.bfloat16:
-            out = cpu_bf16_causal_attention(q, k, v)  # (B, H, T, hd)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.groups > 1
-            )  # (B, H, T, hd)
+        out = attention(q, k, v, attn_mask)  # (B, H, T, hd); DecoderLM passes a mask whenever a cache prefix exists
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
@@ -283,17 +195,16 @@ class DecoderLM(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         past = 0 if kv_cache is None else kv_cache.length
         rope, mask = self._rope_and_mask(x, past, attention_mask, position_ids)
-        with _small_gemm_backend(x):
-            for i, layer in enumerate(self.model.layers):
-                if hooks and i in hooks:
-                    x = hooks[i](x)
-                x = layer(x, rope, mask, kv_cache)
-            if kv_cache is not None:
-                kv_cache.advance(x.shape[1])
-            if logits_to_keep:
-                x = x[:, -logits_to_keep:]
-            x = self.model.norm(x)
-            return x if return_hidden else self.head(x)
+        for i, layer in enumerate(self.model.layers):
+            if hooks and i in hooks:
+                x = hooks[i](x)
+            x = layer(x, rope, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        x = self.model.norm(x)
+        return x if return_hidden else self.head(x)
 
     def head(self, hidden: Tensor) -> Tensor:
         """Float32 logits (..., V) of final normed hidden states (..., D): training applies it to the supervised
@@ -357,25 +268,6 @@ class DecoderLM(nn.Module):
         """
         logits = self(input_ids=token_ids, attention_mask=attention_mask, kv_cache=cache, hooks=hooks, logits_to_keep=1)
         return logits[:, -1]
-
-
-@contextmanager
-def _small_gemm_backend(x: Tensor) -> Iterator[None]:
-    """Route bfloat16 CPU products of one or two rows to ATen's own GEMV instead of oneDNN for the block.
-
-    oneDNN's bf16 matmul costs ~20 us a call and streams weights at about half the speed of ATen's kernel when the
-    input has 1-2 rows (decode at batch 1-2), measured 2x faster over a 130M model; from 4 rows on oneDNN wins.
-    The switch is torch's global `torch.backends.mkldnn.enabled`, restored on exit.
-    """
-    rows = x.numel() // x.shape[-1]
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or rows > 2 or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = True
 
 
 def init_weights(module: nn.Module, std: float) -> None:
