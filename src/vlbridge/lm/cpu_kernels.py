@@ -93,7 +93,7 @@ def cpu_bf16_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     The float32 flash kernel is the faster one there (its bf16 backward is slow on CPU), and q and k already arrive in
     float32 (RoPE). The default recipe's instruct steps ran 1.10-1.13x as fast as with bf16 SDPA on every length
-    (benchmarks/eager_attention.py); against eager with bf16 SDPA above the limit, the float32 kernel gained 1.07x.
+    (experiments/eager_attention.py); against eager with bf16 SDPA above the limit, the float32 kernel gained 1.07x.
     """
     if q.shape[2] <= EAGER_MAX_TOKENS:
         return eager_causal_attention(q, k, v)
@@ -109,7 +109,7 @@ def eager_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     For bf16 training on CPU on sequences up to EAGER_MAX_TOKENS: there PyTorch's CPU flash kernel is the slower one
     at this LM's shapes (4 heads of 64), and the default recipe's caption steps run 1.20x faster this way
-    (benchmarks/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's eager path; the flash
+    (experiments/eager_attention.py). Scores are rounded to bf16 before the softmax, as in HF's eager path; the flash
     kernel keeps them in float32.
     """
     b, h, t, hd = q.shape

@@ -127,7 +127,7 @@ def right_padded(attention_mask: Tensor) -> bool:
     positions 0..S-1 are exact for every real token (padding sits after it), so no mask is built: training batches
     are right-padded.
     On the default recipe's length-grouped instruct batches: 1.04x steps per second
-    (benchmarks/causal_training_mask.py)."""
+    (experiments/causal_training_mask.py)."""
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
@@ -276,7 +276,7 @@ def init_weights(module: nn.Module, std: float) -> None:
     HF's 0.02 suits wide models (about 1.3 / sqrt(4096)). A narrow model trained from scratch wants about
     1 / sqrt(hidden_size): at 0.02 and width 256 its attention logits start near zero, every head attends
     uniformly, and a lookup whose answer comes a few tokens after its key is not learned in our budget
-    (`benchmarks/binding_gap.py --init-std`).
+    (`experiments/binding_gap.py --init-std`).
     """
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=std)
