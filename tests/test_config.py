@@ -102,3 +102,48 @@ def test_load_yaml_base_cycle_is_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("base: a.yaml\nseed: 2\n")
     with pytest.raises(ConfigError, match="makes a cycle"):
         load_yaml(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("seed: 1\nstages: [1\n", 3, 1),  # an unclosed list
+        ("seed: 1\n  run_dir: x\n", 2, 10),  # a key indented into a scalar
+        ("seed: 1\nname: a: b\n", 2, 8),  # a second `: ` on one line
+    ],
+)
+def test_yaml_syntax_errors_name_the_file_line_and_column(tmp_path: Path, text: str, line: int, column: int) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    message = str(err.value)
+    assert message.startswith(f"config file {path}, line {line}, column {column}: ") and "\n" not in message
+    assert "fix the YAML" in message
+
+
+def test_an_override_that_is_not_yaml_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({"a": 1}, ["a=2", "k=["])
+    message = str(err.value)
+    assert message.startswith("override 'k=[', line 1, column 2: ") and "\n" not in message
+    assert "quote the value" in message
+
+
+@pytest.mark.parametrize(
+    ("encoding", "hint"),
+    [("latin-1", "line 2"), ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-32", "UTF-32")],
+)
+def test_a_config_file_not_in_utf8_is_refused_naming_the_file(tmp_path: Path, encoding: str, hint: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes("seed: 1\nrun_dir: runs/café\n".encode(encoding))
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    message = str(err.value)
+    assert message.startswith(f"config file {path} ") and "save it as UTF-8" in message and hint in message
+
+
+def test_a_utf8_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes("seed: 1\nrun_dir: runs/café\n".encode("utf-8-sig"))
+    assert load_yaml(path) == {"seed": 1, "run_dir": "runs/café"}

@@ -7,6 +7,7 @@ the one typed reader: the connectors read their own options dataclasses with it 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import re
 import types
@@ -31,9 +32,59 @@ YamlLoader.add_implicit_resolver(
 )
 
 
-def read_yaml(text: str) -> Any:
-    """Parse YAML text with `YamlLoader`."""
-    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+def read_yaml(text: str, source: str = "YAML text", fix: str = "fix the YAML there") -> Any:
+    """Parse YAML text with `YamlLoader`; a syntax error raises ConfigError naming `source` (the file or `--set` item
+    the text came from), the line and column, the parser's complaint and `fix`, on one line."""
+    try:
+        return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as err:
+        context = getattr(err, "context", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"{source}{_yaml_location(err, text)}: {f'{context}: ' if context else ''}{problem}; {fix}"
+        ) from None
+
+
+def _yaml_location(err: yaml.YAMLError, text: str) -> str:
+    """`, line L, column C` (1-based) of where the parser stopped, if it says."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is not None:
+        return f", line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(err, "position", None)  # a ReaderError: a character YAML does not allow, by text index
+    if position is None:
+        return ""
+    line, column = text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
+    return f", line {line}, column {column}"
+
+
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),  # before UTF-16 LE, whose mark starts it
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def read_config_text(path: Path) -> str:
+    """The text of config file `path`, which must be UTF-8 (a leading byte order mark is dropped).
+
+    Decoding is explicit, never the locale's: a Latin-1 or UTF-16 file raises ConfigError naming the file, where its
+    first foreign byte is, and that it must be saved as UTF-8 (YAML 1.2 allows UTF-16 too; vlbridge keeps to UTF-8).
+    """
+    raw = path.read_bytes()
+    wide = next((name for bom, name in _WIDE_BOMS if raw.startswith(bom)), None)
+    if wide is None and b"\x00" in raw:  # no byte of UTF-8 text is 0; most of UTF-16/32's are
+        wide = "UTF-16 or UTF-32"
+    if wide is not None:
+        raise ConfigError(f"config file {path} is {wide} text; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (line {line} holds byte 0x{raw[err.start]:02x}, as Latin-1 or "
+            "Windows-1252 write accented letters); save it as UTF-8"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -219,7 +270,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = read_yaml(path.read_text()) or {}
+    data = read_yaml(read_config_text(path), f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     base = data.pop("base", None)
@@ -248,14 +299,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     where = ".".join(parts[:depth]) or "the top level"
                     raise ConfigError(f"override {item!r}: {where} is a list of {len(node)}; index it with 0..")
                 if last:
-                    node[int(part)] = read_yaml(raw)
+                    node[int(part)] = _override_value(item, raw)
                 else:
                     node = node[int(part)]
             elif isinstance(node, dict):
                 if last:
-                    node[part] = read_yaml(raw)
+                    node[part] = _override_value(item, raw)
                 else:
                     node = node.setdefault(part, {})
             else:
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth])!r} is not a section")
     return out
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of override `item` (`key=raw`), read as YAML."""
+    return read_yaml(raw, f"override {item!r}", "write a complete YAML value, or quote the value to set a string")

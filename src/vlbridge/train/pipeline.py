@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from vlbridge.atomic import write_text
-from vlbridge.config import ModelConfig, read_yaml
+from vlbridge.config import ModelConfig, load_yaml
 from vlbridge.data.synthetic import synthesize
 from vlbridge.errors import ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
@@ -189,7 +189,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     saved = run_dir / RECIPE_FILE
     if saved.is_file() and not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
-    if saved.is_file() and read_yaml(saved.read_text()) != recipe_to_dict(recipe):
+    if saved.is_file() and load_yaml(saved) != recipe_to_dict(recipe):
         log.warning("the recipe differs from the one %s was started with; resuming with the new one", run_dir)
 
 
