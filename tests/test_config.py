@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
-from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.config import ModelConfig, apply_overrides, bounded, from_dict, load_yaml, to_dict
 from vlbridge.errors import ConfigError
 
 
@@ -147,3 +147,49 @@ def test_a_utf8_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> 
     path = tmp_path / "r.yaml"
     path.write_bytes("seed: 1\nrun_dir: runs/café\n".encode("utf-8-sig"))
     assert load_yaml(path) == {"seed": 1, "run_dir": "runs/café"}
+
+
+@dataclass(frozen=True)
+class _Ranged:
+    count: int = field(default=1, metadata=bounded(1))
+    ratio: float = field(default=0.5, metadata=bounded(0, 1, high_open=True))
+    rate: float | None = field(default=None, metadata=bounded(0, low_open=True))
+    rates: dict[str, float] = field(default_factory=dict, metadata=bounded(0, low_open=True))
+    scale: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"count": 0}, "count is 0; set it to a number >= 1"),
+        ({"count": -3}, "count is -3; set it to a number >= 1"),
+        ({"ratio": 1}, "ratio is 1.0; set it to a number in [0, 1)"),
+        ({"rate": 0}, "rate is 0.0; set it to a number > 0"),
+        ({"rates": {"a": 1e-3, "b": -1}}, "rates.b is -1; set it to a number > 0"),
+        ({"scale": float("nan")}, "scale is nan; set it to a finite number"),
+        ({"scale": float("-inf")}, "scale is -inf; set it to a finite number"),
+        ({"rates": {"a": float("inf")}}, "rates.a is inf; set it to a finite number"),
+        ({"options": {"dropout": [0.1, float("nan")]}}, "options.dropout[1] is nan; set it to a finite number"),
+    ],
+)
+def test_numbers_outside_their_declared_range_and_non_finite_floats_are_named(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(_Ranged, data)
+    assert str(err.value) == message
+
+
+def test_numbers_in_range_read_as_given() -> None:
+    data = {"count": 3, "ratio": 0, "rate": 2, "rates": {"a": 1e-3}, "scale": -2.5, "options": {"k": "x"}}
+    assert from_dict(_Ranged, data) == _Ranged(3, 0.0, 2.0, {"a": 1e-3}, -2.5, {"k": "x"})
+
+
+def test_model_sizes_and_non_finite_model_floats_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"^language_model\.hidden_size is 0; set it to a number >= 1$"):
+        from_dict(ModelConfig, {"language_model": {"hidden_size": 0}})
+    with pytest.raises(ConfigError, match=r"^vision\.patch_size is -16; set it to a number >= 1$"):
+        from_dict(ModelConfig, {"vision": {"patch_size": -16}})
+    with pytest.raises(ConfigError, match=r"^language_model\.rms_norm_eps is nan; set it to a finite number$"):
+        from_dict(ModelConfig, {"language_model": {"rms_norm_eps": float("nan")}})
+    with pytest.raises(ConfigError, match=r"^connector\.options\.dropout is inf; set it to a finite number$"):
+        from_dict(ModelConfig, {"connector": {"name": "qformer", "options": {"dropout": float("inf")}}})

@@ -2,13 +2,17 @@
 
 Configs are never mutated; derived values come from `dataclasses.replace`. An unknown key or a value of the
 wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default. `from_dict` is
-the one typed reader: the connectors read their own options dataclasses with it too (vlbridge.connectors.base).
+the one typed reader: the connectors read their own options dataclasses with it too (vlbridge.connectors.base). It
+also refuses a float that is not finite (NaN or infinity: a learning rate of NaN would train a NaN model) and a
+number outside the range its field declares in its metadata (`field(default=16, metadata=bounded(1))`), so every
+range is stated beside its field and checked in one place.
 """
 
 from __future__ import annotations
 
 import codecs
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -87,22 +91,71 @@ def read_config_text(path: Path) -> str:
         ) from None
 
 
+RANGE = "range"
+"""The field-metadata key of a numeric field's `Range`."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config field takes: `low` and `high` (None: unbounded), each included unless marked open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"{'<' if self.high_open else '<='} {self.high}"
+
+
+def bounded(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False, **more: Any
+) -> dict[str, Any]:
+    """Field metadata declaring a numeric field's range (with any `more` metadata, e.g. a flag's `help`); for a list
+    or mapping field, the range of each of its numbers. `from_dict` checks it."""
+    return {**more, RANGE: Range(low, high, low_open, high_open)}
+
+
+def _check_numbers(value: Any, bounds: Range | None, where: str) -> None:
+    """ConfigError naming `where` for a float of `value` (nested lists and mappings too) that is not finite, or a
+    number outside `bounds`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, bounds, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_numbers(item, bounds, f"{where}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} is {value}; set it to a finite number")
+    elif bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in bounds:
+        raise ConfigError(f"{where} is {value!r}; set it to a number {bounds}")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """A ViT vision encoder (CLIP or SigLIP layout) and which of its features the connector sees."""
 
     family: str = "clip"  # "clip" (CLS token, pre-LN) or "siglip" (no CLS)
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    num_channels: int = 3
-    image_size: int = 224
-    patch_size: int = 16
+    hidden_size: int = field(default=768, metadata=bounded(1))
+    intermediate_size: int = field(default=3072, metadata=bounded(1))
+    num_hidden_layers: int = field(default=12, metadata=bounded(1))
+    num_attention_heads: int = field(default=12, metadata=bounded(1))
+    num_channels: int = field(default=3, metadata=bounded(1))
+    image_size: int = field(default=224, metadata=bounded(1))
+    patch_size: int = field(default=16, metadata=bounded(1))
     hidden_act: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = field(default=1e-5, metadata=bounded(0, low_open=True))
     position: str = "learned"  # "learned" absolute, or "rope2d" for ViTs trained from scratch
-    rope_theta: float = 10000.0
+    rope_theta: float = field(default=10000.0, metadata=bounded(0, low_open=True))
     use_head: bool = False  # SigLIP's attention-pooling head (kept for weight parity, unused by LLaVA)
     feature_layer: int | list[int] = -2  # index into hidden states (0 = embeddings), LLaVA-1.5 uses -2
     select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps every token
@@ -112,17 +165,17 @@ class VisionConfig:
 class LMConfig:
     """A Llama-family decoder (Llama, Vicuna, Mistral, Qwen2, SmolLM)."""
 
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 32
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    vocab_size: int = field(default=32000, metadata=bounded(1))
+    hidden_size: int = field(default=4096, metadata=bounded(1))
+    intermediate_size: int = field(default=11008, metadata=bounded(1))
+    num_hidden_layers: int = field(default=32, metadata=bounded(1))
+    num_attention_heads: int = field(default=32, metadata=bounded(1))
+    num_key_value_heads: int = field(default=32, metadata=bounded(1))
+    head_dim: int | None = field(default=None, metadata=bounded(1))  # None: hidden_size // num_attention_heads
     hidden_act: str = "silu"
-    max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
+    max_position_embeddings: int = field(default=4096, metadata=bounded(1))
+    rms_norm_eps: float = field(default=1e-6, metadata=bounded(0, low_open=True))
+    rope_theta: float = field(default=10000.0, metadata=bounded(0, low_open=True))
     attention_bias: bool = False  # Qwen2 sets q/k/v biases
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02  # std of the normal init of linear and embedding weights (HF's name and default)
@@ -235,7 +288,8 @@ def unknown_keys(cls: type, data: dict[str, Any]) -> list[str]:
 
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
-    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    """Build dataclass `cls` from a nested dict; unknown keys, wrong types, floats that are not finite and numbers
+    outside their field's declared range raise ConfigError naming the dotted key."""
     unknown = unknown_keys(cls, data)
     if unknown:
         prefix = f"{where}." if where else ""
@@ -244,7 +298,12 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(names)}"
         )
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _check(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        kwargs[key] = _check(hints[key], value, name)
+        _check_numbers(kwargs[key], fields[key].metadata.get(RANGE), name)
     return cls(**kwargs)
 
 

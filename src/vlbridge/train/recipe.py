@@ -3,8 +3,9 @@
 A recipe names the model (a ModelConfig, or `init_from` a checkpoint), the tokenizer (a folder, or one trained on the
 stage data), the dataset folder (rendered from the synthetic world when empty) and an ordered list of stages. Each
 stage is data: an objective, a data file, which parts are frozen / full / lora with a learning rate per trained part,
-and the optimisation settings. Recipes are read with `vlbridge.config.from_dict`, so an unknown key or a value of the
-wrong type raises ConfigError naming the dotted key; `validate` adds the cross-field checks a type cannot express.
+and the optimisation settings. Recipes are read with `vlbridge.config.from_dict`, so an unknown key, a value of the
+wrong type, a float that is not finite or a number outside the range its field declares (`bounded`) raises ConfigError
+naming the dotted key; `validate` adds the cross-field checks a type or range cannot express.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.config import ModelConfig, apply_overrides, bounded, from_dict, load_yaml, to_dict
 from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
 from vlbridge.train.objectives import OBJECTIVES, data_formats, objectives_reading
@@ -32,7 +33,7 @@ class TokenizerRecipe:
     """
 
     path: str | None = None
-    vocab_size: int = 1024
+    vocab_size: int = field(default=1024, metadata=bounded(1))
     template: str = "chatml"
     add_bos: bool = True
 
@@ -44,16 +45,16 @@ class DataRecipe:
     root: str = "runs/default/data"
     synth: SynthOptions | None = None  # render the synthetic world into `root` when that folder is empty or missing
     skip_malformed: bool = False  # skip and count malformed records instead of raising DataError
-    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    num_workers: int = field(default=0, metadata=bounded(0))  # DataLoader worker processes (0: in the training one)
 
 
 @dataclass(frozen=True)
 class LoraRecipe:
     """LoRA adapters (Hu et al., 2021) on the language model's linear layers, trained through `peft`."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = field(default=16, metadata=bounded(1))
+    alpha: int = field(default=32, metadata=bounded(1))
+    dropout: float = field(default=0.0, metadata=bounded(0, 1, high_open=True))
     merge: bool = True  # merge into plain weights at the end of the stage; false keeps the base and saves the adapter
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
@@ -69,24 +70,25 @@ class StageRecipe:
     #                             labels, vlbridge.data.regions); which ones an objective reads is its data kind's
     template: str | None = None  # conversation template override (default: the model's)
     parts: dict[str, str] = field(default_factory=dict)  # part -> frozen | full | lora; unnamed parts are frozen
-    lr: dict[str, float] = field(default_factory=dict)  # part -> learning rate, one per trained part
-    steps: int | None = None  # optimiser steps; or
-    epochs: int | None = None  # passes over the data
-    batch_size: int = 16
-    grad_accum: int = 1
+    # part -> learning rate, one per trained part; with weight_decay <= 1 too, AdamW's decay factor 1 - lr * wd >= 0
+    lr: dict[str, float] = field(default_factory=dict, metadata=bounded(0, 1, low_open=True))
+    steps: int | None = field(default=None, metadata=bounded(1))  # optimiser steps; or
+    epochs: int | None = field(default=None, metadata=bounded(1))  # passes over the data
+    batch_size: int = field(default=16, metadata=bounded(1))
+    grad_accum: int = field(default=1, metadata=bounded(1))
     group_by_length: bool = False  # batch samples of similar token length together: less padding, same data
-    max_length: int = 256
-    warmup_ratio: float = 0.05
-    min_lr_ratio: float = 0.0  # the cosine decays to this fraction of each peak learning rate
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    clip_grad: float | None = 1.0
+    max_length: int = field(default=256, metadata=bounded(1))
+    warmup_ratio: float = field(default=0.05, metadata=bounded(0, 1))
+    min_lr_ratio: float = field(default=0.0, metadata=bounded(0, 1))  # the cosine decays to this share of each peak
+    weight_decay: float = field(default=0.0, metadata=bounded(0, 1))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=bounded(0, 1, high_open=True))
+    clip_grad: float | None = field(default=1.0, metadata=bounded(0, low_open=True))  # None: no clipping
     bf16: bool = False  # bf16 autocast where the hardware runs bf16 natively; elsewhere fp32, with a warning
     grad_checkpointing: bool = False
     lora: LoraRecipe | None = None
-    save_every: int = 100  # checkpoint every this many optimiser steps (0: only at the end)
-    keep_checkpoints: int = 2  # the newest this many mid-stage checkpoints are kept
-    log_every: int = 10
+    save_every: int = field(default=100, metadata=bounded(0))  # checkpoint every this many optimiser steps (0: never)
+    keep_checkpoints: int = field(default=2, metadata=bounded(1))  # the newest this many mid-stage checkpoints are kept
+    log_every: int = field(default=10, metadata=bounded(1))
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,6 @@ class Recipe:
     data: DataRecipe = field(default_factory=DataRecipe)
     stages: list[StageRecipe] = field(default_factory=list)
     distributed: DistributedRecipe = field(default_factory=DistributedRecipe)
-
-
-def _positive(value: int | float | None, where: str) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{where} must be positive, got {value}")
 
 
 def _check_tables(stage: StageRecipe, where: str) -> StageRecipe:
@@ -171,23 +168,14 @@ def validate(recipe: Recipe) -> Recipe:
         _check_objective(stage, where)
         if (stage.steps is None) == (stage.epochs is None):
             raise ConfigError(f"{where}: set exactly one of `steps` or `epochs`")
-        for key in ("steps", "epochs", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
-            _positive(getattr(stage, key), f"{where}.{key}")
-        _positive(stage.clip_grad, f"{where}.clip_grad")
-        if stage.save_every < 0:
-            raise ConfigError(f"{where}.save_every must be >= 0 (0: no mid-stage checkpoints), got {stage.save_every}")
-        for key in ("warmup_ratio", "min_lr_ratio"):
-            if not 0 <= getattr(stage, key) <= 1:
-                raise ConfigError(f"{where}.{key} must be within [0, 1], got {getattr(stage, key)}")
-        if len(stage.betas) != 2 or not all(0 <= b < 1 for b in stage.betas):
-            raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {stage.betas}")
+        if len(stage.betas) != 2:
+            raise ConfigError(f"{where}.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got {stage.betas}")
         if stage.lora is not None:
             unknown = sorted(set(stage.lora.targets) - set(LORA_TARGETS))
             if unknown or not stage.lora.targets:
                 raise ConfigError(
                     f"{where}.lora.targets {stage.lora.targets} must be a non-empty subset of {', '.join(LORA_TARGETS)}"
                 )
-            _positive(stage.lora.r, f"{where}.lora.r")
     stages = [_check_tables(stage, f"stages[{i}] ({stage.name})") for i, stage in enumerate(recipe.stages)]
     return replace(recipe, stages=stages)
 

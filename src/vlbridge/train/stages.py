@@ -74,8 +74,6 @@ def plan_for(stage: StageRecipe, extra_parts: Sequence[str] = ()) -> StagePlan:
     missing = [p for p in trained if p in PARTS and p not in stage.lr]
     if missing:
         raise ConfigError(f"{where}: no learning rate for trained part(s) {', '.join(missing)}; add them under `lr:`")
-    if any(v <= 0 for v in stage.lr.values()):
-        raise ConfigError(f"{where}: learning rates must be positive, got {stage.lr}")
     peak = max(stage.lr.values(), default=None)
     lr = {p: stage.lr.get(p, peak) for p in trained}
     if any(v is None for v in lr.values()):
