@@ -16,7 +16,7 @@ import vlbridge
 from vlbridge.config import ModelConfig, from_dict
 from vlbridge.errors import ConfigError
 from vlbridge.train import recipe_from_dict, train
-from vlbridge.train.pipeline import fit_config, resolve_device
+from vlbridge.train.pipeline import fit_config
 
 
 def test_fit_config_takes_vocabulary_and_special_ids_from_the_tokenizer(tiny_tokenizer) -> None:
@@ -29,12 +29,6 @@ def test_fit_config_takes_vocabulary_and_special_ids_from_the_tokenizer(tiny_tok
         tiny_tokenizer.pad_token_id,
     )
     assert config.image_token_id == tiny_tokenizer.token_to_id("<image>") and config.template == "chatml"
-
-
-def test_device_names() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ConfigError, match="not understood"):
-        resolve_device("tpu-ish")
 
 
 def _text_stage(**kw) -> dict:

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from vlbridge.config import ModelConfig, from_dict
+from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
@@ -129,7 +130,9 @@ def load(
     """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default.
 
     `dtype` is a name from `vlbridge.dtypes` (fp32, bf16, fp16, or torch's spelling) or a torch dtype; None keeps
-    the weights in float32."""
+    the weights in float32. A device this machine lacks raises ConfigError (vlbridge.devices) before any file is
+    read."""
+    device = resolve_device(device)
     if path is None:
         path = default_model_dir()
         if not (path / "config.json").is_file():

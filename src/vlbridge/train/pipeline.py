@@ -27,6 +27,7 @@ import yaml
 from vlbridge.atomic import write_text
 from vlbridge.config import ModelConfig, load_yaml
 from vlbridge.data.synthetic import synthesize
+from vlbridge.devices import resolve_device
 from vlbridge.errors import ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
@@ -45,16 +46,6 @@ RECIPE_FILE = "recipe.yaml"
 TOKENIZER_DIR = "tokenizer"
 MODEL_DIR = "model"
 DONE_FILE = "done.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device {name!r} is not understood; use auto, cpu, cuda or cuda:N") from err
 
 
 def prepare_data(recipe: Recipe, world: World) -> Path:

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vlbridge.devices import resolve_device
 from vlbridge.errors import ConfigError, VlbridgeError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
@@ -144,7 +145,7 @@ class StageTrainer:
         self.stage_dir = Path(stage_dir)
         self.seed = seed
         self.world = world or SingleProcess()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.num_workers = num_workers
         self.n_samples = len(dataset)  # type: ignore[arg-type]
         self.lengths: list[int] | None = None
