@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from vlbridge.config import from_dict
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import TextDataset
-from vlbridge.errors import ConfigError, VlbridgeError
+from vlbridge.errors import ConfigError, TrainingError, VlbridgeError
 from vlbridge.train import trainer as trainer_module
 from vlbridge.train.distributed import SingleProcess
 from vlbridge.train.recipe import StageRecipe
@@ -141,3 +142,27 @@ def test_bf16_autocasts_only_where_the_hardware_runs_it(tiny_model, tmp_path, mo
 def test_empty_data_is_an_error(tiny_model, tmp_path) -> None:
     with pytest.raises(VlbridgeError, match="no training samples"):
         StageTrainer(_stage(), tiny_model, [], lambda b: b, tmp_path, seed=0)
+
+
+def test_a_loss_that_is_not_finite_stops_the_stage_naming_it_and_the_step(tiny_model, tmp_path) -> None:
+    calls = []
+
+    def nan_at_third_forward(module, inputs, output):
+        calls.append(1)
+        return output * math.nan if len(calls) == 3 else output
+
+    tiny_model.language_model.model.norm.register_forward_hook(nan_at_third_forward)
+    with pytest.raises(TrainingError) as err:
+        _train(tiny_model, tmp_path, batch_size=2, steps=4)
+    assert str(err.value).startswith("stage 'text', step 3: the loss is nan; ")
+    assert "lower the stage's learning rates" in str(err.value)
+    assert all(torch.isfinite(p).all() for p in tiny_model.parameters())  # the NaN step was not applied
+    assert not (tmp_path / "loss.png").exists()  # nor the stage finished
+
+
+def test_an_infinite_gradient_stops_the_stage_before_the_weights_change(tiny_model, tmp_path) -> None:
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    tiny_model.language_model.lm_head.weight.register_hook(lambda grad: grad * math.inf)
+    with pytest.raises(TrainingError, match=r"^stage 'text', step 1: the gradient norm is (inf|nan); "):
+        _train(tiny_model, tmp_path, batch_size=2, steps=1)
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vlbridge.devices import resolve_device
-from vlbridge.errors import ConfigError, VlbridgeError
+from vlbridge.errors import ConfigError, TrainingError, VlbridgeError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
 from vlbridge.train.checkpoint import (
@@ -255,9 +255,18 @@ class StageTrainer:
         return state
 
     def _update(
-        self, module: nn.Module, batches: Iterator[Batch], params: list[nn.Parameter], optimizer: Any, scheduler: Any
+        self,
+        module: nn.Module,
+        batches: Iterator[Batch],
+        params: list[nn.Parameter],
+        optimizer: Any,
+        scheduler: Any,
+        step: int,
     ) -> tuple[float, int, float, dict[str, float]]:
-        """One optimiser step over grad_accum micro-batches: (mean loss, tokens, grad norm, learning rates used)."""
+        """Optimiser step `step` over grad_accum micro-batches: (mean loss, tokens, grad norm, learning rates used).
+
+        A loss or gradient norm that is not finite raises TrainingError before the optimiser steps, so the weights
+        never take a NaN update (every rank sees the same all-reduced loss and global norm, so all of them stop)."""
         stage = self.stage
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         losses, tokens = [], 0
@@ -268,19 +277,24 @@ class StageTrainer:
                 (out.loss / stage.grad_accum).backward()
             losses.append(out.loss.detach().float())
             tokens += out.tokens
+        means = self.world.all_reduce_mean(torch.stack([torch.stack(losses).mean(), losses[0].new_tensor(tokens)]))
+        loss, tokens = float(means[0]), round(float(means[1]) * self.world.world_size)  # tokens: all ranks'
+        self._check_finite("loss", loss, step)
         grad_norm = self.world.clip_grad_norm(params, stage.clip_grad or math.inf)
+        self._check_finite("gradient norm", grad_norm, step)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        means = self.world.all_reduce_mean(torch.stack([torch.stack(losses).mean(), losses[0].new_tensor(tokens)]))
-        loss, tokens = float(means[0]), round(float(means[1]) * self.world.world_size)  # tokens: all ranks'
-        if not math.isfinite(loss):
-            raise VlbridgeError(
-                f"stage {stage.name!r}: the loss became {loss}; lower the learning rates, enable clip_grad, "
-                "or turn bf16 off"
-            )
         return loss, tokens, grad_norm, lrs
+
+    def _check_finite(self, what: str, value: float, step: int) -> None:
+        """TrainingError naming the stage and step when `value` (the step's loss or gradient norm) is NaN or inf."""
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"stage {self.stage.name!r}, step {step}: the {what} is {value}; lower the stage's learning rates, "
+                "set clip_grad, or turn bf16 off, and check the stage's data"
+            )
 
     def run(self, resume: bool = False) -> StageResult:
         """Train the stage to its last step (from the newest checkpoint when `resume`), then finish it."""
@@ -302,7 +316,7 @@ class StageTrainer:
         window_tokens, window_start = 0, time.perf_counter()
         while state.step < self.total_steps:
             step_start = time.perf_counter()
-            loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
+            loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler, state.step + 1)
             state.step += 1
             state.tokens += tokens
             state.elapsed_s += time.perf_counter() - step_start
