@@ -4,6 +4,7 @@ uninterrupted run (tolerance: none, bitwise on CPU); user errors exit 2 with a c
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,3 +131,21 @@ def test_every_stage_end_to_end_then_load_and_generate(cli, tmp_path) -> None:
     ids = model.generate(**inputs, max_new_tokens=5)
     assert ids.shape[0] == 1 and inputs["input_ids"].shape[1] < ids.shape[1] <= inputs["input_ids"].shape[1] + 5
     assert isinstance(processor.decode(ids[0, inputs["input_ids"].shape[1] :]), str)
+
+
+def test_a_bad_record_reads_as_one_line_with_dataloader_workers_as_without(cli, data, tokenizer_dir, tmp_path, capsys):
+    broken = shutil.copytree(data, tmp_path / "data")
+    for image in (broken / "images").glob("train_*.png"):
+        image.write_bytes(b"not a png")
+    lines = []
+    for workers in (0, 2):
+        spec = recipe(tmp_path / f"run{workers}", broken, tokenizer_dir, [align_stage(steps=1)])
+        config = write_recipe(
+            tmp_path / f"r{workers}.yaml", {**spec, "data": {"root": str(broken), "num_workers": workers}}
+        )
+        assert cli(["train", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "DataLoader worker" not in err
+        lines.append([line for line in err.splitlines() if line.startswith("vlbridge: error: ")])
+    assert len(lines[0]) == 1 and lines[0] == lines[1]
+    assert "captions.json:" in lines[0][0] and "is not an image PIL can read" in lines[0][0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from vlbridge.config import from_dict
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import TextDataset
-from vlbridge.errors import ConfigError, TrainingError, VlbridgeError
+from vlbridge.errors import ConfigError, DataError, TrainingError, VlbridgeError
 from vlbridge.train import trainer as trainer_module
 from vlbridge.train.distributed import SingleProcess
 from vlbridge.train.recipe import StageRecipe
@@ -166,3 +167,42 @@ def test_an_infinite_gradient_stops_the_stage_before_the_weights_change(tiny_mod
     with pytest.raises(TrainingError, match=r"^stage 'text', step 1: the gradient norm is (inf|nan); "):
         _train(tiny_model, tmp_path, batch_size=2, steps=1)
     assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+
+
+class _OneBadRecord(torch.utils.data.Dataset):
+    """Token samples of which one is a malformed record: reading it raises the one-line DataError."""
+
+    def __init__(self, bad: int) -> None:
+        self.samples, self.bad = _token_data(), bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        if index == self.bad:
+            raise DataError(f"record 'r{index}': its image is not a PNG; replace the file", "data/instruct.json", 7)
+        return self.samples[index]
+
+
+def _refuse_short(batch: list[dict], pad_token_id: int) -> dict:
+    if len(batch) < 8:
+        raise ConfigError("a batch of fewer than 8 samples; set batch_size to 8")
+    return collate(batch, pad_token_id)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_an_error_raised_in_a_dataloader_worker_reaches_the_loop_as_it_was_raised(
+    tiny_model, tmp_path, num_workers
+) -> None:
+    stage = _stage(batch_size=4, steps=2)
+    data, collate_fn = _OneBadRecord(bad=5), partial(collate, pad_token_id=0)
+    trainer = StageTrainer(stage, tiny_model, data, collate_fn, tmp_path, seed=0, num_workers=num_workers)
+    with pytest.raises(DataError) as err:
+        trainer.run()
+    assert str(err.value) == "data/instruct.json:7: record 'r5': its image is not a PNG; replace the file"
+    assert (err.value.path, err.value.line) == (Path("data/instruct.json"), 7)
+    collate_fn = partial(_refuse_short, pad_token_id=0)  # an error in collation too
+    trainer = StageTrainer(stage, tiny_model, _token_data(), collate_fn, tmp_path, seed=0, num_workers=num_workers)
+    with pytest.raises(ConfigError) as err:
+        trainer.run()
+    assert str(err.value) == "a batch of fewer than 8 samples; set batch_size to 8"

@@ -48,6 +48,7 @@ from vlbridge.train.objectives import Batch, TrainStep, build_objective
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
+from vlbridge.train.worker_errors import CarryErrors, CarryErrorsCollate, raise_carried
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +175,21 @@ class StageTrainer:
             )
 
     def _batches(self, state: TrainState) -> Iterator[Batch]:
-        """Micro-batches from `state`'s data position on, forever (epoch after epoch), advancing the position."""
+        """Micro-batches from `state`'s data position on, forever (epoch after epoch), advancing the position. A
+        VlbridgeError of a sample or batch is raised as it was, also from a worker process (train/worker_errors)."""
         while True:
             batches = batch_order(
                 self.n_samples, self.stage.batch_size, state.data_seed, state.epoch, self.world, self.lengths
             )
             loader = DataLoader(
-                self.dataset,
+                CarryErrors(self.dataset),
                 batch_sampler=batches[state.batch :],
-                collate_fn=self.collate_fn,
+                collate_fn=CarryErrorsCollate(self.collate_fn),
                 num_workers=self.num_workers,
                 generator=torch.Generator().manual_seed(state.data_seed),  # keeps the global RNG untouched
             )
             for batch in loader:
+                batch = raise_carried(batch)
                 state.batch += 1
                 yield _to_device(batch, self.device)
             state.epoch, state.batch = state.epoch + 1, 0
@@ -314,39 +317,43 @@ class StageTrainer:
             disable=not world.is_main,
         )
         window_tokens, window_start = 0, time.perf_counter()
-        while state.step < self.total_steps:
-            step_start = time.perf_counter()
-            loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler, state.step + 1)
-            state.step += 1
-            state.tokens += tokens
-            state.elapsed_s += time.perf_counter() - step_start
-            state.window_losses.append(loss)
-            window_tokens += tokens
-            rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
-            if state.step % stage.log_every == 0 or state.step == self.total_steps:
-                state.metrics = {
-                    "stage": stage.name,
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
-                    "grad_norm": grad_norm,
-                    "lr": lrs,  # the rates this step applied
-                    "tokens": state.tokens,
-                    "tokens_per_s": rate,
-                    "elapsed_s": state.elapsed_s,
-                }
-                metrics.append(state.metrics)
-                state.window_losses = []
-                window_tokens, window_start = 0, time.perf_counter()
-            if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
-                saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
-                if world.is_main:
-                    save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
-                world.barrier()
-                world.reseed(self.seed, state.step)
-        bar.close()
+        try:
+            while state.step < self.total_steps:
+                step_start = time.perf_counter()
+                loss, tokens, grad_norm, lrs = self._update(
+                    module, batches, params, optimizer, scheduler, state.step + 1
+                )
+                state.step += 1
+                state.tokens += tokens
+                state.elapsed_s += time.perf_counter() - step_start
+                state.window_losses.append(loss)
+                window_tokens += tokens
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+                if state.step % stage.log_every == 0 or state.step == self.total_steps:
+                    state.metrics = {
+                        "stage": stage.name,
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": sum(state.window_losses) / len(state.window_losses),  # mean since the previous row
+                        "grad_norm": grad_norm,
+                        "lr": lrs,  # the rates this step applied
+                        "tokens": state.tokens,
+                        "tokens_per_s": rate,
+                        "elapsed_s": state.elapsed_s,
+                    }
+                    metrics.append(state.metrics)
+                    state.window_losses = []
+                    window_tokens, window_start = 0, time.perf_counter()
+                if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
+                    saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
+                    if world.is_main:
+                        save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
+                    world.barrier()
+                    world.reseed(self.seed, state.step)
+        finally:
+            bar.close()  # on an error too: the error's line then starts a line of its own
         self._finish(module, train_step)
         if world.is_main:
             plot_loss(metrics.path, self.stage_dir / "loss.png", title=f"stage {stage.name} ({stage.objective})")
