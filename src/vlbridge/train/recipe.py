@@ -5,7 +5,10 @@ stage data), the dataset folder (rendered from the synthetic world when empty) a
 stage is data: an objective, a data file, which parts are frozen / full / lora with a learning rate per trained part,
 and the optimisation settings. Recipes are read with `vlbridge.config.from_dict`, so an unknown key, a value of the
 wrong type, a float that is not finite or a number outside the range its field declares (`bounded`) raises ConfigError
-naming the dotted key; `validate` adds the cross-field checks a type or range cannot express.
+naming the dotted key; `validate` adds the checks a type or range cannot express: names that must be registered
+(objectives, templates, the connector and its options) and each stage's plan, so a recipe error is found when the
+recipe is read, not after earlier stages trained. What a recipe names outside itself (folders, files, the device) is
+checked by the pipeline before a run starts (vlbridge.train.pipeline.check_run).
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.config import ModelConfig, apply_overrides, bounded, from_dict, load_yaml, to_dict
+from vlbridge.connectors import CONNECTORS
+from vlbridge.connectors.base import parse_options
 from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
+from vlbridge.lm.templates import TEMPLATES
 from vlbridge.train.objectives import OBJECTIVES, data_formats, objectives_reading
+from vlbridge.train.stages import plan_for
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("ddp", "fsdp")
@@ -145,10 +152,28 @@ def _check_objective(stage: StageRecipe, where: str) -> None:
         )
 
 
+def _check_template(name: str | None, where: str) -> None:
+    """A conversation template, if named, is a built-in one."""
+    if name is not None and name not in TEMPLATES:
+        raise ConfigError(f"{where} is {name!r}; choose one of {', '.join(TEMPLATES.names())}")
+
+
+def _check_model(model: ModelConfig) -> None:
+    """The model's template is built in and, with vision, its connector is registered and takes its options (read
+    into the connector's own options dataclass, range checks included)."""
+    _check_template(model.template, "model.template")
+    if model.vision is not None:
+        connector = model.connector
+        parse_options(connector.name, CONNECTORS.get(connector.name).Options, connector.options)
+
+
 def validate(recipe: Recipe) -> Recipe:
     """Cross-field checks; raises ConfigError naming the stage and key. Returns the recipe, learning rates as floats."""
     if recipe.model is None and recipe.init_from is None:
         raise ConfigError("the recipe needs a `model` config or `init_from: PATH` (a checkpoint to start from)")
+    if recipe.model is not None:
+        _check_model(recipe.model)
+    _check_template(recipe.tokenizer.template, "tokenizer.template")
     if not recipe.stages:
         raise ConfigError("the recipe has no stages; add at least one under `stages:`")
     if recipe.distributed.strategy not in STRATEGIES:
@@ -166,6 +191,7 @@ def validate(recipe: Recipe) -> Recipe:
         if not stage.name or "/" in stage.name or stage.name.startswith("."):
             raise ConfigError(f"{where}: name {stage.name!r} must be a plain folder name")
         _check_objective(stage, where)
+        _check_template(stage.template, f"{where}.template")
         if (stage.steps is None) == (stage.epochs is None):
             raise ConfigError(f"{where}: set exactly one of `steps` or `epochs`")
         if len(stage.betas) != 2:
@@ -177,6 +203,8 @@ def validate(recipe: Recipe) -> Recipe:
                     f"{where}.lora.targets {stage.lora.targets} must be a non-empty subset of {', '.join(LORA_TARGETS)}"
                 )
     stages = [_check_tables(stage, f"stages[{i}] ({stage.name})") for i, stage in enumerate(recipe.stages)]
+    for stage in stages:
+        plan_for(stage, OBJECTIVES.get(stage.objective).parts)
     return replace(recipe, stages=stages)
 
 

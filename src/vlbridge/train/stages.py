@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from vlbridge.errors import ConfigError
-from vlbridge.train.recipe import StageRecipe
+
+if TYPE_CHECKING:  # the recipe checks every stage's plan, so it imports this module
+    from vlbridge.train.recipe import StageRecipe
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from vlbridge.train.checkpoint import (
 )
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
-from vlbridge.train.objectives import Batch, TrainStep, build_objective
+from vlbridge.train.objectives import OBJECTIVES, Batch, TrainStep, build_objective
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
@@ -203,6 +203,8 @@ class StageTrainer:
                 "stage %s: LoRA r=%d alpha=%d on %d linear layers", stage.name, stage.lora.r, stage.lora.alpha, wrapped
             )
         objective = build_objective(stage.objective, model, self.dataset)
+        declared = OBJECTIVES.get(stage.objective).parts
+        assert tuple(objective.parts()) == declared, f"{stage.objective} builds parts {list(objective.parts())}"
         parts: dict[str, nn.Module | None] = {
             "vision_encoder": model.vision_encoder,
             "connector": model.connector,
