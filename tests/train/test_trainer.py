@@ -13,7 +13,7 @@ import torch
 from vlbridge.config import from_dict
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import TextDataset
-from vlbridge.errors import ConfigError, DataError, TrainingError, VlbridgeError
+from vlbridge.errors import ConfigError, DataError, TrainingError
 from vlbridge.train import trainer as trainer_module
 from vlbridge.train.distributed import SingleProcess
 from vlbridge.train.recipe import StageRecipe
@@ -140,9 +140,12 @@ def test_bf16_autocasts_only_where_the_hardware_runs_it(tiny_model, tmp_path, mo
     assert ("has no native bf16" in caplog.text) is not native  # the fallback says so and why
 
 
-def test_empty_data_is_an_error(tiny_model, tmp_path) -> None:
-    with pytest.raises(VlbridgeError, match="no training samples"):
-        StageTrainer(_stage(), tiny_model, [], lambda b: b, tmp_path, seed=0)
+def test_empty_data_is_a_data_error_naming_the_stage_file(tiny_model, tmp_path) -> None:
+    with pytest.raises(DataError) as err:
+        StageTrainer(_stage(data="corpus.txt"), tiny_model, [], lambda b: b, tmp_path, seed=0)
+    assert str(err.value).startswith("corpus.txt: stage 'text' has no training samples; ")
+    with pytest.raises(ConfigError, match="stage 'text' has 1 samples, fewer than the 2 processes"):
+        StageTrainer(_stage(), tiny_model, _token_data(1), lambda b: b, tmp_path, seed=0, world=_Halves(0))
 
 
 def test_a_loss_that_is_not_finite_stops_the_stage_naming_it_and_the_step(tiny_model, tmp_path) -> None:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vlbridge.devices import resolve_device
-from vlbridge.errors import ConfigError, TrainingError, VlbridgeError
+from vlbridge.errors import ConfigError, DataError, TrainingError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
 from vlbridge.train.checkpoint import (
@@ -158,11 +158,16 @@ class StageTrainer:
                 )
             self.lengths = dataset.lengths()
         if self.n_samples == 0:
-            raise VlbridgeError(f"stage {stage.name!r} has no training samples; check its data file")
+            raise DataError(
+                f"stage {stage.name!r} has no training samples; check its data file (relative to data.root) and the "
+                "records the stage log says it skipped or dropped",
+                stage.data,
+            )
         batches = len(batch_order(self.n_samples, stage.batch_size, seed, 0, self.world))
         if batches == 0:
-            raise VlbridgeError(
-                f"stage {stage.name!r} has {self.n_samples} samples, fewer than the {self.world.world_size} processes"
+            raise ConfigError(
+                f"stage {stage.name!r} has {self.n_samples} samples, fewer than the {self.world.world_size} processes; "
+                "start fewer processes or give the stage more data"
             )
         self.total_steps = stage.steps or stage.epochs * max(1, math.ceil(batches / stage.grad_accum))
         self.bf16 = stage.bf16 and native_bf16(self.device)
