@@ -315,16 +315,15 @@ class StageTrainer:
         metrics = MetricsLog(self.stage_dir, enabled=world.is_main)
         module.train()
         batches = self._batches(state)
-        bar = tqdm(
+        with tqdm(
             total=self.total_steps,
             initial=state.step,
             desc=stage.name,
             unit="step",
             mininterval=0.5,
             disable=not world.is_main,
-        )
-        window_tokens, window_start = 0, time.perf_counter()
-        try:
+        ) as bar:  # closed (its line ended) before any error or Ctrl-C is reported
+            window_tokens, window_start = 0, time.perf_counter()
             while state.step < self.total_steps:
                 step_start = time.perf_counter()
                 loss, tokens, grad_norm, lrs = self._update(
@@ -359,8 +358,6 @@ class StageTrainer:
                         save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
                     world.barrier()
                     world.reseed(self.seed, state.step)
-        finally:
-            bar.close()  # on an error too: the error's line then starts a line of its own
         self._finish(module, train_step)
         if world.is_main:
             plot_loss(metrics.path, self.stage_dir / "loss.png", title=f"stage {stage.name} ({stage.objective})")
