@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
-from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.config import ModelConfig, apply_overrides, bounded, from_dict, load_yaml, to_dict
 from vlbridge.errors import ConfigError
 
 
@@ -102,3 +102,94 @@ def test_load_yaml_base_cycle_is_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("base: a.yaml\nseed: 2\n")
     with pytest.raises(ConfigError, match="makes a cycle"):
         load_yaml(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("seed: 1\nstages: [1\n", 3, 1),  # an unclosed list
+        ("seed: 1\n  run_dir: x\n", 2, 10),  # a key indented into a scalar
+        ("seed: 1\nname: a: b\n", 2, 8),  # a second `: ` on one line
+    ],
+)
+def test_yaml_syntax_errors_name_the_file_line_and_column(tmp_path: Path, text: str, line: int, column: int) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    message = str(err.value)
+    assert message.startswith(f"config file {path}, line {line}, column {column}: ") and "\n" not in message
+    assert "fix the YAML" in message
+
+
+def test_an_override_that_is_not_yaml_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({"a": 1}, ["a=2", "k=["])
+    message = str(err.value)
+    assert message.startswith("override 'k=[', line 1, column 2: ") and "\n" not in message
+    assert "quote the value" in message
+
+
+@pytest.mark.parametrize(
+    ("encoding", "hint"),
+    [("latin-1", "line 2"), ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-32", "UTF-32")],
+)
+def test_a_config_file_not_in_utf8_is_refused_naming_the_file(tmp_path: Path, encoding: str, hint: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes("seed: 1\nrun_dir: runs/café\n".encode(encoding))
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    message = str(err.value)
+    assert message.startswith(f"config file {path} ") and "save it as UTF-8" in message and hint in message
+
+
+def test_a_utf8_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes("seed: 1\nrun_dir: runs/café\n".encode("utf-8-sig"))
+    assert load_yaml(path) == {"seed": 1, "run_dir": "runs/café"}
+
+
+@dataclass(frozen=True)
+class _Ranged:
+    count: int = field(default=1, metadata=bounded(1))
+    ratio: float = field(default=0.5, metadata=bounded(0, 1, high_open=True))
+    rate: float | None = field(default=None, metadata=bounded(0, low_open=True))
+    rates: dict[str, float] = field(default_factory=dict, metadata=bounded(0, low_open=True))
+    scale: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"count": 0}, "count is 0; set it to a number >= 1"),
+        ({"count": -3}, "count is -3; set it to a number >= 1"),
+        ({"ratio": 1}, "ratio is 1.0; set it to a number in [0, 1)"),
+        ({"rate": 0}, "rate is 0.0; set it to a number > 0"),
+        ({"rates": {"a": 1e-3, "b": -1}}, "rates.b is -1; set it to a number > 0"),
+        ({"scale": float("nan")}, "scale is nan; set it to a finite number"),
+        ({"scale": float("-inf")}, "scale is -inf; set it to a finite number"),
+        ({"rates": {"a": float("inf")}}, "rates.a is inf; set it to a finite number"),
+        ({"options": {"dropout": [0.1, float("nan")]}}, "options.dropout[1] is nan; set it to a finite number"),
+    ],
+)
+def test_numbers_outside_their_declared_range_and_non_finite_floats_are_named(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(_Ranged, data)
+    assert str(err.value) == message
+
+
+def test_numbers_in_range_read_as_given() -> None:
+    data = {"count": 3, "ratio": 0, "rate": 2, "rates": {"a": 1e-3}, "scale": -2.5, "options": {"k": "x"}}
+    assert from_dict(_Ranged, data) == _Ranged(3, 0.0, 2.0, {"a": 1e-3}, -2.5, {"k": "x"})
+
+
+def test_model_sizes_and_non_finite_model_floats_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"^language_model\.hidden_size is 0; set it to a number >= 1$"):
+        from_dict(ModelConfig, {"language_model": {"hidden_size": 0}})
+    with pytest.raises(ConfigError, match=r"^vision\.patch_size is -16; set it to a number >= 1$"):
+        from_dict(ModelConfig, {"vision": {"patch_size": -16}})
+    with pytest.raises(ConfigError, match=r"^language_model\.rms_norm_eps is nan; set it to a finite number$"):
+        from_dict(ModelConfig, {"language_model": {"rms_norm_eps": float("nan")}})
+    with pytest.raises(ConfigError, match=r"^connector\.options\.dropout is inf; set it to a finite number$"):
+        from_dict(ModelConfig, {"connector": {"name": "qformer", "options": {"dropout": float("inf")}}})

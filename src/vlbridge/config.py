@@ -2,12 +2,17 @@
 
 Configs are never mutated; derived values come from `dataclasses.replace`. An unknown key or a value of the
 wrong type raises ConfigError naming the dotted key, so a typo never silently falls back to a default. `from_dict` is
-the one typed reader: the connectors read their own options dataclasses with it too (vlbridge.connectors.base).
+the one typed reader: the connectors read their own options dataclasses with it too (vlbridge.connectors.base). It
+also refuses a float that is not finite (NaN or infinity: a learning rate of NaN would train a NaN model) and a
+number outside the range its field declares in its metadata (`field(default=16, metadata=bounded(1))`), so every
+range is stated beside its field and checked in one place.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -31,9 +36,108 @@ YamlLoader.add_implicit_resolver(
 )
 
 
-def read_yaml(text: str) -> Any:
-    """Parse YAML text with `YamlLoader`."""
-    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+def read_yaml(text: str, source: str = "YAML text", fix: str = "fix the YAML there") -> Any:
+    """Parse YAML text with `YamlLoader`; a syntax error raises ConfigError naming `source` (the file or `--set` item
+    the text came from), the line and column, the parser's complaint and `fix`, on one line."""
+    try:
+        return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as err:
+        context = getattr(err, "context", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"{source}{_yaml_location(err, text)}: {f'{context}: ' if context else ''}{problem}; {fix}"
+        ) from None
+
+
+def _yaml_location(err: yaml.YAMLError, text: str) -> str:
+    """`, line L, column C` (1-based) of where the parser stopped, if it says."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is not None:
+        return f", line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(err, "position", None)  # a ReaderError: a character YAML does not allow, by text index
+    if position is None:
+        return ""
+    line, column = text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
+    return f", line {line}, column {column}"
+
+
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),  # before UTF-16 LE, whose mark starts it
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def read_config_text(path: Path) -> str:
+    """The text of config file `path`, which must be UTF-8 (a leading byte order mark is dropped).
+
+    Decoding is explicit, never the locale's: a Latin-1 or UTF-16 file raises ConfigError naming the file, where its
+    first foreign byte is, and that it must be saved as UTF-8 (YAML 1.2 allows UTF-16 too; vlbridge keeps to UTF-8).
+    """
+    raw = path.read_bytes()
+    wide = next((name for bom, name in _WIDE_BOMS if raw.startswith(bom)), None)
+    if wide is None and b"\x00" in raw:  # no byte of UTF-8 text is 0; most of UTF-16/32's are
+        wide = "UTF-16 or UTF-32"
+    if wide is not None:
+        raise ConfigError(f"config file {path} is {wide} text; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (line {line} holds byte 0x{raw[err.start]:02x}, as Latin-1 or "
+            "Windows-1252 write accented letters); save it as UTF-8"
+        ) from None
+
+
+RANGE = "range"
+"""The field-metadata key of a numeric field's `Range`."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config field takes: `low` and `high` (None: unbounded), each included unless marked open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"{'<' if self.high_open else '<='} {self.high}"
+
+
+def bounded(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False, **more: Any
+) -> dict[str, Any]:
+    """Field metadata declaring a numeric field's range (with any `more` metadata, e.g. a flag's `help`); for a list
+    or mapping field, the range of each of its numbers. `from_dict` checks it."""
+    return {**more, RANGE: Range(low, high, low_open, high_open)}
+
+
+def _check_numbers(value: Any, bounds: Range | None, where: str) -> None:
+    """ConfigError naming `where` for a float of `value` (nested lists and mappings too) that is not finite, or a
+    number outside `bounds`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, bounds, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_numbers(item, bounds, f"{where}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} is {value}; set it to a finite number")
+    elif bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in bounds:
+        raise ConfigError(f"{where} is {value!r}; set it to a number {bounds}")
 
 
 @dataclass(frozen=True)
@@ -41,17 +145,17 @@ class VisionConfig:
     """A ViT vision encoder (CLIP or SigLIP layout) and which of its features the connector sees."""
 
     family: str = "clip"  # "clip" (CLS token, pre-LN) or "siglip" (no CLS)
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    num_channels: int = 3
-    image_size: int = 224
-    patch_size: int = 16
+    hidden_size: int = field(default=768, metadata=bounded(1))
+    intermediate_size: int = field(default=3072, metadata=bounded(1))
+    num_hidden_layers: int = field(default=12, metadata=bounded(1))
+    num_attention_heads: int = field(default=12, metadata=bounded(1))
+    num_channels: int = field(default=3, metadata=bounded(1))
+    image_size: int = field(default=224, metadata=bounded(1))
+    patch_size: int = field(default=16, metadata=bounded(1))
     hidden_act: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = field(default=1e-5, metadata=bounded(0, low_open=True))
     position: str = "learned"  # "learned" absolute, or "rope2d" for ViTs trained from scratch
-    rope_theta: float = 10000.0
+    rope_theta: float = field(default=10000.0, metadata=bounded(0, low_open=True))
     use_head: bool = False  # SigLIP's attention-pooling head (kept for weight parity, unused by LLaVA)
     feature_layer: int | list[int] = -2  # index into hidden states (0 = embeddings), LLaVA-1.5 uses -2
     select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps every token
@@ -61,17 +165,17 @@ class VisionConfig:
 class LMConfig:
     """A Llama-family decoder (Llama, Vicuna, Mistral, Qwen2, SmolLM)."""
 
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 32
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    vocab_size: int = field(default=32000, metadata=bounded(1))
+    hidden_size: int = field(default=4096, metadata=bounded(1))
+    intermediate_size: int = field(default=11008, metadata=bounded(1))
+    num_hidden_layers: int = field(default=32, metadata=bounded(1))
+    num_attention_heads: int = field(default=32, metadata=bounded(1))
+    num_key_value_heads: int = field(default=32, metadata=bounded(1))
+    head_dim: int | None = field(default=None, metadata=bounded(1))  # None: hidden_size // num_attention_heads
     hidden_act: str = "silu"
-    max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
+    max_position_embeddings: int = field(default=4096, metadata=bounded(1))
+    rms_norm_eps: float = field(default=1e-6, metadata=bounded(0, low_open=True))
+    rope_theta: float = field(default=10000.0, metadata=bounded(0, low_open=True))
     attention_bias: bool = False  # Qwen2 sets q/k/v biases
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02  # std of the normal init of linear and embedding weights (HF's name and default)
@@ -198,7 +302,8 @@ def unknown_keys(cls: type, data: dict[str, Any]) -> list[str]:
 
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
-    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    """Build dataclass `cls` from a nested dict; unknown keys, wrong types, floats that are not finite and numbers
+    outside their field's declared range raise ConfigError naming the dotted key."""
     unknown = unknown_keys(cls, data)
     if unknown:
         prefix = f"{where}." if where else ""
@@ -207,7 +312,12 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(names)}"
         )
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _check(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        kwargs[key] = _check(hints[key], value, name)
+        _check_numbers(kwargs[key], fields[key].metadata.get(RANGE), name)
     return cls(**kwargs)
 
 
@@ -233,7 +343,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = read_yaml(path.read_text()) or {}
+    data = read_yaml(read_config_text(path), f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     base = data.pop("base", None)
@@ -262,14 +372,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     where = ".".join(parts[:depth]) or "the top level"
                     raise ConfigError(f"override {item!r}: {where} is a list of {len(node)}; index it with 0..")
                 if last:
-                    node[int(part)] = read_yaml(raw)
+                    node[int(part)] = _override_value(item, raw)
                 else:
                     node = node[int(part)]
             elif isinstance(node, dict):
                 if last:
-                    node[part] = read_yaml(raw)
+                    node[part] = _override_value(item, raw)
                 else:
                     node = node.setdefault(part, {})
             else:
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth])!r} is not a section")
     return out
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of override `item` (`key=raw`), read as YAML."""
+    return read_yaml(raw, f"override {item!r}", "write a complete YAML value, or quote the value to set a string")

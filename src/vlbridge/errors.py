@@ -33,6 +33,10 @@ class ModalityError(VlbridgeError):
     """A request uses a modality (vision) that this model or deployment does not have."""
 
 
+class TrainingError(VlbridgeError):
+    """A training stage cannot go on: its loss or gradient norm became NaN or infinite (names the stage and step)."""
+
+
 class DataError(VlbridgeError):
     """A dataset record is malformed; carries the file and line so the user can fix it."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,3 +175,39 @@ def test_a_training_error_starts_on_its_own_line_below_the_progress_bar(
     err = capsys.readouterr().err
     assert "align:  50%" in err  # the bar was drawn
     assert "\nvlbridge: error: stage 'align': the loss became nan" in err, err
+
+
+def test_a_bad_record_reads_as_one_line_with_dataloader_workers_as_without(cli, data, tokenizer_dir, tmp_path, capsys):
+    broken = shutil.copytree(data, tmp_path / "data")
+    for image in (broken / "images").glob("train_*.png"):
+        image.write_bytes(b"not a png")
+    lines = []
+    for workers in (0, 2):
+        spec = recipe(tmp_path / f"run{workers}", broken, tokenizer_dir, [align_stage(steps=1)])
+        config = write_recipe(
+            tmp_path / f"r{workers}.yaml", {**spec, "data": {"root": str(broken), "num_workers": workers}}
+        )
+        assert cli(["train", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "DataLoader worker" not in err
+        lines.append([line for line in err.splitlines() if line.startswith("vlbridge: error: ")])
+    assert len(lines[0]) == 1 and lines[0] == lines[1]
+    assert "captions.json:" in lines[0][0] and "is not an image PIL can read" in lines[0][0]
+
+
+def test_bad_config_files_overrides_and_run_dirs_exit_2_with_one_line(cli, data, tokenizer_dir, tmp_path, capsys):
+    config = write_recipe(tmp_path / "r.yaml", recipe(tmp_path / "run", data, tokenizer_dir, [align_stage(steps=1)]))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(config.read_text().replace("stages:", "stages: [", 1))
+    (tmp_path / "a_file").write_text("")
+    runs = {
+        "config file": ["--config", str(broken)],
+        "override 'stages.0.steps=[', line 1, column 2": ["--config", str(config), "--set", "stages.0.steps=["],
+        "is a file": ["--config", str(config), "--run-dir", str(tmp_path / "a_file")],
+        "stages[0].lr.connector is nan": ["--config", str(config), "--set", "stages.0.lr.connector=.nan"],
+    }
+    for message, args in runs.items():
+        assert cli(["train", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vlbridge: error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run").exists()

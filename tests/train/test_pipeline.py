@@ -4,19 +4,20 @@ final outputs, and progressive upgrade (a text-only checkpoint gains vision; its
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_run import TINY_MODEL, align_stage, recipe, stage
+from tiny_run import TINY_MODEL, align_stage, instruct_stage, recipe, stage
 
 import vlbridge
 from vlbridge.config import ModelConfig, from_dict
-from vlbridge.errors import ConfigError
+from vlbridge.errors import CheckpointError, ConfigError, DataError
 from vlbridge.train import recipe_from_dict, train
-from vlbridge.train.pipeline import fit_config, resolve_device
+from vlbridge.train.pipeline import fit_config
 
 
 def test_fit_config_takes_vocabulary_and_special_ids_from_the_tokenizer(tiny_tokenizer) -> None:
@@ -29,12 +30,6 @@ def test_fit_config_takes_vocabulary_and_special_ids_from_the_tokenizer(tiny_tok
         tiny_tokenizer.pad_token_id,
     )
     assert config.image_token_id == tiny_tokenizer.token_to_id("<image>") and config.template == "chatml"
-
-
-def test_device_names() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ConfigError, match="not understood"):
-        resolve_device("tpu-ish")
 
 
 def _text_stage(**kw) -> dict:
@@ -133,3 +128,86 @@ def test_regions_stage_trains_the_vision_encoder_alone_and_leaves_its_heads_behi
         "size": 2,
         "word": words,
     }
+
+
+def _model(**sections) -> dict:
+    return {**TINY_MODEL, **{name: {**TINY_MODEL.get(name, {}), **value} for name, value in sections.items()}}
+
+
+def _two_stages(**second) -> list[dict]:
+    return [align_stage(steps=1), {**instruct_stage(steps=1), **second}]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"model": _model(connector={"name": "mlpp"})}, ConfigError, "unknown connector 'mlpp'; known connectors:"),
+        (
+            {"model": _model(connector={"name": "pool", "options": {"kernal": 2}})},
+            ConfigError,
+            "connector 'pool' has no option(s) kernal",
+        ),
+        ({"model": _model(connector={"name": "pool", "options": {"kernel": 0}})}, ConfigError, "kernel must be >= 1"),
+        ({"model": _model(language_model={"hidden_act": "gelux"})}, ConfigError, "unknown activation 'gelux'"),
+        ({"model": _model(language_model={"num_key_value_heads": 3})}, ConfigError, "must be a multiple of"),
+        ({"model": {**TINY_MODEL, "template": "chatmll"}}, ConfigError, "model.template is 'chatmll'"),
+        ({"stages": _two_stages(template="chatmll")}, ConfigError, "stages[1] (instruct).template is 'chatmll'"),
+        ({"tokenizer": {"template": "vicuna"}}, ConfigError, "tokenizer.template is 'vicuna'"),
+        ({"tokenizer": {"vocab_size": 100}}, ConfigError, "vocab_size 100 is too small"),
+        ({"stages": _two_stages(parts={"language_model": "lora"})}, ConfigError, "stage 'instruct': language_model"),
+        ({"stages": _two_stages(lr={"conector": 1e-3})}, ConfigError, "unknown part(s) conector"),
+        ({"stages": _two_stages(max_length=1000)}, ConfigError, "max_length 1000 exceeds the model's context window"),
+        ({"stages": _two_stages(data="instructions.json")}, ConfigError, "instructions.json does not exist"),
+        ({"data": {"root": "{tmp}/nowhere"}}, ConfigError, "nowhere does not exist"),
+        ({"tokenizer": {"path": "{tmp}/no_tokenizer"}}, ConfigError, "tokenizer.path"),
+        ({"init_from": "{tmp}/no_checkpoint"}, CheckpointError, "no_checkpoint does not exist"),
+        ({"device": "cuda:7"}, ConfigError, "device 'cuda:7' is not on this machine"),
+    ],
+)
+def test_a_recipe_error_is_reported_before_any_work_and_before_any_file_is_written(
+    tiny_data, tmp_path, change: dict, error: type, message: str
+) -> None:
+    """The tokenizer is trained by the run, so before, most of these were found only after that, with the run folder
+    (recipe.yaml, tokenizer/) already written and blocking the rerun."""
+    spec = recipe(tmp_path / "run", tiny_data, None, _two_stages())
+    spec.update(json.loads(json.dumps(change).replace("{tmp}", str(tmp_path))))
+    with pytest.raises(error) as err:
+        train(recipe_from_dict(spec))
+    assert message in str(err.value)
+    assert sorted(tmp_path.iterdir()) == []  # no run folder, nothing rendered or written
+
+
+def test_a_recipe_error_in_the_synthetic_data_it_would_render_is_reported_before_rendering(tmp_path) -> None:
+    spec = recipe(tmp_path / "run", tmp_path / "data", None, _two_stages(data="drills.json"))
+    spec["data"]["synth"] = {"n": 12, "image_size": 48}  # renders no drills.json without `drills`
+    with pytest.raises(ConfigError, match=r"drills\.json, which data\.synth does not render"):
+        train(recipe_from_dict(spec))
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_run_dir_that_is_a_file_is_refused(tiny_data, tiny_tokenizer_dir, tmp_path) -> None:
+    (tmp_path / "taken").write_text("notes")
+    for run_dir in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        spec = recipe(run_dir, tiny_data, tiny_tokenizer_dir, [align_stage(steps=1)])
+        with pytest.raises(ConfigError, match=f"run_dir {run_dir}: {tmp_path / 'taken'} is a file"):
+            train(recipe_from_dict(spec))
+    assert (tmp_path / "taken").read_text() == "notes"
+
+
+def test_a_failed_run_leaves_nothing_that_blocks_the_same_command_once_fixed(tiny_data, tmp_path) -> None:
+    data = shutil.copytree(tiny_data, tmp_path / "data")
+    images = {path: path.read_bytes() for path in (data / "images").glob("train_*.png")}
+    for path in images:
+        path.write_bytes(b"not a png")
+    spec = recipe(tmp_path / "run", data, None, [align_stage(steps=1)])
+    with pytest.raises(DataError, match="is not an image PIL can read"):  # found by the stage, after the tokenizer
+        train(recipe_from_dict(spec))
+    assert (tmp_path / "run" / "recipe.yaml").is_file() and (tmp_path / "run" / "tokenizer").is_dir()
+    for path, raw in images.items():
+        path.write_bytes(raw)
+    spec["tokenizer"]["vocab_size"] = 300  # and the rerun trains the tokenizer its recipe asks for
+    run = train(recipe_from_dict(spec))
+    model, processor = vlbridge.load(run)
+    assert processor.tokenizer.vocab_size == model.config.language_model.vocab_size == 300
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):  # a finished one is kept
+        train(recipe_from_dict(spec))

@@ -52,7 +52,7 @@ def test_reads_nested_sections() -> None:
             "data_format llava is for causal_lm, text_lm, contrastive, qformer",
         ),
         (_base(objective="qformer", data_format="text"), "the qformer objective reads image-caption pairs"),
-        (_base(batch_size=0), "batch_size must be positive"),
+        (_base(batch_size=0), "stages[0].batch_size is 0; set it to a number >= 1"),
         (_base(warmup_ratio=1.5), "warmup_ratio"),
         (_base(lora={"r": 4, "targets": ["qkv"]}), "lora.targets"),
         ({"stages": _base()["stages"]}, "`model` config or `init_from"),
@@ -96,3 +96,46 @@ def test_the_synth_section_is_the_writers_options_checked_at_load(synth: dict, m
     with pytest.raises(ConfigError) as err:
         recipe_from_dict({**_base(), "data": {"synth": synth}})
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_base(lr={"connector": float("nan")}), "stages[0].lr.connector is nan; set it to a finite number"),
+        (_base(lr={"connector": float("inf")}), "stages[0].lr.connector is inf; set it to a finite number"),
+        (_base(lr={"connector": 0}), "stages[0].lr.connector is 0; set it to a number in (0, 1]"),
+        (_base(lr={"connector": 3}), "stages[0].lr.connector is 3; set it to a number in (0, 1]"),
+        (_base(weight_decay=float("inf")), "stages[0].weight_decay is inf; set it to a finite number"),
+        (_base(weight_decay=-0.1), "stages[0].weight_decay is -0.1; set it to a number in [0, 1]"),
+        (_base(warmup_ratio=float("nan")), "stages[0].warmup_ratio is nan; set it to a finite number"),
+        (_base(betas=[0.9, float("nan")]), "stages[0].betas[1] is nan; set it to a finite number"),
+        (_base(betas=[0.9, 1.0]), "stages[0].betas[1] is 1.0; set it to a number in [0, 1)"),
+        (_base(clip_grad=float("inf")), "stages[0].clip_grad is inf; set it to a finite number"),
+        (_base(clip_grad=0), "stages[0].clip_grad is 0.0; set it to a number > 0"),
+        (_base(steps=0), "stages[0].steps is 0; set it to a number >= 1"),
+        (_base(steps=None, epochs=-1), "stages[0].epochs is -1; set it to a number >= 1"),
+        (_base(grad_accum=0), "stages[0].grad_accum is 0; set it to a number >= 1"),
+        (_base(max_length=-5), "stages[0].max_length is -5; set it to a number >= 1"),
+        (_base(save_every=-1), "stages[0].save_every is -1; set it to a number >= 0"),
+        (_base(keep_checkpoints=0), "stages[0].keep_checkpoints is 0; set it to a number >= 1"),
+        (_base(log_every=0), "stages[0].log_every is 0; set it to a number >= 1"),
+        (_base(lora={"r": 0}), "stages[0].lora.r is 0; set it to a number >= 1"),
+        (_base(lora={"alpha": 0}), "stages[0].lora.alpha is 0; set it to a number >= 1"),
+        (_base(lora={"dropout": 1.0}), "stages[0].lora.dropout is 1.0; set it to a number in [0, 1)"),
+        ({**_base(), "data": {"num_workers": -1}}, "data.num_workers is -1; set it to a number >= 0"),
+        ({**_base(), "tokenizer": {"vocab_size": 0}}, "tokenizer.vocab_size is 0; set it to a number >= 1"),
+        ({**_base(), "model": {"language_model": {"num_hidden_layers": 0}}}, "model.language_model.num_hidden_layers"),
+    ],
+)
+def test_every_number_in_a_recipe_is_finite_and_in_its_range(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict(data)
+    assert str(err.value).startswith(message)
+
+
+def test_nan_and_inf_written_in_yaml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_base()))
+    for value in (".nan", ".inf", "-.inf", ".NaN"):
+        with pytest.raises(ConfigError, match=r"lr\.connector is (nan|-?inf); set it to a finite number"):
+            load_recipe(path, [f"stages.0.lr.connector={value}"])

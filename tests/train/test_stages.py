@@ -46,7 +46,10 @@ def test_plan_defaults_unnamed_parts_to_frozen_and_objective_parts_to_peak_lr() 
         ({"parts": {"language_model": "lora"}, "lr": {"language_model": 1.0}}, "has no `lora:` settings"),
         ({"parts": {"connector": "lora"}, "lr": {"connector": 1.0}, "lora": {}}, "language_model only"),
         ({"parts": {"connector": "full"}, "lr": {"connector": 1.0}, "lora": {}}, "no part is `lora`"),
-        ({"parts": {"connector": "full"}, "lr": {"connector": -1.0}}, "positive"),
+        (
+            {"parts": {"connector": "full"}, "lr": {"connector": -1.0}},
+            "lr.connector is -1.0; set it to a number in (0, 1]",
+        ),
     ],
 )
 def test_plan_errors(kw: dict, message: str) -> None:

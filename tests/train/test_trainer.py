@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from vlbridge.config import from_dict
 from vlbridge.data.collate import collate
 from vlbridge.data.datasets import TextDataset
-from vlbridge.errors import ConfigError, VlbridgeError
+from vlbridge.errors import ConfigError, DataError, TrainingError
 from vlbridge.train import trainer as trainer_module
 from vlbridge.train.distributed import SingleProcess
 from vlbridge.train.recipe import StageRecipe
@@ -138,6 +140,72 @@ def test_bf16_autocasts_only_where_the_hardware_runs_it(tiny_model, tmp_path, mo
     assert ("has no native bf16" in caplog.text) is not native  # the fallback says so and why
 
 
-def test_empty_data_is_an_error(tiny_model, tmp_path) -> None:
-    with pytest.raises(VlbridgeError, match="no training samples"):
-        StageTrainer(_stage(), tiny_model, [], lambda b: b, tmp_path, seed=0)
+def test_empty_data_is_a_data_error_naming_the_stage_file(tiny_model, tmp_path) -> None:
+    with pytest.raises(DataError) as err:
+        StageTrainer(_stage(data="corpus.txt"), tiny_model, [], lambda b: b, tmp_path, seed=0)
+    assert str(err.value).startswith("corpus.txt: stage 'text' has no training samples; ")
+    with pytest.raises(ConfigError, match="stage 'text' has 1 samples, fewer than the 2 processes"):
+        StageTrainer(_stage(), tiny_model, _token_data(1), lambda b: b, tmp_path, seed=0, world=_Halves(0))
+
+
+def test_a_loss_that_is_not_finite_stops_the_stage_naming_it_and_the_step(tiny_model, tmp_path) -> None:
+    calls = []
+
+    def nan_at_third_forward(module, inputs, output):
+        calls.append(1)
+        return output * math.nan if len(calls) == 3 else output
+
+    tiny_model.language_model.model.norm.register_forward_hook(nan_at_third_forward)
+    with pytest.raises(TrainingError) as err:
+        _train(tiny_model, tmp_path, batch_size=2, steps=4)
+    assert str(err.value).startswith("stage 'text', step 3: the loss is nan; ")
+    assert "lower the stage's learning rates" in str(err.value)
+    assert all(torch.isfinite(p).all() for p in tiny_model.parameters())  # the NaN step was not applied
+    assert not (tmp_path / "loss.png").exists()  # nor the stage finished
+
+
+def test_an_infinite_gradient_stops_the_stage_before_the_weights_change(tiny_model, tmp_path) -> None:
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    tiny_model.language_model.lm_head.weight.register_hook(lambda grad: grad * math.inf)
+    with pytest.raises(TrainingError, match=r"^stage 'text', step 1: the gradient norm is (inf|nan); "):
+        _train(tiny_model, tmp_path, batch_size=2, steps=1)
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+
+
+class _OneBadRecord(torch.utils.data.Dataset):
+    """Token samples of which one is a malformed record: reading it raises the one-line DataError."""
+
+    def __init__(self, bad: int) -> None:
+        self.samples, self.bad = _token_data(), bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        if index == self.bad:
+            raise DataError(f"record 'r{index}': its image is not a PNG; replace the file", "data/instruct.json", 7)
+        return self.samples[index]
+
+
+def _refuse_short(batch: list[dict], pad_token_id: int) -> dict:
+    if len(batch) < 8:
+        raise ConfigError("a batch of fewer than 8 samples; set batch_size to 8")
+    return collate(batch, pad_token_id)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_an_error_raised_in_a_dataloader_worker_reaches_the_loop_as_it_was_raised(
+    tiny_model, tmp_path, num_workers
+) -> None:
+    stage = _stage(batch_size=4, steps=2)
+    data, collate_fn = _OneBadRecord(bad=5), partial(collate, pad_token_id=0)
+    trainer = StageTrainer(stage, tiny_model, data, collate_fn, tmp_path, seed=0, num_workers=num_workers)
+    with pytest.raises(DataError) as err:
+        trainer.run()
+    assert str(err.value) == "data/instruct.json:7: record 'r5': its image is not a PNG; replace the file"
+    assert (err.value.path, err.value.line) == (Path("data/instruct.json"), 7)
+    collate_fn = partial(_refuse_short, pad_token_id=0)  # an error in collation too
+    trainer = StageTrainer(stage, tiny_model, _token_data(), collate_fn, tmp_path, seed=0, num_workers=num_workers)
+    with pytest.raises(ConfigError) as err:
+        trainer.run()
+    assert str(err.value) == "a batch of fewer than 8 samples; set batch_size to 8"

@@ -35,6 +35,7 @@ from vlbridge.bench.flops import (
 )
 from vlbridge.bench.measure import run_isolated, status_kib
 from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.vlm import VisionLanguageModel
@@ -198,6 +199,7 @@ def measure(
     isolate: bool | None = None,
 ) -> Measurement:
     """Build `source` and measure its prefill; `isolate` (default: on CPU) runs it in a fresh Python process."""
+    device = str(resolve_device(device))
     dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
     isolate = device == "cpu" if isolate is None else isolate
     spec = {
@@ -234,7 +236,10 @@ def profile(
     measure_on: str | None = None,
     **measure_options: Any,
 ) -> ProfileReport:
-    """FLOPs profiles of each model in `specs` and, when `measure_on` names a device, measurements there."""
+    """FLOPs profiles of each model in `specs` and, when `measure_on` names a device, measurements there (a device
+    this machine lacks is refused before any profile is counted)."""
+    if measure_on is not None:
+        measure_on = str(resolve_device(measure_on))
     sources = [resolve_model(spec, overrides) for spec in specs]
     names = [s.name for s in sources]
     sources = [replace(s, name=f"{s.name} #{i + 1}") if names.count(s.name) > 1 else s for i, s in enumerate(sources)]

@@ -103,6 +103,17 @@ def _special_tokens(template: str, special_tokens: Sequence[str] | None) -> list
     return list(dict.fromkeys(special_tokens))
 
 
+def check_vocab_size(vocab_size: int, template: str, special_tokens: Sequence[str] | None = None) -> None:
+    """ConfigError unless `vocab_size` holds the 256 byte tokens and the special tokens `train_tokenizer` would add
+    (checked by a training run before any work)."""
+    specials = _special_tokens(template, special_tokens)
+    if vocab_size < _BYTES + len(specials):
+        raise ConfigError(
+            f"vocab_size {vocab_size} is too small: byte-level BPE needs {_BYTES} byte tokens plus {len(specials)} "
+            f"special tokens; use at least {_BYTES + len(specials)}"
+        )
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
@@ -120,12 +131,8 @@ def train_tokenizer(
     the most frequent text a model reads): they are cut out first, as encoding cuts them out, so no merge is spent
     on their characters (left in, `<|` and `|>` become merges).
     """
+    check_vocab_size(vocab_size, template, special_tokens)
     specials = _special_tokens(template, special_tokens)
-    if vocab_size < _BYTES + len(specials):
-        raise ConfigError(
-            f"vocab_size {vocab_size} is too small: byte-level BPE needs {_BYTES} byte tokens plus {len(specials)} "
-            f"special tokens; use at least {_BYTES + len(specials)}"
-        )
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from vlbridge.config import ModelConfig, from_dict
+from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError
 from vlbridge.files import RECOPY, open_safetensors, read_json_object
@@ -150,7 +151,9 @@ def load(
     """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default.
 
     `dtype` is a name from `vlbridge.dtypes` (fp32, bf16, fp16, or torch's spelling) or a torch dtype; None keeps
-    the weights in float32."""
+    the weights in float32. A device this machine lacks raises ConfigError (vlbridge.devices) before any file is
+    read."""
+    device = resolve_device(device)
     if path is None:
         path = default_model_dir()
         if not (path / "config.json").is_file():

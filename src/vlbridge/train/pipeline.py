@@ -8,11 +8,16 @@
                                model/ (the model after the stage, a vlbridge checkpoint) and done.json
     config.json, model.safetensors, tokenizer files   the final model: `vlbridge.load(run_dir)`
 
-Resume first deletes the temporary files of writes a kill interrupted, skips finished stages (those with done.json),
-reloads the last finished stage's model, and continues an unfinished stage from its newest checkpoint. Every stage
-starts from a seed derived from the recipe's, so a stage behaves the same whether the run reached it in one go or
-after a restart. A new run refuses a run directory that already holds one, so results are never overwritten by
-accident.
+Before any work and before any file is written, `check_run` checks what the recipe names outside itself: the run
+folder, the data files (or what the synthetic world will render), the tokenizer and checkpoint folders, and the model
+the first stage starts from (built on the meta device, so every architecture option is checked at no cost).
+
+Resume first deletes the temporary files of writes a kill interrupted, skips finished stages (those with done.json), reloads the last finished stage's model, and continues an
+unfinished stage from its newest checkpoint. Every stage starts from a seed derived from the recipe's, so a stage
+behaves the same whether the run reached it in one go or after a restart. A new run refuses a run directory that
+holds a run's results (a finished stage, a checkpoint or a final model), so they are never overwritten by accident;
+one that failed before any result starts over in it, tokenizer included, so the same command runs once the cause is
+fixed.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import torch
 import yaml
 
 from vlbridge.atomic import remove_stale, write_text
-from vlbridge.config import ModelConfig, read_yaml
+from vlbridge.config import ModelConfig, load_yaml
 from vlbridge.data.synthetic import synthesize
-from vlbridge.errors import ConfigError
+from vlbridge.data.synthetic.writer import output_files
+from vlbridge.devices import resolve_device
+from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
 from vlbridge.model.processor import processor_for
@@ -48,40 +55,42 @@ MODEL_DIR = "model"
 DONE_FILE = "done.json"
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device {name!r} is not understood; use auto, cpu, cuda or cuda:N") from err
+def _renders(recipe: Recipe) -> bool:
+    """Whether the run renders the synthetic world: the recipe has `data.synth` and its data root is empty or absent."""
+    root = Path(recipe.data.root)
+    return recipe.data.synth is not None and (not root.is_dir() or not any(root.iterdir()))
 
 
 def prepare_data(recipe: Recipe, world: World) -> Path:
     """The data root; rendered from the synthetic world first when the recipe asks and the folder is empty."""
     root = Path(recipe.data.root)
     synth = recipe.data.synth
-    render = synth is not None and (not root.is_dir() or not any(root.iterdir()))
+    render = _renders(recipe)
     world.barrier()  # every rank has looked before rank 0 writes (else a late rank could skip the barrier below)
     if render and synth is not None:
         if world.is_main:
             log.info("rendering %d synthetic scenes into %s", synth.n, root)
             synthesize(root, synth)
         world.barrier()
-    if not root.is_dir():
-        raise ConfigError(f"data root {root} does not exist; create it or set data.synth to render the synthetic world")
     return root
 
 
-def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World) -> Tokenizer:
-    """The recipe's tokenizer folder, the init checkpoint's tokenizer, or a BPE trained on the stage data (saved)."""
-    if recipe.tokenizer.path is not None:
-        return Tokenizer.from_dir(recipe.tokenizer.path)
-    if recipe.init_from is not None:
-        return Tokenizer.from_dir(recipe.init_from)
+def _given_tokenizer(recipe: Recipe) -> Tokenizer | None:
+    """The recipe's tokenizer folder, else the init checkpoint's tokenizer; None when the run trains one."""
+    path = recipe.tokenizer.path or recipe.init_from
+    return None if path is None else Tokenizer.from_dir(path)
+
+
+def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World, reuse: bool) -> Tokenizer:
+    """The recipe's tokenizer folder, the init checkpoint's tokenizer, or a BPE trained on the stage data (saved).
+
+    A tokenizer saved by an earlier attempt in `run_dir` is used only when `reuse` (a resumed run): a new run trains
+    its own, as its recipe may ask for another one."""
+    given = _given_tokenizer(recipe)
+    if given is not None:
+        return given
     saved = run_dir / TOKENIZER_DIR
-    missing = not (saved / "tokenizer.json").is_file()
+    missing = not reuse or not (saved / "tokenizer.json").is_file()
     world.barrier()  # every rank has looked before rank 0 writes
     if missing:
         if world.is_main:
@@ -123,8 +132,13 @@ def fit_config(config: ModelConfig, tokenizer: Tokenizer, template: str) -> Mode
     )
 
 
-def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
-    """The model the first stage starts from: built from `model` (seeded init), or read from `init_from`.
+StartConfig = tuple[ModelConfig, tuple[tuple[str, str], ...] | None, tuple[str, ...]]
+"""(config, the checkpoint's weight-name rules, prefixes of the parts initialised fresh) of the first stage's model."""
+
+
+def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
+    """The config of the model the first stage starts from, read without any weights: `model` fitted to the
+    tokenizer, or `init_from`'s config with the parts `model` brings.
 
     `init_from` a text-only checkpoint plus a `model` with vision adds a freshly initialised vision encoder and
     connector (from `model`'s vision, connector and image_processor sections) to the checkpoint's language model.
@@ -134,7 +148,7 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
     template = recipe.tokenizer.template
     if recipe.init_from is None:
         assert recipe.model is not None, "validate() requires model or init_from"
-        return VisionLanguageModel(fit_config(recipe.model, tokenizer, template))
+        return fit_config(recipe.model, tokenizer, template), None, ()
     path = Path(recipe.init_from)
     base, rules = io.read_config(path)
     config, fresh = base, ()
@@ -146,7 +160,6 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
             )
         config = replace(base, connector=recipe.model.connector)
         fresh = ("connector.",)
-        log.info("replacing the %s connector of %s by a new %s", base.connector.name, path, config.connector.name)
     elif recipe.model is not None:
         parts = recipe.model
         image_id = tokenizer.token_to_id(parts.image_token)
@@ -165,9 +178,20 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
             template=base.template or template,
         )
         fresh = io.VISION_PREFIXES if parts.vision is not None else ()
-        log.info("adding a new vision encoder and %s connector to the language model of %s", parts.connector.name, path)
+    return config, rules, fresh
+
+
+def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
+    """The model the first stage starts from (`start_config`): a seeded init of `model`, or `init_from`'s weights
+    with the parts `model` brings freshly initialised."""
+    config, rules, fresh = start_config(recipe, tokenizer)
     model = VisionLanguageModel(config)
-    io.load_weights(model, path, rules, fresh=fresh)
+    if recipe.init_from is None:
+        return model
+    if fresh:
+        new = ", ".join(prefix.rstrip(".") for prefix in fresh)
+        log.info("starting from %s with a new %s (connector %s)", recipe.init_from, new, config.connector.name)
+    io.load_weights(model, Path(recipe.init_from), rules, fresh=fresh)
     if fresh and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
         model.connector.init_from_language_model(model.language_model)
     return model
@@ -177,20 +201,36 @@ def build_dataset(
     stage: StageRecipe, root: Path, model: VisionLanguageModel, tokenizer: Tokenizer, data: DataRecipe
 ) -> StageDataset:
     """(dataset, collate function, data stats) for a stage: built by the data kind its objective is registered with."""
-    limit = model.config.language_model.max_position_embeddings
-    if stage.max_length > limit:
-        raise ConfigError(
-            f"stage {stage.name!r}: max_length {stage.max_length} exceeds the model's context window {limit}"
-        )
     kind = OBJECTIVES.get(stage.objective).data
     return kind.build(stage, root, processor_for(model, tokenizer), data)
 
 
+def check_run(recipe: Recipe, resume: bool = False) -> None:
+    """Check what `recipe` names outside itself before any work and before any file is written: the run folder, the
+    data files, the tokenizer and checkpoint folders, and the first stage's model. Raises ConfigError (CheckpointError
+    for a checkpoint) naming the key and the fix."""
+    _check_run_dir(recipe, Path(recipe.run_dir), resume)
+    _check_data(recipe)
+    _check_model(recipe)
+
+
+def _holds_results(run_dir: Path) -> bool:
+    """Whether `run_dir` holds what a new run would overwrite: a finished stage, a checkpoint or a final model."""
+    if not run_dir.is_dir():
+        return False
+    stages = [path for path in run_dir.iterdir() if path.is_dir()]
+    return (run_dir / "config.json").is_file() or any((s / DONE_FILE).is_file() or checkpoints(s) for s in stages)
+
+
 def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
-    saved = run_dir / RECIPE_FILE
-    if saved.is_file() and not resume:
+    """The run folder can be made (no file in its place) and holds no results unless the run resumes."""
+    existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())  # `.` at least
+    if not existing.is_dir():
+        raise ConfigError(f"run_dir {run_dir}: {existing} is a file; choose another --run-dir (or run_dir)")
+    if not resume and _holds_results(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
-    if saved.is_file() and read_yaml(saved.read_text()) != recipe_to_dict(recipe):
+    saved = run_dir / RECIPE_FILE
+    if resume and saved.is_file() and load_yaml(saved) != recipe_to_dict(recipe):
         log.warning("the recipe differs from the one %s was started with; resuming with the new one", run_dir)
 
 
@@ -204,6 +244,58 @@ def remove_partial_writes(recipe: Recipe, run_dir: Path) -> list[Path]:
     if removed:
         log.info("removed %d partial file(s) of interrupted writes: %s", len(removed), ", ".join(map(str, removed)))
     return removed
+
+
+def _check_data(recipe: Recipe) -> None:
+    """Every stage's data file exists under the data root, or is among those the synthetic world will render there."""
+    root, synth = Path(recipe.data.root), recipe.data.synth
+    if _renders(recipe) and synth is not None:
+        rendered = output_files(synth)
+        for stage in recipe.stages:
+            if stage.data not in rendered:
+                raise ConfigError(
+                    f"stage {stage.name!r} reads {stage.data}, which data.synth does not render into the empty "
+                    f"{root} (it writes {', '.join(rendered)}); name one of those"
+                )
+        return
+    if not root.is_dir():
+        raise ConfigError(f"data root {root} does not exist; create it or set data.synth to render the synthetic world")
+    for stage in recipe.stages:
+        if not (root / stage.data).is_file():
+            raise ConfigError(f"stage {stage.name!r}: data file {root / stage.data} does not exist; check its `data`")
+
+
+def _check_model(recipe: Recipe) -> None:
+    """The tokenizer and checkpoint folders exist, the first stage's model builds (on the meta device: no memory, no
+    weights read) and each stage's max_length fits its context window. Without a tokenizer yet, the model is the
+    recipe's `model` and the vocabulary size the tokenizer will be trained to is checked."""
+    if recipe.tokenizer.path is not None and not Path(recipe.tokenizer.path).is_dir():
+        raise ConfigError(
+            f"tokenizer.path {recipe.tokenizer.path} does not exist; give a tokenizer folder (tokenizer.json), or "
+            "remove it to train one on the stage data"
+        )
+    if recipe.init_from is not None and not Path(recipe.init_from).is_dir():
+        raise CheckpointError(
+            f"init_from {recipe.init_from} does not exist; give a vlbridge or HF llava checkpoint folder"
+        )
+    tokenizer = _given_tokenizer(recipe)
+    if tokenizer is None:
+        from vlbridge.lm.tokenizer_train import check_vocab_size
+
+        check_vocab_size(recipe.tokenizer.vocab_size, recipe.tokenizer.template)
+        assert recipe.model is not None, "validate() requires model or init_from"
+        config = recipe.model
+    else:
+        config = start_config(recipe, tokenizer)[0]
+    with torch.device("meta"):
+        VisionLanguageModel(config)
+    limit = config.language_model.max_position_embeddings
+    for stage in recipe.stages:
+        if stage.max_length > limit:
+            raise ConfigError(
+                f"stage {stage.name!r}: max_length {stage.max_length} exceeds the model's context window {limit}; "
+                "lower it"
+            )
 
 
 def train(recipe: Recipe, resume: bool = False, world: World | None = None) -> Path:
@@ -223,7 +315,7 @@ def train(recipe: Recipe, resume: bool = False, world: World | None = None) -> P
 
 def _train(recipe: Recipe, resume: bool, world: World, device: torch.device) -> Path:
     run_dir = Path(recipe.run_dir)
-    _check_run_dir(recipe, run_dir, resume)
+    check_run(recipe, resume)
     if resume and world.is_main:
         remove_partial_writes(recipe, run_dir)
     world.barrier()  # every rank has checked the run directory before rank 0 writes into it
@@ -231,7 +323,7 @@ def _train(recipe: Recipe, resume: bool, world: World, device: torch.device) -> 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     root = prepare_data(recipe, world)
-    tokenizer = prepare_tokenizer(recipe, root, run_dir, world)
+    tokenizer = prepare_tokenizer(recipe, root, run_dir, world, reuse=resume)
     done = [(run_dir / s.name / DONE_FILE).is_file() for s in recipe.stages]
     start = done.index(False) if False in done else len(done)
     if start == 0:

@@ -3,8 +3,12 @@
 A recipe names the model (a ModelConfig, or `init_from` a checkpoint), the tokenizer (a folder, or one trained on the
 stage data), the dataset folder (rendered from the synthetic world when empty) and an ordered list of stages. Each
 stage is data: an objective, a data file, which parts are frozen / full / lora with a learning rate per trained part,
-and the optimisation settings. Recipes are read with `vlbridge.config.from_dict`, so an unknown key or a value of the
-wrong type raises ConfigError naming the dotted key; `validate` adds the cross-field checks a type cannot express.
+and the optimisation settings. Recipes are read with `vlbridge.config.from_dict`, so an unknown key, a value of the
+wrong type, a float that is not finite or a number outside the range its field declares (`bounded`) raises ConfigError
+naming the dotted key; `validate` adds the checks a type or range cannot express: names that must be registered
+(objectives, templates, the connector and its options) and each stage's plan, so a recipe error is found when the
+recipe is read, not after earlier stages trained. What a recipe names outside itself (folders, files, the device) is
+checked by the pipeline before a run starts (vlbridge.train.pipeline.check_run).
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlbridge.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from vlbridge.config import ModelConfig, apply_overrides, bounded, from_dict, load_yaml, to_dict
+from vlbridge.connectors import CONNECTORS
+from vlbridge.connectors.base import parse_options
 from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
+from vlbridge.lm.templates import TEMPLATES
 from vlbridge.train.objectives import OBJECTIVES, data_formats, objectives_reading
+from vlbridge.train.stages import plan_for
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("ddp", "fsdp")
@@ -32,7 +40,7 @@ class TokenizerRecipe:
     """
 
     path: str | None = None
-    vocab_size: int = 1024
+    vocab_size: int = field(default=1024, metadata=bounded(1))
     template: str = "chatml"
     add_bos: bool = True
 
@@ -45,16 +53,16 @@ class DataRecipe:
     synth: SynthOptions | None = None  # render the synthetic world into `root` when that folder is empty or missing
     skip_malformed: bool = False  # skip and count malformed records instead of raising DataError
     allow_absolute_images: bool = False  # accept absolute image paths in data files (relative ones stay inside root)
-    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    num_workers: int = field(default=0, metadata=bounded(0))  # DataLoader worker processes (0: in the training one)
 
 
 @dataclass(frozen=True)
 class LoraRecipe:
     """LoRA adapters (Hu et al., 2021) on the language model's linear layers, trained through `peft`."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = field(default=16, metadata=bounded(1))
+    alpha: int = field(default=32, metadata=bounded(1))
+    dropout: float = field(default=0.0, metadata=bounded(0, 1, high_open=True))
     merge: bool = True  # merge into plain weights at the end of the stage; false keeps the base and saves the adapter
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
@@ -70,24 +78,25 @@ class StageRecipe:
     #                             labels, vlbridge.data.regions); which ones an objective reads is its data kind's
     template: str | None = None  # conversation template override (default: the model's)
     parts: dict[str, str] = field(default_factory=dict)  # part -> frozen | full | lora; unnamed parts are frozen
-    lr: dict[str, float] = field(default_factory=dict)  # part -> learning rate, one per trained part
-    steps: int | None = None  # optimiser steps; or
-    epochs: int | None = None  # passes over the data
-    batch_size: int = 16
-    grad_accum: int = 1
+    # part -> learning rate, one per trained part; with weight_decay <= 1 too, AdamW's decay factor 1 - lr * wd >= 0
+    lr: dict[str, float] = field(default_factory=dict, metadata=bounded(0, 1, low_open=True))
+    steps: int | None = field(default=None, metadata=bounded(1))  # optimiser steps; or
+    epochs: int | None = field(default=None, metadata=bounded(1))  # passes over the data
+    batch_size: int = field(default=16, metadata=bounded(1))
+    grad_accum: int = field(default=1, metadata=bounded(1))
     group_by_length: bool = False  # batch samples of similar token length together: less padding, same data
-    max_length: int = 256
-    warmup_ratio: float = 0.05
-    min_lr_ratio: float = 0.0  # the cosine decays to this fraction of each peak learning rate
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    clip_grad: float | None = 1.0
+    max_length: int = field(default=256, metadata=bounded(1))
+    warmup_ratio: float = field(default=0.05, metadata=bounded(0, 1))
+    min_lr_ratio: float = field(default=0.0, metadata=bounded(0, 1))  # the cosine decays to this share of each peak
+    weight_decay: float = field(default=0.0, metadata=bounded(0, 1))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=bounded(0, 1, high_open=True))
+    clip_grad: float | None = field(default=1.0, metadata=bounded(0, low_open=True))  # None: no clipping
     bf16: bool = False  # bf16 autocast where the hardware runs bf16 natively; elsewhere fp32, with a warning
     grad_checkpointing: bool = False
     lora: LoraRecipe | None = None
-    save_every: int = 100  # checkpoint every this many optimiser steps (0: only at the end)
-    keep_checkpoints: int = 2  # the newest this many mid-stage checkpoints are kept
-    log_every: int = 10
+    save_every: int = field(default=100, metadata=bounded(0))  # checkpoint every this many optimiser steps (0: never)
+    keep_checkpoints: int = field(default=2, metadata=bounded(1))  # the newest this many mid-stage checkpoints are kept
+    log_every: int = field(default=10, metadata=bounded(1))
 
 
 @dataclass(frozen=True)
@@ -118,11 +127,6 @@ class Recipe:
     distributed: DistributedRecipe = field(default_factory=DistributedRecipe)
 
 
-def _positive(value: int | float | None, where: str) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{where} must be positive, got {value}")
-
-
 def _check_tables(stage: StageRecipe, where: str) -> StageRecipe:
     """Part modes must be strings and learning rates numbers (the generic reader leaves mapping values unchecked)."""
     for part, mode in stage.parts.items():
@@ -149,10 +153,28 @@ def _check_objective(stage: StageRecipe, where: str) -> None:
         )
 
 
+def _check_template(name: str | None, where: str) -> None:
+    """A conversation template, if named, is a built-in one."""
+    if name is not None and name not in TEMPLATES:
+        raise ConfigError(f"{where} is {name!r}; choose one of {', '.join(TEMPLATES.names())}")
+
+
+def _check_model(model: ModelConfig) -> None:
+    """The model's template is built in and, with vision, its connector is registered and takes its options (read
+    into the connector's own options dataclass, range checks included)."""
+    _check_template(model.template, "model.template")
+    if model.vision is not None:
+        connector = model.connector
+        parse_options(connector.name, CONNECTORS.get(connector.name).Options, connector.options)
+
+
 def validate(recipe: Recipe) -> Recipe:
     """Cross-field checks; raises ConfigError naming the stage and key. Returns the recipe, learning rates as floats."""
     if recipe.model is None and recipe.init_from is None:
         raise ConfigError("the recipe needs a `model` config or `init_from: PATH` (a checkpoint to start from)")
+    if recipe.model is not None:
+        _check_model(recipe.model)
+    _check_template(recipe.tokenizer.template, "tokenizer.template")
     if not recipe.stages:
         raise ConfigError("the recipe has no stages; add at least one under `stages:`")
     if recipe.distributed.strategy not in STRATEGIES:
@@ -170,26 +192,20 @@ def validate(recipe: Recipe) -> Recipe:
         if not stage.name or "/" in stage.name or stage.name.startswith("."):
             raise ConfigError(f"{where}: name {stage.name!r} must be a plain folder name")
         _check_objective(stage, where)
+        _check_template(stage.template, f"{where}.template")
         if (stage.steps is None) == (stage.epochs is None):
             raise ConfigError(f"{where}: set exactly one of `steps` or `epochs`")
-        for key in ("steps", "epochs", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
-            _positive(getattr(stage, key), f"{where}.{key}")
-        _positive(stage.clip_grad, f"{where}.clip_grad")
-        if stage.save_every < 0:
-            raise ConfigError(f"{where}.save_every must be >= 0 (0: no mid-stage checkpoints), got {stage.save_every}")
-        for key in ("warmup_ratio", "min_lr_ratio"):
-            if not 0 <= getattr(stage, key) <= 1:
-                raise ConfigError(f"{where}.{key} must be within [0, 1], got {getattr(stage, key)}")
-        if len(stage.betas) != 2 or not all(0 <= b < 1 for b in stage.betas):
-            raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {stage.betas}")
+        if len(stage.betas) != 2:
+            raise ConfigError(f"{where}.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got {stage.betas}")
         if stage.lora is not None:
             unknown = sorted(set(stage.lora.targets) - set(LORA_TARGETS))
             if unknown or not stage.lora.targets:
                 raise ConfigError(
                     f"{where}.lora.targets {stage.lora.targets} must be a non-empty subset of {', '.join(LORA_TARGETS)}"
                 )
-            _positive(stage.lora.r, f"{where}.lora.r")
     stages = [_check_tables(stage, f"stages[{i}] ({stage.name})") for i, stage in enumerate(recipe.stages)]
+    for stage in stages:
+        plan_for(stage, OBJECTIVES.get(stage.objective).parts)
     return replace(recipe, stages=stages)
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from vlbridge.errors import ConfigError
-from vlbridge.train.recipe import StageRecipe
+
+if TYPE_CHECKING:  # the recipe checks every stage's plan, so it imports this module
+    from vlbridge.train.recipe import StageRecipe
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,6 @@ def plan_for(stage: StageRecipe, extra_parts: Sequence[str] = ()) -> StagePlan:
     missing = [p for p in trained if p in PARTS and p not in stage.lr]
     if missing:
         raise ConfigError(f"{where}: no learning rate for trained part(s) {', '.join(missing)}; add them under `lr:`")
-    if any(v <= 0 for v in stage.lr.values()):
-        raise ConfigError(f"{where}: learning rates must be positive, got {stage.lr}")
     peak = max(stage.lr.values(), default=None)
     lr = {p: stage.lr.get(p, peak) for p in trained}
     if any(v is None for v in lr.values()):

@@ -31,16 +31,18 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vlbridge.errors import ConfigError, VlbridgeError
+from vlbridge.devices import resolve_device
+from vlbridge.errors import ConfigError, DataError, TrainingError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
 from vlbridge.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
-from vlbridge.train.objectives import Batch, TrainStep, build_objective
+from vlbridge.train.objectives import OBJECTIVES, Batch, TrainStep, build_objective
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
+from vlbridge.train.worker_errors import CarryErrors, CarryErrorsCollate, raise_carried
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ class StageTrainer:
         self.stage_dir = Path(stage_dir)
         self.seed = seed
         self.world = world or SingleProcess()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.num_workers = num_workers
         self.n_samples = len(dataset)  # type: ignore[arg-type]
         self.lengths: list[int] | None = None
@@ -152,11 +154,16 @@ class StageTrainer:
                 )
             self.lengths = dataset.lengths()
         if self.n_samples == 0:
-            raise VlbridgeError(f"stage {stage.name!r} has no training samples; check its data file")
+            raise DataError(
+                f"stage {stage.name!r} has no training samples; check its data file (relative to data.root) and the "
+                "records the stage log says it skipped or dropped",
+                stage.data,
+            )
         batches = len(batch_order(self.n_samples, stage.batch_size, seed, 0, self.world))
         if batches == 0:
-            raise VlbridgeError(
-                f"stage {stage.name!r} has {self.n_samples} samples, fewer than the {self.world.world_size} processes"
+            raise ConfigError(
+                f"stage {stage.name!r} has {self.n_samples} samples, fewer than the {self.world.world_size} processes; "
+                "start fewer processes or give the stage more data"
             )
         self.total_steps = stage.steps or stage.epochs * max(1, math.ceil(batches / stage.grad_accum))
         self.bf16 = stage.bf16 and native_bf16(self.device)
@@ -169,19 +176,21 @@ class StageTrainer:
             )
 
     def _batches(self, state: TrainState) -> Iterator[Batch]:
-        """Micro-batches from `state`'s data position on, forever (epoch after epoch), advancing the position."""
+        """Micro-batches from `state`'s data position on, forever (epoch after epoch), advancing the position. A
+        VlbridgeError of a sample or batch is raised as it was, also from a worker process (train/worker_errors)."""
         while True:
             batches = batch_order(
                 self.n_samples, self.stage.batch_size, state.data_seed, state.epoch, self.world, self.lengths
             )
             loader = DataLoader(
-                self.dataset,
+                CarryErrors(self.dataset),
                 batch_sampler=batches[state.batch :],
-                collate_fn=self.collate_fn,
+                collate_fn=CarryErrorsCollate(self.collate_fn),
                 num_workers=self.num_workers,
                 generator=torch.Generator().manual_seed(state.data_seed),  # keeps the global RNG untouched
             )
             for batch in loader:
+                batch = raise_carried(batch)
                 state.batch += 1
                 yield _to_device(batch, self.device)
             state.epoch, state.batch = state.epoch + 1, 0
@@ -195,6 +204,8 @@ class StageTrainer:
                 "stage %s: LoRA r=%d alpha=%d on %d linear layers", stage.name, stage.lora.r, stage.lora.alpha, wrapped
             )
         objective = build_objective(stage.objective, model, self.dataset)
+        declared = OBJECTIVES.get(stage.objective).parts
+        assert tuple(objective.parts()) == declared, f"{stage.objective} builds parts {list(objective.parts())}"
         parts: dict[str, nn.Module | None] = {
             "vision_encoder": model.vision_encoder,
             "connector": model.connector,
@@ -248,9 +259,18 @@ class StageTrainer:
         return state
 
     def _update(
-        self, module: nn.Module, batches: Iterator[Batch], params: list[nn.Parameter], optimizer: Any, scheduler: Any
+        self,
+        module: nn.Module,
+        batches: Iterator[Batch],
+        params: list[nn.Parameter],
+        optimizer: Any,
+        scheduler: Any,
+        step: int,
     ) -> tuple[float, int, float, dict[str, float]]:
-        """One optimiser step over grad_accum micro-batches: (mean loss, tokens, grad norm, learning rates used)."""
+        """Optimiser step `step` over grad_accum micro-batches: (mean loss, tokens, grad norm, learning rates used).
+
+        A loss or gradient norm that is not finite raises TrainingError before the optimiser steps, so the weights
+        never take a NaN update (every rank sees the same all-reduced loss and global norm, so all of them stop)."""
         stage = self.stage
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         losses, tokens = [], 0
@@ -261,19 +281,24 @@ class StageTrainer:
                 (out.loss / stage.grad_accum).backward()
             losses.append(out.loss.detach().float())
             tokens += out.tokens
+        means = self.world.all_reduce_mean(torch.stack([torch.stack(losses).mean(), losses[0].new_tensor(tokens)]))
+        loss, tokens = float(means[0]), round(float(means[1]) * self.world.world_size)  # tokens: all ranks'
+        self._check_finite("loss", loss, step)
         grad_norm = self.world.clip_grad_norm(params, stage.clip_grad or math.inf)
+        self._check_finite("gradient norm", grad_norm, step)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        means = self.world.all_reduce_mean(torch.stack([torch.stack(losses).mean(), losses[0].new_tensor(tokens)]))
-        loss, tokens = float(means[0]), round(float(means[1]) * self.world.world_size)  # tokens: all ranks'
-        if not math.isfinite(loss):
-            raise VlbridgeError(
-                f"stage {stage.name!r}: the loss became {loss}; lower the learning rates, enable clip_grad, "
-                "or turn bf16 off"
-            )
         return loss, tokens, grad_norm, lrs
+
+    def _check_finite(self, what: str, value: float, step: int) -> None:
+        """TrainingError naming the stage and step when `value` (the step's loss or gradient norm) is NaN or inf."""
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"stage {self.stage.name!r}, step {step}: the {what} is {value}; lower the stage's learning rates, "
+                "set clip_grad, or turn bf16 off, and check the stage's data"
+            )
 
     def run(self, resume: bool = False) -> StageResult:
         """Train the stage to its last step (from the newest checkpoint when `resume`), then finish it."""
@@ -295,7 +320,9 @@ class StageTrainer:
             window_tokens, window_start = 0, time.perf_counter()
             while state.step < self.total_steps:
                 step_start = time.perf_counter()
-                loss, tokens, grad_norm, lrs = self._update(module, batches, params, optimizer, scheduler)
+                loss, tokens, grad_norm, lrs = self._update(
+                    module, batches, params, optimizer, scheduler, state.step + 1
+                )
                 state.step += 1
                 state.tokens += tokens
                 state.elapsed_s += time.perf_counter() - step_start

@@ -66,6 +66,13 @@ OUTPUT_FILES = (
     "stats.json",
 )
 DRILL_TURNS = 4  # questions per text-only drill conversation
+
+
+def output_files(options: SynthOptions) -> tuple[str, ...]:
+    """The data files `synthesize` writes with `options` beside images/ (drills.json only when it renders drills)."""
+    return (*OUTPUT_FILES, "drills.json") if options.drills else OUTPUT_FILES
+
+
 RENDERS_PER_WORKER = 2000  # below this many images per core, starting worker processes costs more than it saves
 
 

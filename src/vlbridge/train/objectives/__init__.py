@@ -7,10 +7,10 @@
 - `qformer`: BLIP-2 stage 1 (ITC + ITM + ITG) for the Q-Former connector; reads image-caption pairs.
 
 `OBJECTIVES` is the one place an objective is named. Each entry carries the factory that sizes the objective for the
-model (and the stage's data) and the `DataKind` its stages read (train/stage_data.py): recipe validation lists the
-registered names and checks a stage's `data_format` against the kind, the pipeline builds the stage's dataset through
-the kind, and the trainer builds the objective through the factory. Adding an objective is one module and one entry
-here.
+model (and the stage's data), the `DataKind` its stages read (train/stage_data.py) and the names of the parts it
+trains: recipe validation lists the registered names, checks a stage's `data_format` against the kind and its plan
+against the parts, the pipeline builds the stage's dataset through the kind, and the trainer builds the objective
+through the factory. Adding an objective is one module and one entry here.
 """
 
 from __future__ import annotations
@@ -31,18 +31,21 @@ from vlbridge.train.stage_data import CONVERSATIONS, PAIRS, REGIONS, TEXT, DataK
 
 @dataclass(frozen=True)
 class ObjectiveEntry:
-    """A registered objective: `build(model, dataset)` makes it; `data` is the kind of data its stages read."""
+    """A registered objective: `build(model, dataset)` makes it; `data` is the kind of data its stages read; `parts`
+    names the trainable parts it brings (`Objective.parts`), so a recipe's plans are checked before any model is
+    built."""
 
     build: ObjectiveFactory
     data: DataKind
+    parts: tuple[str, ...] = ()
 
 
 OBJECTIVES: Registry[ObjectiveEntry] = Registry("objective")
 OBJECTIVES.register("causal_lm")(ObjectiveEntry(lambda model, dataset: CausalLMObjective(), CONVERSATIONS))
 OBJECTIVES.register("text_lm")(ObjectiveEntry(lambda model, dataset: TextLMObjective(), TEXT))
-OBJECTIVES.register("contrastive")(ObjectiveEntry(build_contrastive, PAIRS))
-OBJECTIVES.register("regions")(ObjectiveEntry(build_regions, REGIONS))
-OBJECTIVES.register("qformer")(ObjectiveEntry(build_qformer_objective, PAIRS))
+OBJECTIVES.register("contrastive")(ObjectiveEntry(build_contrastive, PAIRS, ("contrastive_head",)))
+OBJECTIVES.register("regions")(ObjectiveEntry(build_regions, REGIONS, ("region_heads",)))
+OBJECTIVES.register("qformer")(ObjectiveEntry(build_qformer_objective, PAIRS, ("qformer_text", "qformer_heads")))
 
 
 def build_objective(name: str, model: VisionLanguageModel, dataset: Dataset | None = None) -> Objective:
