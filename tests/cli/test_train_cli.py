@@ -192,7 +192,7 @@ def test_a_bad_record_reads_as_one_line_with_dataloader_workers_as_without(cli, 
         assert "Traceback" not in err and "DataLoader worker" not in err
         lines.append([line for line in err.splitlines() if line.startswith("vlbridge: error: ")])
     assert len(lines[0]) == 1 and lines[0] == lines[1]
-    assert "captions.json:" in lines[0][0] and "is not an image PIL can read" in lines[0][0]
+    assert "captions.json:" in lines[0][0] and "images/train_" in lines[0][0] and "PNG or JPEG" in lines[0][0]
 
 
 def test_bad_config_files_overrides_and_run_dirs_exit_2_with_one_line(cli, data, tokenizer_dir, tmp_path, capsys):

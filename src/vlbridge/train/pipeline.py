@@ -12,12 +12,12 @@ Before any work and before any file is written, `check_run` checks what the reci
 folder, the data files (or what the synthetic world will render), the tokenizer and checkpoint folders, and the model
 the first stage starts from (built on the meta device, so every architecture option is checked at no cost).
 
-Resume first deletes the temporary files of writes a kill interrupted, skips finished stages (those with done.json), reloads the last finished stage's model, and continues an
-unfinished stage from its newest checkpoint. Every stage starts from a seed derived from the recipe's, so a stage
-behaves the same whether the run reached it in one go or after a restart. A new run refuses a run directory that
-holds a run's results (a finished stage, a checkpoint or a final model), so they are never overwritten by accident;
-one that failed before any result starts over in it, tokenizer included, so the same command runs once the cause is
-fixed.
+Resume first deletes the temporary files of writes a kill interrupted, skips finished stages (those with done.json),
+reloads the last finished stage's model, and continues an unfinished stage from its newest checkpoint. Every stage
+starts from a seed derived from the recipe's, so a stage behaves the same whether the run reached it in one go or after
+a restart. A new run refuses a run directory that holds a run's results (a finished stage, a checkpoint or a final
+model), so they are never overwritten by accident; one that failed before any result starts over in it, tokenizer
+included, so the same command runs once the cause is fixed.
 """
 
 from __future__ import annotations
