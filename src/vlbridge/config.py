@@ -10,7 +10,6 @@ range is stated beside its field and checked in one place.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import math
 import re
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from vlbridge.errors import ConfigError
+from vlbridge.files import NotUtf8, decode_utf8
 
 C = TypeVar("C")
 
@@ -61,14 +61,6 @@ def _yaml_location(err: yaml.YAMLError, text: str) -> str:
     return f", line {line}, column {column}"
 
 
-_WIDE_BOMS = (
-    (codecs.BOM_UTF32_LE, "UTF-32"),  # before UTF-16 LE, whose mark starts it
-    (codecs.BOM_UTF32_BE, "UTF-32"),
-    (codecs.BOM_UTF16_LE, "UTF-16"),
-    (codecs.BOM_UTF16_BE, "UTF-16"),
-)
-
-
 def read_config_text(path: Path) -> str:
     """The text of config file `path`, which must be UTF-8 (a leading byte order mark is dropped).
 
@@ -76,19 +68,11 @@ def read_config_text(path: Path) -> str:
     first foreign byte is, and that it must be saved as UTF-8 (YAML 1.2 allows UTF-16 too; vlbridge keeps to UTF-8).
     """
     raw = path.read_bytes()
-    wide = next((name for bom, name in _WIDE_BOMS if raw.startswith(bom)), None)
-    if wide is None and b"\x00" in raw:  # no byte of UTF-8 text is 0; most of UTF-16/32's are
-        wide = "UTF-16 or UTF-32"
-    if wide is not None:
-        raise ConfigError(f"config file {path} is {wide} text; save it as UTF-8")
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (line {line} holds byte 0x{raw[err.start]:02x}, as Latin-1 or "
-            "Windows-1252 write accented letters); save it as UTF-8"
-        ) from None
+        return decode_utf8(raw)
+    except NotUtf8 as err:
+        line = raw.count(b"\n", 0, err.offset) + 1
+        raise ConfigError(f"config file {path} {err.problem} (line {line}); save it as UTF-8") from None
 
 
 RANGE = "range"

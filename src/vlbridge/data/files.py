@@ -10,7 +10,6 @@ user named: after following '..' and symlinks, so a record cannot make training 
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from collections.abc import Iterator, Sized
@@ -20,15 +19,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from vlbridge.errors import DataError
+from vlbridge.files import NotUtf8, decode_utf8
 
 S = TypeVar("S", bound=Sized)
 
-_BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
-    (codecs.BOM_UTF32_LE, "UTF-32"),
-    (codecs.BOM_UTF32_BE, "UTF-32"),
-    (codecs.BOM_UTF16_LE, "UTF-16"),
-    (codecs.BOM_UTF16_BE, "UTF-16"),
-)
 _JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
 
@@ -39,31 +33,12 @@ def _save_as_utf8(encoding: str) -> str:
 
 def _decode(data: bytes, path: Path, line: int) -> str:
     """`data`, the file's bytes from line `line` on, as text; DataError at the line of the first byte that is not
-    UTF-8 (a byte-order mark of another Unicode encoding, or a NUL byte, counts as one)."""
-    if line == 1:
-        for bom, name in _BOMS:
-            if data.startswith(bom):
-                raise DataError(
-                    f"the file is {name} text, which vlbridge does not read; {_save_as_utf8(name)}", path, 1
-                )
-        data = data.removeprefix(codecs.BOM_UTF8)
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        where = line + data.count(b"\n", 0, nul)
-        fix = _save_as_utf8("UTF-16LE")
-        raise DataError(
-            f"holds a NUL byte, as UTF-16 text without a byte-order mark (or a binary file) does; {fix}", path, where
-        )
+    UTF-8 (`vlbridge.files.decode_utf8`)."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        where = line + data.count(b"\n", 0, err.start)
-        raise DataError(
-            f"is not UTF-8 text (byte 0x{data[err.start]:02x} cannot start or continue a character; the file may be "
-            f"Latin-1 or another legacy encoding); {_save_as_utf8('LATIN1')}",
-            path,
-            where,
-        ) from None
+        return decode_utf8(data, start_of_file=line == 1)
+    except NotUtf8 as err:
+        where = line + data.count(b"\n", 0, err.offset)
+        raise DataError(f"{err.problem}; {_save_as_utf8(err.encoding)}", path, where) from None
 
 
 def _open(path: Path) -> BinaryIO:
