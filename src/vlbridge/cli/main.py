@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from vlbridge.cli import bench, chat, data, evaluate, info, ship, tokens, train
+from vlbridge.cli.arguments import check_arguments
 from vlbridge.errors import VlbridgeError
 
 SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship)
@@ -38,9 +39,12 @@ EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one clear line and exit with status 2; a closed output pipe ends it quietly."""
-    args = build_parser().parse_args(argv)
+    """Run the CLI; user errors (an argument that is not UTF-8 among them) print one clear line and exit with status 2;
+    a closed output pipe ends it quietly."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        check_arguments(argv)
+        args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except VlbridgeError as err:
         print(f"vlbridge: error: {err}", file=sys.stderr)
