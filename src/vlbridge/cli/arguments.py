@@ -1,4 +1,4 @@
-"""How the `vlbridge` command reads its input: text checked to be UTF-8.
+"""How the `vlbridge` command reads its input: a parser whose help shows every default, and text checked to be UTF-8.
 
 Python decodes command-line arguments (and, in its UTF-8 mode, standard input) with `surrogateescape`: a byte that is
 not UTF-8 becomes a lone surrogate, which the tokenizer, JSON files and YAML recipes cannot hold. Such text is refused
@@ -7,9 +7,30 @@ here, where the argument or line it came from is still known, instead of failing
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from vlbridge.errors import ConfigError
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, unless the help states it already or there is none to show (None,
+    a switch's False, an empty list of repeated values); descriptions and epilogs keep their lines (examples)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser with `DefaultsHelpFormatter`; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def first_undecodable(text: str) -> int | None:

@@ -34,13 +34,17 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--text-only", action="store_true", help="load no vision weights (text-only deployment)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens a reply may have")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature when sampling")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens only (0: all)")
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling: the likeliest tokens up to P (1: all)"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already in the text (1: none)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable samples (default: none)")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the text and token ids")
     parser.set_defaults(run=run)

@@ -19,15 +19,15 @@ import sys
 from collections.abc import Sequence
 
 from vlbridge.cli import bench, chat, data, evaluate, info, ship, tokens, train
-from vlbridge.cli.arguments import check_arguments
+from vlbridge.cli.arguments import Parser, check_arguments
 from vlbridge.errors import VlbridgeError
 
 SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="vlbridge", description=__doc__.splitlines()[0])
+    """The argument parser with every subcommand registered (each flag's help shows its default)."""
+    parser = Parser(prog="vlbridge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
