@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 EPILOG = """examples:
+  vlbridge train --config configs/quick.yaml      # the default's stages in small: about a minute of CPU
   vlbridge train --config configs/default.yaml --set stages.1.steps=50 --run-dir runs/try
   vlbridge train --config configs/default.yaml --set data.synth.n=200 --set seed=1
   vlbridge train --config configs/default.yaml --resume
