@@ -25,10 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Annotation, Text
+from matplotlib.transforms import Bbox
 
 import vlbridge
 from benchmarks._suite import benchmark_parser, out_dir, run_header
@@ -42,6 +43,7 @@ from vlbridge.train import load_recipe, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "connectors"
 TEXT_TOKENS = 16  # a synthetic-world question is about this long
+LABEL_SHIFTS = (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6)  # where a point's name may go, in lines above it
 
 MINI = "model.connector.options"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -134,33 +136,113 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict[str, Any]], out: Path) -> None:
-    """accuracy.png: accuracy per question type per variant; tradeoff.png: overall accuracy against tokens/FLOPs."""
+def accuracy_figure(results: list[dict[str, Any]]) -> Figure:
+    """Accuracy per question type per variant: a group of bars per variant, the legend under the plot."""
     types = [t for t in results[0]["accuracy"] if t != "overall"]
-    fig, ax = plt.subplots(figsize=(max(8, len(results) * 0.9), 4.5))
+    fig = Figure(figsize=(max(8, len(results) * 0.9), 5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     width = 0.8 / len(types)
     for i, kind in enumerate(types):
         xs = [j + i * width for j in range(len(results))]
         ax.bar(xs, [r["accuracy"][kind] for r in results], width, label=kind)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(results))], [r["name"] for r in results], rotation=45)
+    centres = [j + (len(types) - 1) * width / 2 for j in range(len(results))]
+    # rotated names end under their group (anchored at their right end), not half a name to the right of it
+    ax.set_xticks(centres, [r["name"] for r in results], rotation=40, ha="right", rotation_mode="anchor")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(ncol=3, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "visual_tokens", "visual tokens per image"), (axes[1], "prefill_gflops", "GF")):
-        for r in results:
-            ax.scatter(r[key], r["accuracy"]["overall"])
-            ax.annotate(r["name"], (r[key], r["accuracy"]["overall"]), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel(label if key == "visual_tokens" else "prefill GFLOPs per image")
-        ax.set_ylabel("overall accuracy")
-        ax.axhline(results[0]["baseline"]["overall"] or 0, color="grey", linestyle="--", linewidth=1)
-    fig.tight_layout()
-    fig.savefig(out / "tradeoff.png", dpi=120)
-    plt.close(fig)
+    fig.legend(loc="outside lower center", ncol=len(types), fontsize="small", frameon=False)
+    return fig
+
+
+def _overlaps(a: Bbox, b: Bbox) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def label_points(ax: Axes, points: list[tuple[float, float]], names: list[str]) -> None:
+    """Name each point beside it, moving a name up or down (a grey line back to its point) or to its left until it
+    covers no name placed before it and no other point, and stays inside the axes (where no place is free, the one
+    that covers least); the axes' layout must be final."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    marker = 4 * ax.figure.dpi / 72  # half a default scatter marker, in pixels
+    centres = [ax.transData.transform(point) for point in points]
+    dots = [Bbox.from_extents(x - marker, y - marker, x + marker, y + marker) for x, y in centres]
+    placed: list[Bbox] = []
+    for i in sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0])):  # top first
+        others = placed + [dot for j, dot in enumerate(dots) if j != i]
+        best = (len(others) + 2, 0, 1)  # (cost, shift, side): the first place of least cost wins
+        for shift in LABEL_SHIFTS:
+            for side in (1, -1):
+                text = _label(ax, points[i], names[i], shift, side)
+                box = _words(text, renderer)
+                text.remove()
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                cost = sum(_overlaps(box, other) for other in others) + (0 if inside else len(others) + 1)
+                best = min(best, (cost, shift, side), key=lambda candidate: candidate[0])
+            if best[0] == 0:
+                break
+        placed.append(_words(_label(ax, points[i], names[i], best[1], best[2]), renderer))
+
+
+def _words(label: Annotation, renderer: Any) -> Bbox:
+    """Where a label's words are drawn, without the line back to its point (which may cross other points)."""
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
+
+
+def _label(ax: Axes, point: tuple[float, float], name: str, shift: int, side: int) -> Annotation:
+    """`name` beside `point`: `side` 1 right of it, -1 left; `shift` lines up (negative: down), joined by a line."""
+    return ax.annotate(
+        name,
+        point,
+        xytext=(6 * side, 9 * shift),
+        textcoords="offset points",
+        ha="left" if side > 0 else "right",
+        va="center",
+        fontsize=7,
+        arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5} if shift else None,
+    )
+
+
+def tradeoff_figure(results: list[dict[str, Any]]) -> Figure:
+    """Overall accuracy against visual tokens and against prefill GFLOPs per image, each point named, with the
+    majority-answer baseline as a labelled line."""
+    fig = Figure(figsize=(12, 5.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    accuracy = [r["accuracy"]["overall"] for r in results]
+    baseline = results[0]["baseline"]["overall"] or 0
+    tokens: list[int] = []  # tick labels for the token counts, but none closer than 1.5x to the previous one
+    for count in sorted({r["visual_tokens"] for r in results}):
+        if not tokens or count >= 1.5 * tokens[-1]:
+            tokens.append(count)
+    for ax, key, label in (
+        (axes[0], "visual_tokens", "visual tokens per image"),
+        (axes[1], "prefill_gflops", "prefill GFLOPs per image"),
+    ):
+        ax.scatter([r[key] for r in results], accuracy, c=[f"C{i}" for i in range(len(results))], zorder=3)
+        line = ax.axhline(baseline, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(label)
+        ax.margins(x=0.2, y=0.12)  # room at the edges for the names
+        ax.grid(alpha=0.3)
+    axes[0].set_xscale("log")
+    axes[0].set_xticks(tokens, [str(t) for t in tokens])
+    axes[0].minorticks_off()
+    axes[0].set_ylabel("overall held-out accuracy")
+    line.set_label(f"majority-answer baseline ({baseline:.3f})")
+    fig.legend(handles=[line], loc="outside lower center", frameon=False)
+    fig.draw_without_rendering()  # the constrained layout settles, then freezes, so the names are placed once
+    fig.set_layout_engine("none")
+    for ax, key in ((axes[0], "visual_tokens"), (axes[1], "prefill_gflops")):
+        label_points(ax, [(r[key], r["accuracy"]["overall"]) for r in results], [r["name"] for r in results])
+    return fig
+
+
+def plot(results: list[dict[str, Any]], out: Path) -> None:
+    """accuracy.png (`accuracy_figure`) and tradeoff.png (`tradeoff_figure`) in `out`."""
+    accuracy_figure(results).savefig(out / "accuracy.png")
+    tradeoff_figure(results).savefig(out / "tradeoff.png")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The shipped recipes: configs/default.yaml and every configs/connectors/<name>.yaml load, validate and build."""
+"""The shipped recipes: configs/default.yaml, configs/quick.yaml and every configs/connectors/<name>.yaml load, validate
+and build; the quick recipe is the default's in small and trains end to end."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import vlbridge
+from vlbridge.cli.main import main
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import load_recipe
 
@@ -20,7 +22,9 @@ def test_every_connector_has_a_config() -> None:
     assert names == set(vlbridge.connectors.available())
 
 
-@pytest.mark.parametrize("path", [CONFIGS / "default.yaml", *CONNECTOR_CONFIGS], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [CONFIGS / "default.yaml", CONFIGS / "quick.yaml", *CONNECTOR_CONFIGS], ids=lambda p: p.stem
+)
 def test_recipe_builds_its_model(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.model is not None and recipe.stages
@@ -33,3 +37,26 @@ def test_recipe_builds_its_model(path: Path) -> None:
         model = VisionLanguageModel(recipe.model)
     side = recipe.model.image_processor.crop_size
     assert model.tokens_per_image(side, side) >= 1  # the connector accepts the default's patch grid
+
+
+def test_quick_recipe_is_the_defaults_in_small() -> None:
+    default, quick = load_recipe(CONFIGS / "default.yaml"), load_recipe(CONFIGS / "quick.yaml")
+    assert quick.model == default.model and quick.tokenizer == default.tokenizer
+    assert [(s.name, s.objective, s.data, s.parts) for s in quick.stages] == [
+        (s.name, s.objective, s.data, s.parts) for s in default.stages
+    ]
+    assert quick.data.synth is not None and quick.data.synth.n <= 500  # a few hundred scenes
+    assert all(s.steps is not None and s.steps <= 50 for s in quick.stages)  # tens of steps
+    assert quick.run_dir != default.run_dir and quick.data.root != default.data.root  # never the default's run
+
+
+@pytest.mark.slow
+def test_quick_recipe_trains_end_to_end_then_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, data = tmp_path / "run", tmp_path / "data"
+    argv = ["train", "--config", str(CONFIGS / "quick.yaml"), "--run-dir", str(run), "--set", f"data.root={data}"]
+    assert main(argv) == 0
+    for stage in load_recipe(CONFIGS / "quick.yaml").stages:
+        assert (run / stage.name / "done.json").is_file() and (run / stage.name / "loss.png").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run), "--data", str(data), "--limit", "18", "--out", str(tmp_path / "e")]) == 0
+    assert "overall" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from vlbridge.bench.profiler import (
     _peak_memory,
     format_report,
     measure,
+    profile_figure,
     resolve_model,
     write_report,
 )
@@ -216,3 +217,27 @@ def test_checkpoint_is_measured_with_its_weights(clip_llava_dir: Path) -> None:
     changed = resolve_model(str(clip_llava_dir), ["template=chatml"])
     with pytest.raises(CheckpointError, match="random-weights"):
         measure(changed, text_tokens=4, repeats=1, warmup=0, isolate=False)
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("presets", [["llava-v1.5-7b", "llava-mini-7b"], ["llava-v1.5-7b"]])
+def test_profile_plot_legend_covers_no_bar_and_every_value_label_fits_its_axes(presets: list[str]) -> None:
+    report = ProfileReport(PAPER_TEXT_TOKENS, [analyze(PRESETS[name], name=name) for name in presets])
+    fig = profile_figure(report)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert ax.get_legend() is None  # the only legend is the figure's, under the plots
+        for bar in ax.patches:
+            assert not _overlaps(box, bar.get_window_extent(renderer))
+        labels = [text for text in ax.texts if text.get_text()]
+        assert len(labels) == len(presets)  # one value per model: the FLOPs total, the decode state
+        for text in labels:
+            assert text.get_window_extent(renderer).x1 <= ax.get_window_extent(renderer).x1
+    assert [t.get_text() for t in legend.get_texts()][-1] == "language_model"
+    assert ("prefusion" in [t.get_text() for t in legend.get_texts()]) == ("llava-mini-7b" in presets)

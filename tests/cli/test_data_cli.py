@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ from PIL import Image
 from vlbridge.cli import data as data_cli
 from vlbridge.cli.main import main
 from vlbridge.data.synthetic import SynthOptions
+from vlbridge.train import load_recipe
+from vlbridge.train.distributed import World
+from vlbridge.train.pipeline import prepare_data
 
 
 def test_writes_a_dataset_of_the_given_image_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,3 +85,54 @@ def test_a_field_type_argparse_cannot_parse_as_given_is_refused_when_the_flags_a
     (quiet,) = dataclasses.fields(Probe)
     with pytest.raises(TypeError, match="quiet: no flag for <class 'bool'>"):
         data_cli._flag(quiet, bool)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _small_default(path: Path, root: Path) -> Path:
+    """configs/default.yaml with 60 scenes and 40 drills, rendering into `root`."""
+    path.write_text(
+        f"base: {CONFIGS / 'default.yaml'}\ndata:\n  root: {root}\n  synth: {{n: 60, drills: 40, test_fraction: 0.1}}\n"
+    )
+    return path
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.rglob("*.*")}
+
+
+def test_recipe_renders_what_training_would_byte_for_byte_into_its_data_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe_file = _small_default(tmp_path / "small.yaml", tmp_path / "by_cli")
+    assert main(["data", "synth", "--recipe", str(recipe_file)]) == 0
+    assert f"to {tmp_path / 'by_cli'}" in capsys.readouterr().out  # the recipe's data.root, no --out needed
+    recipe = load_recipe(recipe_file)
+    trained = replace(recipe, data=replace(recipe.data, root=str(tmp_path / "by_train")))
+    prepare_data(trained, World())  # what `vlbridge train --config small.yaml` renders first
+    by_cli, by_train = _digests(tmp_path / "by_cli"), _digests(tmp_path / "by_train")
+    assert "test.jsonl" in by_cli and "images/test_000005.png" in by_cli and "drills.json" in by_cli
+    assert by_cli == by_train
+
+
+def test_the_readme_renders_the_defaults_data_before_it_evaluates_on_it() -> None:
+    readme = (CONFIGS.parent / "README.md").read_text()
+    root = load_recipe(CONFIGS / "default.yaml").data.root
+    synth, evaluate = "vlbridge data synth --recipe configs/default.yaml", f"vlbridge eval --data {root} "
+    assert synth in readme and evaluate in readme and readme.index(synth) < readme.index(evaluate)
+
+
+def test_recipe_refuses_option_flags_a_recipe_without_synth_and_no_folder_at_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe_file = _small_default(tmp_path / "small.yaml", tmp_path / "d")
+    assert main(["data", "synth", "--recipe", str(recipe_file), "--n", "12", "--seed", "1"]) == 2
+    assert "so --n, --seed would make data the recipe does not; drop --n, --seed" in capsys.readouterr().err
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"base: {recipe_file}\ndata:\n  synth: null\n")
+    assert main(["data", "synth", "--recipe", str(plain)]) == 2
+    assert f"recipe {plain} has no data.synth section" in capsys.readouterr().err
+    assert main(["data", "synth", "--n", "12"]) == 2
+    assert "give the output folder: --out DIR (or --recipe FILE" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.vlm import VisionLanguageModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -303,8 +306,10 @@ def format_report(report: ProfileReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: ProfileReport, path: str | Path) -> None:
-    """A PNG: paper-convention FLOPs by part per model (stacked), and measured latency (else KV cache per image)."""
+def profile_figure(report: ProfileReport) -> Figure:
+    """Paper-convention FLOPs by part per model (stacked bars), and measured latency (else the decode state per image),
+    each bar labelled with its value. The legend sits under both plots, so it covers no bar, and the value axis leaves
+    room past the longest bar for its label; parts no model has (prefusion, outside LLaVA-Mini) are left out."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -315,17 +320,18 @@ def plot(report: ProfileReport, path: str | Path) -> None:
     rows = list(range(len(profs)))
     labels = [p.name if len(p.name) <= 40 else p.name[:37] + "..." for p in profs]
     factor, unit = _scale([p.total("paper") for p in profs])
-    fig = Figure(figsize=(12, 1.2 + 0.6 * len(profs)))
+    fig = Figure(figsize=(12, 1.8 + 0.6 * len(profs)), layout="constrained")
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     left, right = fig.subplots(1, 2, sharey=True)
     start = [0.0] * len(profs)
-    for part in PARTS:
+    for colour, part in enumerate(PARTS):
         widths = [p.parts[part].paper / factor for p in profs]
-        left.barh(rows, widths, left=start, label=part)
-        start = [a + b for a, b in zip(start, widths, strict=True)]
+        if any(widths):
+            left.barh(rows, widths, left=start, label=part, color=f"C{colour}")  # a part's colour in every plot
+            start = [a + b for a, b in zip(start, widths, strict=True)]
+    left.bar_label(left.containers[-1], labels=[f"{total:.3g}" for total in start], padding=3)
     left.set_xlabel(f"{unit} per image (paper convention)")
     left.set_yticks(rows, labels)
-    left.legend(fontsize="small")
     if report.measurements:
         latency = [report.measurements[p.name].latency_ms if p.name in report.measurements else 0.0 for p in profs]
         bars = right.barh(rows, latency)
@@ -333,9 +339,17 @@ def plot(report: ProfileReport, path: str | Path) -> None:
     else:
         bars = right.barh(rows, [p.decode_state_bytes_per_image / 2**20 for p in profs])
         right.set_xlabel("decode state per image (MiB): KV caches + media")
-    right.bar_label(bars, fmt="%.3g")
+    right.bar_label(bars, fmt="%.3g", padding=3)
+    for ax in (left, right):
+        ax.margins(x=0.12)  # room past the longest bar for its label (bars start at 0, which stays the left edge)
     left.invert_yaxis()  # first model on top, as in the table (the axes share y)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncol=len(left.containers), fontsize="small", frameon=False)
+    return fig
+
+
+def plot(report: ProfileReport, path: str | Path) -> None:
+    """Write `profile_figure` as a PNG."""
+    fig = profile_figure(report)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 

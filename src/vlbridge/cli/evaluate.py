@@ -16,9 +16,11 @@ import argparse
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import vlbridge
+from vlbridge.cli.arguments import Parser
 from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError
 from vlbridge.eval.runner import evaluate
@@ -68,10 +70,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=None, help="checkpoint dir (default: the embedded model)")
     parser.add_argument("--out", default=None, help="folder for predictions, scores and result files")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="questions answered together")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (12 to 128)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES)
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     group = parser.add_argument_group("task options", "each is read by the tasks named in [brackets]")
     for option, users in task_options().values():
@@ -143,9 +145,14 @@ def run_text_retention(argv: Sequence[str], args: argparse.Namespace | None = No
         if err.name != "vlbridge.cli.retention":
             raise
         raise ConfigError("this build of vlbridge has no text-retention check (vlbridge.cli.retention)") from None
-    parser = argparse.ArgumentParser(prog="vlbridge eval text-retention", description=(retention.__doc__ or "").strip())
+    return int(retention.run(retention_parser(retention).parse_args(list(argv))) or 0)
+
+
+def retention_parser(retention: ModuleType) -> argparse.ArgumentParser:
+    """The parser of `vlbridge eval text-retention`, made from the retention module's flags."""
+    parser = Parser(prog="vlbridge eval text-retention", description=(retention.__doc__ or "").strip())
     retention.add_arguments(parser)
-    return int(retention.run(parser.parse_args(list(argv))) or 0)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 vlbridge info PATH
 vlbridge chat [--model PATH] [--image FILE] ["question"]
-vlbridge data synth --out DIR --n N --seed S
+vlbridge data synth --out DIR --n N --seed S | --recipe FILE
 vlbridge train --config FILE [--set a.b=c] [--resume]      (also under torchrun -m vlbridge)
 vlbridge eval --model PATH --data DIR | --task llava|vqav2|gqa|mmbench ...
 vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE
@@ -19,14 +19,15 @@ import sys
 from collections.abc import Sequence
 
 from vlbridge.cli import bench, chat, data, evaluate, info, ship, tokens, train
+from vlbridge.cli.arguments import Parser, check_arguments
 from vlbridge.errors import VlbridgeError
 
 SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="vlbridge", description=__doc__.splitlines()[0])
+    """The argument parser with every subcommand registered (each flag's help shows its default)."""
+    parser = Parser(prog="vlbridge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
@@ -41,10 +42,14 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one clear line and exit with status 2; a closed output pipe and Ctrl-C end it
-    quietly (a subcommand's `interrupted(args)`, when it sets one, says what Ctrl-C left, e.g. how to resume)."""
-    args = build_parser().parse_args(argv)
+    """Run the CLI; user errors (an argument that is not UTF-8 among them) print one clear line and exit with status 2;
+    a closed output pipe and Ctrl-C end it quietly (a subcommand's `interrupted(args)`, when it sets one, says what
+    Ctrl-C left, e.g. how to resume)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
+        check_arguments(argv)
+        args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except VlbridgeError as err:
         print(f"vlbridge: error: {err}", file=sys.stderr)

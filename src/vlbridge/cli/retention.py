@@ -29,11 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="allowed |relative difference| (0.03 = 3%%)"
     )
     parser.add_argument("--window", type=int, default=None, help="perplexity window (default: the context length)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="perplexity windows and QA prompts run together")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length for QA")
     parser.add_argument("--qa-prompt", default="chat", choices=QA_PROMPTS, help="chat template, or the bare question")
     parser.add_argument("--no-memory", action="store_true", help="skip the text-only vs full memory measurement")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES)
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print the report JSON instead of a table")
 

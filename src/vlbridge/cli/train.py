@@ -14,13 +14,32 @@ import shlex
 import sys
 from typing import Any
 
+EPILOG = """examples:
+  vlbridge train --config configs/quick.yaml      # the default's stages in small: about a minute of CPU
+  vlbridge train --config configs/default.yaml --set stages.1.steps=50 --run-dir runs/try
+  vlbridge train --config configs/default.yaml --set data.synth.n=200 --set seed=1
+  vlbridge train --config configs/default.yaml --resume
+
+--set KEY=VALUE sets any recipe key: a dotted path (a number indexes a list, so stages.1 is the second stage) and a
+value read as YAML (50, 1.0e-3, true, [2, 4])."""
+
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand."""
-    parser = sub.add_parser("train", help="train a model with a staged recipe (resumable)")
-    parser.add_argument("--config", required=True, help="recipe YAML file")
+    parser = sub.add_parser(
+        "train",
+        help="train a model with a staged recipe (resumable)",
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+    )
+    parser.add_argument("--config", required=True, help="recipe YAML file (configs/*.yaml)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key (repeatable; examples below)",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     parser.add_argument("--run-dir", default=None, help="where the run is written (overrides the recipe's run_dir)")

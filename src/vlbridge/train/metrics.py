@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlbridge.atomic import atomic_path, write_text
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
+LR_COLOURS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")  # never the loss's blue
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -55,29 +59,46 @@ class MetricsLog:
             handle.flush()
 
 
-def plot_loss(metrics_path: str | Path, out: str | Path, title: str = "") -> Path | None:
-    """Draw loss (and learning rate, on a second axis) against step into a PNG; None when nothing was logged."""
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
-    if not rows:
-        return None
+def _lr_schedules(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Learning rate per step, one series per distinct schedule, labelled with the parts that follow it: parts on the
+    same schedule share one line, which would otherwise hide the others under it."""
+    schedules: dict[tuple[float, ...], list[str]] = {}
+    for part in rows[0].get("lr") or {}:
+        series = tuple(r["lr"].get(part, float("nan")) for r in rows)
+        schedules.setdefault(series, []).append(part)
+    return {f"learning rate: {', '.join(parts)}": list(series) for series, parts in schedules.items()}
+
+
+def loss_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
+    """Loss (and learning rate, on a second axis) against step, for metric rows holding a loss. One legend, under the
+    plot, names every line: the loss and each learning-rate schedule."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend switch
 
     steps = [r["step"] for r in rows]
-    fig = Figure(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4.2), dpi=100, layout="constrained")
     ax = fig.subplots()
-    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
+    lines = ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", linewidth=2, label="loss (left axis)")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    if rows[0].get("lr"):
+    schedules = _lr_schedules(rows)
+    if schedules:
         lr_ax = ax.twinx()
-        for part in rows[0]["lr"]:
-            lr_ax.plot(steps, [r["lr"].get(part, float("nan")) for r in rows], linestyle="--", alpha=0.6, label=part)
+        for i, (label, series) in enumerate(schedules.items()):
+            colour = LR_COLOURS[i % len(LR_COLOURS)]
+            lines += lr_ax.plot(steps, series, color=colour, linestyle="--", label=f"{label} (right axis)")
         lr_ax.set_ylabel("learning rate")
-        lr_ax.legend(loc="upper right", fontsize="small")
+    fig.legend(handles=lines, loc="outside lower center", ncol=min(len(lines), 2), fontsize="small", frameon=False)
     ax.set_title(title)
-    fig.tight_layout()
+    return fig
+
+
+def plot_loss(metrics_path: str | Path, out: str | Path, title: str = "") -> Path | None:
+    """Draw `loss_figure` of a metrics file into a PNG; None when nothing was logged."""
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    if not rows:
+        return None
     out = Path(out)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
+        loss_figure(rows, title).savefig(tmp, format="png")
     return out
