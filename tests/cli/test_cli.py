@@ -82,7 +82,7 @@ def test_chat_bad_image_is_a_clear_error(clip_llava_dir: Path, tmp_path: Path, c
     [
         (["--stop", "", "hi"], "an empty stop string"),
         (["--do-sample", "--temperature", "nan", "hi"], "temperature must be finite"),
-        (["how \udcff many?"], "lone surrogate '\\udcff' (U+DCFF)"),
+        (["how \udcff many?"], "('how \\xff many?') is not valid UTF-8 at character 5"),
     ],
 )
 def test_chat_bad_generation_input_is_one_error_line(
