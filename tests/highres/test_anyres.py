@@ -18,7 +18,7 @@ from PIL import Image
 import vlbridge
 from tiny_vlm import tiny_config, tiny_vlm
 from vlbridge.config import ImageProcessorConfig
-from vlbridge.errors import ConfigError, ModalityError
+from vlbridge.errors import ConfigError, ModalityError, PlaceholderError
 from vlbridge.highres import anyres
 from vlbridge.model.io import load_weights, read_config
 from vlbridge.model.vlm import VisionLanguageModel
@@ -142,3 +142,16 @@ def test_save_and_load_round_trip_keeps_anyres(tmp_path) -> None:
     load_weights(again, tmp_path, rules)
     with torch.no_grad():
         assert torch.equal(again(**inputs).logits, model(**inputs).logits)
+
+
+def test_pad_to_square_and_pinpoints_exclude_each_other() -> None:
+    config = ImageProcessorConfig(size=TILE, crop_size=TILE, image_grid_pinpoints=PINPOINTS, pad_to_square=True)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        anyres.AnyResImageProcessor(config)
+
+
+def test_views_that_do_not_fit_the_sizes_are_refused() -> None:
+    model = _model("mlp")
+    inputs = _inputs(model, [_image(5, 40, 40)])
+    with pytest.raises(PlaceholderError, match="do not fit image_sizes"):
+        model(**{**inputs, "pixel_values": inputs["pixel_values"][:, :2]})  # a 2 x 2 grid needs 5 views

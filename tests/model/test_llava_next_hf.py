@@ -5,6 +5,8 @@ The processor comparison uses transformers' PIL image processor, the backend vlb
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 import vlbridge
+from vlbridge.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 
@@ -105,3 +108,12 @@ def test_greedy_generation_matches_transformers(llava_next_dir: Path) -> None:
 def test_text_only_load_reads_no_newline(llava_next_dir: Path) -> None:
     model, processor = vlbridge.load(llava_next_dir, vision=False)
     assert not hasattr(model, "image_newline") and not processor.has_vision
+
+
+def test_llava_next_config_without_pinpoints_is_refused(llava_next_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(llava_next_dir, tmp_path / "copy"))
+    raw = json.loads((copy / "config.json").read_text())
+    del raw["image_grid_pinpoints"]
+    (copy / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="without image_grid_pinpoints"):
+        vlbridge.load(copy)

@@ -22,7 +22,7 @@ import PIL.Image
 import torch
 
 from vlbridge.config import ImageProcessorConfig
-from vlbridge.errors import ConfigError
+from vlbridge.errors import ConfigError, PlaceholderError
 from vlbridge.vision.loading import ImageSource, load_image
 from vlbridge.vision.processor import ImageProcessor
 
@@ -122,7 +122,7 @@ def real_views(
     """The views (N_views, 3, H, W) of a (B, max_views, 3, H, W) batch without its zero padding, and views per image."""
     counts = [num_tiles((int(h), int(w)), pinpoints, tile) for h, w in image_sizes.tolist()]
     if len(counts) != pixel_values.shape[0] or max(counts, default=0) > pixel_values.shape[1]:
-        raise ConfigError(
+        raise PlaceholderError(
             f"pixel_values {tuple(pixel_values.shape)} do not fit image_sizes {image_sizes.tolist()}: build the inputs "
             "with this model's processor (AnyRes gives (images, views, 3, H, W) and one (height, width) per image)"
         )
@@ -137,6 +137,11 @@ class AnyResImageProcessor:
     def __init__(self, config: ImageProcessorConfig) -> None:
         if config.image_grid_pinpoints is None:
             raise ConfigError("AnyRes needs image_processor.image_grid_pinpoints ([[height, width], ...])")
+        if config.pad_to_square:
+            raise ConfigError(
+                "image_processor.pad_to_square and image_grid_pinpoints exclude each other: AnyRes pads each image to "
+                "its grid with black; drop one of them"
+            )
         self.config = config
         self.tile = config.crop_size
         self.pinpoints = check_pinpoints(config.image_grid_pinpoints, self.tile)
