@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hf_fixtures import tiny_llava
+from hf_fixtures import tiny_llava, tiny_llava_next
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +22,15 @@ def clip_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def siglip_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SigLIP-tower llava-hf checkpoint with tied embeddings and the `full` select strategy."""
     return tiny_llava(tmp_path_factory.mktemp("siglip_llava"), family="siglip", tie=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def llava_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A llava_next-hf checkpoint (AnyRes, 32 px tiles) with weights under the names save_pretrained writes."""
+    return tiny_llava_next(tmp_path_factory.mktemp("llava_next"))
+
+
+@pytest.fixture(scope="session")
+def llava_next_module_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same kind of checkpoint with weights under transformers >= 4.52's module names (`model.language_model.*`)."""
+    return tiny_llava_next(tmp_path_factory.mktemp("llava_next_modules"), module_keys=True, seed=3)

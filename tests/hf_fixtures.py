@@ -102,3 +102,67 @@ def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 
     )
     processor.save_pretrained(path)
     return path
+
+
+PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+"""LLaVA-NeXT's default grids (336 x {1,2,3} px) scaled to the tiny 32 px tiles."""
+
+
+def tiny_llava_next(path: Path, module_keys: bool = False, seed: int = 2) -> Path:
+    """Write a random tiny llava_next-hf checkpoint (CLIP tower, 32 px tiles) with tokenizer and processor files.
+
+    save_pretrained writes the weights under the original names (`language_model.model.*`, `image_newline`);
+    `module_keys` rewrites them under the module names transformers >= 4.52 uses (`model.language_model.*`,
+    `model.image_newline`, `lm_head.*`), the layout other writers of that era produce."""
+    from safetensors.torch import save_file
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="default",
+    )
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    if module_keys:
+        weights = {key: value.contiguous() for key, value in model.state_dict().items()}
+        assert "model.image_newline" in weights and "lm_head.weight" in weights
+        save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    return path

@@ -216,6 +216,7 @@ class ImageProcessorConfig:
     pad_to_square: bool = False  # LLaVA "pad": expand to a square filled with the mean colour first
     max_image_pixels: int = 8192 * 8192  # largest image held (padded square with pad_to_square); see above
     max_aspect_ratio: float = 50.0  # long side / short side; bounds the shortest-edge resize; see above
+    image_grid_pinpoints: list[list[int]] | None = None  # AnyRes (LLaVA-NeXT) grids [height, width]; None: one view
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The token budget: the issue's figures (576 -> 3520, 32 -> 4064, 2880 -> 1216), the KV formula against a real KV
-cache, frames at the boundary, and counts taken from the connectors' own num_tokens."""
+"""The token budget: the issue's figures (576 -> 3520, 32 -> 4064; AnyRes 2x2 as the processor counts it, 2928 -> 1168),
+the KV formula against a real KV cache, frames at the boundary, and counts taken from the connectors' own num_tokens
+and, for AnyRes, equal to what an AnyRes model's processor expands `<image>` to."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def test_the_issue_figures_for_a_4096_context() -> None:
     assert vision_patches(CLIP_L_336) == 576
     assert (rows["mlp"].tokens_per_image, rows["mlp"].text_left) == (576, 3520)
     assert (rows["qformer"].tokens_per_image, rows["qformer"].text_left) == (32, 4064)
-    assert (rows["anyres 2x2 (mlp)"].tokens_per_image, rows["anyres 2x2 (mlp)"].text_left) == (2880, 1216)
+    # the issue's 2880 -> 1216 counts 5 x 576 before unpadding and row-end tokens; the processor's count adds 48 of them
+    assert (rows["anyres 2x2 (mlp)"].tokens_per_image, rows["anyres 2x2 (mlp)"].text_left) == (2928, 1168)
+    assert rows["anyres 2x2 (pool)"].tokens_per_image == 144 + 24 * 25
     assert rows["perceiver"].tokens_per_image == 64 and rows["pool"].tokens_per_image == 144
     assert rows["mini C=1"].tokens_per_image == 1 and rows["mini C=12"].tokens_per_image == 144
     assert rows["mlp"].kv_bytes_per_image == 576 * 2**19  # 0.5 MiB per token: 288 MiB per image
@@ -109,3 +112,17 @@ def test_a_real_model_row_uses_its_connector_and_crop(clip_llava_dir: Path) -> N
     assert (row.tokens_per_image, row.text_left) == (16, 240)  # (32 / 8)^2 patches, CLS dropped
     lm = config.language_model
     assert row.kv_bytes_per_image == 16 * lm.num_hidden_layers * 2 * lm.num_key_value_heads * lm.resolved_head_dim * 4
+
+
+@pytest.mark.parametrize("connector", ["mlp", "pool", "perceiver"])
+def test_anyres_rows_count_what_an_anyres_model_splices(connector: str) -> None:
+    from dataclasses import replace
+
+    from tiny_vlm import tiny_config, tiny_vlm
+
+    config = tiny_config(
+        connector, {"num_latents": 4, "depth": 1} if connector == "perceiver" else None, processor=True
+    )
+    model = tiny_vlm(replace(config, image_processor=replace(config.image_processor, image_grid_pinpoints=[[32, 32]])))
+    per_view = model.connector.num_tokens(4)  # 16 px views of 8 px patches
+    assert token_budget.anyres_tokens(connector, per_view, (2, 2), 16) == model.tokens_per_image(32, 32)

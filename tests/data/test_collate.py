@@ -314,3 +314,49 @@ def test_processor_expand_images(processor: Processor) -> None:
     assert processor.expand_images(f"a{image}b{image}", [2, 1]) == f"a{image * 2}b{image}"
     with pytest.raises(PlaceholderError, match="1 <image> placeholder"):
         processor.expand_images(f"a{image}", [2, 2])
+
+
+def test_anyres_samples_count_each_image_by_its_size_and_train(
+    records: list[Record], model: VisionLanguageModel, root: Path, tmp_path: Path
+) -> None:
+    """With AnyRes each image's tokens depend on its size: the dataset's ids equal the Processor's, collate pads the
+    views of images tiled differently, and the loss reaches the connector and the row-end token."""
+    from dataclasses import replace
+
+    assert model.processor is not None
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    config = replace(
+        model.config, image_processor=replace(model.config.image_processor, image_grid_pinpoints=pinpoints)
+    )
+    torch.manual_seed(0)
+    anyres = VisionLanguageModel(config, tokenizer=model.processor.tokenizer)
+    processor = anyres.processor
+    assert processor is not None
+    (tmp_path / "images").mkdir()
+    PIL.Image.open(root / records[0].images[0]).save(tmp_path / "images/a.png")  # 48 x 48: a 2 x 2 grid
+    wide = np.random.default_rng(0).integers(0, 256, size=(20, 70, 3), dtype=np.uint8)
+    PIL.Image.fromarray(wide).save(tmp_path / "images/b.png")  # 70 x 20: a 1 x 2 grid
+    recs = [
+        record([("human", "<image>\nwhat is this ?"), ("gpt", "a red circle")], "images/a.png", line=1),
+        record([("human", "How many objects?"), ("gpt", "3")], line=2),
+        record([("human", "<image>\ndescribe it"), ("gpt", "a blue square")], "images/b.png", line=3),
+    ]
+    dataset = SupervisedDataset(recs, tmp_path, processor, "vicuna_v1", max_length=1024)
+    for i in (0, 2):
+        rec = dataset.record(i)
+        prompt = templates.render("vicuna_v1", rec.conversations, add_generation_prompt=False)
+        expected = processor(prompt, images=[tmp_path / p for p in rec.images])
+        sample = dataset[i]
+        assert sample["input_ids"].tolist() == expected["input_ids"][0].tolist()
+        assert torch.equal(sample["pixel_values"], expected["pixel_values"])
+        assert torch.equal(sample["image_sizes"], expected["image_sizes"])
+    batch = collate([dataset[i] for i in range(3)], processor.tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape == (2, 5, 3, SIDE, SIDE) and batch["image_sizes"].tolist() == [
+        [48, 48],
+        [20, 70],
+    ]
+    assert torch.count_nonzero(batch["pixel_values"][1, 3:]) == 0  # the 1 x 2 image's padding views
+    loss = anyres.loss(**batch)
+    loss.backward()
+    assert torch.isfinite(loss) and anyres.image_newline.grad is not None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in anyres.connector.parameters())

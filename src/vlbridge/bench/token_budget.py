@@ -5,7 +5,9 @@ Visual tokens per image come from the connectors' own `Connector.num_tokens`, bu
 no compute), for every design that is registered; a design whose connector is not registered (or cannot be built)
 falls back to the rule its paper documents, and the row says so. The figures the field quotes for a 4096 context with
 CLIP ViT-L/14 at 336 px (576 patches): mlp 576 -> 3520 left for text (LLaVA-1.5), qformer 32 -> 4064 (BLIP-2),
-AnyRes 2x2 + base view 5 x 576 = 2880 -> 1216 (LLaVA-NeXT, counted before unpadding and row-end tokens).
+AnyRes 2x2 + base view 5 x 576 = 2880 -> 1216 (LLaVA-NeXT, counted before unpadding and row-end tokens). AnyRes rows
+here count as the processor does (vlbridge.highres.anyres): an image filling the 2x2 grid takes 576 + 48 x (48 + 1)
+= 2928 with the mlp connector (its row-end tokens included), 144 + 24 x 25 = 744 with pool.
 
 KV cache: bytes = tokens x layers x 2 (K and V) x kv_heads x head_dim x bytes per element; Vicuna-7B in fp16 holds
 0.5 MiB per token. Video is compressed per frame, so frames fit = floor((context - text_reserve) / tokens per frame).
@@ -20,9 +22,10 @@ from typing import Any
 import torch
 
 from vlbridge.config import ConnectorConfig, LMConfig, ModelConfig, VisionConfig
-from vlbridge.connectors import ConnectorContext, available, build_connector
+from vlbridge.connectors import CONNECTORS, ConnectorContext, available, build_connector
 from vlbridge.dtypes import DTYPE_CHOICES, DTYPES
 from vlbridge.errors import ConfigError
+from vlbridge.highres import anyres
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.vision.vit import ViT
 
@@ -67,11 +70,12 @@ DEFAULT_MINI_GRIDS = (1, 12)
 
 @dataclass(frozen=True)
 class Design:
-    """One way of bringing an image into the sequence: a connector config, applied to `views` views of the image."""
+    """One way of bringing an image into the sequence: a connector config, applied to the image as one view, or with
+    AnyRes to an image filling an `anyres_grid` (rows, cols) of tiles plus the base view."""
 
     label: str
     connector: ConnectorConfig
-    views: int = 1  # AnyRes: grid tiles + the base (global) view, each encoded and connected alike
+    anyres_grid: tuple[int, int] | None = None
     note: str = ""
 
 
@@ -136,14 +140,15 @@ def default_designs(
     designs = [Design(name, ConnectorConfig(name=name)) for name in ("mlp", "linear", "qformer", "perceiver")]
     designs.append(Design("gated_xattn", ConnectorConfig(name="gated_xattn"), note="vision enters by cross-attention"))
     designs += [Design(name, ConnectorConfig(name=name)) for name in ("pool", "tome", "patch_merger")]
-    designs.append(
+    designs += [
         Design(
-            f"anyres {rows}x{cols} (mlp)",
-            ConnectorConfig(name="mlp"),
-            views=rows * cols + 1,
-            note=f"{rows * cols} tiles + base view; before unpadding and row-end tokens",
+            f"anyres {rows}x{cols} ({name})",
+            ConnectorConfig(name=name),
+            anyres_grid=(rows, cols),
+            note=f"{rows * cols} tiles + base view, as the processor counts an image filling the grid",
         )
-    )
+        for name in ("mlp", "pool")
+    ]
     for grid in mini_grids:
         if grid < 1:
             raise ConfigError(f"a mini grid C must be >= 1 (C x C compressed tokens), got {grid}")
@@ -227,8 +232,23 @@ def budget(
     for design in designs:
         per_view, source, why = count_tokens(design.connector, n_patches, ctx)
         note = "; ".join(text for text in (design.note, why) if text)
-        rows.append(window.row(design.label, per_view * design.views, source, note))
+        tokens = per_view
+        if design.anyres_grid is not None:
+            tile = vision.image_size if image_size is None else image_size
+            tokens = anyres_tokens(design.connector.name, per_view, design.anyres_grid, tile)
+        rows.append(window.row(design.label, tokens, source, note))
     return rows
+
+
+def anyres_tokens(connector: str, per_view: int, grid: tuple[int, int], tile: int) -> int:
+    """Tokens of an image filling a (rows, cols) grid of `tile` px tiles: a grid connector's tokens packed as
+    LLaVA-NeXT packs them (base view, then the tile grid with a row-end token per row), any other's views in turn."""
+    rows, cols = grid
+    size = (rows * tile, cols * tile)
+    spatial = connector in available() and CONNECTORS.get(connector).spatial
+    if spatial:
+        return anyres.num_tokens(size, [size], tile, math.isqrt(per_view))
+    return (rows * cols + 1) * per_view
 
 
 def model_row(config: ModelConfig, window: Window) -> BudgetRow:

@@ -115,6 +115,10 @@ class Connector(nn.Module, ABC):
 
     Options: ClassVar[type] = NoOptions
     """The dataclass `connector.options` is read into: one field per option, with its type and default."""
+    spatial: ClassVar[bool] = False
+    """Whether `forward`'s tokens are a square grid over the image, row-major (mlp, pool, patch_merger): AnyRes then
+    lays a tiled image's tokens out as one grid, unpads it and ends its rows with a newline token; other connectors'
+    tokens for each AnyRes view follow one another."""
 
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__()

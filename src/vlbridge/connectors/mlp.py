@@ -23,6 +23,8 @@ from vlbridge.nn_utils import activation
 class MLPConnector(Connector):
     """`depth` Linear layers with the activation between them; one visual token per patch."""
 
+    spatial = True
+
     def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
         if config.depth < 1:

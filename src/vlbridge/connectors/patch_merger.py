@@ -38,6 +38,7 @@ class PatchMergerOptions:
 class PatchMergerConnector(Connector):
     """m x m neighbouring patches (`options.merge`, default 2) -> one token; `options.norm`: patch | merged."""
 
+    spatial = True
     Options = PatchMergerOptions
     options: PatchMergerOptions
 

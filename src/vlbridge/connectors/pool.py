@@ -33,6 +33,8 @@ class PoolOptions:
 class PoolConnector(Connector):
     """Average-pool k x k neighbourhoods of the patch grid (`options.kernel`, default 2), then the mlp projector."""
 
+    spatial = True
+
     Options = PoolOptions
     options: PoolOptions
 

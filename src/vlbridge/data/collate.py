@@ -11,7 +11,8 @@ aligning the ids of each prefix with them, a straddling token being supervised; 
 
 Samples are tokenised eagerly, so truncation counts are known before training: a sample longer than `max_length`
 is cut from the end, unless the cut would go through (or drop) an image's token block, in which case the sample is
-dropped; a sample left with no supervised token is dropped too. Images are read lazily, per item.
+dropped; a sample left with no supervised token is dropped too. Images are read lazily, per item; with AnyRes
+(LLaVA-NeXT tiling) an image's token count depends on its size, so each is also read once when tokenising.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from vlbridge.data.llava_json import Record
 from vlbridge.errors import ConfigError, DataError, ImageError, ModalityError
+from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.lm import templates
 from vlbridge.lm.loss import IGNORE_INDEX
 from vlbridge.model.processor import Processor
+from vlbridge.vision.loading import load_image
 
 PADDING_SIDES = ("left", "right")
 
@@ -75,7 +79,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class SupervisedDataset(Dataset):
-    """LLaVA records -> input_ids, labels (assistant replies only) and pixel_values (n_images, 3, H, W) or None."""
+    """LLaVA records -> input_ids, labels (assistant replies only) and pixel_values (n_images, 3, H, W) or None;
+    with AnyRes pixel_values (n_images, views, 3, H, W) and image_sizes (n_images, 2)."""
 
     def __init__(
         self,
@@ -95,6 +100,7 @@ class SupervisedDataset(Dataset):
         self.max_length = max_length
         self.stats = SupervisedStats(records=len(records))
         self._side = fixed_image_side(processor) if processor.has_vision else 0
+        self._anyres = isinstance(processor.image_processor, AnyResImageProcessor)
         self._tokens_per_image = processor.tokens_per_image(self._side, self._side) if processor.has_vision else 0
         self._lead, self._trail = self._added_specials()
         self._samples: list[tuple[torch.Tensor, torch.Tensor, Record]] = []
@@ -126,16 +132,27 @@ class SupervisedDataset(Dataset):
             segments = templates.render_segments(self.template, record.conversations)
         except DataError as err:
             raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
+        counts = [self._image_tokens(record, path) for path in record.images]
         image_token, pieces, used = self.processor.image_token, [], 0
         for text, supervised in segments:
             text = text.replace(templates.IMAGE_PLACEHOLDER, image_token)
             n = text.count(image_token)
             if n:
-                text = self.processor.expand_images(text, [self._tokens_per_image] * n)
+                text = self.processor.expand_images(text, counts[used : used + n])
                 used += n
             pieces.append((text, supervised))
         assert used == len(record.images), "parse_record checks one placeholder per image"
         return pieces
+
+    def _image_tokens(self, record: Record, path: str) -> int:
+        """Tokens one of the record's images takes: the fixed count, or with AnyRes the count for its size."""
+        if not self._anyres:
+            return self._tokens_per_image
+        try:
+            image = load_image(self.image_root / path, self.processor.image_processor.config)
+        except ImageError as err:
+            raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
+        return self.processor.tokens_per_image(image.height, image.width)
 
     def _label_all(self, records: list[list[tuple[str, bool]]]) -> list[tuple[list[int], list[int]]]:
         """input_ids and labels of each record's pieces: piecewise ids if they equal the whole prompt's, else
@@ -207,14 +224,18 @@ class SupervisedDataset(Dataset):
         """input_ids (T,), labels (T,), pixel_values (n_images, 3, H, W) or None for a text-only sample."""
         input_ids, labels = self.token_ids(index)
         record = self.record(index)
-        pixel_values = None
+        item: dict[str, torch.Tensor | None] = {"input_ids": input_ids, "labels": labels, "pixel_values": None}
         if record.images:
+            assert self.processor.image_processor is not None, "records with images need vision (checked when built)"
             try:
-                pixel_values = self.processor.image_processor([self.image_root / p for p in record.images])
+                processed = self.processor.image_processor([self.image_root / p for p in record.images])
             except ImageError as err:
                 raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
-            assert pixel_values.shape[-2:] == (self._side, self._side), "fixed-size preprocessing was checked"
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+            if isinstance(processed, tuple):  # AnyRes: (n_images, views, 3, H, W) and (n_images, 2)
+                processed, item["image_sizes"] = processed
+            assert processed.shape[-2:] == (self._side, self._side), "fixed-size preprocessing was checked"
+            item["pixel_values"] = processed
+        return item
 
     def record(self, index: int) -> Record:
         """The record behind sample `index` (to report or inspect it)."""
@@ -234,7 +255,9 @@ def collate(
     """A training batch: input_ids, attention_mask, labels (-100 on pads) (B, T); pixel_values when any image.
 
     pixel_values concatenates every sample's images in batch order, i.e. the order their image tokens take in
-    the flattened batch, which is how the model splices them. Works for SupervisedDataset and TextDataset items.
+    the flattened batch, which is how the model splices them; AnyRes items' views are zero-padded to the most any
+    image has, and their image_sizes (N_images, 2) concatenated alike. Works for SupervisedDataset and TextDataset
+    items.
     """
     if not batch:
         raise DataError("cannot collate an empty batch")
@@ -245,6 +268,11 @@ def collate(
         "labels": pad([sample["labels"] for sample in batch], IGNORE_INDEX, padding_side),
     }
     images = [sample["pixel_values"] for sample in batch if sample.get("pixel_values") is not None]
-    if images:
+    if images and any(sample.get("image_sizes") is not None for sample in batch):  # AnyRes: pad the views
+        views = max(pixels.shape[1] for pixels in images)
+        padded = [F.pad(pixels, (0, 0, 0, 0, 0, 0, 0, views - pixels.shape[1])) for pixels in images]
+        out["pixel_values"] = torch.cat(padded)  # (N_images, views, 3, H, W)
+        out["image_sizes"] = torch.cat([s["image_sizes"] for s in batch if s.get("image_sizes") is not None])
+    elif images:
         out["pixel_values"] = torch.cat(images)  # (N_images, 3, H, W)
     return out

@@ -1,4 +1,5 @@
-"""The HF llava layout (LlavaForConditionalGeneration) as data: config conversion and weight-key renaming.
+"""The HF llava layouts (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration) as data: config conversion
+and weight-key renaming. llava_next adds AnyRes: `image_grid_pinpoints` and the `image_newline` row-end vector.
 
 transformers has written three key layouts over time; all load: the original (`language_model.model.*`,
 `vision_tower.vision_model.*`), the 4.5x one (`model.language_model.*`, `lm_head.*`) and 5.x's (`vision_tower.*`
@@ -24,6 +25,7 @@ LLAVA_KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"^language_model\.model\.", "language_model.model."),
     (r"^model\.language_model\.", "language_model.model."),
     (r"^(language_model\.)?lm_head\.", "language_model.lm_head."),
+    (r"^(model\.)?image_newline$", "image_newline"),
 )
 CAUSAL_LM_KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"^model\.", "language_model.model."),
@@ -46,10 +48,10 @@ def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, 
     model_type = raw.get("model_type")
     if model_type in TEXT_MODEL_TYPES:
         return ModelConfig(language_model=lm_config_from_hf(raw), vision=None), CAUSAL_LM_KEY_RULES
-    if model_type != "llava":
+    if model_type not in ("llava", "llava_next"):
         raise CheckpointError(
-            f"config.json has model_type {model_type!r}; vlbridge loads 'llava' checkpoints, text LLMs "
-            f"({', '.join(TEXT_MODEL_TYPES)}) and its own format"
+            f"config.json has model_type {model_type!r}; vlbridge loads 'llava' and 'llava_next' checkpoints, text "
+            f"LLMs ({', '.join(TEXT_MODEL_TYPES)}) and its own format"
         )
     text = dict(_section(raw, "text_config", "the language model's settings", path))
     if raw.get("tie_word_embeddings"):
@@ -65,6 +67,8 @@ def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, 
     image_processor = (
         image_processor_config_from_hf(preprocessor) if preprocessor is not None else ImageProcessorConfig()
     )
+    if model_type == "llava_next":
+        image_processor = _anyres(raw, image_processor, vision.image_size, path)
     config = ModelConfig(
         language_model=lm_config_from_hf(text),
         vision=vision,
@@ -79,6 +83,20 @@ def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, 
         image_token_id=int(raw.get("image_token_index", raw.get("image_token_id", 32000))),
     )
     return config, LLAVA_KEY_RULES
+
+
+def _anyres(raw: dict[str, Any], image_processor: ImageProcessorConfig, tile: int, path: Path) -> ImageProcessorConfig:
+    """The image processor settings with llava_next's pinpoints; its tiles must be the vision tower's input size,
+    as LlavaNextModel lays out each tile's features on the tower's patch grid."""
+    pinpoints = raw.get("image_grid_pinpoints")
+    if not isinstance(pinpoints, list):
+        raise CheckpointError(f"{path / 'config.json'} is a llava_next config without image_grid_pinpoints; {RECOPY}")
+    if image_processor.crop_size != tile:
+        raise CheckpointError(
+            f"{path}: the image processor cuts {image_processor.crop_size}px tiles but the vision tower takes "
+            f"{tile}px images; set the preprocessor's crop_size to {tile}"
+        )
+    return replace(image_processor, image_grid_pinpoints=[list(p) for p in pinpoints])
 
 
 def _section(raw: dict[str, Any], key: str, what: str, path: Path) -> dict[str, Any]:

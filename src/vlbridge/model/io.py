@@ -24,7 +24,7 @@ from vlbridge.model.hf_llava import model_config_from_hf, rename_key
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, WEIGHTS_INDEX, tied_keys
 from vlbridge.model.vlm import VisionLanguageModel
 
-VISION_PREFIXES = ("vision_encoder.", "connector.")
+VISION_PREFIXES = ("vision_encoder.", "connector.", "image_newline")
 
 
 def default_model_dir() -> Path:

@@ -17,6 +17,7 @@ import torch
 
 from vlbridge.atomic import write_text
 from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError, PromptError
+from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer, check_text
 from vlbridge.vision.processor import ImageProcessor, ImageSource
@@ -33,7 +34,7 @@ class Processor:
     def __init__(
         self,
         tokenizer: Tokenizer,
-        image_processor: ImageProcessor | None,
+        image_processor: ImageProcessor | AnyResImageProcessor | None,
         *,
         image_token: str = "<image>",
         image_token_id: int,
@@ -42,7 +43,8 @@ class Processor:
         template: str | None = None,
         text_only_images: str = "refuse",
     ) -> None:
-        """`image_processor` None: text-only; `tokens_per_image(height, width)` counts one preprocessed image."""
+        """`image_processor` None: text-only; `tokens_per_image(height, width)` counts one image: preprocessed, or for
+        AnyRes (an AnyResImageProcessor) as given (its image_sizes)."""
         if text_only_images not in TEXT_ONLY_IMAGES:
             raise ConfigError(f"text_only_images is {text_only_images!r}; choose one of {', '.join(TEXT_ONLY_IMAGES)}")
         if template is not None:
@@ -121,7 +123,8 @@ class Processor:
         return_tensors: str = "pt",
         padding_side: str = "left",
     ) -> dict[str, torch.Tensor]:
-        """input_ids and attention_mask (B, T), padded; pixel_values (N_images, 3, H, W) in prompt order if images.
+        """input_ids and attention_mask (B, T), padded; pixel_values (N_images, 3, H, W) in prompt order if images;
+        for AnyRes pixel_values (N_images, max_views, 3, H, W) and image_sizes (N_images, 2) as (height, width).
 
         `images`: None, a list of PIL images/paths for one prompt (or dealt out in order over several prompts by
         their placeholder counts), or a list of lists, one per prompt.
@@ -139,7 +142,11 @@ class Processor:
             groups = self._images_per_prompt(prompts, images)
             n_images = [len(group) for group in groups]
             flat = [image for group in groups for image in group]
-            if flat:
+            if flat and isinstance(self.image_processor, AnyResImageProcessor):
+                out["pixel_values"], out["image_sizes"] = self.image_processor(flat)  # (N, V, 3, H, W), (N, 2)
+                counts = [self.tokens_per_image(h, w) for h, w in out["image_sizes"].tolist()]
+                prompts, visual = self._expand(prompts, n_images, counts)
+            elif flat:
                 pixel_values = self.image_processor(flat)  # (N, 3, H, W)
                 counts = [self.tokens_per_image(*p.shape[-2:]) for p in pixel_values]
                 prompts, visual = self._expand(prompts, n_images, counts)
@@ -243,9 +250,13 @@ class Processor:
 def processor_for(model: VisionLanguageModel, tokenizer: Tokenizer) -> Processor:
     """A Processor whose `<image>` expansion and preprocessing match `model` (text-only when it has no vision)."""
     config = model.config
+    image_processor: ImageProcessor | AnyResImageProcessor | None = None
+    if model.has_vision:
+        anyres = config.image_processor.image_grid_pinpoints is not None
+        image_processor = (AnyResImageProcessor if anyres else ImageProcessor)(config.image_processor)
     return Processor(
         tokenizer,
-        ImageProcessor(config.image_processor) if model.has_vision else None,
+        image_processor,
         image_token=config.image_token,
         image_token_id=config.image_token_id,
         tokens_per_image=model.tokens_per_image,

@@ -8,6 +8,7 @@ LLaVA-Mini's also rewrites the text by modality pre-fusion, and fuses each gener
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from torch import nn
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
 from vlbridge.connectors.base import FusionCache
-from vlbridge.connectors.splice import image_token_mask
+from vlbridge.connectors.splice import image_token_mask, splice
 from vlbridge.errors import ConfigError, ModalityError
+from vlbridge.highres import anyres
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.loss import causal_lm_loss
@@ -60,6 +62,9 @@ class VisionLanguageModel(nn.Module):
             )
             self.connector = build_connector(config.connector, context)
             self.connector.init_from_language_model(self.language_model)
+            if self.pinpoints is not None and self.connector.spatial:  # LLaVA-NeXT's row-end token
+                hidden = config.language_model.hidden_size
+                self.image_newline = nn.Parameter(torch.randn(hidden) / hidden**0.5)
         self.processor: Processor | None = processor_for(self, tokenizer) if tokenizer is not None else None
 
     @property
@@ -67,11 +72,24 @@ class VisionLanguageModel(nn.Module):
         """Whether the vision plug-in is loaded."""
         return self.vision_encoder is not None
 
+    @property
+    def pinpoints(self) -> list[tuple[int, int]] | None:
+        """AnyRes grids (height, width) when the model tiles high-resolution images (LLaVA-NeXT), else None."""
+        points, tile = self.config.image_processor.image_grid_pinpoints, self.config.image_processor.crop_size
+        return None if points is None else anyres.check_pinpoints(points, tile)
+
     def tokens_per_image(self, height: int, width: int) -> int:
-        """Visual tokens one preprocessed image of this pixel size takes in the LM sequence."""
+        """Visual tokens one image takes in the LM sequence: for AnyRes, given the image's own size (its tiling
+        depends on it); otherwise given its preprocessed size."""
         if self.vision_encoder is None or self.connector is None:
             raise ModalityError("this model has no vision plug-in loaded; load it with vision=True")
-        return self.connector.num_tokens(self.vision_encoder.num_patches(height, width))
+        pinpoints, tile = self.pinpoints, self.config.image_processor.crop_size
+        if pinpoints is None:
+            return self.connector.num_tokens(self.vision_encoder.num_patches(height, width))
+        per_view = self.connector.num_tokens(self.vision_encoder.num_patches(tile, tile))
+        if self.connector.spatial:
+            return anyres.num_tokens((height, width), pinpoints, tile, math.isqrt(per_view))
+        return anyres.num_tiles((height, width), pinpoints, tile) * per_view
 
     def embed(
         self,
@@ -79,9 +97,11 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         fusion: FusionCache | None = None,
+        image_sizes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[int, LayerHook]]:
         """The LM input embeddings (visual tokens in place, text as the connector fuses it) and any LM hooks the
-        connector needs; `fusion` collects the connector's decode state when generating."""
+        connector needs; `fusion` collects the connector's decode state when generating. AnyRes inputs are
+        pixel_values (B, views, 3, H, W) with image_sizes (B, 2)."""
         if self.config.vision is None:  # a text LLM: no id is an image token, whatever image_token_id says
             if pixel_values is not None:
                 raise ModalityError("this is a text-only model (its checkpoint has no vision encoder)")
@@ -99,7 +119,25 @@ class VisionLanguageModel(nn.Module):
                 raise ModalityError("the prompt has image tokens but no pixel_values were given; pass the images")
             return embeds, {}
         assert self.vision_encoder is not None and self.connector is not None
+        pinpoints = self.pinpoints
+        if pinpoints is not None:
+            if image_sizes is None or pixel_values.dim() != 5:
+                raise ModalityError(
+                    "this AnyRes model takes pixel_values (images, views, 3, H, W) with image_sizes (images, 2); "
+                    "build the inputs with its processor"
+                )
+            pixel_values, views = anyres.real_views(
+                pixel_values, image_sizes, pinpoints, self.config.image_processor.crop_size
+            )
         features = self.vision_encoder(pixel_values.to(embeds.dtype))  # (N, P, Dv)
+        if pinpoints is not None and self.connector.spatial:
+            tokens = self.connector(features).split(views)  # per image (views, K, D)
+            tile = self.config.image_processor.crop_size
+            sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
+            packed = [
+                anyres.pack(t, size, pinpoints, tile, self.image_newline) for t, size in zip(tokens, sizes, strict=True)
+            ]
+            return splice(embeds, mask, torch.cat(packed)[None]), {}  # (B, T, D)
         embeds = self.connector.fuse(embeds, mask, features, attention_mask, fusion)  # (B, T, D)
         return embeds, self.connector.lm_hooks(features, mask)
 
@@ -110,9 +148,10 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
     ) -> VLMOutput:
         """Logits for every position; with `labels` (-100 ignored) also the next-token loss."""
-        logits = self._decode(input_ids, attention_mask, pixel_values, position_ids)
+        logits = self._decode(input_ids, attention_mask, pixel_values, position_ids, image_sizes=image_sizes)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return VLMOutput(logits=logits, loss=loss)
 
@@ -122,9 +161,10 @@ class VisionLanguageModel(nn.Module):
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training)."""
-        hidden = self._decode(input_ids, attention_mask, pixel_values, None, return_hidden=True)
+        hidden = self._decode(input_ids, attention_mask, pixel_values, None, True, image_sizes)
         return causal_lm_loss(hidden, labels, self.language_model.head)
 
     def _decode(
@@ -134,9 +174,10 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         return_hidden: bool = False,
+        image_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The LM over the spliced prompt: logits (B, T, V), or final hidden states (B, T, D) if `return_hidden`."""
-        embeds, hooks = self.embed(input_ids, pixel_values, attention_mask)
+        embeds, hooks = self.embed(input_ids, pixel_values, attention_mask, image_sizes=image_sizes)
         return self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -166,6 +207,7 @@ class VisionLanguageModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         pixel_values: torch.Tensor | None,
+        image_sizes: torch.Tensor | None,
         generation: dict[str, Any],
     ) -> Any:
         input_ids = input_ids.to(self.device)
@@ -182,28 +224,30 @@ class VisionLanguageModel(nn.Module):
         detokenize = self.processor.decode if self.processor is not None else None
         generator = Generator(_VisionStep(self), detokenize=detokenize)
         run = generator.generate if mode == "generate" else generator.stream
-        return run(mask, config, input_ids, input_ids=input_ids, pixel_values=pixel_values)
+        return run(mask, config, input_ids, input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes)
 
     def generate(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
         **generation: Any,
     ) -> torch.Tensor:
         """(B, T + new) ids: the prompt followed by generated tokens (greedy, or sampling with temperature/top-k/
         top-p), finished rows padded; keyword arguments are GenerationConfig fields."""
-        return self._run("generate", input_ids, attention_mask, pixel_values, generation)
+        return self._run("generate", input_ids, attention_mask, pixel_values, image_sizes, generation)
 
     def stream(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
         **generation: Any,
     ) -> Iterator[torch.Tensor]:
         """Yields the new token of each row, (B,), step by step, as `generate` would produce them."""
-        return self._run("stream", input_ids, attention_mask, pixel_values, generation)
+        return self._run("stream", input_ids, attention_mask, pixel_values, image_sizes, generation)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config, weights (safetensors) and, if attached, the processor's files; atomically per file."""
@@ -224,9 +268,14 @@ class _VisionStep:
         return self.model.language_model.new_cache(batch_size, max_length)
 
     def prefill(
-        self, cache: KVCache, attention_mask: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
+        self,
+        cache: KVCache,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_sizes: torch.Tensor | None,
     ) -> torch.Tensor:
-        embeds, self.hooks = self.model.embed(input_ids, pixel_values, attention_mask, self.fusion)
+        embeds, self.hooks = self.model.embed(input_ids, pixel_values, attention_mask, self.fusion, image_sizes)
         return self.model.language_model.prefill(cache, attention_mask, inputs_embeds=embeds, hooks=self.hooks)
 
     def decode_step(self, cache: KVCache, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

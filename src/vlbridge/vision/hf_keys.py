@@ -76,6 +76,7 @@ HF_PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "CLIPImageProcessor": _CLIP_PP,
     "CLIPFeatureExtractor": _CLIP_PP,
     "LlavaImageProcessor": _CLIP_PP,
+    "LlavaNextImageProcessor": _CLIP_PP,
     "SiglipImageProcessor": _SIGLIP_PP,
 }
 PROCESSOR_TYPE_OF_FAMILY = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor"}

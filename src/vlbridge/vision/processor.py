@@ -74,10 +74,15 @@ class ImageProcessor:
 
     def preprocess_one(self, image: ImageSource) -> torch.Tensor:
         """One image (PIL or path) -> (3, H, W) float32; its size is checked against the config's limits first."""
-        cfg = self.config
-        image = load_image(image, cfg)
-        if cfg.pad_to_square:
+        image = load_image(image, self.config)
+        if self.config.pad_to_square:
             image = pad_to_square(image, self._fill)
+        return self.finish(image)
+
+    def finish(self, image: PIL.Image.Image) -> torch.Tensor:
+        """A loaded RGB image -> (3, H, W) float32: resize, centre crop, rescale, normalise (AnyRes finishes each of
+        its views with this too)."""
+        cfg = self.config
         if cfg.resize_mode == "exact":
             new_size = (cfg.crop_size, cfg.crop_size)
         else:

@@ -17,6 +17,7 @@ class CausalLMObjective(Objective):
             labels=batch["labels"],
             attention_mask=batch.get("attention_mask"),
             pixel_values=batch.get("pixel_values"),
+            image_sizes=batch.get("image_sizes"),
         )
         return ObjectiveOutput(loss, int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0)
 

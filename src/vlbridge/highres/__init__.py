@@ -1,0 +1,1 @@
+"""High resolution: AnyRes tiling (LLaVA-NeXT) between the connectors and the model."""
