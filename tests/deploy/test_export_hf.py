@@ -129,6 +129,23 @@ def test_embedded_default_exports_to_llava_hf(tmp_path: Path) -> None:
     assert hf_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == prompt
     sample = Image.open(default_model_dir() / "sample.png")
     _assert_parity(model, processor, tmp_path / "out", [prompt], [sample])
+    hf_model, _ = _hf_llava(tmp_path / "out")
+    inputs = processor(text=[prompt], images=[sample])
+    ours = model.generate(**inputs, max_new_tokens=12)
+    theirs = hf_model.generate(**inputs, max_new_tokens=12, do_sample=False)  # eos and pad from the config
+    assert torch.equal(ours, theirs)
+
+
+def test_bf16_export_stays_bf16(tmp_path: Path) -> None:
+    model, processor = vlbridge.load(dtype="bf16")
+    export(model, tmp_path / "out")
+    hf_model = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert {p.dtype for p in hf_model.parameters()} == {torch.bfloat16}
+    again, _ = vlbridge.load(tmp_path / "out", dtype="bf16")
+    sample = Image.open(default_model_dir() / "sample.png")
+    inputs = processor(text="<image>\nWhat colour is the circle?", images=[sample])
+    with torch.no_grad():
+        assert torch.equal(again(**inputs).logits, model(**inputs).logits)
 
 
 @pytest.mark.parametrize("source", ["clip-llama", "siglip-qwen2"])

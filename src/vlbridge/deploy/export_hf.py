@@ -137,6 +137,13 @@ def _save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
+def _dtype_entries(model: VisionLanguageModel) -> dict[str, str]:
+    """The weights' dtype as config.json records it: `dtype` (transformers 5) and `torch_dtype` (transformers 4 and
+    engines built on it), so `from_pretrained(..., dtype="auto")` keeps a bf16 export in bf16."""
+    name = str(model.language_model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    return {"dtype": name, "torch_dtype": name}
+
+
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
@@ -180,7 +187,7 @@ def export_llava_hf(model: VisionLanguageModel, out: str | Path, legacy_keys: bo
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k not in tied and not k.startswith("connector.")}
     _save_weights(out, rename_state({**state, **_projector_state(model)}, prefixes))
-    _write_json(out / "config.json", hf_config)
+    _write_json(out / "config.json", {**hf_config, **_dtype_entries(model)})
     _save_processor(model, out, images=True)
     processor = {
         "processor_class": "LlavaProcessor",
@@ -202,7 +209,7 @@ def export_hf_lm(model: VisionLanguageModel, out: str | Path) -> Path:
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k.startswith("language_model.") and k not in tied}
     _save_weights(out, rename_state(state, _prefix_map(CAUSAL_LM_LAYOUT, CAUSAL_LM_KEY_RULES)))
-    _write_json(out / "config.json", lm_config_to_hf(config.language_model))
+    _write_json(out / "config.json", {**lm_config_to_hf(config.language_model), **_dtype_entries(model)})
     _save_processor(model, out, images=False)
     return out
 
