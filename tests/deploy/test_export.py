@@ -76,6 +76,16 @@ def test_model_without_tokenizer_is_refused_before_writing(format: str, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("format", ["llava-hf", "hf-lm"])
+def test_a_destination_holding_files_is_refused(format: str, tmp_path: Path) -> None:
+    model, _ = vlbridge.load()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ConfigError, match="exists and is not an empty directory; choose a new --out"):
+        export(model, tmp_path / "out", format=format)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.safetensors.index.json"]
+
+
 @pytest.mark.parametrize("layout", sorted(LLAVA_LAYOUTS))
 def test_every_written_key_reads_back_to_ours_under_the_loaders_rules(layout: str, tmp_path: Path) -> None:
     model, _ = vlbridge.load()

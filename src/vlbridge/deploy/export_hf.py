@@ -144,6 +144,16 @@ def _dtype_entries(model: VisionLanguageModel) -> dict[str, str]:
     return {"dtype": name, "torch_dtype": name}
 
 
+def _new_dir(out: str | Path) -> Path:
+    """`out`, created; a non-empty one is refused, as stale files (another export's shard index, a chat template)
+    would be read together with the new ones."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"export destination {out} exists and is not an empty directory; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
@@ -181,8 +191,7 @@ def export_llava_hf(model: VisionLanguageModel, out: str | Path, legacy_keys: bo
     if not model.has_vision:
         raise ModalityError("this model was loaded with vision=False; load it with vision=True to export llava-hf")
     _require_tokenizer(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _new_dir(out)
     prefixes = _prefix_map(LLAVA_LAYOUTS["legacy" if legacy_keys else "transformers"], LLAVA_KEY_RULES)
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k not in tied and not k.startswith("connector.")}
@@ -204,8 +213,7 @@ def export_hf_lm(model: VisionLanguageModel, out: str | Path) -> Path:
     """Write the language model alone as an HF Llama (Qwen2 when it has q/k/v biases) causal-LM directory."""
     config = model.config
     _require_tokenizer(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _new_dir(out)
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k.startswith("language_model.") and k not in tied}
     _save_weights(out, rename_state(state, _prefix_map(CAUSAL_LM_LAYOUT, CAUSAL_LM_KEY_RULES)))
