@@ -44,8 +44,9 @@ def make_tokenizer(vocab_size: int = 200):
     return hf
 
 
-def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 0) -> Path:
-    """Write a random tiny llava-hf checkpoint with tokenizer and processor files to `path`."""
+def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 0, text: str = "llama") -> Path:
+    """Write a random tiny llava-hf checkpoint with tokenizer and processor files to `path`; `text` names the LM's
+    family (llama, mistral or qwen2)."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -53,6 +54,8 @@ def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
+        MistralConfig,
+        Qwen2Config,
         SiglipImageProcessor,
         SiglipVisionConfig,
     )
@@ -71,7 +74,8 @@ def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 
         vision = SiglipVisionConfig(**vision_kwargs)
         image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
         extra_tokens = 0
-    text = LlamaConfig(
+    text_config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[text]
+    text_config = text_config_cls(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -85,7 +89,7 @@ def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 
     )
     config = LlavaConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=text_config,
         image_token_index=image_token_id,
         vision_feature_select_strategy="default" if family == "clip" else "full",
         tie_word_embeddings=tie,

@@ -31,6 +31,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "swish": nn.SiLU,
     "relu": nn.ReLU,
+    "linear": nn.Identity,  # HF's name for no activation (a llava projector exported from a one-layer connector)
 }
 
 

@@ -9,6 +9,7 @@ vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE
 vlbridge bench profile [MODEL ...] [--measure]
 vlbridge tokens --context 4096
 vlbridge ship RUN_DIR --data DIR [--dest DIR]
+vlbridge export [MODEL] --format llava-hf|hf-lm --out DIR [--legacy-keys]
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import bench, chat, data, evaluate, info, ship, tokens, train
+from vlbridge.cli import bench, chat, data, evaluate, export, info, ship, tokens, train
 from vlbridge.cli.arguments import Parser, check_arguments
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship)
+SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

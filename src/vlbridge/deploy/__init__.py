@@ -1,0 +1,1 @@
+"""Deployment: turning a trained model into what other engines and smaller machines run."""
