@@ -112,3 +112,30 @@ def test_queue_limit(model) -> None:
     engine.submit(EngineRequest(ids, None, config, lambda e: None))
     with pytest.raises(QueueFullError, match="queue limit"):
         engine.submit(EngineRequest(ids, None, config, lambda e: None))
+
+
+def test_timeout_and_seeded_sampling(model) -> None:
+    engine = Engine(model, max_batch=4).start()
+    try:
+        inputs = _inputs(model, "Describe it.", image=False)
+        slow = model.generation_config(max_new_tokens=50, eos_token_id=(), stop_strings=())
+        done = threading.Event()
+        events: list[Event] = []
+
+        def emit(event: Event) -> None:
+            events.append(event)
+            if event.last:
+                done.set()
+
+        engine.submit(EngineRequest(inputs["input_ids"], None, slow, emit, timeout_s=1e-6))
+        assert done.wait(60)
+        assert events[-1].finish_reason == "timeout" and events[-1].completion_tokens == 1
+        sampled = model.generation_config(
+            max_new_tokens=12, do_sample=True, temperature=1.5, seed=7, eos_token_id=(), stop_strings=()
+        )
+        greedy = model.generation_config(max_new_tokens=20, eos_token_id=(), stop_strings=())
+        alone = _run(engine, [(inputs, sampled)])[0]
+        crowd = _run(engine, [(inputs, greedy), (inputs, sampled), (inputs, greedy)])
+        assert _text(crowd[1]) == _text(alone)  # each request samples from its own seeded generator
+    finally:
+        engine.stop()

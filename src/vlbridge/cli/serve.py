@@ -65,8 +65,8 @@ def build_state(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or Ctrl-C; uvicorn then stops accepting, lets running requests finish, and the engine
-    drains."""
+    """Serve until SIGTERM or Ctrl-C: uvicorn then stops accepting, lets running requests finish, the engine drains,
+    and uvicorn ends the process by the signal it caught (exit status -15 for SIGTERM)."""
     try:
         import uvicorn
     except ImportError as err:
@@ -78,5 +78,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(create_app(state), host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=60)
     finally:
-        state.engine.stop()
+        state.engine.stop()  # when uvicorn never started; after a shutdown the app's lifespan has stopped it
     return 0

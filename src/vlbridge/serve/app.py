@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,14 @@ def _usage(event: Event) -> dict[str, int]:
 
 def create_app(state: ServerState) -> FastAPI:
     """The FastAPI application over `state`; the engine is started by the caller and stopped at shutdown."""
-    app = FastAPI(title="vlbridge", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn has stopped accepting and waited for open requests (SIGTERM's drain); the engine ends last
+        await run_in_threadpool(state.engine.stop)
+
+    app = FastAPI(title="vlbridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.vlbridge = state
 
     @app.middleware("http")
