@@ -118,6 +118,10 @@ def test_plain_http_routes(server) -> None:
         server + "/v1/chat/completions", content=b"x" * (2**20 + 1), headers={"Authorization": f"Bearer {FULL}"}
     )
     assert big.status_code == 413 and big.json()["error"]["type"] == "invalid_request_error"
+    chunked = httpx.post(
+        server + "/v1/chat/completions", content=iter([b"x" * 2**19] * 3), headers={"Authorization": f"Bearer {FULL}"}
+    )
+    assert chunked.status_code == 413  # no Content-Length: the body is measured as it is read
     bad = httpx.post(server + "/v1/chat/completions", content=b"{", headers={"Authorization": f"Bearer {FULL}"})
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
     metrics = httpx.get(server + "/metrics").text

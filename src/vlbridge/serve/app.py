@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vlbridge.errors import ModalityError, VlbridgeError
 from vlbridge.serve.auth import OPEN, APIKey, KeyStore
-from vlbridge.serve.engine import Engine, EngineRequest, Event, QueueFullError
+from vlbridge.serve.engine import Engine, EngineRequest, Event, QueueFullError, RequestTimeoutError
 from vlbridge.serve.limits import Limits, open_image
 from vlbridge.serve.schemas import APIError, ChatRequest, parse_chat_request
 
@@ -63,6 +63,8 @@ def _as_api_error(err: Exception) -> APIError:
         return err
     if isinstance(err, QueueFullError):
         return APIError(503, f"the server is busy: {err}; retry shortly", code="queue_full")
+    if isinstance(err, RequestTimeoutError):
+        return APIError(504, f"{err}; ask for fewer tokens, or retry when the server is less busy", code="timeout")
     if isinstance(err, ModalityError):
         return APIError(403, str(err), code="modality")
     if isinstance(err, VlbridgeError):
@@ -227,7 +229,7 @@ def create_app(state: ServerState) -> FastAPI:
         try:
             key = authenticate(request)
             try:
-                body = json.loads(await request.body())
+                body = json.loads(await _read_body(request, state.limits.max_body_bytes))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise APIError(400, f"the request body is not valid JSON: {err}") from err
             chat = parse_chat_request(body, state.engine.model.config.image_token)
@@ -250,6 +252,16 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, read no further than `limit` bytes (a chunked upload has no Content-Length to check)."""
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise APIError(413, f"the request body is over the server's limit of {limit:,} bytes", code="limit")
+    return bytes(body)
+
+
 async def _complete(base: dict[str, Any], request: EngineRequest, events: asyncio.Queue[Event]) -> Response:
     """Collect the reply and answer it as one chat.completion."""
     text = []
@@ -260,8 +272,6 @@ async def _complete(base: dict[str, Any], request: EngineRequest, events: asynci
         text.append(event.text)
         if event.last:
             break
-    if event.finish_reason == "timeout":
-        return _error(APIError(504, "the request ran past the server's per-request timeout", code="timeout"))
     message = {"role": "assistant", "content": "".join(text)}
     choice = {"index": 0, "message": message, "finish_reason": event.finish_reason}
     return JSONResponse({**base, "object": "chat.completion", "choices": [choice], "usage": _usage(event)})

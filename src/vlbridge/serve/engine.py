@@ -34,12 +34,16 @@ class QueueFullError(Exception):
     """The engine's waiting queue is at its limit; the client should retry later (HTTP 503 with Retry-After)."""
 
 
+class RequestTimeoutError(Exception):
+    """A request ran past its time limit and was stopped (HTTP 504); its row went to the next request."""
+
+
 @dataclass(frozen=True)
 class Event:
     """What the engine reports about a request: a piece of text, or the end (finish_reason, or error) with usage."""
 
     text: str = ""
-    finish_reason: str | None = None  # "stop", "length" or "timeout" on the last event
+    finish_reason: str | None = None  # "stop" or "length" on the last event
     error: Exception | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -243,8 +247,10 @@ class Engine:
             elif r.generated >= config.max_new_tokens:
                 finish = "length"
         if finish is None and time.monotonic() > r.deadline:
-            finish = "timeout"
-        if finish is not None:
+            limit = f"its time limit of {r.request.timeout_s:g} s"
+            r.request.emit(Event(error=RequestTimeoutError(f"the request ran past {limit} after {r.generated} tokens")))
+            r.request.cancelled.set()
+        elif finish is not None:
             rest = r.stream.flush()
             if rest:
                 r.request.emit(Event(text=rest))
