@@ -11,6 +11,7 @@ random weights come without a tokenizer; ids the tokenizer lacks decode to nothi
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import threading
@@ -84,6 +85,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="requests in all, spread over the clients")
     args = parser.parse_args()
     report = Report("serve_load", args)
+    report.line(
+        f"1-minute load average at start: {os.getloadavg()[0]:.1f} (other processes on these cores slow every figure)"
+    )
     new_tokens = 8 if args.quick else 64
     lm = benchmark_model(args.quick)
     params = sum(p.numel() for p in lm.parameters()) / 1e6
@@ -109,6 +113,7 @@ def main() -> None:
     report.line(f"HTTP load: {clients} clients x {total // clients} requests = {len(statuses)} in {elapsed:.1f} s")
     report.line(f"  5xx: {server_errors}; 200: {statuses.count(200)}; p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     report.line(f"  RSS before {before:.0f} MB, after {after:.0f} MB")
+    report.line(f"1-minute load average at end: {os.getloadavg()[0]:.1f}")
     report.save()
     if server_errors:
         raise SystemExit(f"{server_errors} server errors")
