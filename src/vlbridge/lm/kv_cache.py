@@ -37,6 +37,16 @@ class KVCache:
         self.max_length = max_length
         self.length = 0
 
+    @classmethod
+    def from_buffers(cls, keys: list[Tensor], values: list[Tensor]) -> KVCache:
+        """A cache over existing per-layer buffers (B, H_kv, max_length, hd), written in place: a server's slot cache
+        hands each request a view of its rows, so no request allocates its own."""
+        cache = cls.__new__(cls)
+        cache.keys, cache.values = keys, values
+        cache.batch_size, cache.max_length = keys[0].shape[0], keys[0].shape[2]
+        cache.length = 0
+        return cache
+
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H_kv, t, hd) at [length, length + t); return views (B, H_kv, length + t, hd) of all stored."""
         end = self.length + k.shape[2]
