@@ -200,7 +200,8 @@ def test_a_failed_run_leaves_nothing_that_blocks_the_same_command_once_fixed(tin
     for path in images:
         path.write_bytes(b"not a png")
     spec = recipe(tmp_path / "run", data, None, [align_stage(steps=1)])
-    with pytest.raises(DataError, match="is not an image in a supported format"):  # found by the stage, after the tokenizer
+    # found by the stage, after the tokenizer
+    with pytest.raises(DataError, match="is not an image in a supported format"):
         train(recipe_from_dict(spec))
     assert (tmp_path / "run" / "recipe.yaml").is_file() and (tmp_path / "run" / "tokenizer").is_dir()
     for path, raw in images.items():
