@@ -1,0 +1,1 @@
+"""Deployment: GGUF import (and, as it grows, quantisation, distillation and export)."""
