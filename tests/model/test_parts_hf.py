@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vlbridge
@@ -65,6 +66,12 @@ def test_from_parts_adds_image_token_and_keeps_every_other_weight_bitwise(family
     ids = torch.tensor([processor.tokenizer.encode("a red circle is left of a blue square")])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits[..., :vocab], hf_lm(ids).logits, atol=TOL, rtol=0)
+    inputs = processor(
+        text="<image>\ndescribe", images=[Image.new("RGB", (40, 30), (200, 10, 10))], return_tensors="pt"
+    )
+    assert (inputs["input_ids"] == image_id).sum() == model.vision_encoder.num_patches(32, 32) == 16
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
 
 
 def test_grow_vocab_grows_a_tied_table_once_and_passes_others_through() -> None:
