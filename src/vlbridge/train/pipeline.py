@@ -77,13 +77,15 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
 
 def _given_tokenizer(recipe: Recipe) -> Tokenizer | None:
     """The recipe's tokenizer folder, else the init checkpoint's tokenizer; None when the run trains one. When the
-    recipe adds vision, the image placeholder is added to it if missing (a text LLM's tokenizer lacks it)."""
+    recipe adds vision to a text LLM, the image placeholder is added to it if missing (a text LLM's tokenizer lacks
+    it); a whole model's tokenizer is taken as it is."""
     path = recipe.tokenizer.path or recipe.init_from
     if path is None:
         return None
     tokenizer = Tokenizer.from_dir(path)
     wanted = recipe.model or ModelConfig()
-    if recipe.vision_from is not None or (recipe.model is not None and recipe.model.vision is not None):
+    adds_vision = recipe.vision_from is not None or (recipe.model is not None and recipe.model.vision is not None)
+    if adds_vision and recipe.init_from is not None and io.read_config(Path(recipe.init_from))[0].vision is None:
         parts.add_image_token(tokenizer, wanted.image_token)
     return tokenizer
 
