@@ -10,7 +10,7 @@ import torch
 from tiny_run import align_stage, recipe
 
 import vlbridge
-from hf_fixtures import tiny_lm, tiny_tower
+from hf_fixtures import make_tokenizer, tiny_lm, tiny_tower
 from vlbridge.errors import ConfigError
 from vlbridge.train import recipe_from_dict, train
 
@@ -37,3 +37,16 @@ def test_vision_from_needs_init_from(tiny_data, tmp_path: Path) -> None:
     spec = recipe(tmp_path / "run", tiny_data, None, [align_stage(steps=1)], vision_from=str(tmp_path))
     with pytest.raises(ConfigError, match=r"vision_from .* needs init_from"):
         recipe_from_dict(spec)
+
+
+def test_image_token_is_added_only_when_a_text_llm_gets_vision(tiny_data, tmp_path: Path) -> None:
+    from tiny_run import TINY_MODEL
+
+    from vlbridge.train.pipeline import _given_tokenizer
+
+    tiny_lm("llama", tmp_path / "lm")
+    text_only = recipe(tmp_path / "run", tiny_data, None, [align_stage()], model=None, init_from=str(tmp_path / "lm"))
+    del text_only["tokenizer"]
+    assert _given_tokenizer(recipe_from_dict(text_only)).token_to_id("<image>") is None
+    with_vision = recipe_from_dict({**text_only, "model": TINY_MODEL})
+    assert _given_tokenizer(with_vision).token_to_id("<image>") == len(make_tokenizer(image_token=False))
