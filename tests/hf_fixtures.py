@@ -23,8 +23,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(vocab_size: int = 200):
-    """A byte-level BPE tokenizer wrapped as transformers' fast tokenizer, with <image> added."""
+def make_tokenizer(vocab_size: int = 200, image_token: bool = True):
+    """A byte-level BPE tokenizer wrapped as transformers' fast tokenizer, with <image> added unless told not to
+    (a text LLM's tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +40,8 @@ def make_tokenizer(vocab_size: int = 200):
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
     )
-    hf.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if image_token:
+        hf.add_special_tokens({"additional_special_tokens": ["<image>"]})
     hf.chat_template = CHAT_TEMPLATE
     return hf
 
@@ -170,3 +172,66 @@ def tiny_llava_next(path: Path, module_keys: bool = False, seed: int = 2) -> Pat
     )
     processor.save_pretrained(path)
     return path
+
+
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4}
+TINY_VISION.update(image_size=32, patch_size=8)
+TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+TINY_TEXT.update(
+    num_hidden_layers=2, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2
+)
+TOWER_KINDS = ("clip_vision", "clip", "siglip_vision", "siglip")
+"""CLIPVisionModel, CLIPModel, SiglipVisionModel, SiglipModel: the checkpoints a vision tower may come from."""
+LM_FAMILIES = ("llama", "mistral", "qwen2")
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter random (norm weights around 1), so a skipped or swapped weight shows."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            param.copy_(base + 0.3 * torch.randn_like(param))
+    return model.eval()
+
+
+def tiny_tower(kind: str, path: Path) -> torch.nn.Module:
+    """A tiny random tower of `kind` (TOWER_KINDS) saved with its image processor; returns the HF vision model (the
+    vision half of a CLIPModel / SiglipModel) to compare to."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    text = {**TINY_TEXT, "vocab_size": 99}
+    if kind == "clip_vision":
+        model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION))
+    elif kind == "clip":
+        model = tf.CLIPModel(tf.CLIPConfig(vision_config=TINY_VISION, text_config=text))
+    elif kind == "siglip_vision":
+        model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_VISION))
+    else:
+        model = tf.SiglipModel(tf.SiglipConfig(vision_config=TINY_VISION, text_config=text))
+    randomise(model).save_pretrained(path)
+    if kind.startswith("clip"):
+        processor = tf.CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    else:
+        processor = tf.SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6])
+    processor.save_pretrained(path)
+    return getattr(model, "vision_model", model)
+
+
+def tiny_lm(family: str, path: Path, tie: bool = False) -> torch.nn.Module:
+    """A tiny random HF causal LM of `family` (LM_FAMILIES) saved with a tokenizer that lacks <image>, and a chat
+    template, as a text LLM's folder is."""
+    import transformers as tf
+
+    torch.manual_seed(1)
+    tokenizer = make_tokenizer(image_token=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config_class = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
+    model = randomise(
+        tf.AutoModelForCausalLM.from_config(
+            config_class(vocab_size=len(tokenizer), tie_word_embeddings=tie, **TINY_TEXT)
+        )
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model

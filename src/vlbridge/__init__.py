@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "connectors", "load"]
+__all__ = ["__version__", "connectors", "from_parts", "load"]
 
 if TYPE_CHECKING:
     from vlbridge.model.processor import Processor
@@ -22,6 +22,16 @@ def load(
     from vlbridge.model.io import load as _load
 
     return _load(path, vision=vision, device=device, dtype=dtype)
+
+
+def from_parts(
+    language_model: str, vision_encoder: str, connector: Any = None
+) -> tuple[VisionLanguageModel, Processor]:
+    """A model from a text LLM directory (HF Llama/Mistral/Qwen2) and a CLIP/SigLIP tower directory with a new
+    connector (a ConnectorConfig; default LLaVA-1.5's mlp): LLaVA's starting point (vlbridge.model.parts)."""
+    from vlbridge.model.parts import from_parts as _from_parts
+
+    return _from_parts(language_model, vision_encoder, connector=connector)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ vlbridge tokens --context 4096
 vlbridge ship RUN_DIR --data DIR [--dest DIR]
 vlbridge export [MODEL] --format llava-hf|hf-lm --out DIR [--legacy-keys]
 vlbridge serve [--model PATH] [--port 8000] [--api-keys FILE] [--text-only] [--max-batch N]
+vlbridge convert gguf FILE --out DIR
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import bench, chat, data, evaluate, export, info, serve, ship, tokens, train
+from vlbridge.cli import bench, chat, convert, data, evaluate, export, info, serve, ship, tokens, train
 from vlbridge.cli.arguments import Parser, check_arguments
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship, export, serve)
+SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship, export, convert, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from vlbridge.data.synthetic.writer import output_files
 from vlbridge.devices import resolve_device
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.lm.tokenizer import Tokenizer
-from vlbridge.model import io
+from vlbridge.model import io, parts
 from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.checkpoint import checkpoints
@@ -76,9 +76,18 @@ def prepare_data(recipe: Recipe, world: World) -> Path:
 
 
 def _given_tokenizer(recipe: Recipe) -> Tokenizer | None:
-    """The recipe's tokenizer folder, else the init checkpoint's tokenizer; None when the run trains one."""
+    """The recipe's tokenizer folder, else the init checkpoint's tokenizer; None when the run trains one. When the
+    recipe adds vision to a text LLM, the image placeholder is added to it if missing (a text LLM's tokenizer lacks
+    it); a whole model's tokenizer is taken as it is."""
     path = recipe.tokenizer.path or recipe.init_from
-    return None if path is None else Tokenizer.from_dir(path)
+    if path is None:
+        return None
+    tokenizer = Tokenizer.from_dir(path)
+    wanted = recipe.model or ModelConfig()
+    adds_vision = recipe.vision_from is not None or (recipe.model is not None and recipe.model.vision is not None)
+    if adds_vision and recipe.init_from is not None and io.read_config(Path(recipe.init_from))[0].vision is None:
+        parts.add_image_token(tokenizer, wanted.image_token)
+    return tokenizer
 
 
 def prepare_tokenizer(recipe: Recipe, root: Path, run_dir: Path, world: World, reuse: bool) -> Tokenizer:
@@ -141,7 +150,9 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
     tokenizer, or `init_from`'s config with the parts `model` brings.
 
     `init_from` a text-only checkpoint plus a `model` with vision adds a freshly initialised vision encoder and
-    connector (from `model`'s vision, connector and image_processor sections) to the checkpoint's language model.
+    connector (from `model`'s vision, connector and image_processor sections) to the checkpoint's language model,
+    its vocabulary grown by the image placeholder (model/parts.py). With `vision_from`, the vision encoder and image
+    processor are that tower directory's (pretrained) instead, and `model`, if given, brings the connector.
     `init_from` a whole model plus a `model` with the same vision sections keeps its vision encoder and language
     model and puts a fresh connector of `model`'s kind between them (how connectors are compared on equal parts).
     """
@@ -150,7 +161,7 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
         assert recipe.model is not None, "validate() requires model or init_from"
         return fit_config(recipe.model, tokenizer, template), None, ()
     path = Path(recipe.init_from)
-    base, rules = io.read_config(path)
+    base, rules = parts.lm_start_config(path) if recipe.vision_from is not None else io.read_config(path)
     config, fresh = base, ()
     if recipe.model is not None and base.vision is not None:
         if (recipe.model.vision, recipe.model.image_processor) != (base.vision, base.image_processor):
@@ -160,24 +171,15 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
             )
         config = replace(base, connector=recipe.model.connector)
         fresh = ("connector.",)
+    elif recipe.vision_from is not None:
+        tower = parts.read_tower_config(recipe.vision_from)
+        config = parts.with_parts(base, tokenizer, recipe.model or ModelConfig(), tower, template)
+        fresh = ("connector.",)
+    elif recipe.model is not None and recipe.model.vision is not None:
+        config = parts.with_parts(base, tokenizer, recipe.model, None, template)
+        fresh = io.VISION_PREFIXES
     elif recipe.model is not None:
-        parts = recipe.model
-        image_id = tokenizer.token_to_id(parts.image_token)
-        if image_id is None or image_id >= base.language_model.vocab_size:
-            raise ConfigError(
-                f"the tokenizer of {path} has no {parts.image_token!r} token inside the LM's vocabulary "
-                f"({base.language_model.vocab_size}); add the token and resize the embeddings before adding vision"
-            )
-        config = replace(
-            base,
-            vision=parts.vision,
-            connector=parts.connector,
-            image_processor=parts.image_processor,
-            image_token=parts.image_token,
-            image_token_id=image_id,
-            template=base.template or template,
-        )
-        fresh = io.VISION_PREFIXES if parts.vision is not None else ()
+        config = replace(base, template=base.template or template)
     return config, rules, fresh
 
 
@@ -191,7 +193,11 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
     if fresh:
         new = ", ".join(prefix.rstrip(".") for prefix in fresh)
         log.info("starting from %s with a new %s (connector %s)", recipe.init_from, new, config.connector.name)
-    io.load_weights(model, Path(recipe.init_from), rules, fresh=fresh)
+    path = Path(recipe.init_from)
+    if config.vision is not None and io.read_config(path)[0].vision is None:  # a text LLM gets vision
+        parts.load_parts(model, path, rules, recipe.vision_from)
+        return model
+    io.load_weights(model, path, rules, fresh=fresh)
     if fresh and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
         model.connector.init_from_language_model(model.language_model)
     return model
@@ -277,6 +283,10 @@ def _check_model(recipe: Recipe) -> None:
     if recipe.init_from is not None and not Path(recipe.init_from).is_dir():
         raise CheckpointError(
             f"init_from {recipe.init_from} does not exist; give a vlbridge or HF llava checkpoint folder"
+        )
+    if recipe.vision_from is not None and not Path(recipe.vision_from).is_dir():
+        raise CheckpointError(
+            f"vision_from {recipe.vision_from} does not exist; give an HF CLIP or SigLIP (vision) model folder"
         )
     tokenizer = _given_tokenizer(recipe)
     if tokenizer is None:

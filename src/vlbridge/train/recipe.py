@@ -120,7 +120,8 @@ class Recipe:
     seed: int = 0
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     model: ModelConfig | None = None
-    init_from: str | None = None  # a vlbridge / HF llava checkpoint to start from
+    init_from: str | None = None  # a vlbridge / HF llava checkpoint, or an HF Llama/Mistral/Qwen2 LLM
+    vision_from: str | None = None  # a CLIP/SigLIP tower dir (HF CLIP/Siglip[Vision]Model) for init_from's text LLM
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     stages: list[StageRecipe] = field(default_factory=list)
@@ -172,6 +173,8 @@ def validate(recipe: Recipe) -> Recipe:
     """Cross-field checks; raises ConfigError naming the stage and key. Returns the recipe, learning rates as floats."""
     if recipe.model is None and recipe.init_from is None:
         raise ConfigError("the recipe needs a `model` config or `init_from: PATH` (a checkpoint to start from)")
+    if recipe.vision_from is not None and recipe.init_from is None:
+        raise ConfigError("vision_from (a vision tower) needs init_from: the text LLM directory the tower is added to")
     if recipe.model is not None:
         _check_model(recipe.model)
     _check_template(recipe.tokenizer.template, "tokenizer.template")
