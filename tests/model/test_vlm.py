@@ -231,3 +231,13 @@ def test_bad_generation_settings_are_config_errors_on_both_paths(mode: str, sett
 
 def test_one_stop_string_is_one_stop_string() -> None:
     assert _text_model(bos=True).generation_config(stop_strings="ab").stop_strings == ("ab",)
+
+
+@pytest.mark.parametrize("bad", [-1, 10**6])
+def test_ids_outside_the_vocabulary_are_a_prompt_error(bad: int) -> None:
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids = torch.tensor([[1, 2, bad]])
+    with pytest.raises(PromptError, match=rf"id\(s\) \[{bad}\] outside the vocabulary"):
+        model(input_ids=ids)
+    with pytest.raises(PromptError, match="outside the vocabulary"):
+        model.generate(input_ids=ids, max_new_tokens=1, stop_strings=())

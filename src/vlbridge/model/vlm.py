@@ -21,7 +21,7 @@ from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
 from vlbridge.connectors.base import FusionCache
 from vlbridge.connectors.splice import image_token_mask, splice
-from vlbridge.errors import ConfigError, ModalityError
+from vlbridge.errors import ConfigError, ModalityError, PromptError
 from vlbridge.highres import anyres
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
@@ -102,6 +102,7 @@ class VisionLanguageModel(nn.Module):
         """The LM input embeddings (visual tokens in place, text as the connector fuses it) and any LM hooks the
         connector needs; `fusion` collects the connector's decode state when generating. AnyRes inputs are
         pixel_values (B, views, 3, H, W) with image_sizes (B, 2)."""
+        self._check_ids(input_ids)
         if self.config.vision is None:  # a text LLM: no id is an image token, whatever image_token_id says
             if pixel_values is not None:
                 raise ModalityError("this is a text-only model (its checkpoint has no vision encoder)")
@@ -140,6 +141,16 @@ class VisionLanguageModel(nn.Module):
             return splice(embeds, mask, torch.cat(packed)[None]), {}  # (B, T, D)
         embeds = self.connector.fuse(embeds, mask, features, attention_mask, fusion)  # (B, T, D)
         return embeds, self.connector.lm_hooks(features, mask)
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        """PromptError for ids the embedding table has no row for (the processor never makes them; hand-built ids
+        can), instead of an IndexError from deep inside the embedding."""
+        vocab = self.config.language_model.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            bad = sorted({int(i) for i in input_ids.flatten() if not 0 <= int(i) < vocab})
+            raise PromptError(
+                f"input_ids hold id(s) {bad[:8]} outside the vocabulary of {vocab}; pass ids in [0, {vocab})"
+            )
 
     def forward(
         self,
