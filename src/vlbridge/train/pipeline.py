@@ -360,8 +360,12 @@ def run_stage(
     seed_everything(recipe.seed + 1 + index)
     dataset, collate_fn, stats = build_dataset(stage, root, model, tokenizer, recipe.data)
     log.info("stage %s (%s): %s", stage.name, stage.objective, json.dumps(stats))
+    if index:  # where the stage's frozen weights come from, named in its checkpoints
+        base = str(Path(recipe.run_dir) / recipe.stages[index - 1].name / MODEL_DIR)
+    else:
+        base = recipe.init_from or "the recipe's seeded initialisation"
     trainer = StageTrainer(
-        stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers
+        stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers, base
     )
     result = trainer.run(resume=resume)
     if world.is_main:
