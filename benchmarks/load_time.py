@@ -4,7 +4,8 @@ vlbridge builds the model on the meta device and writes each weight once, from t
 (`vlbridge.model.io.build_empty` + `load_weights`); transformers' `from_pretrained` does the same with its own
 machinery. Both read the same safetensors file, so the ratio is the cost of everything else (building, initialising,
 converting). Times are medians of alternating loads in this process after one warm-up load each (the file is in the
-page cache for both). The peak resident memory (VmHWM) of one load comes from a fresh process per loader and dtype
+page cache for both). The peak resident memory (VmHWM) of one load followed by one read of every weight (both loaders
+leave fp32 weights mapped from the file, resident only once read) comes from a fresh process per loader and dtype
 (`vlbridge.bench.measure`, the two loaders' processes side by side), reported with the resident memory before the
 load and the weights' bytes. A directory with a tokenizer (SmolLM2) is also timed as users call it: `vlbridge.load`
 (model + processor) against `from_pretrained` + `AutoTokenizer.from_pretrained`.
@@ -73,7 +74,8 @@ LOADERS: dict[str, Callable[[Path, torch.dtype], Any]] = {
 
 
 def measure_load(arguments: dict[str, Any]) -> dict[str, float]:
-    """One load in this (fresh) process: seconds, resident MB before, peak resident MB, and the weights' MB."""
+    """One load in this (fresh) process, then one read of every weight: seconds (of the load), resident MB before,
+    peak resident MB, and the weights' MB."""
     loader, path, dtype = LOADERS[arguments["loader"]], Path(arguments["path"]), DTYPES[arguments["dtype"]]
     import transformers  # noqa: F401 (imported before the baseline for both loaders: its import is not a load)
 
@@ -84,7 +86,10 @@ def measure_load(arguments: dict[str, Any]) -> dict[str, float]:
     model = loader(path, dtype)
     seconds = time.perf_counter() - start
     model = model[0] if isinstance(model, tuple) else model
-    weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+    tensors = {id(t): t for t in model.state_dict().values()}.values()
+    for tensor in tensors:  # every weight read once, as a forward would: pages a loader mapped lazily become resident
+        tensor.float().sum()
+    weights = sum(t.numel() * t.element_size() for t in tensors)
     return {
         "seconds": seconds,
         "rss_before_mb": before / 1024,

@@ -11,34 +11,15 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import vlbridge
+from init_ops import InitialisingOps
 from tiny_vlm import tiny_config, tiny_vlm
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import available
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.io import default_model_dir
 from vlbridge.model.vlm import VisionLanguageModel
-
-INITIALISING_OPS = {"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "randn", "rand", "randint"}
-INITIALISING_OPS |= {"zero_", "fill_", "zeros", "ones", "full"}
-"""aten ops that fill a tensor with initial values (what torch.nn.init and the random tensor factories run)."""
-
-
-class _InitialisingOps(TorchDispatchMode):
-    """Records the initialising aten ops that wrote a tensor outside the meta device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if name in INITIALISING_OPS and isinstance(out, torch.Tensor) and not out.is_meta:
-            self.calls.append(name)
-        return out
 
 
 def _config(connector: str = "mlp", **fields: Any) -> ModelConfig:
@@ -57,14 +38,14 @@ def _save(model: VisionLanguageModel, path: Path) -> None:
 
 @pytest.mark.parametrize("connector", available())
 def test_a_load_calls_no_initialiser_and_gives_the_saved_weights(connector: str, tmp_path: Path) -> None:
-    with _InitialisingOps() as built:
+    with InitialisingOps() as built:
         saved = tiny_vlm(_config(connector), seed=3)
     assert "normal_" in built.calls, "the counter sees the initialisers of an ordinary build"
     with torch.no_grad():  # weights no initialiser gives: zero gates, ones norms, mini's copies of LM layers all move
         for i, parameter in enumerate(saved.parameters()):
             parameter.add_(0.01 * (i + 1))
     _save(saved, tmp_path)
-    with _InitialisingOps() as loading:
+    with InitialisingOps() as loading:
         model, _ = vlbridge.load(tmp_path)
     assert loading.calls == []
     loaded = model.state_dict()

@@ -183,17 +183,18 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
 
 def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
     """The model the first stage starts from (`start_config`): a seeded init of `model`, or `init_from`'s weights
-    with the parts `model` brings freshly initialised."""
+    loaded as `vlbridge.load` loads them (built on the meta device, each weight written once) with only the parts
+    `model` brings initialised, after the load (so parts built from the LM, as LLaVA-Mini's pre-fusion, see it)."""
     config, rules, fresh = start_config(recipe, tokenizer)
-    model = VisionLanguageModel(config)
     if recipe.init_from is None:
-        return model
+        return VisionLanguageModel(config)
+    model = io.build_empty(config)
     if fresh:
         new = ", ".join(prefix.rstrip(".") for prefix in fresh)
         log.info("starting from %s with a new %s (connector %s)", recipe.init_from, new, config.connector.name)
     io.load_weights(model, Path(recipe.init_from), rules, fresh=fresh)
-    if fresh and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
-        model.connector.init_from_language_model(model.language_model)
+    if fresh:
+        model.build_vision(encoder="vision_encoder." in fresh)
     return model
 
 
