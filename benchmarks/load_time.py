@@ -86,7 +86,7 @@ def measure_load(arguments: dict[str, Any]) -> dict[str, float]:
     model = loader(path, dtype)
     seconds = time.perf_counter() - start
     model = model[0] if isinstance(model, tuple) else model
-    tensors = {id(t): t for t in model.state_dict().values()}.values()
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}.values()  # a tied head counted once
     for tensor in tensors:  # every weight read once, as a forward would: pages a loader mapped lazily become resident
         tensor.float().sum()
     weights = sum(t.numel() * t.element_size() for t in tensors)
