@@ -99,8 +99,8 @@ def test_resume_equals_uninterrupted_run(
     train(recipe_from_dict(recipe(tmp_path / "full", tiny_data, tiny_tokenizer_dir, _stages())))
     real_save = trainer_module.save_checkpoint
 
-    def save_then_die(stage_dir, module, optimizer, scheduler, state, keep):
-        path = real_save(stage_dir, module, optimizer, scheduler, state, keep)
+    def save_then_die(stage_dir, module, optimizer, scheduler, state, keep, base):
+        path = real_save(stage_dir, module, optimizer, scheduler, state, keep, base=base)
         if state.stage == kill_stage and state.step == kill_step:
             raise _Killed
         return path

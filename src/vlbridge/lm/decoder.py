@@ -162,7 +162,11 @@ class DecoderLM(nn.Module):
             config.resolved_head_dim, config.rope_theta, min(config.max_position_embeddings, 4096)
         )
         self.apply(partial(init_weights, std=config.initializer_range))
-        if config.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """With tie_word_embeddings, make the LM head the embedding matrix itself (again, after a load replaced it)."""
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
@@ -278,6 +282,8 @@ def init_weights(module: nn.Module, std: float) -> None:
     uniformly, and a lookup whose answer comes a few tokens after its key is not learned in our budget
     (`experiments/binding_gap.py --init-std`).
     """
+    if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.is_meta:
+        return  # built to be loaded (model/io.py): nothing to fill, and meta normal_ costs ~2 ms a tensor in Python
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=std)
     if isinstance(module, nn.Linear) and module.bias is not None:

@@ -22,8 +22,9 @@ class RotaryEmbedding:
     def __init__(self, head_dim: int, theta: float, initial_length: int = 2048) -> None:
         self.head_dim = head_dim
         self.theta = theta
-        self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))  # (hd/2,)
-        self._cos = self._sin = torch.empty(0, head_dim)
+        # On the CPU even while a model is built on the meta device: these are computed, never loaded.
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
+        self._cos = self._sin = torch.empty(0, head_dim, device="cpu")
         self._initial_length = initial_length
         self._cast: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 

@@ -8,10 +8,13 @@ a shard index naming missing shards or files outside the folder) raises Checkpoi
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vlbridge.config import ModelConfig, from_dict
 from vlbridge.devices import resolve_device
@@ -21,6 +24,7 @@ from vlbridge.files import RECOPY, open_safetensors, read_json_object
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
+from vlbridge.model.processor import processor_for
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, WEIGHTS_INDEX, tied_keys
 from vlbridge.model.vlm import VisionLanguageModel
 
@@ -104,6 +108,9 @@ def load_weights(
 ) -> None:
     """Stream the checkpoint's tensors into `model`, one at a time, so loading needs no second copy in memory.
 
+    A parameter of `model` on the meta device (`build_empty`) is replaced by the file's tensor in that parameter's
+    dtype, so each weight is read and written once; a real one is overwritten in place.
+
     Strict: every model key must come from the checkpoint except those under the `fresh` prefixes (parts kept as
     initialised, e.g. a vision plug-in added to a text LLM, or a new connector; the checkpoint's own tensors under
     those prefixes are ignored), and every other checkpoint key must fit the model; a model
@@ -128,18 +135,44 @@ def load_weights(
     for name in expected:
         by_file.setdefault(index[name][0], []).append(name)
     wrong = []
-    with torch.no_grad():
+    # Conversions to the model's dtype run on a few threads, as transformers' loading does (torch releases the GIL):
+    # one thread converted SmolLM2-135M to bf16 ~2x slower on 2 cores (benchmarks/load_time.py).
+    with torch.no_grad(), ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for file, names in by_file.items():
             with open_safetensors(file) as handle:
+                converted = []
                 for name in names:
                     key = index[name][1]
                     shape = tuple(handle.get_slice(key).get_shape())
                     if shape != tuple(params[name].shape):
                         wrong.append(f"{name} {shape} != {tuple(params[name].shape)}")
+                    elif params[name].is_meta:
+                        converted.append((name, pool.submit(handle.get_tensor(key).to, params[name].dtype)))
                     else:
                         params[name].copy_(handle.get_tensor(key))
+                for name, future in converted:
+                    _assign(model, name, future.result())
     if wrong:
         raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {_preview(wrong)}")
+    model.language_model.tie_weights()
+
+
+def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Put `value` in place of the (meta) parameter or buffer `name`, keeping whether it trains."""
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    old = getattr(module, leaf)
+    setattr(
+        module, leaf, nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+    )
+
+
+def build_empty(config: ModelConfig, vision: bool = True, dtype: torch.dtype | None = None) -> VisionLanguageModel:
+    """The model with every parameter and buffer on the meta device, in `dtype` (None: float32): no memory taken and
+    no initialiser doing work, so a load writes each weight once, straight from the file (`load_weights`)."""
+    with torch.device("meta"):
+        model = VisionLanguageModel(config, vision=vision)
+    return model.to(dtype=dtype)
 
 
 def load(
@@ -167,8 +200,9 @@ def load(
     if not path.is_dir():
         raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
     config, rules = read_config(path)
-    model = VisionLanguageModel(config, vision=vision, tokenizer=Tokenizer.from_dir(path))
-    model.to(dtype=None if dtype is None else resolve_dtype(dtype))
+    tokenizer = Tokenizer.from_dir(path)
+    model = build_empty(config, vision=vision, dtype=None if dtype is None else resolve_dtype(dtype))
     load_weights(model, path, rules)
+    model.processor = processor_for(model, tokenizer)
     model.to(device=device).eval()
     return model, model.processor

@@ -54,18 +54,26 @@ class VisionLanguageModel(nn.Module):
         self.vision_encoder: ViT | None = None
         self.connector: Connector | None = None
         if vision and config.vision is not None:
-            self.vision_encoder = ViT(config.vision)
-            context = ConnectorContext(
-                vision_hidden_size=self.vision_encoder.hidden_size,
-                lm_config=config.language_model,
-                block_cls=self.language_model.block_cls,
-            )
-            self.connector = build_connector(config.connector, context)
-            self.connector.init_from_language_model(self.language_model)
-            if self.pinpoints is not None and self.connector.spatial:  # LLaVA-NeXT's row-end token
-                hidden = config.language_model.hidden_size
-                self.image_newline = nn.Parameter(torch.randn(hidden) / hidden**0.5)
+            self.build_vision(encoder=True)
         self.processor: Processor | None = processor_for(self, tokenizer) if tokenizer is not None else None
+
+    def build_vision(self, encoder: bool) -> None:
+        """Build and initialise the connector (from the LM where it copies LM layers), and the vision encoder too
+        when `encoder`: the parts a training run adds to a loaded model, the only parts it initialises."""
+        assert self.config.vision is not None, "a config without vision has no vision parts to build"
+        if encoder or self.vision_encoder is None:
+            self.vision_encoder = ViT(self.config.vision)
+        context = ConnectorContext(
+            vision_hidden_size=self.vision_encoder.hidden_size,
+            lm_config=self.config.language_model,
+            block_cls=self.language_model.block_cls,
+        )
+        self.connector = build_connector(self.config.connector, context)
+        self.connector.init_from_language_model(self.language_model)
+        newline = getattr(self, "image_newline", None)  # LLaVA-NeXT's row-end token; kept when a checkpoint filled it
+        if self.pinpoints is not None and self.connector.spatial and (newline is None or newline.is_meta):
+            hidden = self.config.language_model.hidden_size
+            self.image_newline = nn.Parameter(torch.randn(hidden) / hidden**0.5)
 
     @property
     def has_vision(self) -> bool:

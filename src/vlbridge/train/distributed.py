@@ -166,14 +166,14 @@ class DataParallel(World):
 class _Stateful:
     """A state gathered for checkpoint.py: `state_dict` returns it, `load_state_dict` restores through `load`."""
 
-    def __init__(self, state: dict[str, Any], load: Callable[[dict[str, Any]], Any]) -> None:
+    def __init__(self, state: dict[str, Any], load: Callable[[dict[str, Any], bool], Any]) -> None:
         self._state, self._load = state, load
 
     def state_dict(self) -> dict[str, Any]:
         return self._state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._load(state)
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        self._load(state, strict)
 
 
 class FullyShardedDataParallel(DataParallel):
@@ -230,11 +230,13 @@ class FullyShardedDataParallel(DataParallel):
         names = [ids[id(p)] for group in optimizer.param_groups for p in group["params"]]
         module = _Stateful(
             module_state or wrapped.state_dict(),  # other ranks: the sharded state, for its keys
-            lambda state: dcp.set_model_state_dict(wrapped, state, options=from_full),
+            lambda state, strict: dcp.set_model_state_dict(
+                wrapped, state, options=dcp.StateDictOptions(full_state_dict=True, strict=strict)
+            ),
         )
         optim = _Stateful(
             _rekey(optimizer_state, {name: i for i, name in enumerate(names)}) if optimizer_state else {},
-            lambda state: dcp.set_optimizer_state_dict(
+            lambda state, _: dcp.set_optimizer_state_dict(
                 wrapped, optimizer, _rekey(state, dict(enumerate(names))), options=from_full
             ),
         )

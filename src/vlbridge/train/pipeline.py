@@ -185,21 +185,23 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
 
 def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
     """The model the first stage starts from (`start_config`): a seeded init of `model`, or `init_from`'s weights
-    with the parts `model` brings freshly initialised."""
+    loaded as `vlbridge.load` loads them (built on the meta device, each weight written once) with only the parts
+    `model` brings initialised, after the load (so parts built from the LM, as LLaVA-Mini's pre-fusion, see it)."""
     config, rules, fresh = start_config(recipe, tokenizer)
-    model = VisionLanguageModel(config)
     if recipe.init_from is None:
-        return model
+        return VisionLanguageModel(config)
+    path = Path(recipe.init_from)
     if fresh:
         new = ", ".join(prefix.rstrip(".") for prefix in fresh)
         log.info("starting from %s with a new %s (connector %s)", recipe.init_from, new, config.connector.name)
-    path = Path(recipe.init_from)
     if config.vision is not None and io.read_config(path)[0].vision is None:  # a text LLM gets vision
+        model = VisionLanguageModel(config)  # built whole: load_parts copies the LM (vocabulary grown) into it
         parts.load_parts(model, path, rules, recipe.vision_from)
         return model
+    model = io.build_empty(config)
     io.load_weights(model, path, rules, fresh=fresh)
-    if fresh and model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
-        model.connector.init_from_language_model(model.language_model)
+    if fresh:
+        model.build_vision(encoder="vision_encoder." in fresh)
     return model
 
 
@@ -370,8 +372,12 @@ def run_stage(
     seed_everything(recipe.seed + 1 + index)
     dataset, collate_fn, stats = build_dataset(stage, root, model, tokenizer, recipe.data)
     log.info("stage %s (%s): %s", stage.name, stage.objective, json.dumps(stats))
+    if index:  # where the stage's frozen weights come from, named in its checkpoints
+        base = str(Path(recipe.run_dir) / recipe.stages[index - 1].name / MODEL_DIR)
+    else:
+        base = recipe.init_from or "the recipe's seeded initialisation"
     trainer = StageTrainer(
-        stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers
+        stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers, base
     )
     result = trainer.run(resume=resume)
     if world.is_main:

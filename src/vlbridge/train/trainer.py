@@ -35,7 +35,7 @@ from vlbridge.devices import resolve_device
 from vlbridge.errors import ConfigError, DataError, TrainingError
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train import lora as lora_ops
-from vlbridge.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from vlbridge.train.checkpoint import TrainState, frozen_base, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
 from vlbridge.train.objectives import OBJECTIVES, Batch, TrainStep, build_objective
@@ -137,8 +137,12 @@ class StageTrainer:
         world: World | None = None,
         device: str | torch.device = "cpu",
         num_workers: int = 0,
+        base_source: str = "the weights the stage was given",
     ) -> None:
+        """`base_source` names where `model`'s weights came from; checkpoints name it beside their frozen weights'
+        hash instead of storing those weights (train/checkpoint.py)."""
         self.stage, self.model, self.dataset, self.collate_fn = stage, model, dataset, collate_fn
+        self.base_source = base_source
         self.stage_dir = Path(stage_dir)
         self.seed = seed
         self.world = world or SingleProcess()
@@ -214,6 +218,7 @@ class StageTrainer:
         }
         groups = apply_plan(plan_for(stage, list(objective.parts())), parts, stage.weight_decay)
         train_step = TrainStep(model, objective).to(self.device)
+        self.base = frozen_base(train_step, self.base_source)  # before FSDP shards it: every rank hashes it whole
         names = {id(p): name for name, p in train_step.named_parameters()}
         module = self.world.wrap(train_step)
         trained = self.world.unwrap(module)  # FSDP trains a sharded copy: the groups take its parameters, by name
@@ -253,7 +258,7 @@ class StageTrainer:
         if ckpt is None:
             metrics.truncate_after(0)
             return TrainState(stage=self.stage.name, data_seed=self.seed)
-        state = load_checkpoint(ckpt, *self.world.checkpoint_view(module, optimizer), scheduler)
+        state = load_checkpoint(ckpt, *self.world.checkpoint_view(module, optimizer), scheduler, base=self.base)
         metrics.truncate_after(state.step)
         log.info("stage %s: resumed from %s (step %d of %d)", self.stage.name, ckpt.name, state.step, self.total_steps)
         return state
@@ -349,7 +354,9 @@ class StageTrainer:
                 if stage.save_every and state.step % stage.save_every == 0 and state.step < self.total_steps:
                     saved = world.checkpoint_view(module, optimizer)  # every rank: FSDP gathers the shards to rank 0
                     if world.is_main:
-                        save_checkpoint(self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints)
+                        save_checkpoint(
+                            self.stage_dir, *saved, scheduler, state, stage.keep_checkpoints, base=self.base
+                        )
                     world.barrier()
                     world.reseed(self.seed, state.step)
         self._finish(module, train_step)
