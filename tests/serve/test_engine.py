@@ -1,17 +1,28 @@
 """The continuous-batching engine: a request's greedy output is the same alone, inside a batch, and from
-model.generate; rows are reused; a cancelled request leaves at once; a bad request does not stop the engine."""
+model.generate; rows are reused; a cancelled request leaves at once; a bad request does not stop the engine.
+Connectors that keep per-request decode state (gated_xattn's cross-attention hooks, mini's pre-fusion cache) are
+served too: their image requests decode alone beside the batch, and a greedy reply still equals model.generate's,
+alone, among other requests, streamed and not."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
+import openai
 import PIL.Image
 import pytest
+import torch
 
 import vlbridge
+from serving import sample_data_url
 from vlbridge.errors import ModalityError
 from vlbridge.model.io import default_model_dir
+from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.serve.app import ServerState, _prepare
+from vlbridge.serve.background import background_server
 from vlbridge.serve.engine import Engine, EngineRequest, Event, QueueFullError, RequestTimeoutError
+from vlbridge.serve.schemas import parse_chat_request
 
 QUESTIONS = ["What shape is in the image?", "What color is the circle?", "How many shapes are there?", "Describe it."]
 
@@ -137,5 +148,107 @@ def test_timeout_and_seeded_sampling(model) -> None:
         alone = _run(engine, [(inputs, sampled)])[0]
         crowd = _run(engine, [(inputs, greedy), (inputs, sampled), (inputs, greedy)])
         assert _text(crowd[1]) == _text(alone)  # each request samples from its own seeded generator
+    finally:
+        engine.stop()
+
+
+CONNECTORS = {
+    "mini": {"prefusion_layers": 2},
+    "gated_xattn": {"num_latents": 3, "depth": 1, "num_heads": 2, "head_dim": 8, "ff_mult": 2},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONNECTORS))
+def stateful_model(request) -> VisionLanguageModel:
+    """The embedded default's sizes and tokenizer with a freshly initialised `mini` or `gated_xattn` connector; the
+    cross-attention gates opened (they start at 0, where the images change nothing)."""
+    default = vlbridge.load()[0]
+    connector = dataclasses.replace(default.config.connector, name=request.param, options=CONNECTORS[request.param])
+    torch.manual_seed(0)
+    model = VisionLanguageModel(
+        dataclasses.replace(default.config, connector=connector), tokenizer=default.processor.tokenizer
+    )
+    with torch.no_grad():
+        for name, param in model.connector.named_parameters():
+            if name.endswith("_gate"):
+                param.fill_(0.5)
+    return model.eval()
+
+
+def _expected(model: VisionLanguageModel, inputs: dict, n: int) -> str:
+    ids = model.generate(**inputs, max_new_tokens=n, eos_token_id=(), stop_strings=())
+    return model.processor.decode(ids[0, inputs["input_ids"].shape[1] :])
+
+
+def test_image_requests_decode_alone_equal_generate_alone_and_in_a_crowd(stateful_model) -> None:
+    model = stateful_model
+    lengths = (30, 12, 21, 8)
+    requests = []
+    for i, n in enumerate(lengths):  # image requests decode alone, text-only ones in the batch
+        config = model.generation_config(max_new_tokens=n, eos_token_id=(), stop_strings=())
+        requests.append((_inputs(model, QUESTIONS[i], image=i != 1), config))
+    engine = Engine(model, max_batch=3).start()
+    try:
+        alone = [_run(engine, [r])[0] for r in requests]
+        crowd = _run(engine, requests * 2)  # 8 requests over 3 places: they wait, join and leave mid-way
+    finally:
+        engine.stop()
+    for i, (inputs, config) in enumerate(requests):
+        expected = _expected(model, inputs, config.max_new_tokens)
+        assert _text(alone[i]) == expected
+        assert _text(crowd[i]) == expected and _text(crowd[i + len(requests)]) == expected
+        assert alone[i][-1].finish_reason == "length" and alone[i][-1].completion_tokens == config.max_new_tokens
+        assert alone[i][-1].prompt_tokens == inputs["input_ids"].shape[1]
+    assert engine.running == 0 and engine.queue_length == 0
+
+
+def test_served_image_reply_equals_generate_streamed_and_not(stateful_model) -> None:
+    model = stateful_model
+    engine = Engine(model, max_batch=4).start()
+    state = ServerState(engine, "tiny")
+    parts = [{"type": "image_url", "image_url": {"url": sample_data_url()}}, {"type": "text", "text": "Describe it."}]
+    body = {"model": "m", "messages": [{"role": "user", "content": parts}], "temperature": 0, "max_tokens": 16}
+    request = _prepare(state, parse_chat_request(body, model.config.image_token))
+    ids = model.generate(request.input_ids, pixel_values=request.pixel_values, **dataclasses.asdict(request.config))
+    new = ids[0, request.input_ids.shape[1] :].tolist()
+    new = new[: next((i for i, t in enumerate(new) if t in request.config.eos_token_id), len(new))]
+    expected = model.processor.decode(new)
+    for stop in request.config.stop_strings:  # the server cuts a stop string out of the reply
+        expected = expected.split(stop)[0]
+    with background_server(state) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        reply = client.chat.completions.create(**body)
+        chunks = list(client.chat.completions.create(**body, stream=True))
+    assert reply.choices[0].message.content == expected
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert reply.usage.prompt_tokens == request.input_ids.shape[1] and 0 < reply.usage.completion_tokens <= 16
+
+
+def test_a_request_decoding_alone_is_cancelled_and_timed_out_like_a_batched_one(stateful_model) -> None:
+    model = stateful_model
+    inputs = _inputs(model, "Describe it.", image=True)
+    engine = Engine(model, max_batch=1).start()
+    try:
+        config = model.generation_config(max_new_tokens=100, eos_token_id=(), stop_strings=())
+        first = threading.Event()
+        long = EngineRequest(inputs["input_ids"], inputs["pixel_values"], config, lambda e: first.set())
+        engine.submit(long)
+        assert first.wait(60)
+        long.cancelled.set()  # the client went away: its place must go to the next request
+        short = model.generation_config(max_new_tokens=3, eos_token_id=(), stop_strings=())
+        (events,) = _run(engine, [(inputs, short)])
+        assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 3
+        done = threading.Event()
+        timed: list[Event] = []
+
+        def emit(event: Event) -> None:
+            timed.append(event)
+            if event.last:
+                done.set()
+
+        engine.submit(EngineRequest(inputs["input_ids"], inputs["pixel_values"], config, emit, timeout_s=1e-6))
+        assert done.wait(60)
+        assert isinstance(timed[-1].error, RequestTimeoutError) and "after 1 tokens" in str(timed[-1].error)
+        assert engine.running == 0
     finally:
         engine.stop()

@@ -241,7 +241,7 @@ class VisionLanguageModel(nn.Module):
                 "VisionLanguageModel(config, tokenizer=...), or pass stop_strings=() to generate without them"
             )
         detokenize = self.processor.decode if self.processor is not None else None
-        generator = Generator(_VisionStep(self), detokenize=detokenize)
+        generator = Generator(VisionStep(self), detokenize=detokenize)
         run = generator.generate if mode == "generate" else generator.stream
         return run(mask, config, input_ids, input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes)
 
@@ -273,14 +273,19 @@ class VisionLanguageModel(nn.Module):
         save_checkpoint(path, self.state_dict(), self.config, self.processor)
 
 
-class _VisionStep:
+class VisionStep:
     """The Generator's StepModel view of a VLM for one generate call: prefill places the images and lets the connector
-    fuse the prompt; decode steps are text, fused by the connector too when its prefill left decode state."""
+    fuse the prompt; decode steps are text, fused by the connector too when its prefill left decode state.
 
-    def __init__(self, model: VisionLanguageModel) -> None:
+    The serving engine builds one from the `hooks` and `fusion` state of a prompt it embedded itself, to decode a
+    request of such a connector (gated_xattn, mini) alone."""
+
+    def __init__(
+        self, model: VisionLanguageModel, hooks: dict[int, LayerHook] | None = None, fusion: FusionCache | None = None
+    ) -> None:
         self.model = model
-        self.hooks: dict[int, LayerHook] = {}
-        self.fusion = FusionCache(max_length=0)
+        self.hooks: dict[int, LayerHook] = hooks or {}
+        self.fusion = fusion if fusion is not None else FusionCache(max_length=0)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         self.fusion = FusionCache(max_length=max_length)

@@ -7,8 +7,11 @@ rows are reused. Only this thread touches the model, so the HTTP side never runs
 submits requests and receives `Event`s through a callback.
 
 The engine batches connectors that splice visual tokens into the prompt (mlp, pool, perceiver, qformer, ...): after
-prefill their requests are plain text decoding. Connectors that keep per-request decode state (gated_xattn's
-cross-attention hooks, LLaVA-Mini's pre-fusion cache) are refused with a clear error rather than served wrongly.
+prefill their requests are plain text decoding. An image request to a connector that keeps per-request decode state
+(gated_xattn's cross-attention hooks, LLaVA-Mini's pre-fusion cache) decodes alone instead, outside the batch: with
+a KV cache of its own and the model's `VisionStep` (the path `model.generate` takes), one token per engine iteration,
+interleaved with the batch's decode steps. It still streams, stops, times out and is cancelled like a batched request,
+and takes one of the `max_batch` places.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from torch import Tensor
 
 from vlbridge.connectors.base import FusionCache
 from vlbridge.errors import ConfigError, ContextOverflowError
+from vlbridge.lm.kv_cache import KVCache
 from vlbridge.model.generate import GenerationConfig, Generator
-from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.model.vlm import VisionLanguageModel, VisionStep
 from vlbridge.serve.slots import SlotCache
 from vlbridge.serve.textstream import TextStream
 
@@ -67,14 +71,23 @@ class EngineRequest:
 
 
 @dataclass
+class _Alone:
+    """What a request decoding outside the batch holds: the model's step with the request's decode state, its cache."""
+
+    step: VisionStep
+    cache: KVCache
+
+
+@dataclass
 class _Running:
-    """A request holding a cache row: its cache length, last token, reply text and sampler."""
+    """A running request: its cache length, last token, reply text and sampler, and `alone` unless it holds a row."""
 
     request: EngineRequest
     length: int
     stream: TextStream
     deadline: float
     rng: torch.Generator | None
+    alone: _Alone | None = None
     token: int = 0
     generated: int = 0
 
@@ -92,7 +105,8 @@ class Engine:
         self.max_queue = max_queue
         self.cache = SlotCache(model.language_model, max_batch, self.max_length)
         self._waiting: deque[EngineRequest] = deque()
-        self._running: list[_Running] = []
+        self._running: list[_Running] = []  # request i holds cache row i
+        self._alone: list[_Running] = []  # requests decoding outside the batch
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="vlbridge-engine", daemon=True)
@@ -135,34 +149,39 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Requests holding a cache row now."""
-        return len(self._running)
+        """Requests decoding now: those holding a cache row and those decoding alone."""
+        return len(self._running) + len(self._alone)
 
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self._running and not self._stopping:
+                while not self._waiting and not self.running and not self._stopping:
                     self._wake.wait()
-                if self._stopping and not self._waiting and not self._running:
+                if self._stopping and not self._waiting and not self.running:
                     return
                 joining = []
-                while self._waiting and len(self._running) + len(joining) < self.cache.slots:
+                while self._waiting and self.running + len(joining) < self.cache.slots:
                     joining.append(self._waiting.popleft())
             started = time.perf_counter()
             for request in joining:
                 self._admit(request)
             if self._running:
                 self._decode()
+            if self._alone:
+                for r in self._alone:
+                    self._decode_alone(r)
+                self._leave()
             self.busy_seconds += time.perf_counter() - started
 
     def _admit(self, request: EngineRequest) -> None:
-        """Prefill `request` alone into the next free row and take its first token; errors go to its client only."""
+        """Prefill `request` alone into the next free row (or its own cache) and take its first token; errors go to its
+        client only."""
         if request.cancelled.is_set():
             return
-        slot = len(self._running)
+        joined: list[_Running] | None = None
         try:
             with torch.inference_mode():
-                logits = self._prefill(request, slot)
+                logits, alone = self._prefill(request, len(self._running))
             config = request.config
             rng = None
             if config.do_sample and config.seed is not None:
@@ -174,29 +193,33 @@ class Engine:
                 stream=TextStream(detokenize, config.stop_strings),
                 deadline=time.monotonic() + (request.timeout_s or float("inf")),
                 rng=rng,
+                alone=alone,
             )
-            self._running.append(running)
+            joined = self._running if alone is None else self._alone
+            joined.append(running)
             self._take(running, self._choose(logits, [running])[0])
         except Exception as err:  # a bad request ends with its own error; the engine goes on
-            if len(self._running) > slot:
-                self._running.pop()
+            if joined is not None:
+                joined.pop()
             request.emit(Event(error=err))
         self._leave()
 
-    def _prefill(self, request: EngineRequest, slot: int) -> Tensor:
-        """Run the prompt into cache row `slot`; its last logits (1, V)."""
+    def _prefill(self, request: EngineRequest, slot: int) -> tuple[Tensor, _Alone | None]:
+        """Run the prompt into cache row `slot`, or into a cache of its own when the connector left decode state for
+        this request (it then decodes alone, `_decode_alone`); its last logits (1, V), and what decoding alone needs."""
         model, device = self.model, self.model.device
+        lm = model.language_model
         ids = request.input_ids.to(device)
         mask = torch.ones_like(ids)
         pixels = None if request.pixel_values is None else request.pixel_values.to(device)
-        fusion = FusionCache(max_length=self.max_length)
+        length = ids.shape[1] + request.config.max_new_tokens  # what generate's cache holds for this request
+        fusion = FusionCache(max_length=length)
         embeds, hooks = model.embed(ids, pixels, mask, fusion)
-        if hooks or fusion.state is not None:
-            raise ConfigError(
-                f"connector {model.config.connector.name!r} keeps per-request decode state, which the batching "
-                "engine does not serve; use `vlbridge chat` or model.generate for this model"
-            )
-        return model.language_model.prefill(self.cache.row(slot), mask, inputs_embeds=embeds)
+        if not hooks and fusion.state is None:
+            return lm.prefill(self.cache.row(slot), mask, inputs_embeds=embeds), None
+        cache = lm.new_cache(1, length)
+        logits = lm.prefill(cache, mask, inputs_embeds=embeds, hooks=hooks)
+        return logits, _Alone(VisionStep(model, hooks, fusion), cache)
 
     def _decode(self) -> None:
         """One decode step for every running request; a failure ends those requests, not the engine."""
@@ -219,6 +242,23 @@ class Engine:
             r.length += 1
             self._take(r, token)
         self._leave()
+
+    def _decode_alone(self, r: _Running) -> None:
+        """One decode step of a request decoding alone, through its own cache and decode state; a failure ends it."""
+        assert r.alone is not None
+        try:
+            with torch.inference_mode():
+                device = self.model.device
+                tokens = torch.tensor([[r.token]], device=device)  # (1, 1)
+                mask = torch.ones(1, r.length + 1, dtype=torch.long, device=device)  # the cached tokens and this one
+                logits = r.alone.step.decode_step(r.alone.cache, tokens, mask)  # (1, V)
+            token = self._choose(logits, [r])[0]
+        except Exception as err:
+            r.request.emit(Event(error=err))
+            r.request.cancelled.set()
+            return
+        r.length += 1
+        self._take(r, token)
 
     @staticmethod
     def _choose(logits: Tensor, running: list[_Running]) -> list[int]:
@@ -259,7 +299,8 @@ class Engine:
             r.request.cancelled.set()  # marks the row free for _leave
 
     def _leave(self) -> None:
-        """Free the rows of finished or cancelled requests, moving the last running rows into the gaps."""
+        """Drop finished or cancelled requests: free their rows, moving the last running rows into the gaps."""
+        self._alone = [r for r in self._alone if not r.request.cancelled.is_set()]
         running = self._running
         for i in reversed(range(len(running))):
             if not running[i].request.cancelled.is_set():
