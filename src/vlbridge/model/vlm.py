@@ -151,13 +151,15 @@ class VisionLanguageModel(nn.Module):
         return embeds, self.connector.lm_hooks(features, mask)
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
-        """PromptError for ids the embedding table has no row for (the processor never makes them; hand-built ids
-        can), instead of an IndexError from deep inside the embedding."""
+        """PromptError for text ids the embedding table has no row for (the processor never makes them; hand-built ids
+        can), instead of an IndexError from deep inside the embedding. Image placeholders may lie outside it (llava
+        checkpoints put `<image>` at the vocabulary's end): they are replaced by visual tokens, never embedded."""
         vocab = self.config.language_model.vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            bad = sorted({int(i) for i in input_ids.flatten() if not 0 <= int(i) < vocab})
+        ids = input_ids if self.config.vision is None else input_ids[input_ids != self.config.image_token_id]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = sorted({int(i) for i in ids.flatten() if not 0 <= int(i) < vocab})
             raise PromptError(
-                f"input_ids hold id(s) {bad[:8]} outside the vocabulary of {vocab}; pass ids in [0, {vocab})"
+                f"input_ids hold id(s) {bad[:8]} outside the vocabulary of {vocab}; use ids in [0, {vocab})"
             )
 
     def forward(
