@@ -20,19 +20,30 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with a web chat page")
     parser.add_argument("--model", default=None, help="checkpoint dir (default: the embedded model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--api-keys", default=None, help='JSON file {"keys": [{"key", "name", "modalities"}]}')
     parser.add_argument("--text-only", action="store_true", help="load no vision weights; image requests get 403")
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together (KV cache rows)")
     parser.add_argument("--max-context", type=int, default=None, help="tokens per request (default: the model's)")
     parser.add_argument("--allowed-media-path", default=None, help="folder file:// image URLs may be read from")
-    parser.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes)
-    parser.add_argument("--max-image-bytes", type=int, default=limits.max_image_bytes)
-    parser.add_argument("--max-image-pixels", type=int, default=limits.max_image_pixels)
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=limits.max_body_bytes, help="largest request body accepted (413 above)"
+    )
+    parser.add_argument(
+        "--max-image-bytes", type=int, default=limits.max_image_bytes, help="largest decoded image file accepted"
+    )
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=limits.max_image_pixels, help="most pixels an image may declare"
+    )
     parser.add_argument("--max-images", type=int, default=limits.max_images, help="images per request")
     parser.add_argument("--max-queue", type=int, default=limits.max_queue, help="waiting requests; more get 503")
     parser.add_argument("--timeout", type=float, default=limits.timeout_s, help="seconds per request")
-    parser.add_argument("--default-max-tokens", type=int, default=limits.default_max_tokens)
+    parser.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=limits.default_max_tokens,
+        help="new tokens when a request sets no max_tokens",
+    )
     parser.set_defaults(run=run)
 
 
