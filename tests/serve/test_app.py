@@ -3,12 +3,16 @@ not, usage, and every error status in OpenAI's shape."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 import openai
 import pytest
 
 from serving import live_server, sample_data_url
 from vlbridge.serve.auth import APIKey, KeyStore
+from vlbridge.serve.engine import Engine
 from vlbridge.serve.limits import Limits
 
 FULL, TEXT = "key-full-0123456789", "key-text-0123456789"
@@ -129,7 +133,14 @@ def test_plain_http_routes(server) -> None:
     assert "vlbridge chat" in httpx.get(server + "/").text
 
 
-def test_text_only_deployment_refuses_images_and_busy_server_says_retry() -> None:
+def test_text_only_deployment_refuses_images_and_busy_server_says_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    decode, gate = Engine._decode, threading.Event()
+
+    def held_decode(self: Engine) -> None:  # the first stream holds its row until the third request has its answer
+        gate.wait(timeout=60)
+        decode(self)
+
+    monkeypatch.setattr(Engine, "_decode", held_decode)
     with live_server(vision=False, limits=Limits(max_queue=1), max_batch=1) as url:
         client = _client(url, "no-keys")
         body = _expect(
@@ -159,6 +170,13 @@ def test_text_only_deployment_refuses_images_and_busy_server_says_retry() -> Non
                 third = http.post("/v1/chat/completions", json=long)
                 assert third.status_code == 503 and third.headers["retry-after"] == "1"
                 assert third.json()["error"]["type"] == "server_busy"
-        # both streams were dropped mid-reply: their rows are free again for the next request
-        after = httpx.post(url + "/v1/chat/completions", json={**long, "stream": False, "max_tokens": 3}, timeout=60)
+                gate.set()
+        # both streams were dropped mid-reply: the rows come free for a client that waits as Retry-After says
+        for _ in range(30):
+            after = httpx.post(
+                url + "/v1/chat/completions", json={**long, "stream": False, "max_tokens": 3}, timeout=60
+            )
+            if after.status_code != 503:
+                break
+            time.sleep(float(after.headers["retry-after"]))
         assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] <= 3
