@@ -10,6 +10,7 @@ from typing import Any
 import vlbridge
 from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError
+from vlbridge.lm.int8 import QUANTIZATIONS
 from vlbridge.vision.processor import load_image
 
 
@@ -21,6 +22,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--image", default=None, help="image file the question is about")
     parser.add_argument("--text-only", action="store_true", help="load no vision weights (text-only deployment)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
+    parser.add_argument("--quantize", default=None, choices=QUANTIZATIONS, help="int8: int8 weight-only LM layers")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     """One-shot answer (streamed, or JSON), or an interactive loop reading questions from stdin."""
     if args.image is not None and args.text_only:
         raise ConfigError("--image and --text-only exclude each other: a text-only model cannot see the image")
-    model, processor = vlbridge.load(args.model, vision=not args.text_only, dtype=args.dtype, device=args.device)
+    model, processor = vlbridge.load(
+        args.model, vision=not args.text_only, dtype=args.dtype, device=args.device, quantize=args.quantize
+    )
     image = load_image(args.image) if args.image is not None else None
     generation = {
         "max_new_tokens": args.max_new_tokens,

@@ -9,6 +9,7 @@ vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE
 vlbridge bench profile [MODEL ...] [--measure]
 vlbridge tokens --context 4096
 vlbridge ship RUN_DIR --data DIR [--dest DIR]
+vlbridge quantize [MODEL] --out DIR
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import bench, chat, data, evaluate, info, ship, tokens, train
+from vlbridge.cli import bench, chat, data, evaluate, info, quantize, ship, tokens, train
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship)
+SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship, quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:

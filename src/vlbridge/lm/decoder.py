@@ -247,7 +247,7 @@ class DecoderLM(nn.Module):
                 f"{max_length} tokens (prompt plus new tokens) exceed the language model's context window of "
                 f"{limit}; shorten the prompt or lower max_new_tokens by {max_length - limit}"
             )
-        cfg, weight = self.config, self.lm_head.weight
+        cfg, weight = self.config, self.model.embed_tokens.weight
         kv_shape = (cfg.num_key_value_heads, cfg.resolved_head_dim)
         return KVCache(cfg.num_hidden_layers, batch_size, max_length, *kv_shape, dtype or weight.dtype, weight.device)
 
