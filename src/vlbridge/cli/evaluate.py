@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     run_info = {
         "model": str(Path(args.model).resolve()) if args.model else "embedded default",
         "dtype": args.dtype or "default",
-        "quantize": args.quantize or "none",
+        **({"quantize": args.quantize} if args.quantize else {}),  # absent for float: older run.json files match
     }
     result = evaluate(
         model, processor, task, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, run=run_info
