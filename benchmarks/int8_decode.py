@@ -5,8 +5,9 @@ random language model of SmolLM2-135M's shape (576 wide, 30 layers, 9 query / 3 
 tokens, tied embeddings; a 100-token prompt). Each is run as fp32, bf16, int8 (`quantize="int8"`: int8 linear
 weights, the rest fp32) and int8 + bf16 (the rest bf16). Variants are timed in interleaved rounds so that load from
 other processes falls on all of them alike; medians are reported (decode: of each round's full minus prefill
-time), and ratios to fp32. Greedy agreement with fp32
-is reported too (the default's tokens are trained; on random weights near-ties make it a weak signal).
+time), and ratios to fp32. Accuracy beside speed: how many greedy tokens agree with fp32's before the first
+difference (on random weights near-ties make this a weak signal), and the prompt's last logits' max |difference| to
+fp32's over fp32's max |logit| ("logit err").
 `--quick` runs the default and a 64-wide 2-layer LM for 4 new tokens, once.
 
     python -m benchmarks.int8_decode [--new-tokens 32] [--repeats 3]
@@ -96,19 +97,24 @@ def compare(
     with torch.inference_mode():
         prompt_len = batch["input_ids"].shape[1]
         greedy = {key: generate(model, AGREEMENT_TOKENS)[0, prompt_len:] for key, model in models.items()}
+        last = {key: model(**batch).logits[0, -1] for key, model in models.items()}  # (V,) at the prompt's end
         for _ in range(repeats):
             for key, model in models.items():
                 prefill[key].append(timed(lambda m=model: generate(m, 1)))
                 full[key].append(timed(lambda m=model: generate(m, new_tokens + 1)))
     report.line(f"{name}: prompt {prompt_len} tokens, {new_tokens} decoded, median of {repeats}")
-    report.line(f"{'variant':<10} {'prefill ms':>10} {'decode tok/s':>13} {'vs fp32':>8} {'greedy = fp32':>14}")
+    columns = ("prefill ms", "decode tok/s", "vs fp32", "greedy = fp32", "logit err")
+    report.line(f"{'variant':<10} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 13, 8, 14, 10), strict=True)))
     base = None
     for key in models:
         p = statistics.median(prefill[key])
         tps = new_tokens / statistics.median(f - q for f, q in zip(full[key], prefill[key], strict=True))
         base = base or tps
         agree = int((greedy[key] == greedy["fp32"]).cumprod(0).sum())
-        report.line(f"{key:<10} {p * 1e3:>10.1f} {tps:>13.1f} {tps / base:>7.2f}x {agree:>9}/{AGREEMENT_TOKENS}")
+        err = float((last[key] - last["fp32"]).abs().max() / last["fp32"].abs().max())
+        report.line(
+            f"{key:<10} {p * 1e3:>10.1f} {tps:>13.1f} {tps / base:>7.2f}x {agree:>9}/{AGREEMENT_TOKENS} {err:>10.4f}"
+        )
     report.line()
 
 
