@@ -42,7 +42,8 @@ class Int8Linear(nn.Module):
     the result cast back to the input's dtype. Measured against float32 `F.linear` on this project's 2-core AVX-512
     (VNNI, no AVX512-BF16) CPU at SmolLM2-135M's shapes, one row: the 49152 x 576 head 1.1 ms vs 3.7 ms; with float32
     activations the same kernel was 3-15x slower than with bf16, and dequantising the weight per call (to bf16 or
-    float32, then `F.linear`) 3-15x slower too (benchmarks/int8_decode.py measures whole decode). Other devices, and
+    float32, then `F.linear`) 3-15x slower too (one-off timings, best of 30, other sessions loading the CPU;
+    benchmarks/int8_decode.py measures whole decode). Other devices, and
     widths the kernel gets wrong (`PACK_K_MULTIPLE`), dequantise the weight per call.
     """
 
