@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 
 
 def load(
-    path: str | None = None, vision: bool = True, device: str = "cpu", dtype: Any = None
+    path: str | None = None, vision: bool = True, device: str = "cpu", dtype: Any = None, quantize: str | None = None
 ) -> tuple[VisionLanguageModel, Processor]:
-    """Load a model and its processor from a vlbridge or HF llava-layout directory (None: the embedded default)."""
+    """Load a model and its processor from a vlbridge or HF llava-layout directory (None: the embedded default);
+    `quantize="int8"` gives int8 weight-only LM layers (a checkpoint saved quantised loads as int8 regardless)."""
     from vlbridge.model.io import load as _load
 
-    return _load(path, vision=vision, device=device, dtype=dtype)
+    return _load(path, vision=vision, device=device, dtype=dtype, quantize=quantize)
 
 
 def from_parts(

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -231,6 +231,7 @@ class ModelConfig:
     image_token_id: int = 32000
     template: str | None = None  # built-in template name; None: the tokenizer's own chat template
     text_only_images: str = "refuse"  # text-only mode: "refuse" prompts with <image>, or "strip" the placeholder
+    quantization: Literal["int8"] | None = None  # "int8": the LM's linear weights are stored and run as int8
 
 
 def _check(tp: Any, value: Any, where: str) -> Any:

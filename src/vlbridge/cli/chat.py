@@ -17,6 +17,7 @@ import vlbridge
 from vlbridge.cli.arguments import first_undecodable, printable
 from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError, ContextOverflowError, DataError
+from vlbridge.lm.int8 import QUANTIZATIONS
 from vlbridge.vision.processor import load_image
 
 
@@ -33,6 +34,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--text-only", action="store_true", help="load no vision weights (text-only deployment)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
+    parser.add_argument("--quantize", default=None, choices=QUANTIZATIONS, help="int8: int8 weight-only LM layers")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens a reply may have")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -145,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
     """One-shot answer (streamed, or JSON), or an interactive loop reading questions from stdin."""
     if args.image and args.text_only:
         raise ConfigError("--image and --text-only exclude each other: a text-only model cannot see the image")
-    model, processor = vlbridge.load(args.model, vision=not args.text_only, dtype=args.dtype, device=args.device)
+    model, processor = vlbridge.load(
+        args.model, vision=not args.text_only, dtype=args.dtype, device=args.device, quantize=args.quantize
+    )
     images = [load_image(path) for path in args.image]
     generation = {
         "max_new_tokens": args.max_new_tokens,

@@ -25,6 +25,7 @@ from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError
 from vlbridge.eval.runner import evaluate
 from vlbridge.eval.tasks import TASKS, Task, TaskOption
+from vlbridge.lm.int8 import QUANTIZATIONS
 
 
 def task_names() -> list[str]:
@@ -74,6 +75,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (12 to 128)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
+    parser.add_argument("--quantize", default=None, choices=QUANTIZATIONS, help="int8: int8 weight-only LM layers")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     group = parser.add_argument_group("task options", "each is read by the tasks named in [brackets]")
     for option, users in task_options().values():
@@ -165,10 +167,11 @@ def run(args: argparse.Namespace) -> int:
             )
         return run_text_retention(args.eval_command[1:], args)
     task, out = build_task(args)
-    model, processor = vlbridge.load(args.model, dtype=args.dtype, device=args.device)
+    model, processor = vlbridge.load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     run_info = {
         "model": str(Path(args.model).resolve()) if args.model else "embedded default",
         "dtype": args.dtype or "default",
+        **({"quantize": args.quantize} if args.quantize else {}),  # absent for float: older run.json files match
     }
     result = evaluate(
         model, processor, task, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, run=run_info

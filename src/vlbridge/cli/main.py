@@ -12,6 +12,7 @@ vlbridge ship RUN_DIR --data DIR [--dest DIR]
 vlbridge export [MODEL] --format llava-hf|hf-lm --out DIR [--legacy-keys]
 vlbridge serve [--model PATH] [--port 8000] [--api-keys FILE] [--text-only] [--max-batch N]
 vlbridge convert gguf FILE --out DIR
+vlbridge quantize [MODEL] --out DIR
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vlbridge.cli import bench, chat, convert, data, evaluate, export, info, serve, ship, tokens, train
+from vlbridge.cli import bench, chat, convert, data, evaluate, export, info, quantize, serve, ship, tokens, train
 from vlbridge.cli.arguments import Parser, check_arguments
 from vlbridge.errors import VlbridgeError
 
-SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship, export, convert, serve)
+SUBCOMMANDS = (info, chat, data, train, evaluate, bench, tokens, ship, export, quantize, convert, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

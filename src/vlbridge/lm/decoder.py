@@ -165,8 +165,9 @@ class DecoderLM(nn.Module):
         self.tie_weights()
 
     def tie_weights(self) -> None:
-        """With tie_word_embeddings, make the LM head the embedding matrix itself (again, after a load replaced it)."""
-        if self.config.tie_word_embeddings:
+        """With tie_word_embeddings, make the LM head the embedding matrix itself (again, after a load replaced it); an
+        int8 head (`lm/int8.py`) keeps its own quantised copy."""
+        if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
@@ -251,7 +252,7 @@ class DecoderLM(nn.Module):
                 f"{max_length} tokens (prompt plus new tokens) exceed the language model's context window of "
                 f"{limit}; shorten the prompt or lower max_new_tokens by {max_length - limit}"
             )
-        cfg, weight = self.config, self.lm_head.weight
+        cfg, weight = self.config, self.model.embed_tokens.weight
         kv_shape = (cfg.num_key_value_heads, cfg.resolved_head_dim)
         return KVCache(cfg.num_hidden_layers, batch_size, max_length, *kv_shape, dtype or weight.dtype, weight.device)
 

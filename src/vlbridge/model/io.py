@@ -8,6 +8,7 @@ a shard index naming missing shards or files outside the folder) raises Checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,9 +20,10 @@ from torch import nn
 from vlbridge.config import ModelConfig, from_dict
 from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
-from vlbridge.errors import CheckpointError
+from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.files import RECOPY, open_safetensors, read_json_object
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
+from vlbridge.lm.int8 import QUANTIZATIONS, int8_skeleton, quantize_linears
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.hf_llava import model_config_from_hf, rename_key
 from vlbridge.model.processor import processor_for
@@ -175,17 +177,37 @@ def build_empty(config: ModelConfig, vision: bool = True, dtype: torch.dtype | N
     return model.to(dtype=dtype)
 
 
+def _check_quantization(quantization: str) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
+
+
+def quantize_model(model: VisionLanguageModel, quantization: str) -> None:
+    """Quantise the language model's linear layers in place (vlbridge.lm.int8) and record it in `model.config`, so
+    `save_pretrained` writes an int8 checkpoint. A model already quantised this way is left as it is."""
+    _check_quantization(quantization)
+    if model.config.quantization == quantization:
+        return
+    quantize_linears(model.language_model)
+    model.config = dataclasses.replace(model.config, quantization=quantization)
+
+
 def load(
     path: str | Path | None = None,
     vision: bool = True,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
+    quantize: str | None = None,
 ) -> tuple[VisionLanguageModel, Any]:
     """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default.
 
     `dtype` is a name from `vlbridge.dtypes` (fp32, bf16, fp16, or torch's spelling) or a torch dtype; None keeps
-    the weights in float32. A device this machine lacks raises ConfigError (vlbridge.devices) before any file is
-    read."""
+    the weights in float32 (with `quantize`, the float weights left: embeddings, norms, vision). `quantize="int8"`
+    quantises the LM's linear weights after loading; a checkpoint saved quantised loads as int8 whatever `quantize`
+    says, its int8 weights read as they are. A device this machine lacks raises ConfigError (vlbridge.devices)
+    before any file is read."""
+    if quantize is not None:
+        _check_quantization(quantize)
     device = resolve_device(device)
     if path is None:
         path = default_model_dir()
@@ -201,8 +223,16 @@ def load(
         raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
     config, rules = read_config(path)
     tokenizer = Tokenizer.from_dir(path)
-    model = build_empty(config, vision=vision, dtype=None if dtype is None else resolve_dtype(dtype))
+    torch_dtype = None if dtype is None else resolve_dtype(dtype)
+    if config.quantization is None and quantize is None:
+        model = build_empty(config, vision=vision, dtype=torch_dtype)
+    else:  # int8 layers are built and loaded on real memory (the meta-device path does not handle them yet)
+        model = VisionLanguageModel(config, vision=vision).to(dtype=torch_dtype)
+        if config.quantization is not None:
+            int8_skeleton(model.language_model)  # the checkpoint's int8 weights load into int8 layers
     load_weights(model, path, rules)
+    if quantize is not None:
+        quantize_model(model, quantize)
     model.processor = processor_for(model, tokenizer)
     model.to(device=device).eval()
     return model, model.processor

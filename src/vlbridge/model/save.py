@@ -27,8 +27,10 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 def tied_keys(config: ModelConfig) -> set[str]:
-    """State-dict keys that are views of another tensor in this config (a tied LM head): never stored."""
-    return {"language_model.lm_head.weight"} if config.language_model.tie_word_embeddings else set()
+    """State-dict keys that are views of another tensor in this config (a tied LM head): never stored. A quantised
+    LM head holds its own int8 weight, so it is stored."""
+    tied = config.language_model.tie_word_embeddings and config.quantization is None
+    return {"language_model.lm_head.weight"} if tied else set()
 
 
 def save_checkpoint(

@@ -1,0 +1,111 @@
+"""INT8 weight-only quantisation of linear layers: per-output-channel symmetric int8 weights, float activations.
+
+Each weight row w_o is stored as round(w_o / s_o) in [-127, 127] with s_o = max|w_o| / 127, a float32 scale per
+output channel (the "dynamic range" scheme of SPEC section 6; LLM.int8()'s vector-wise quantisation, Dettmers et al.
+2022, without its outlier split). Only weights are quantised; products run on float activations, so a quantised
+model decodes at a quarter of float32's weight traffic, which is what bounds decode on a CPU.
+
+`Int8Linear` holds the int8 weight and its scales as buffers (`weight`, `weight_scale`), so a quantised model's
+state_dict saves as int8 and loads back as int8 without a float copy or re-quantising.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+QUANTIZATIONS = ("int8",)
+"""The weight quantisations `vlbridge.load(quantize=...)` and the `--quantize` flags accept."""
+
+INT8_MAX = 127
+PACK_K_MULTIPLE = 16
+"""PyTorch's CPU `_weight_int8pack_mm` is only correct when in_features is a multiple of this: at other widths it
+returned garbage or crashed the process (PyTorch 2.13, K in 8..136). Such layers dequantise instead."""
+
+
+def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(int8 weight (O, I), float32 scale (O,)) of a float weight (O, I): symmetric, one scale per output row.
+
+    An all-zero row gets scale 1 (its int8 row is zero either way), so dequantising never divides by zero."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / INT8_MAX  # (O,)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)  # (O, I)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights and float32 per-output-channel scales: y = (x @ q^T) * scale + bias.
+
+    On CPU the product runs in PyTorch's int8 weight-only kernel (`aten._weight_int8pack_mm`) on bf16 activations,
+    the result cast back to the input's dtype. Measured against float32 `F.linear` on this project's 2-core AVX-512
+    (VNNI, no AVX512-BF16) CPU at SmolLM2-135M's shapes, one row: the 49152 x 576 head 1.1 ms vs 3.7 ms; with float32
+    activations the same kernel was 3-15x slower than with bf16, and dequantising the weight per call (to bf16 or
+    float32, then `F.linear`) 3-15x slower too (one-off timings, best of 30, other sessions loading the CPU;
+    benchmarks/int8_decode.py measures whole decode). Other devices, and
+    widths the kernel gets wrong (`PACK_K_MULTIPLE`), dequantise the weight per call.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        """The quantised copy of `linear` (weights as `quantize_weight`, bias kept in its float dtype)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        q, scale = quantize_weight(linear.weight)
+        layer.weight = q.to(linear.weight.device)
+        layer.weight_scale = scale.to(linear.weight.device)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features)  # (M, I)
+        if x.device.type == "cpu" and self.in_features % PACK_K_MULTIPLE == 0:
+            packed = flat.to(torch.bfloat16).contiguous()
+            out = torch.ops.aten._weight_int8pack_mm(packed, self.weight, self.weight_scale.to(torch.bfloat16))
+            out = out.to(x.dtype)  # (M, O)
+        else:
+            out = F.linear(flat, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)  # (M, O)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _replace_linears(module: nn.Module, quantize: bool) -> int:
+    """Swap every nn.Linear under `module` for an Int8Linear: quantised from it, or an empty one of the same shape
+    to load int8 weights into. Returns how many were swapped."""
+    swapped = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            if quantize:
+                new = Int8Linear.from_linear(child)
+            else:
+                new = Int8Linear(child.in_features, child.out_features, bias=child.bias is not None)
+            setattr(module, name, new.to(child.weight.device))
+            swapped += 1
+        else:
+            swapped += _replace_linears(child, quantize)
+    return swapped
+
+
+def quantize_linears(module: nn.Module) -> int:
+    """Quantise every nn.Linear under `module` in place (each float weight is freed as its layer is replaced);
+    returns how many layers were quantised. A weight shared with another module (a tied LM head) stays float there."""
+    return _replace_linears(module, quantize=True)
+
+
+def int8_skeleton(module: nn.Module) -> int:
+    """Replace every nn.Linear under `module` with an empty Int8Linear of its shape, ready for a quantised
+    checkpoint's int8 weights and scales (nothing is quantised); returns how many layers were replaced."""
+    return _replace_linears(module, quantize=False)

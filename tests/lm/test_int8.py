@@ -1,0 +1,60 @@
+"""INT8 weight-only linear layers: the quantiser's bounds, and Int8Linear against the float product of the
+dequantised weight on both its paths (PyTorch's int8 kernel, and dequantising where that kernel is wrong)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vlbridge.lm.int8 import PACK_K_MULTIPLE, Int8Linear, int8_skeleton, quantize_linears, quantize_weight
+
+
+def test_quantize_weight_is_symmetric_per_row_within_half_a_step() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(24, 40)
+    w[3] = 0.0
+    q, scale = quantize_weight(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (24,)
+    assert int(q.abs().max()) == 127 and int(q.min()) >= -127
+    assert torch.equal(q.abs().amax(1)[[0, 1, 2]], torch.full((3,), 127, dtype=torch.int8))
+    assert scale[3] == 1.0 and not q[3].any()
+    err = (q.float() * scale[:, None] - w).abs()
+    assert bool((err <= scale[:, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("in_features", [PACK_K_MULTIPLE * 3, 24])  # the int8 kernel's path, the dequantising one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_matches_the_dequantised_product(in_features: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, 37)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(2, 5, in_features).to(dtype)
+    dequantised = layer.weight.float() * layer.weight_scale[:, None]
+    expected = x.float() @ dequantised.t() + linear.bias.detach()
+    with torch.no_grad():
+        out = layer(x)
+    assert out.shape == (2, 5, 37) and out.dtype == dtype
+    # bf16 activations (the kernel's, or the input's) round each product term to ~3 significant digits
+    assert (out.float() - expected).abs().max() <= 1e-2 * expected.abs().max()
+    with torch.no_grad():
+        float_out = linear(x.float())
+    # against the float layer: int8 weights add at most half a step per weight, ~1% of the output here
+    assert (out.float() - float_out).abs().max() <= 3e-2 * float_out.abs().max()
+
+
+def test_quantize_linears_swaps_every_linear_and_skeleton_matches_its_state_dict() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Sequential(nn.Linear(32, 16, bias=False)))
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert quantize_linears(model) == 2
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    state = model.state_dict()
+    assert state["0.weight"].dtype == torch.int8 and state["0.weight"].shape == shapes["0.weight"]
+    assert state["2.0.weight_scale"].shape == (16,) and "2.0.bias" not in state
+    empty = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Sequential(nn.Linear(32, 16, bias=False)))
+    assert int8_skeleton(empty) == 2
+    empty.load_state_dict(state)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(empty(x), model(x))
