@@ -46,7 +46,9 @@ def make_tokenizer(vocab_size: int = 200, image_token: bool = True):
     return hf
 
 
-def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 0, text: str = "llama") -> Path:
+def tiny_llava(
+    path: Path, family: str = "clip", tie: bool = False, seed: int = 0, text: str = "llama", strategy: str | None = None
+) -> Path:
     """Write a random tiny llava-hf checkpoint with tokenizer and processor files to `path`; `text` names the LM's
     family (llama, mistral or qwen2)."""
     from transformers import (
@@ -93,7 +95,7 @@ def tiny_llava(path: Path, family: str = "clip", tie: bool = False, seed: int = 
         vision_config=vision,
         text_config=text_config,
         image_token_index=image_token_id,
-        vision_feature_select_strategy="default" if family == "clip" else "full",
+        vision_feature_select_strategy=strategy or ("default" if family == "clip" else "full"),
         tie_word_embeddings=tie,
     )
     model = LlavaForConditionalGeneration(config).eval()

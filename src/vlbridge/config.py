@@ -142,7 +142,9 @@ class VisionConfig:
     rope_theta: float = field(default=10000.0, metadata=bounded(0, low_open=True))
     use_head: bool = False  # SigLIP's attention-pooling head (kept for weight parity, unused by LLaVA)
     feature_layer: int | list[int] = -2  # index into hidden states (0 = embeddings), LLaVA-1.5 uses -2
-    select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps every token
+    # "default" drops the CLS token, "full" keeps every token, "drop_first" drops the first token even without a CLS
+    # (what llava's "default" does to a SigLIP tower: it loses a patch, and checkpoints trained that way expect it)
+    select_strategy: str = "default"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import vlbridge
+from vlbridge.deploy.export_hf import export_llava_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,6 +46,19 @@ def _compare(path: Path, prompts: list[str], images: list[Image.Image]) -> None:
 def test_logits_one_image(family: str, clip_llava_dir: Path, siglip_llava_dir: Path) -> None:
     path = clip_llava_dir if family == "clip" else siglip_llava_dir
     _compare(path, ["USER: <image>\nwhat colour is the circle? ASSISTANT:"], [_image(0, (45, 31))])
+
+
+def test_siglip_tower_with_llavas_default_strategy_drops_its_first_patch(tmp_path: Path) -> None:
+    """llava's "default" drops the first token even from a SigLIP tower, which has no CLS: one patch fewer."""
+    from hf_fixtures import tiny_llava
+
+    path = tiny_llava(tmp_path / "siglip-default", family="siglip", strategy="default")
+    model, _ = vlbridge.load(path)
+    assert model.config.vision.select_strategy == "drop_first"
+    prompt, image = "USER: <image>\nwhat colour is the circle? ASSISTANT:", _image(3, (40, 36))
+    _compare(path, [prompt], [image])
+    exported = export_llava_hf(model, tmp_path / "exported")  # and back out as llava's "default" again
+    _compare(exported, [prompt], [image])
 
 
 def test_logits_two_images_in_one_prompt(clip_llava_dir: Path) -> None:

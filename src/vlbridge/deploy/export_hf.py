@@ -99,13 +99,15 @@ def llava_config(config: ModelConfig) -> dict[str, Any]:
     two_layers = connector.name == "mlp" and connector.depth == 2
     side = vision.image_size // vision.patch_size
     cls_kept = vision.family == "clip" and vision.select_strategy == "full"
+    patch_dropped = vision.family == "siglip" and vision.select_strategy == "drop_first"
+    tokens = side * side + cls_kept - patch_dropped  # visual tokens per image, as llava's config records it
     return {
         "architectures": ["LlavaForConditionalGeneration"],
         "model_type": "llava",
         "text_config": lm_config_to_hf(lm),
         "vision_config": vision_config_to_hf(vision),
         "image_token_index": config.image_token_id,
-        "image_seq_length": side * side + cls_kept,  # visual tokens per image, as llava's config records it
+        "image_seq_length": tokens,
         "projector_hidden_act": connector.hidden_act if two_layers else "linear",
         "multimodal_projector_bias": connector.bias,
         "vision_feature_layer": vision.feature_layer,
@@ -115,9 +117,13 @@ def llava_config(config: ModelConfig) -> dict[str, Any]:
 
 
 def _select_strategy(config: ModelConfig) -> str:
-    """llava's strategy for our tower: SigLIP has no CLS token, so vlbridge keeps every token either way."""
+    """llava's strategy for our tower: llava's "default" drops the first token, so a SigLIP tower (no CLS token) is
+    "full" unless it drops its first patch too ("drop_first")."""
     assert config.vision is not None
-    return "full" if config.vision.family == "siglip" else config.vision.select_strategy
+    vision = config.vision
+    if vision.family == "siglip":
+        return "default" if vision.select_strategy == "drop_first" else "full"
+    return "default" if vision.select_strategy == "drop_first" else vision.select_strategy
 
 
 def _projector_state(model: VisionLanguageModel) -> dict[str, torch.Tensor]:

@@ -61,7 +61,7 @@ def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, 
     vision = replace(
         vision,
         feature_layer=list(layer) if isinstance(layer, (list, tuple)) else int(layer),
-        select_strategy=raw.get("vision_feature_select_strategy", "default"),
+        select_strategy=_select_strategy(raw.get("vision_feature_select_strategy", "default"), vision.family),
     )
     preprocessor = image_processor_dict_from_dir(path)
     image_processor = (
@@ -135,3 +135,9 @@ def image_processor_dict_from_dir(path: Path) -> dict[str, Any] | None:
     if settings is not None and not isinstance(settings, dict):
         raise CheckpointError(f"{combined}: image_processor must be a JSON object of settings; {RECOPY}")
     return settings
+
+
+def _select_strategy(strategy: str, family: str) -> str:
+    """Our select strategy for llava's: its "default" drops the first token whatever it is, which on a SigLIP tower
+    (no CLS token) is a patch; ours drops only a CLS token, so that case is "drop_first"."""
+    return "drop_first" if strategy == "default" and family == "siglip" else strategy

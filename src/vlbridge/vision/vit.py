@@ -160,7 +160,11 @@ class AttentionPoolingHead(nn.Module):
 
 def _check_config(config: VisionConfig) -> None:
     """Raise ConfigError for a vision config this ViT cannot build."""
-    choices = {"family": ("clip", "siglip"), "position": ("learned", "rope2d"), "select_strategy": ("default", "full")}
+    choices = {
+        "family": ("clip", "siglip"),
+        "position": ("learned", "rope2d"),
+        "select_strategy": ("default", "full", "drop_first"),
+    }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise ConfigError(f"vision.{key} is {getattr(config, key)!r}; choose one of {', '.join(allowed)}")
@@ -211,7 +215,8 @@ class ViT(VisionEncoder):
 
     def num_patches(self, height: int, width: int) -> int:
         patches = (height // self.config.patch_size) * (width // self.config.patch_size)
-        return patches + (self._n_prefix if self.config.select_strategy == "full" else 0)
+        kept = {"full": self._n_prefix, "default": 0, "drop_first": self._n_prefix - 1}
+        return patches + kept[self.config.select_strategy]
 
     def _states(self, pixel_values: torch.Tensor, upto: int) -> Iterator[torch.Tensor]:
         """Yield hidden states 0 (embeddings) .. upto (output of layer `upto`), computing nothing beyond."""
@@ -256,8 +261,9 @@ class ViT(VisionEncoder):
         wanted = set(self._feature_layers)
         kept = {i: x for i, x in enumerate(self._states(pixel_values, max(wanted))) if i in wanted}
         features = torch.cat([kept[i] for i in self._feature_layers], dim=-1)  # (B, N_all, D * n_layers)
-        if self.config.select_strategy == "default":
-            features = features[:, self._n_prefix :]  # (B, N, D * n_layers)
+        if self.config.select_strategy != "full":
+            dropped = self._n_prefix if self.config.select_strategy == "default" else 1
+            features = features[:, dropped:]  # (B, N, D * n_layers)
         return features
 
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
