@@ -3,16 +3,13 @@ not, usage, and every error status in OpenAI's shape."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import httpx
 import openai
 import pytest
 
 from serving import live_server, sample_data_url
 from vlbridge.serve.auth import APIKey, KeyStore
-from vlbridge.serve.engine import Engine
+from vlbridge.serve.engine import Engine, QueueFullError
 from vlbridge.serve.limits import Limits
 
 FULL, TEXT = "key-full-0123456789", "key-text-0123456789"
@@ -134,13 +131,6 @@ def test_plain_http_routes(server) -> None:
 
 
 def test_text_only_deployment_refuses_images_and_busy_server_says_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    decode, gate = Engine._decode, threading.Event()
-
-    def held_decode(self: Engine) -> None:  # the first stream holds its row until the third request has its answer
-        gate.wait(timeout=60)
-        decode(self)
-
-    monkeypatch.setattr(Engine, "_decode", held_decode)
     with live_server(vision=False, limits=Limits(max_queue=1), max_batch=1) as url:
         client = _client(url, "no-keys")
         body = _expect(
@@ -152,31 +142,16 @@ def test_text_only_deployment_refuses_images_and_busy_server_says_retry(monkeypa
         assert "text-only" in body["message"]
         models = httpx.get(url + "/v1/models").json()
         assert models["data"][0]["modalities"] == ["text"]
-        # one long stream holds the only row, a second waits in the queue, a third is refused with 503
-        long = {
-            "messages": [{"role": "user", "content": "Hi"}],
-            "max_tokens": 400,
-            "stream": True,
-            "temperature": 1.0,
-            "seed": 1,
-        }
-        with (
-            httpx.Client(base_url=url, timeout=60) as http,
-            http.stream("POST", "/v1/chat/completions", json=long) as first,
-        ):
-            next(first.iter_lines())
-            with http.stream("POST", "/v1/chat/completions", json=long) as second:
-                assert second.status_code == 200
-                third = http.post("/v1/chat/completions", json=long)
-                assert third.status_code == 503 and third.headers["retry-after"] == "1"
-                assert third.json()["error"]["type"] == "server_busy"
-                gate.set()
-        # both streams were dropped mid-reply: the rows come free for a client that waits as Retry-After says
-        for _ in range(30):
-            after = httpx.post(
-                url + "/v1/chat/completions", json={**long, "stream": False, "max_tokens": 3}, timeout=60
+
+        def full(self: Engine, request: object) -> None:  # the engine's own queue limit: tests/serve/test_engine.py
+            raise QueueFullError("1 requests are already waiting (the queue limit)")
+
+        monkeypatch.setattr(Engine, "submit", full)
+        for stream in (False, True):
+            busy = httpx.post(
+                url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": stream},
+                timeout=60,
             )
-            if after.status_code != 503:
-                break
-            time.sleep(float(after.headers["retry-after"]))
-        assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] <= 3
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["type"] == "server_busy" and "queue limit" in busy.json()["error"]["message"]
