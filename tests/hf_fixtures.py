@@ -237,3 +237,24 @@ def tiny_lm(family: str, path: Path, tie: bool = False) -> torch.nn.Module:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return model
+
+
+def random_image(seed: int, size: tuple[int, int]):
+    """A PIL RGB image of uniform random pixels, `size` as (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+
+
+def assert_greedy_matches(hf_model, hf_proc, model, proc, prompts: list[str], images: list) -> None:
+    """20 greedy tokens of vlbridge equal transformers' on the same left-padded batch (EOS ignored by both)."""
+    inputs = proc(text=prompts, images=images, return_tensors="pt")
+    hf_inputs = hf_proc(text=prompts, images=images, return_tensors="pt", padding=True)
+    ref = hf_model.generate(
+        **hf_inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    got = model.generate(**inputs, max_new_tokens=20, eos_token_id=())
+    assert got.shape == ref.shape == (len(prompts), inputs["input_ids"].shape[1] + 20)
+    assert torch.equal(got, ref)

@@ -9,12 +9,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import vlbridge
+from hf_fixtures import assert_greedy_matches, random_image
 from vlbridge.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
@@ -26,11 +26,6 @@ SIZES = [
     (96, 32), (97, 32), (95, 33), (32, 96), (20, 100), (100, 20), (45, 31), (3, 5), (1, 1), (128, 127),
     (301, 170), (17, 250),
 ]  # fmt: skip
-
-
-def _image(seed: int, size: tuple[int, int]) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
 
 
 def _hf_processor(path: Path):
@@ -55,7 +50,7 @@ def _assert_same_inputs(ours: dict, theirs: dict) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_processor_matches_transformers(size: tuple[int, int], llava_next_dir: Path) -> None:
     _, ours_proc = vlbridge.load(llava_next_dir)
-    image = _image(sum(size), size)
+    image = random_image(sum(size), size)
     ours = ours_proc(text=PROMPT, images=[image], return_tensors="pt")
     theirs = _hf_processor(llava_next_dir)(text=[PROMPT], images=[image], return_tensors="pt")
     _assert_same_inputs(ours, theirs)
@@ -77,32 +72,27 @@ def _compare(path: Path, prompts: list[str], images: list[Image.Image]) -> None:
 @pytest.mark.parametrize("layout", ["saved", "module"])
 def test_logits_one_image(layout: str, llava_next_dir: Path, llava_next_module_keys_dir: Path) -> None:
     path = llava_next_dir if layout == "saved" else llava_next_module_keys_dir
-    _compare(path, [PROMPT], [_image(0, (71, 40))])
+    _compare(path, [PROMPT], [random_image(0, (71, 40))])
 
 
 def test_logits_images_of_different_sizes_in_one_prompt(llava_next_dir: Path) -> None:
     prompt = "USER: <image> left, <image> middle, <image> right: how many objects? ASSISTANT:"
-    _compare(llava_next_dir, [prompt], [_image(1, (32, 32)), _image(2, (50, 130)), _image(3, (90, 41))])
+    _compare(
+        llava_next_dir, [prompt], [random_image(1, (32, 32)), random_image(2, (50, 130)), random_image(3, (90, 41))]
+    )
 
 
 def test_logits_left_padded_batch(llava_next_dir: Path) -> None:
     prompts = ["USER: <image>\ndescribe the image ASSISTANT:", "USER: <image> how many? ASSISTANT: three objects"]
-    _compare(llava_next_dir, prompts, [_image(4, (64, 64)), _image(5, (33, 95))])
+    _compare(llava_next_dir, prompts, [random_image(4, (64, 64)), random_image(5, (33, 95))])
 
 
 def test_greedy_generation_matches_transformers(llava_next_dir: Path) -> None:
     hf_model, hf_proc = _hf(llava_next_dir)
     model, proc = vlbridge.load(llava_next_dir)
-    images = [_image(6, (40, 90)), _image(7, (100, 60))]
+    images = [random_image(6, (40, 90)), random_image(7, (100, 60))]
     prompts = ["USER: <image>\nwhat colour? ASSISTANT:", "USER: <image> describe the image in detail ASSISTANT:"]
-    inputs = proc(text=prompts, images=images, return_tensors="pt")
-    hf_inputs = hf_proc(text=prompts, images=images, return_tensors="pt", padding=True)
-    ref = hf_model.generate(
-        **hf_inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
-    )
-    got = model.generate(**inputs, max_new_tokens=20, eos_token_id=())
-    assert got.shape == ref.shape == (2, inputs["input_ids"].shape[1] + 20)
-    assert torch.equal(got, ref)
+    assert_greedy_matches(hf_model, hf_proc, model, proc, prompts, images)
 
 
 def test_text_only_load_reads_no_newline(llava_next_dir: Path) -> None:

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import vlbridge
+from hf_fixtures import assert_greedy_matches, random_image
 from vlbridge.deploy.export_hf import export_llava_hf
 
 transformers = pytest.importorskip("transformers")
-
-
-def _image(seed: int, size: tuple[int, int]) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
 
 
 def _hf(path: Path):
@@ -45,7 +40,7 @@ def _compare(path: Path, prompts: list[str], images: list[Image.Image]) -> None:
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_logits_one_image(family: str, clip_llava_dir: Path, siglip_llava_dir: Path) -> None:
     path = clip_llava_dir if family == "clip" else siglip_llava_dir
-    _compare(path, ["USER: <image>\nwhat colour is the circle? ASSISTANT:"], [_image(0, (45, 31))])
+    _compare(path, ["USER: <image>\nwhat colour is the circle? ASSISTANT:"], [random_image(0, (45, 31))])
 
 
 def test_siglip_tower_with_llavas_default_strategy_drops_its_first_patch(tmp_path: Path) -> None:
@@ -55,7 +50,7 @@ def test_siglip_tower_with_llavas_default_strategy_drops_its_first_patch(tmp_pat
     path = tiny_llava(tmp_path / "siglip-default", family="siglip", strategy="default")
     model, _ = vlbridge.load(path)
     assert model.config.vision.select_strategy == "drop_first"
-    prompt, image = "USER: <image>\nwhat colour is the circle? ASSISTANT:", _image(3, (40, 36))
+    prompt, image = "USER: <image>\nwhat colour is the circle? ASSISTANT:", random_image(3, (40, 36))
     _compare(path, [prompt], [image])
     exported = export_llava_hf(model, tmp_path / "exported")  # and back out as llava's "default" again
     _compare(exported, [prompt], [image])
@@ -63,27 +58,20 @@ def test_siglip_tower_with_llavas_default_strategy_drops_its_first_patch(tmp_pat
 
 def test_logits_two_images_in_one_prompt(clip_llava_dir: Path) -> None:
     prompt = "USER: <image> left, <image> right: how many objects? ASSISTANT:"
-    _compare(clip_llava_dir, [prompt], [_image(1, (32, 32)), _image(2, (50, 70))])
+    _compare(clip_llava_dir, [prompt], [random_image(1, (32, 32)), random_image(2, (50, 70))])
 
 
 def test_logits_left_padded_batch(siglip_llava_dir: Path) -> None:
     prompts = ["USER: <image>\ndescribe the image ASSISTANT:", "USER: <image> how many? ASSISTANT: three objects"]
-    _compare(siglip_llava_dir, prompts, [_image(3, (40, 40)), _image(4, (33, 61))])
+    _compare(siglip_llava_dir, prompts, [random_image(3, (40, 40)), random_image(4, (33, 61))])
 
 
 def test_greedy_generation_matches_transformers(clip_llava_dir: Path) -> None:
     hf_model, hf_proc = _hf(clip_llava_dir)
     model, proc = vlbridge.load(clip_llava_dir)
-    images = [_image(5, (40, 40)), _image(6, (64, 48))]
+    images = [random_image(5, (40, 40)), random_image(6, (64, 48))]
     prompts = ["USER: <image>\nwhat colour? ASSISTANT:", "USER: <image> describe the image in detail ASSISTANT:"]
-    inputs = proc(text=prompts, images=images, return_tensors="pt")
-    hf_inputs = hf_proc(text=prompts, images=images, return_tensors="pt", padding=True)
-    ref = hf_model.generate(
-        **hf_inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
-    )
-    got = model.generate(**inputs, max_new_tokens=20, eos_token_id=())
-    assert got.shape == ref.shape == (2, inputs["input_ids"].shape[1] + 20)
-    assert torch.equal(got, ref)
+    assert_greedy_matches(hf_model, hf_proc, model, proc, prompts, images)
 
 
 def test_text_only_mode_equals_full_model_and_reads_no_vision(clip_llava_dir: Path) -> None:
