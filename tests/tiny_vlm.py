@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from vlbridge.config import ModelConfig, from_dict, merge
+from vlbridge.config import LMConfig, ModelConfig, from_dict, merge
 from vlbridge.model.io import load_weights, read_config
 from vlbridge.model.vlm import VisionLanguageModel
 
@@ -44,6 +44,18 @@ WIDE_VISION: dict[str, Any] = {
     "num_attention_heads": 4,
 }
 """A ViT of width 32 (4 heads of 8), as the qformer and profiler tests use."""
+
+
+TINY_LM = LMConfig(
+    vocab_size=53,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+"""A 2-layer GQA decoder small enough for exact per-test checks of the LM alone."""
 
 
 def tiny_mapping(

@@ -9,20 +9,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vlbridge.config import LMConfig, VisionConfig
+from tiny_vlm import TINY_LM
+from vlbridge.config import VisionConfig
 from vlbridge.lm import DecoderLM, cpu_kernels
 from vlbridge.lm.cpu_kernels import THIN_ROWS, Linear, attention, eager_causal_attention
 from vlbridge.vision import ViT
 
-CFG = LMConfig(
-    vocab_size=53,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+CFG = TINY_LM
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vlbridge.config import LMConfig
+from tiny_vlm import TINY_LM
 from vlbridge.errors import ConfigError
 from vlbridge.lm import DecoderLM, RotaryEmbedding, apply_rotary
 from vlbridge.lm.decoder import DecoderLayer
 
-CFG = LMConfig(
-    vocab_size=53,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+CFG = TINY_LM
 
 
 @pytest.fixture(scope="module")
