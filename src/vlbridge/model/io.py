@@ -1,9 +1,11 @@
 """Loading models: vlbridge's own format (written by `model/save.py`) and the HF llava layout, with strict keys.
 
-A checkpoint directory is self-contained: config.json (every choice), model.safetensors (or HF shards with
-model.safetensors.index.json), and the processor's tokenizer/preprocessor files. `vision=False` reads no vision
-weights at all, so a text-only deployment never holds them in memory. A damaged file (empty, cut short, garbage,
-a shard index naming missing shards or files outside the folder) raises CheckpointError naming it and the fix.
+A checkpoint directory holds config.json (every choice), model.safetensors (or HF shards with
+model.safetensors.index.json), and the processor's tokenizer/preprocessor files; a chained one (a training stage's
+model, `model/chain.py`) holds only what it changed and names the folders the rest comes from, which a load follows.
+`vision=False` reads no vision weights at all, so a text-only deployment never holds them in memory. A damaged file
+(empty, cut short, garbage, a shard index naming missing shards or files outside the folder) raises CheckpointError
+naming it and the fix.
 """
 
 from __future__ import annotations
@@ -15,94 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from vlbridge.config import ModelConfig, from_dict
+from vlbridge.config import ModelConfig
 from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError, ConfigError
-from vlbridge.files import RECOPY, open_safetensors, read_json_object
-from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
+from vlbridge.files import open_safetensors
 from vlbridge.lm.int8 import QUANTIZATIONS, int8_skeleton, quantize_linears
 from vlbridge.lm.tokenizer import Tokenizer
-from vlbridge.model.hf_llava import model_config_from_hf, rename_key
+from vlbridge.model import chain
 from vlbridge.model.processor import processor_for
-from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, WEIGHTS_INDEX, tied_keys
+from vlbridge.model.save import tied_keys
 from vlbridge.model.vlm import VisionLanguageModel
-
-VISION_PREFIXES = ("vision_encoder.", "connector.", "image_newline")
+from vlbridge.model.weights import VISION_PREFIXES, assign, index_weights, preview, read_config
 
 
 def default_model_dir() -> Path:
     """Where the embedded default model ships inside the package."""
     return Path(__file__).resolve().parent.parent / "assets" / "default"
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """The checkpoint's weight files: the shards its index names (each a file inside `path`), else WEIGHTS."""
-    index = path / WEIGHTS_INDEX
-    if index.is_file():
-        weight_map = read_json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
-            raise CheckpointError(f"{index} has no weight_map from tensor names to shard files; {RECOPY}")
-        names = sorted(set(weight_map.values()))
-        outside = [name for name in names if Path(name).name != name or name in ("", ".", "..")]
-        if outside:
-            raise CheckpointError(
-                f"{index} names shards by paths, not plain file names ({_preview(outside)}); vlbridge reads only "
-                f"files inside the checkpoint folder {path}: {RECOPY}"
-            )
-        missing = [name for name in names if not (path / name).is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{index} names {len(missing)} shard(s) that are not in {path}: {_preview(missing)}; copy the "
-                "missing shard(s) into that folder"
-            )
-        return [path / name for name in names]
-    if (path / WEIGHTS).is_file():
-        return [path / WEIGHTS]
-    raise CheckpointError(f"{path} holds no {WEIGHTS} or {WEIGHTS_INDEX}; is it a model checkpoint directory?")
-
-
-def read_config(path: Path) -> tuple[ModelConfig, tuple[tuple[str, str], ...] | None]:
-    """The model config stored in `path` and the key rules for its weights (None: already our names)."""
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path} has no config.json; pass a vlbridge or HF llava checkpoint directory")
-    raw = read_json_object(cfg_file)
-    if raw.get("format") == FORMAT:
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_file}: format_version {raw.get('format_version')} is not supported")
-        if not isinstance(raw.get("model"), dict):
-            raise CheckpointError(
-                f"{cfg_file} has no 'model' section (every setting of the model); {RECOPY}, or save the model again"
-            )
-        return from_dict(ModelConfig, raw["model"]), None
-    return model_config_from_hf(raw, path)
-
-
-def index_weights(path: Path, rules: tuple[tuple[str, str], ...] | None) -> dict[str, tuple[Path, str]]:
-    """Our name -> (file, stored key) for every tensor in the checkpoint; reads headers only, no tensor data."""
-    index: dict[str, tuple[Path, str]] = {}
-    unmapped: list[str] = []
-    for file in _weight_files(path):
-        with open_safetensors(file) as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
-                if key.endswith(STALE_BUFFER_SUFFIXES):
-                    continue
-                name = key if rules is None else rename_key(key, rules)
-                if name is None:
-                    unmapped.append(key)
-                else:
-                    index[name] = (file, key)
-    if unmapped:
-        raise CheckpointError(f"{path}: {len(unmapped)} weight(s) of unknown layout: {_preview(unmapped)}")
-    return index
-
-
-def _preview(keys: list[str], n: int = 8) -> str:
-    shown = ", ".join(sorted(keys)[:n])
-    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
 def load_weights(
@@ -118,6 +50,9 @@ def load_weights(
     those prefixes are ignored), and every other checkpoint key must fit the model; a model
     without vision skips the checkpoint's vision tensors without reading them. Violations raise CheckpointError.
     """
+    if chain.is_chained(path):
+        chain.load_into(model, path, fresh, vision=model.has_vision)
+        return
     index = index_weights(path, rules)
     if not model.has_vision:
         index = {k: v for k, v in index.items() if not k.startswith(VISION_PREFIXES)}
@@ -129,9 +64,9 @@ def load_weights(
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
+            parts.append(f"missing {len(missing)} key(s): {preview(missing)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
+            parts.append(f"unexpected {len(unexpected)} key(s): {preview(unexpected)}")
         raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: " + "; ".join(parts))
     by_file: dict[Path, list[str]] = {}
     for name in expected:
@@ -153,20 +88,10 @@ def load_weights(
                     else:
                         params[name].copy_(handle.get_tensor(key))
                 for name, future in converted:
-                    _assign(model, name, future.result())
+                    assign(model, name, future.result())
     if wrong:
-        raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {_preview(wrong)}")
+        raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {preview(wrong)}")
     model.language_model.tie_weights()
-
-
-def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Put `value` in place of the (meta) parameter or buffer `name`, keeping whether it trains."""
-    owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner)
-    old = getattr(module, leaf)
-    setattr(
-        module, leaf, nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
-    )
 
 
 def build_empty(config: ModelConfig, vision: bool = True, dtype: torch.dtype | None = None) -> VisionLanguageModel:

@@ -26,11 +26,9 @@ from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
 from vlbridge.model.hf_llava import image_processor_dict_from_dir
 from vlbridge.model.vlm import VisionLanguageModel
-from vlbridge.vision.hf_keys import HF_PREFIX, image_processor_config_from_hf, vision_config_from_hf
+from vlbridge.model.weights import tower_index
+from vlbridge.vision.hf_keys import image_processor_config_from_hf, vision_config_from_hf
 
-IDENTITY_RULES: tuple[tuple[str, str], ...] = ((r"^", ""),)
-OTHER_HALF = ("text_model.", "visual_projection.", "text_projection.", "logit_scale", "logit_bias")
-"""Keys of a CLIPModel / SiglipModel checkpoint that belong to its text half (never read)."""
 LM_PREFIX = "language_model."
 GROWN_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
 
@@ -67,19 +65,12 @@ def _read_tensors(path: Path, rules: tuple[tuple[str, str], ...] | None, keep: A
 
 
 def tower_state(path: str | Path) -> dict[str, Tensor]:
-    """The ViT's weights (our names) from a tower directory: the `vision_model.` half of a CLIPModel / SiglipModel
-    or a transformers 4.x vision model, or a transformers 5.x bare vision model's prefix-free keys."""
-    path = Path(path)
-    names = set(io.index_weights(path, IDENTITY_RULES))
-    prefixed = any(name.startswith(HF_PREFIX) for name in names)
-    stray = sorted(n for n in names if not n.startswith(OTHER_HALF) and prefixed != n.startswith(HF_PREFIX))
-    if stray:
-        raise CheckpointError(
-            f"vision tower {path} holds weights of neither the vision tower nor the text half of a CLIP/SigLIP model "
-            f"({', '.join(stray[:5])}); pass a CLIP or SigLIP checkpoint directory"
-        )
-    state = _read_tensors(path, IDENTITY_RULES, lambda n: not n.startswith(OTHER_HALF))
-    return {name.removeprefix(HF_PREFIX): tensor for name, tensor in state.items()}
+    """The ViT's weights (our names) from a tower directory (`weights.tower_index` says which tensors those are)."""
+    out = {}
+    for name, (file, key) in tower_index(Path(path)).items():
+        with open_safetensors(file) as handle:
+            out[name] = handle.get_tensor(key)
+    return out
 
 
 def add_image_token(tokenizer: Tokenizer, token: str) -> int:

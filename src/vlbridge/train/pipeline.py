@@ -5,8 +5,9 @@
     recipe.yaml                the resolved recipe (what was asked, overrides applied)
     tokenizer/                 the tokenizer (trained on the stage data when the recipe names none)
     <stage>/                   per stage: ckpt-<step>.pt (mid-stage), metrics.jsonl, loss.png, adapter/ (LoRA),
-                               model/ (the model after the stage, a vlbridge checkpoint) and done.json
-    config.json, model.safetensors, tokenizer files   the final model: `vlbridge.load(run_dir)`
+                               model/ (the model after the stage: what it changed, chained on its base, outputs.py)
+                               and done.json
+    config.json, model.safetensors, tokenizer files   the final model, whole: `vlbridge.load(run_dir)`
 
 Before any work and before any file is written, `check_run` checks what the recipe names outside itself: the run
 folder, the data files (or what the synthetic world will render), the tokenizer and checkpoint folders, and the model
@@ -43,6 +44,7 @@ from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.checkpoint import checkpoints
 from vlbridge.train.distributed import World, init_world
 from vlbridge.train.objectives import OBJECTIVES
+from vlbridge.train.outputs import MODEL_DIR, save_final_model, save_stage_model, stage_bases
 from vlbridge.train.recipe import DataRecipe, Recipe, StageRecipe, recipe_to_dict
 from vlbridge.train.stage_data import StageDataset, stage_texts
 from vlbridge.train.trainer import ADAPTER_DIR, StageTrainer, seed_everything
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
 TOKENIZER_DIR = "tokenizer"
-MODEL_DIR = "model"
 DONE_FILE = "done.json"
 
 
@@ -245,7 +246,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
 def remove_partial_writes(recipe: Recipe, run_dir: Path) -> list[Path]:
     """Delete the temporary files of writes a kill interrupted (a model save, a checkpoint, metrics) in the folders
     the run writes, and only those files; returns them. A resumed run rewrites whatever they were."""
-    folders = [run_dir, run_dir / TOKENIZER_DIR]
+    folders = [run_dir, run_dir / TOKENIZER_DIR, run_dir / ADAPTER_DIR]
     for stage in recipe.stages:
         folders += [run_dir / stage.name, run_dir / stage.name / MODEL_DIR, run_dir / stage.name / ADAPTER_DIR]
     removed = [path for folder in folders for path in remove_stale(folder)]
@@ -351,7 +352,7 @@ def _train(recipe: Recipe, resume: bool, world: World, device: torch.device) -> 
         run_stage(recipe, index, model, tokenizer, root, world, device, resume)
     model.processor = processor_for(model, tokenizer)
     if world.is_main:
-        model.save_pretrained(run_dir)
+        save_final_model(recipe, model)
     world.barrier()
     return run_dir
 
@@ -372,17 +373,15 @@ def run_stage(
     seed_everything(recipe.seed + 1 + index)
     dataset, collate_fn, stats = build_dataset(stage, root, model, tokenizer, recipe.data)
     log.info("stage %s (%s): %s", stage.name, stage.objective, json.dumps(stats))
-    if index:  # where the stage's frozen weights come from, named in its checkpoints
-        base = str(Path(recipe.run_dir) / recipe.stages[index - 1].name / MODEL_DIR)
-    else:
-        base = recipe.init_from or "the recipe's seeded initialisation"
+    bases = stage_bases(recipe, index)  # where the stage's frozen weights come from, named in its checkpoints
+    base = " + ".join(str(ref.path) for ref in bases) or "the recipe's seeded initialisation"
     trainer = StageTrainer(
         stage, model, dataset, collate_fn, stage_dir, recipe.seed + index, world, device, recipe.data.num_workers, base
     )
     result = trainer.run(resume=resume)
     if world.is_main:
         model.processor = processor_for(model, tokenizer)
-        model.save_pretrained(stage_dir / MODEL_DIR)
+        save_stage_model(recipe, index, model)
         write_text(stage_dir / DONE_FILE, json.dumps({**asdict(result), "data": stats}, indent=2) + "\n")
         for ckpt in checkpoints(stage_dir):
             ckpt.unlink()
