@@ -76,3 +76,17 @@ def test_a_text_only_load_reads_no_vision_weight(tmp_path: Path) -> None:
     assert not model.has_vision
     assert torch.equal(model.language_model.lm_head.weight, saved.language_model.lm_head.weight)
     assert isinstance(model, VisionLanguageModel)
+
+
+def test_int8_loads_call_no_initialiser(tmp_path: Path) -> None:
+    _save(tiny_vlm(_config()), tmp_path / "float")
+    with InitialisingOps() as quantizing:
+        quantized, _ = vlbridge.load(tmp_path / "float", quantize="int8")
+    assert quantizing.calls == []
+    quantized.save_pretrained(tmp_path / "int8")
+    with InitialisingOps() as loading:
+        again, _ = vlbridge.load(tmp_path / "int8")
+    assert loading.calls == []
+    loaded = again.state_dict()
+    for name, tensor in quantized.state_dict().items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name

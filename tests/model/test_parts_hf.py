@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import vlbridge
 from hf_fixtures import LM_FAMILIES, TOWER_KINDS, tiny_llava, tiny_lm, tiny_tower
+from init_ops import InitialisingOps
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.parts import from_parts, grow_vocab, read_tower_config, tower_state
 from vlbridge.vision import ViT
@@ -109,3 +110,13 @@ def test_tower_with_weights_of_another_model_is_refused(tmp_path: Path) -> None:
     save_file(mixed, tower / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"neither the vision tower nor the text half.*classifier.weight"):
         tower_state(tower)
+
+
+def test_from_parts_initialises_the_connector_alone(tmp_path: Path) -> None:
+    tiny_lm("llama", tmp_path / "lm", tie=False)
+    tiny_tower("siglip", tmp_path / "tower")
+    with InitialisingOps() as building:
+        model, _ = vlbridge.from_parts(str(tmp_path / "lm"), str(tmp_path / "tower"))
+    connector = sum(p.numel() for p in model.connector.parameters())
+    assert building.calls and building.elements <= connector  # nothing the two files hold was initialised
+    assert not any(t.is_meta for t in model.state_dict().values())

@@ -58,7 +58,8 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         """The quantised copy of `linear` (weights as `quantize_weight`, bias kept in its float dtype)."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.device("meta"):  # every tensor is replaced below: nothing to allocate or fill
+            layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         q, scale = quantize_weight(linear.weight)
         layer.weight = q.to(linear.weight.device)
         layer.weight_scale = scale.to(linear.weight.device)

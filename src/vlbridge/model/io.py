@@ -149,12 +149,10 @@ def load(
     config, rules = read_config(path)
     tokenizer = Tokenizer.from_dir(path)
     torch_dtype = None if dtype is None else resolve_dtype(dtype)
-    if config.quantization is None and quantize is None:
-        model = build_empty(config, vision=vision, dtype=torch_dtype)
-    else:  # int8 layers are built and loaded on real memory (the meta-device path does not handle them yet)
-        model = VisionLanguageModel(config, vision=vision).to(dtype=torch_dtype)
-        if config.quantization is not None:
-            int8_skeleton(model.language_model)  # the checkpoint's int8 weights load into int8 layers
+    model = build_empty(config, vision=vision, dtype=torch_dtype)
+    if config.quantization is not None:
+        with torch.device("meta"):  # the checkpoint's int8 weights load into int8 layers, built empty too
+            int8_skeleton(model.language_model)
     load_weights(model, path, rules)
     if quantize is not None:
         quantize_model(model, quantize)

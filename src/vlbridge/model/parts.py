@@ -25,6 +25,7 @@ from vlbridge.lm.hf_keys import lm_state_from_hf
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import io
 from vlbridge.model.hf_llava import image_processor_dict_from_dir
+from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.model.weights import tower_index
 from vlbridge.vision.hf_keys import image_processor_config_from_hf, vision_config_from_hf
@@ -148,8 +149,10 @@ def load_parts(
     tower_path: str | Path | None = None,
 ) -> None:
     """Load the LM weights from `lm_path` (vocabulary grown to the model's, new rows the mean) and, when given, the
-    vision tower's from `tower_path` into `model`, strictly; the connector (and a tower not given) stay as
-    initialised. A missing, unexpected or wrongly shaped weight raises CheckpointError naming the directory."""
+    vision tower's from `tower_path` into `model` (built on the meta device: `io.build_empty`), strictly, each in its
+    parameter's dtype; then initialise the parts no file holds, and only those: the connector (and the vision encoder
+    when no tower is given). A missing, unexpected or wrongly shaped weight raises CheckpointError naming the
+    directory."""
     lm_path = Path(lm_path)
     state = _read_tensors(lm_path, rules, lambda n: n.startswith(LM_PREFIX))
     hf_state = {name.removeprefix(LM_PREFIX): tensor for name, tensor in state.items()}
@@ -160,14 +163,18 @@ def load_parts(
         if model.vision_encoder is None:
             raise ConfigError("a vision tower was given for a model built without vision; build it with vision=True")
         _strict_load(model.vision_encoder, tower_state(tower_path), Path(tower_path))
-    if model.connector is not None:  # parts built from the LM (LLaVA-Mini pre-fusion) see its real weights
-        model.connector.init_from_language_model(model.language_model)
+    model.language_model.tie_weights()
+    if model.config.vision is not None:  # after the LM: parts built from it (LLaVA-Mini pre-fusion) see its weights
+        model.build_vision(encoder=tower_path is None)
 
 
 def _strict_load(module: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
-    """`module.load_state_dict(state, strict=True)` with torch's error as a CheckpointError naming `path`."""
+    """`module.load_state_dict(state, strict=True)`, each tensor put in place of the (meta) parameter in that
+    parameter's dtype, with torch's error as a CheckpointError naming `path`."""
+    dtypes = {name: tensor.dtype for name, tensor in module.state_dict().items()}
+    state = {name: tensor.to(dtypes.get(name, tensor.dtype)) for name, tensor in state.items()}
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         reason = " ".join(str(err).split())  # torch's message spans lines
         raise CheckpointError(f"the weights in {path} do not fit the model its config describes: {reason}") from err
@@ -183,7 +190,8 @@ def from_parts(
     template: str | None = None,
 ) -> tuple[VisionLanguageModel, Any]:
     """(model, processor) from a text LLM directory and a CLIP/SigLIP tower directory, with a new `connector`
-    (default: LLaVA-1.5's 2-layer MLP), initialised from torch's global RNG (seed it for a repeatable start).
+    (default: LLaVA-1.5's 2-layer MLP), initialised from torch's global RNG (seed it for a repeatable start); the
+    model is built on the meta device, so the connector is all that is initialised.
 
     The tokenizer and chat template are the LLM's (`template` names a built-in one instead); `<image>` is added when
     missing, the vocabulary grown as `grow_vocab` says; the image processor is the tower's."""
@@ -198,6 +206,7 @@ def from_parts(
         image_token=image_token,
     )
     config = with_parts(base, tokenizer, parts, tower, template)
-    model = VisionLanguageModel(config, tokenizer=tokenizer)
+    model = io.build_empty(config)
     load_parts(model, language_model, rules, vision_encoder)
+    model.processor = processor_for(model, tokenizer)
     return model.eval(), model.processor

@@ -196,7 +196,7 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
         new = ", ".join(prefix.rstrip(".") for prefix in fresh)
         log.info("starting from %s with a new %s (connector %s)", recipe.init_from, new, config.connector.name)
     if config.vision is not None and io.read_config(path)[0].vision is None:  # a text LLM gets vision
-        model = VisionLanguageModel(config)  # built whole: load_parts copies the LM (vocabulary grown) into it
+        model = io.build_empty(config)  # load_parts fills the LM (vocabulary grown) and initialises the new parts
         parts.load_parts(model, path, rules, recipe.vision_from)
         return model
     model = io.build_empty(config)
