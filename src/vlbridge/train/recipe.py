@@ -64,6 +64,7 @@ class LoraRecipe:
     alpha: int = field(default=32, metadata=bounded(1))
     dropout: float = field(default=0.0, metadata=bounded(0, 1, high_open=True))
     merge: bool = True  # merge into plain weights at the end of the stage; false keeps the base and saves the adapter
+    #                     (a last stage's final model is then the base weights with adapter/ beside them)
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
 
