@@ -4,6 +4,7 @@ base's untouched tensors in bf16."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -101,4 +102,14 @@ def test_a_missing_or_changed_base_is_a_checkpoint_error_naming_it(tmp_path: Pat
         vlbridge.load(tmp_path / "stage")
     shutil.rmtree(tmp_path / "base")
     with pytest.raises(CheckpointError, match=f"base {tmp_path / 'base'}, which is missing"):
+        vlbridge.load(tmp_path / "stage")
+
+
+def test_a_malformed_base_list_is_a_checkpoint_error(tmp_path: Path) -> None:
+    model = _bf16_base(tmp_path / "base")
+    save_chained(tmp_path / "stage", model.state_dict(), model.config, model.processor, [BaseRef(tmp_path / "base")])
+    config = json.loads((tmp_path / "stage" / "config.json").read_text())
+    config["base"] = [{"kind": "model"}]
+    (tmp_path / "stage" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="`base` list is not what vlbridge writes"):
         vlbridge.load(tmp_path / "stage")

@@ -93,7 +93,10 @@ def _bases(path: Path) -> list[dict[str, str]] | None:
     if raw.get("format") != FORMAT or "base" not in raw:
         return None
     bases = raw["base"]
-    if not isinstance(bases, list) or not all(isinstance(b, dict) and b.get("kind") in KINDS for b in bases):
+    fields = ("path", "sha256")
+    if not isinstance(bases, list) or not all(
+        isinstance(b, dict) and b.get("kind") in KINDS and all(isinstance(b.get(f), str) for f in fields) for b in bases
+    ):
         raise CheckpointError(f"{path / 'config.json'}: its `base` list is not what vlbridge writes; save it again")
     return bases
 
