@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlbridge.atomic import atomic_path, write_text
 from vlbridge.config import ModelConfig, to_dict
@@ -38,10 +38,7 @@ from vlbridge.errors import CheckpointError
 from vlbridge.files import open_safetensors, read_json_object
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, save_checkpoint, tied_keys
 from vlbridge.model.weights import (
-    VISION_PREFIXES,
-    assign,
     index_weights,
-    preview,
     read_config,
     tower_index,
     weight_files,
@@ -162,6 +159,8 @@ def _grown(base: Source, rows: Source) -> Tensor:
 def _adapter_sources(folder: Path, out: dict[str, Source]) -> dict[str, Source]:
     """The LM weights the adapter in `folder` merges into, as sources of their merged values (over `out`'s)."""
     raw = read_json_object(folder / ADAPTER_CONFIG)
+    if not all(isinstance(raw.get(key), (int, float)) and raw[key] > 0 for key in ("r", "lora_alpha")):
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG} has no positive r and lora_alpha; save the model again")
     scale = raw["lora_alpha"] / raw["r"]
     adapter = _file_sources({k: (folder / ADAPTER_WEIGHTS, k) for k in _keys(folder / ADAPTER_WEIGHTS)})
     merged = {}
@@ -285,29 +284,3 @@ def save_whole(
         same = value is not None and torch.equal(value.to(tensor.dtype), tensor)
         out[name] = value if same else tensor
     save_checkpoint(path, out, config, processor)
-
-
-def load_into(model: nn.Module, path: Path, fresh: tuple[str, ...] = (), vision: bool = True) -> None:
-    """Write the chained checkpoint's tensors into `model` (meta parameters replaced, real ones overwritten), each
-    read once and converted to its parameter's dtype. Every key of `model` must come from the chain, except those
-    under the `fresh` prefixes (kept as initialised) and, when not `vision`, the vision parts; else CheckpointError."""
-    found = sources(path)
-    params = {k: v for k, v in model.state_dict().items() if k not in tied_keys(model.config)}
-    skip = fresh + (() if vision else VISION_PREFIXES)
-    expected = {k for k in params if not (skip and k.startswith(skip))}
-    missing = sorted(expected - set(found))
-    present = sorted(expected & set(found))
-    wrong = [f"{k} {found[k].shape} != {tuple(params[k].shape)}" for k in present if found[k].shape != params[k].shape]
-    if missing or wrong:
-        raise CheckpointError(
-            f"chained checkpoint {path} does not fit the model its config describes: missing {preview(missing)}; "
-            f"wrong shapes {preview(wrong)}"
-        )
-    with torch.no_grad():
-        for name in sorted(expected):
-            value = found[name].read().to(params[name].dtype)
-            if params[name].is_meta:
-                assign(model, name, value)
-            else:
-                params[name].copy_(value)
-    model.language_model.tie_weights()

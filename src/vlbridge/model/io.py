@@ -51,7 +51,7 @@ def load_weights(
     without vision skips the checkpoint's vision tensors without reading them. Violations raise CheckpointError.
     """
     if chain.is_chained(path):
-        chain.load_into(model, path, fresh, vision=model.has_vision)
+        _load_chained(model, path, fresh, vision=model.has_vision)
         return
     index = index_weights(path, rules)
     if not model.has_vision:
@@ -91,6 +91,32 @@ def load_weights(
                     assign(model, name, future.result())
     if wrong:
         raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {preview(wrong)}")
+    model.language_model.tie_weights()
+
+
+def _load_chained(model: VisionLanguageModel, path: Path, fresh: tuple[str, ...] = (), vision: bool = True) -> None:
+    """Write the chained checkpoint's tensors into `model` (meta parameters replaced, real ones overwritten), each
+    read once and converted to its parameter's dtype. Every key of `model` must come from the chain, except those
+    under the `fresh` prefixes (kept as initialised) and, when not `vision`, the vision parts; else CheckpointError."""
+    found = chain.sources(path)
+    params = {k: v for k, v in model.state_dict().items() if k not in tied_keys(model.config)}
+    skip = fresh + (() if vision else VISION_PREFIXES)
+    expected = {k for k in params if not (skip and k.startswith(skip))}
+    missing = sorted(expected - set(found))
+    present = sorted(expected & set(found))
+    wrong = [f"{k} {found[k].shape} != {tuple(params[k].shape)}" for k in present if found[k].shape != params[k].shape]
+    if missing or wrong:
+        raise CheckpointError(
+            f"chained checkpoint {path} does not fit the model its config describes: missing {preview(missing)}; "
+            f"wrong shapes {preview(wrong)}"
+        )
+    with torch.no_grad():
+        for name in sorted(expected):
+            value = found[name].read().to(params[name].dtype)
+            if params[name].is_meta:
+                assign(model, name, value)
+            else:
+                params[name].copy_(value)
     model.language_model.tie_weights()
 
 
