@@ -150,7 +150,9 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--runs", type=Path, default=Path("runs/highres"), help="folder the variants train in")
     parser.add_argument("--n", type=int, default=4000, help="scenes in the high-resolution world (--quick: 16)")
-    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), metavar="VARIANT", help="default: all (--quick: 3)")
+    parser.add_argument(
+        "--only", nargs="*", choices=list(VARIANTS), metavar="VARIANT", help="default: all (--quick: 3)"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides applied to every variant")
     parser.add_argument("--limit", type=int, default=None, help="only the first N held-out questions (--quick: 4)")
     parser.add_argument("--repeats", type=int, default=None, help="timed prefill rounds (20; --quick: 1)")
