@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 import vlbridge
-from benchmarks._suite import benchmark_parser, out_dir, run_header
-from benchmarks.connector_comparison import CONFIGS, MINI, plot, table
+from benchmarks._suite import benchmark_parser, out_dir
+from benchmarks.connector_comparison import CONFIGS, MINI, write_results
 from vlbridge.atomic import write_text
 from vlbridge.bench.flops import count_flops
 from vlbridge.bench.token_budget import kv_bytes
@@ -170,11 +170,7 @@ def main() -> None:
         latency = time_prefills(results, args)
     for result in results:
         result["latency_ms"] = latency[result["name"]]
-    write_text(out / "results.json", json.dumps(results, indent=2))
-    write_text(out / "results.md", f"{run_header('- ')}\n{table(results)}")
-    plot(results, out)
-    print(table(results))
-    print(f"results: {out / 'results.md'}")
+    write_results(results, out)
 
 
 if __name__ == "__main__":
