@@ -274,9 +274,7 @@ def analyze(
         prefusion_tokens=prefusion_tokens,
         parts=parts,
         kv_bytes_per_image=kv_bytes(visual_tokens, config.language_model, element_bytes),
-        prefusion_kv_bytes_per_image=kv_bytes(read, config.language_model, element_bytes, n_blocks)
-        if n_blocks
-        else 0,
+        prefusion_kv_bytes_per_image=kv_bytes(read, config.language_model, element_bytes, n_blocks) if n_blocks else 0,
         media_bytes_per_image=connector.held_media_elements(patches) * element_bytes,
         kv_dtype=kv_dtype,
         notes=notes,
