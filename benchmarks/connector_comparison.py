@@ -245,6 +245,15 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     tradeoff_figure(results).savefig(out / "tradeoff.png")
 
 
+def write_results(results: list[dict[str, Any]], out: Path) -> None:
+    """results.json, results.md (the run's provenance and the table) and the two figures in `out`; the table printed."""
+    write_text(out / "results.json", json.dumps(results, indent=2))
+    write_text(out / "results.md", f"{run_header('- ')}\n{table(results)}")
+    plot(results, out)
+    print(table(results))
+    print(f"results: {out / 'results.md'}")
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--parts", help="trained model whose vision encoder and LM every variant shares")
@@ -275,11 +284,7 @@ def main() -> None:
         if work is not None:
             quick_setup(args, Path(work))
         results = [run_variant(name, args) for name in args.only]
-    write_text(out / "results.json", json.dumps(results, indent=2))
-    write_text(out / "results.md", f"{run_header('- ')}\n{table(results)}")
-    plot(results, out)
-    print(table(results))
-    print(f"results: {out / 'results.md'}")
+    write_results(results, out)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,19 @@ def test_llava_mini_preset_prefusion_and_lm() -> None:
     assert prof.decode_state_bytes_per_image == 2**19 + 576 * 4 * 2 * 32 * 128 * 2  # mini holds no media
 
 
+def test_llava_mini_hd_counts_five_views_and_prefusion_over_every_view_and_the_compressed_tokens() -> None:
+    hd = ConnectorConfig(name="mini", options={"grid": 8, "prefusion_layers": 4, "hd_grid": 2})
+    config = replace(PRESETS["llava-mini-7b"], connector=hd)
+    prof, single = analyze(config), analyze(PRESETS["llava-mini-7b"])
+    vicuna = config.language_model
+    layer_per_token = lm_weight_flops_per_token(vicuna) // 32
+    read = 4 * 576 + 576 + 64  # tiled crops, the whole image, the 8 x 8 compressed tokens
+    assert (prof.visual_tokens, prof.prefusion_tokens) == (64, read + 43)
+    assert prof.parts["vision_encoder"].paper == 5 * single.parts["vision_encoder"].paper
+    assert prof.parts["prefusion"].paper == 4 * (read + 43) * layer_per_token
+    assert prof.prefusion_kv_bytes_per_image == read * 4 * 2 * 32 * 128 * 2
+
+
 def test_mini_counted_analytically_when_not_registered(monkeypatch: pytest.MonkeyPatch) -> None:
     registered = analyze(PRESETS["llava-mini-7b"]) if "mini" in CONNECTORS else None
     monkeypatch.delitem(CONNECTORS._items, "mini", raising=False)

@@ -46,6 +46,7 @@ def test_the_issue_figures_for_a_4096_context() -> None:
     assert rows["anyres 2x2 (pool)"].tokens_per_image == 144 + 24 * 25
     assert rows["perceiver"].tokens_per_image == 64 and rows["pool"].tokens_per_image == 144
     assert rows["mini C=1"].tokens_per_image == 1 and rows["mini C=12"].tokens_per_image == 144
+    assert rows["mini HD 2x2 C=8"].tokens_per_image == 64
     assert rows["mlp"].kv_bytes_per_image == 576 * 2**19  # 0.5 MiB per token: 288 MiB per image
     assert (
         rows["mlp"].frames_fit == 7 and rows["qformer"].frames_fit == 128 and rows["anyres 2x2 (mlp)"].frames_fit == 1

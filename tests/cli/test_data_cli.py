@@ -53,7 +53,7 @@ def test_flags_set_the_options_of_their_name_and_default_to_the_dataclass(monkey
     assert _options_from([], monkeypatch) == SynthOptions()
     argv = ["--n", "7", "--seed", "3", "--image-size", "64", "--test-fraction", "0.2", "--val-fraction", "0.1"]
     argv += ["--turns", "3", "4", "--focus", "relation", "count", "--spatial", "0.5", "--drills", "9"]
-    argv += ["--varied-names", "0.25"]
+    argv += ["--varied-names", "0.25", "--world", "highres"]
     expected = SynthOptions(
         n=7,
         seed=3,
@@ -65,6 +65,7 @@ def test_flags_set_the_options_of_their_name_and_default_to_the_dataclass(monkey
         spatial=0.5,
         drills=9,
         varied_names=0.25,
+        world="highres",
     )
     assert _options_from(argv, monkeypatch) == expected
 

@@ -19,7 +19,9 @@ Two conventions are reported, because papers and our code count different things
   layer, logits at the last position only. FlopCounterMode counts the full (unmasked) attention matrix.
 
 A connector holding blocks of the LM's own class is taken to run them as modality pre-fusion over [every projected
-patch token of the image; the text tokens] (LLaVA-Mini); they are counted as an LM body of that many layers.
+patch token of the image; the text tokens] (LLaVA-Mini); they are counted as an LM body of that many layers. A
+connector taking high-resolution crops (LLaVA-Mini HD, `Connector.crop_grid` k > 1) sees k^2 + 1 views of the image:
+the vision encoder runs on each, and pre-fusion reads every view's tokens and the compressed ones before the text.
 """
 
 from __future__ import annotations
@@ -230,7 +232,8 @@ def analyze(
     notes: list[str] = []
     size = config.image_processor.crop_size
     patches = vit.num_patches(size, size)
-    features = torch.empty(1, patches, vit.hidden_size, device="meta")
+    views = connector.crop_grid**2 + 1 if connector.crop_grid > 1 else 1  # LLaVA-Mini HD: k x k crops + whole
+    features = torch.empty(1, views * patches, vit.hidden_size, device="meta")
     conn_w, conn_a = count_flops(lambda: connector(features))
     n_blocks = sum(isinstance(m, model.language_model.block_cls) for m in connector.modules())
     visual_tokens = connector.num_tokens(patches)
@@ -250,12 +253,14 @@ def analyze(
         hooked = _hook_flops(model.language_model, lm_tokens, lambda: connector.lm_hooks(features, image_mask))
     except (RuntimeError, NotImplementedError) as err:  # data-dependent Python control flow cannot run on meta
         notes.append(f"the connector's in-LM hooks could not be counted on the meta device ({err}); not included")
-    prefusion_tokens = patches + text_tokens if n_blocks else 0
+    read = views * patches + (visual_tokens if views > 1 else 0)  # HD pre-fusion also reads the compressed tokens
+    prefusion_tokens = read + text_tokens if n_blocks else 0
     prefusion = PartFlops(0, 0)
     if n_blocks:
         prefusion = _lm_flops(replace(config.language_model, num_hidden_layers=n_blocks), prefusion_tokens, head=False)
+    vision = _vision_flops(config.vision, size)
     parts = {
-        "vision_encoder": _vision_flops(config.vision, size),
+        "vision_encoder": PartFlops(paper=views * vision.paper, executed=views * vision.executed),
         "connector": PartFlops(paper=conn_w + hooked.paper, executed=conn_w + conn_a + hooked.executed),
         "prefusion": prefusion,
         "language_model": _lm_flops(config.language_model, lm_tokens, head=True),
@@ -269,9 +274,7 @@ def analyze(
         prefusion_tokens=prefusion_tokens,
         parts=parts,
         kv_bytes_per_image=kv_bytes(visual_tokens, config.language_model, element_bytes),
-        prefusion_kv_bytes_per_image=kv_bytes(patches, config.language_model, element_bytes, n_blocks)
-        if n_blocks
-        else 0,
+        prefusion_kv_bytes_per_image=kv_bytes(read, config.language_model, element_bytes, n_blocks) if n_blocks else 0,
         media_bytes_per_image=connector.held_media_elements(patches) * element_bytes,
         kv_dtype=kv_dtype,
         notes=notes,

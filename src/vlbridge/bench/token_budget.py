@@ -5,7 +5,8 @@ Visual tokens per image come from the connectors' own `Connector.num_tokens`, bu
 no compute), for every design that is registered; a design whose connector is not registered (or cannot be built)
 falls back to the rule its paper documents, and the row says so. The figures the field quotes for a 4096 context with
 CLIP ViT-L/14 at 336 px (576 patches): mlp 576 -> 3520 left for text (LLaVA-1.5), qformer 32 -> 4064 (BLIP-2),
-AnyRes 2x2 + base view 5 x 576 = 2880 -> 1216 (LLaVA-NeXT, counted before unpadding and row-end tokens). AnyRes rows
+AnyRes 2x2 + base view 5 x 576 = 2880 -> 1216 (LLaVA-NeXT, counted before unpadding and row-end tokens); LLaVA-Mini's
+HD model, 2x2 crops + the whole image compressed to 8 x 8 = 64 tokens. AnyRes rows
 here count as the processor does (vlbridge.highres.anyres): an image filling the 2x2 grid takes 576 + 48 x (48 + 1)
 = 2928 with the mlp connector (its row-end tokens included), 144 + 24 x 25 = 744 with pool.
 
@@ -153,6 +154,8 @@ def default_designs(
         if grid < 1:
             raise ConfigError(f"a mini grid C must be >= 1 (C x C compressed tokens), got {grid}")
         designs.append(Design(f"mini C={grid}", ConnectorConfig(name="mini", options={"grid": grid})))
+    hd = ConnectorConfig(name="mini", options={"grid": 8, "hd_grid": 2})
+    designs.append(Design("mini HD 2x2 C=8", hd, note="2x2 crops + whole image compressed to 8x8 (LLaVA-Mini HD)"))
     return designs
 
 

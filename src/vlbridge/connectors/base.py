@@ -126,6 +126,12 @@ class Connector(nn.Module, ABC):
         self.context = context
         self.options = parse_options(config.name, self.Options, config.options)
 
+    @property
+    def crop_grid(self) -> int:
+        """Crops per side the processor cuts each image into, given to the connector before the whole image as one
+        image's views (LLaVA-Mini HD: 2); 1: the whole image only."""
+        return 1
+
     @abstractmethod
     def num_tokens(self, n_patches: int) -> int:
         """Visual tokens placed in the LM sequence for an image of `n_patches` features."""

@@ -13,8 +13,16 @@ LM sees the fused text plus the compressed tokens. Visual tokens first and causa
 token never changes an earlier fused embedding, and generated tokens are fused one by one from a KV cache of the
 pre-fusion blocks. Rows without images keep their raw text embeddings, so text-only prompts see the base LLM.
 
+High resolution (`hd_grid: 2`), as LLaVA-Mini's code builds its HD model (ictnlp/LLaVA-Mini, `encode_images_mini`;
+the paper's HD model takes 672 px images with C = 8): the processor gives each image as hd_grid x hd_grid crops
+(row-major) and then the whole image, every view at the encoder's size. The crops' projected tokens are laid out as
+one grid hd_grid times the side of a view's, and the C x C queries compress that grid together; pre-fusion runs over
+[tiled crop tokens; whole-image tokens; compressed tokens; text] per image, and the LM reads the compressed tokens as
+pre-fusion left them, with the fused text (the code takes both from the pre-fusion output).
+
 Options (`connector.options`): grid (C, default 1), prefusion_layers (default 4, 0 = compression only),
-prefusion_init ("lm" default, or "random"). depth / hidden_act / bias configure the mlp projector.
+prefusion_init ("lm" default, or "random"), hd_grid (crops per side, default 1: the whole image only).
+depth / hidden_act / bias configure the mlp projector.
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ class MiniOptions:
     grid: int = 1  # C: C x C compressed tokens per image
     prefusion_layers: int = 4  # pre-fusion blocks of the LM's structure (0: compression only)
     prefusion_init: Literal["lm", "random"] = "lm"  # copy the LM's first layers into them, or the LM's own init
+    hd_grid: int = 1  # LLaVA-Mini HD: also hd_grid x hd_grid crops of each image, compressed together (1: off)
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "grid")
+        at_least(self, 1, "grid", "hd_grid")
         at_least(self, 0, "prefusion_layers")
 
 
@@ -140,11 +149,33 @@ class MiniConnector(Connector):
         self.prefusion.apply(partial(init_weights, std=lm.initializer_range))  # the LM's own initialisation
         self.rotary = RotaryEmbedding(lm.resolved_head_dim, lm.rope_theta, min(lm.max_position_embeddings, 4096))
 
+    @property
+    def crop_grid(self) -> int:
+        return self.options.hd_grid
+
     def num_tokens(self, n_patches: int) -> int:
         return self.options.grid**2
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.compress(self.projector(features))
+        projected = self.projector(features)  # (N, P, D)
+        if self.options.hd_grid > 1:
+            projected = self.high_res_views(projected)[0]
+        return self.compress(projected)
+
+    def high_res_views(self, projected: Tensor) -> tuple[Tensor, Tensor]:
+        """HD: an image's projected views (N, (k^2 + 1) * P, D), k x k crops row-major then the whole image ->
+        (the crops tiled into one (k * s, k * s) grid, row-major (N, k^2 * P, D); the whole image's (N, P, D))."""
+        k = self.options.hd_grid
+        n, total, d = projected.shape
+        p = total // (k * k + 1)
+        side = math.isqrt(p)
+        if p * (k * k + 1) != total or side * side != p:
+            raise ConfigError(
+                f"the mini connector with hd_grid {k} takes {k * k} crops and the whole image per image, each a square "
+                f"patch grid, but got {total} features per image; build the inputs with the model's processor"
+            )
+        crops = projected[:, : k * k * p].reshape(n, k, k, side, side, d).permute(0, 1, 3, 2, 4, 5)  # (N,k,s,k,s,D)
+        return crops.reshape(n, k * k * p, d), projected[:, k * k * p :]  # (N, k^2 P, D), (N, P, D)
 
     def compress(self, projected: Tensor) -> Tensor:
         """Projected visual tokens (N, P, D) of square patch grids -> compressed tokens (N, C^2, D)."""
@@ -170,7 +201,14 @@ class MiniConnector(Connector):
         cache: FusionCache | None = None,
     ) -> Tensor:
         projected = self.projector(features)  # (N, P, D)
-        out = splice(embeds, image_mask, self.compress(projected))  # (B, T, D)
+        hd = self.options.hd_grid > 1
+        if hd:
+            tiled, whole = self.high_res_views(projected)
+            compressed = self.compress(tiled)  # (N, C^2, D)
+            projected = torch.cat([tiled, whole, compressed], dim=1)  # (N, k^2 P + P + C^2, D): what pre-fusion reads
+        else:
+            compressed = self.compress(projected)
+        out = splice(embeds, image_mask, compressed)  # (B, T, D)
         if not len(self.prefusion):
             return out
         visual, visual_valid = rows_of_images(projected, image_mask, self.options.grid**2)  # (B, V, D), (B, V)
@@ -184,7 +222,11 @@ class MiniConnector(Connector):
             length = visual.shape[1] + cache.max_length  # visual tokens + prompt + new tokens
             kv = KVCache(len(self.prefusion), x.shape[0], length, *shape, x.dtype, x.device)
         positions = (valid.long().cumsum(dim=-1) - 1).clamp_min(0)  # (B, V + T)
-        fused = self._prefuse(x, positions, padding_mask(valid, x.shape[1]), kv)[:, visual.shape[1] :]  # (B, T, D)
+        fused_all = self._prefuse(x, positions, padding_mask(valid, x.shape[1]), kv)  # (B, V + T, D)
+        fused = fused_all[:, visual.shape[1] :]  # (B, T, D)
+        if hd:  # the LM reads the compressed tokens as pre-fusion left them: each image's last C^2 visual tokens
+            per_image = fused_all[:, : visual.shape[1]][visual_valid].reshape(projected.shape)  # (N, L, D)
+            out = splice(embeds, image_mask, per_image[:, -compressed.shape[1] :])
         has_visual = visual_valid.any(dim=1)  # (B,)
         if kv is not None:
             assert cache is not None

@@ -1,1 +1,1 @@
-"""High resolution: AnyRes tiling (LLaVA-NeXT) between the connectors and the model."""
+"""High resolution: AnyRes tiling (LLaVA-NeXT) and LLaVA-Mini HD crops, between the connectors and the model."""

@@ -18,6 +18,7 @@ import torch
 from vlbridge.atomic import write_text
 from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError, PromptError
 from vlbridge.highres.anyres import AnyResImageProcessor
+from vlbridge.highres.crops import CropsImageProcessor
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer, check_text
 from vlbridge.vision.processor import ImageProcessor, ImageSource
@@ -34,7 +35,7 @@ class Processor:
     def __init__(
         self,
         tokenizer: Tokenizer,
-        image_processor: ImageProcessor | AnyResImageProcessor | None,
+        image_processor: ImageProcessor | AnyResImageProcessor | CropsImageProcessor | None,
         *,
         image_token: str = "<image>",
         image_token_id: int,
@@ -124,7 +125,8 @@ class Processor:
         padding_side: str = "left",
     ) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask (B, T), padded; pixel_values (N_images, 3, H, W) in prompt order if images;
-        for AnyRes pixel_values (N_images, max_views, 3, H, W) and image_sizes (N_images, 2) as (height, width).
+        for AnyRes pixel_values (N_images, max_views, 3, H, W) and image_sizes (N_images, 2) as (height, width); for
+        LLaVA-Mini HD pixel_values (N_images, k^2 + 1, 3, H, W), the crops then the whole image.
 
         `images`: None, a list of PIL images/paths for one prompt (or dealt out in order over several prompts by
         their placeholder counts), or a list of lists, one per prompt.
@@ -147,7 +149,7 @@ class Processor:
                 counts = [self.tokens_per_image(h, w) for h, w in out["image_sizes"].tolist()]
                 prompts, visual = self._expand(prompts, n_images, counts)
             elif flat:
-                pixel_values = self.image_processor(flat)  # (N, 3, H, W)
+                pixel_values = self.image_processor(flat)  # (N, 3, H, W); HD crops: (N, k^2 + 1, 3, H, W)
                 counts = [self.tokens_per_image(*p.shape[-2:]) for p in pixel_values]
                 prompts, visual = self._expand(prompts, n_images, counts)
                 out["pixel_values"] = pixel_values
@@ -250,10 +252,16 @@ class Processor:
 def processor_for(model: VisionLanguageModel, tokenizer: Tokenizer) -> Processor:
     """A Processor whose `<image>` expansion and preprocessing match `model` (text-only when it has no vision)."""
     config = model.config
-    image_processor: ImageProcessor | AnyResImageProcessor | None = None
+    image_processor: ImageProcessor | AnyResImageProcessor | CropsImageProcessor | None = None
     if model.has_vision:
-        anyres = config.image_processor.image_grid_pinpoints is not None
-        image_processor = (AnyResImageProcessor if anyres else ImageProcessor)(config.image_processor)
+        assert model.connector is not None, "a model with vision has a connector"
+        crops = model.connector.crop_grid
+        if crops > 1:
+            image_processor = CropsImageProcessor(config.image_processor, crops)
+        elif config.image_processor.image_grid_pinpoints is not None:
+            image_processor = AnyResImageProcessor(config.image_processor)
+        else:
+            image_processor = ImageProcessor(config.image_processor)
     return Processor(
         tokenizer,
         image_processor,

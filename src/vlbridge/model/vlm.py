@@ -69,6 +69,11 @@ class VisionLanguageModel(nn.Module):
             block_cls=self.language_model.block_cls,
         )
         self.connector = build_connector(self.config.connector, context)
+        if self.connector.crop_grid > 1 and self.pinpoints is not None:
+            raise ConfigError(
+                "image_processor.image_grid_pinpoints (AnyRes) and the connector's high-resolution crops (hd_grid) "
+                "both tile the image; drop one of them"
+            )
         self.connector.init_from_language_model(self.language_model)
         newline = getattr(self, "image_newline", None)  # LLaVA-NeXT's row-end token; kept when a checkpoint filled it
         if self.pinpoints is not None and self.connector.spatial and (newline is None or newline.is_meta):
@@ -138,7 +143,18 @@ class VisionLanguageModel(nn.Module):
             pixel_values, views = anyres.real_views(
                 pixel_values, image_sizes, pinpoints, self.config.image_processor.crop_size
             )
-        features = self.vision_encoder(pixel_values.to(embeds.dtype))  # (N, P, Dv)
+        crops = self.connector.crop_grid
+        if crops > 1:  # LLaVA-Mini HD: each image's views go to the connector as one run of features
+            if pixel_values.dim() != 5 or pixel_values.shape[1] != crops * crops + 1:
+                raise ModalityError(
+                    f"this model takes pixel_values (images, {crops * crops + 1}, 3, H, W): {crops} x {crops} crops "
+                    f"and the whole image; got {tuple(pixel_values.shape)}; build the inputs with its processor"
+                )
+            n_images = pixel_values.shape[0]
+            features = self.vision_encoder(pixel_values.flatten(0, 1).to(embeds.dtype))  # (N * views, P, Dv)
+            features = features.reshape(n_images, -1, features.shape[-1])  # (N, views * P, Dv)
+        else:
+            features = self.vision_encoder(pixel_values.to(embeds.dtype))  # (N, P, Dv)
         if pinpoints is not None and self.connector.spatial:
             tokens = self.connector(features).split(views)  # per image (views, K, D)
             tile = self.config.image_processor.crop_size

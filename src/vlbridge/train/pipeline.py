@@ -155,7 +155,9 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
     its vocabulary grown by the image placeholder (model/parts.py). With `vision_from`, the vision encoder and image
     processor are that tower directory's (pretrained) instead, and `model`, if given, brings the connector.
     `init_from` a whole model plus a `model` with the same vision sections keeps its vision encoder and language
-    model and puts a fresh connector of `model`'s kind between them (how connectors are compared on equal parts).
+    model and puts a fresh connector of `model`'s kind between them (how connectors are compared on equal parts); its
+    image_processor may add or change AnyRes pinpoints (the views are the encoder's either way), with a fresh row-end
+    token when the checkpoint had none.
     """
     template = recipe.tokenizer.template
     if recipe.init_from is None:
@@ -165,13 +167,17 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
     base, rules = parts.lm_start_config(path) if recipe.vision_from is not None else io.read_config(path)
     config, fresh = base, ()
     if recipe.model is not None and base.vision is not None:
-        if (recipe.model.vision, recipe.model.image_processor) != (base.vision, base.image_processor):
+        processor = recipe.model.image_processor
+        same_views = replace(processor, image_grid_pinpoints=base.image_processor.image_grid_pinpoints)
+        if (recipe.model.vision, same_views) != (base.vision, base.image_processor):
             raise ConfigError(
                 f"init_from {path} already describes a whole model; remove `model:` from the recipe, or give it the "
-                "checkpoint's own vision and image_processor sections to swap in a new connector only"
+                "checkpoint's own vision and image_processor sections (AnyRes pinpoints may differ) to swap in a new "
+                "connector only"
             )
-        config = replace(base, connector=recipe.model.connector)
-        fresh = ("connector.",)
+        config = replace(base, connector=recipe.model.connector, image_processor=processor)
+        new_newline = base.image_processor.image_grid_pinpoints is None and processor.image_grid_pinpoints is not None
+        fresh = ("connector.", "image_newline") if new_newline else ("connector.",)
     elif recipe.vision_from is not None:
         tower = parts.read_tower_config(recipe.vision_from)
         config = parts.with_parts(base, tokenizer, recipe.model or ModelConfig(), tower, template)

@@ -15,6 +15,8 @@ from vlbridge.data.synthetic.tasks import TYPES
 from vlbridge.errors import ConfigError
 
 MIN_IMAGE_SIZE = 48  # below this the rendered words are illegible
+WORLDS = ("scenes", "highres")  # the default world; small shapes and a small word at high resolution (highres.py)
+MIN_HIGHRES_SIZE = 192  # twice the default 96 px: the size at which highres details are as large as default ones
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class SynthOptions:
     varied_names: float = field(
         default=0.0, metadata={"help": "chance a caption names an object without its colour or its shape"}
     )
+    world: str = field(
+        default="scenes",
+        metadata={"help": "scenes, or highres: small shapes and a small word for high-resolution models (384 px)"},
+    )
 
     def split_sizes(self) -> dict[str, int]:
         """Images per split: the held-out shares of `n`, rounded, and the rest for training."""
@@ -93,5 +99,12 @@ class SynthOptions:
         for name, value in (("spatial", self.spatial), ("varied_names", self.varied_names)):
             if not 0 <= value <= 1:
                 raise ConfigError(f"{key}{name} must be a probability in [0, 1], got {value}")
+        if self.world not in WORLDS:
+            raise ConfigError(f"{key}world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if self.world == "highres" and self.image_size < MIN_HIGHRES_SIZE:
+            raise ConfigError(
+                f"{key}image_size must be >= {MIN_HIGHRES_SIZE} for the highres world, got {self.image_size}; "
+                "set it to 384 (twice a 192 px view, at which its details are as large as the default world's)"
+            )
         if self.drills < 0:
             raise ConfigError(f"{key}drills must be a number of conversations >= 0, got {self.drills}")

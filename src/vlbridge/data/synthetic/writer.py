@@ -240,6 +240,10 @@ def synthesize(out_dir: str | Path, options: SynthOptions, overwrite: bool = Fal
     seed = options.seed
     out = Path(out_dir)
     _prepare(out, overwrite)
+    if options.world == "highres":
+        from vlbridge.data.synthetic.highres import synthesize_highres  # it builds on this module's writers
+
+        return synthesize_highres(out, options)
     captions, instruct, regions, scene_rows, train_items = [], [], [], [], []
     renders: list[tuple[Scene, Path]] = []
     counts: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
