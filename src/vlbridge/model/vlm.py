@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
@@ -176,17 +177,11 @@ class VisionLanguageModel(nn.Module):
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return VLMOutput(logits=logits, loss=loss)
 
-    def loss(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training)."""
-        hidden = self._decode(input_ids, attention_mask, pixel_values, None, True, image_sizes)
-        return causal_lm_loss(hidden, labels, self.language_model.head)
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training);
+        `inputs`: attention_mask, pixel_values, image_sizes, as `supervised_logits` takes them."""
+        logits, targets = self.supervised_logits(input_ids, labels, **inputs)
+        return F.cross_entropy(logits.float(), targets)
 
     def supervised_logits(
         self,
