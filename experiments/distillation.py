@@ -25,25 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
 
 if TYPE_CHECKING:
     from vlbridge.data.synthetic import SynthOptions
 
 RECIPE = Path(__file__).with_name("distillation_student.yaml")
 RESULTS = Path(__file__).parent / "results"
-CONVERSATION_STAGES = (1, 2, 3)  # align, drills, instruct: the stages whose objective is causal_lm
 ARMS = ("plain", "distilled")
-
-
-def overrides(args: argparse.Namespace, arm: str) -> list[str]:
-    """The `--set` overrides that make `arm` of the student recipe (the distilled arm: distill in every conversation
-    stage, teacher the embedded default)."""
-    sets = [f"data.root={args.out / 'data'}"]
-    if arm == "distilled":
-        options = f"{{alpha: {args.alpha}, temperature: {args.temperature}, teacher_dtype: {args.teacher_dtype}}}"
-        for index in CONVERSATION_STAGES:
-            sets += [f"stages.{index}.objective=distill", f"stages.{index}.distill={options}"]
-    return sets
 
 
 def teacher_world() -> SynthOptions:
@@ -62,25 +51,56 @@ def student_world() -> SynthOptions:
     return replace(teacher_world(), n=8000, test_fraction=0.1)
 
 
+def run(recipe: dict, path: Path, env: dict[str, str], resume: bool = False) -> subprocess.Popen:
+    """Start `vlbridge train` on `recipe` (written to `path`; `resume`: continue its run), its output in .log."""
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    command = [sys.executable, "-m", "vlbridge", "train", "--config", str(path), *(["--resume"] if resume else [])]
+    print(" ".join(command))
+    log = path.with_suffix(".log").open("w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait(job: subprocess.Popen, name: str, start: float) -> None:
+    if job.wait():
+        raise SystemExit(f"{name} failed; see its .log")
+    print(f"{name}: trained in {(time.time() - start) / 60:.1f} min")
+
+
 def train(args: argparse.Namespace) -> None:
-    """Render the data (once) and train both arms in parallel, one thread each; logs in OUT/<arm>.log."""
+    """Render the data (once), train the student recipe's stages before instruct once (OUT/prefix, both arms share
+    them), then its instruct stage from that model two ways at once, one thread each: as the recipe says (OUT/plain)
+    and with `objective: distill` (OUT/distilled)."""
     data = args.out / "data"
     if not (data / "test.jsonl").is_file():
         from vlbridge.data.synthetic import synthesize
 
         synthesize(data, student_world())
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["data"]["root"] = str(data)
+    *before, instruct = recipe["stages"]
+    assert instruct["name"] == "instruct" and instruct["objective"] == "causal_lm"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    jobs = []
-    for arm in ARMS:
-        sets = [x for item in overrides(args, arm) for x in ("--set", item)]
-        command = [sys.executable, "-m", "vlbridge", "train", "--config", str(RECIPE), "--run-dir", str(args.out / arm)]
-        print(" ".join(command + [f"'{s}'" if " " in s else s for s in sets]))
-        log = (args.out / f"{arm}.log").open("w")
-        jobs.append((arm, subprocess.Popen(command + sets, env=env, stdout=log, stderr=subprocess.STDOUT), time.time()))
-    for arm, job, start in jobs:
-        if job.wait():
-            raise SystemExit(f"{arm} failed; see {args.out / (arm + '.log')}")
-        print(f"{arm}: trained in {(time.time() - start) / 60:.1f} min")
+    prefix = args.out / "prefix"
+    if not (prefix / "config.json").is_file():
+        start = time.time()
+        job = run({**recipe, "run_dir": str(prefix), "stages": before}, args.out / "prefix.yaml", env, resume=True)
+        wait(job, "prefix", start)
+    distill = {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
+    stages = {"plain": instruct, "distilled": {**instruct, "objective": "distill", "distill": distill}}
+    branch = {key: value for key, value in recipe.items() if key != "model"}  # the prefix's model, as it is
+    jobs = {
+        arm: (
+            run(
+                {**branch, "run_dir": str(args.out / arm), "init_from": str(prefix), "stages": [stage]},
+                args.out / f"{arm}.yaml",
+                env,
+            ),
+            time.time(),
+        )
+        for arm, stage in stages.items()
+    }
+    for arm, (job, start) in jobs.items():
+        wait(job, arm, start)
 
 
 def models(args: argparse.Namespace) -> dict[str, Path | None]:
@@ -109,15 +129,19 @@ def held_out_for_the_teacher(data: Path) -> dict[str, int]:
 
 
 def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
-    """Test-split scores of every model (vlbridge's synthetic task, as `vlbridge eval` runs it)."""
+    """Test-split scores of the models named by --models (vlbridge's synthetic task, as `vlbridge eval` runs it)."""
     from vlbridge.eval.runner import evaluate
     from vlbridge.eval.tasks.synthetic import SyntheticTask
     from vlbridge.model.io import load
 
     scores = {}
     for name, path in models(args).items():
+        if name not in args.models:
+            continue
         model, processor = load(path)
-        result = evaluate(model, processor, SyntheticTask.from_folder(args.out / "data"), args.out / "eval" / name)
+        result = evaluate(
+            model, processor, SyntheticTask.from_folder(args.out / "data", limit=args.limit), args.out / "eval" / name
+        )
         scores[name] = result.scores["by_type"]
         print(name, f"{scores[name]['overall']['accuracy']:.3f}")
     return scores
@@ -199,39 +223,48 @@ def plot(scores: dict[str, dict], path: Path) -> None:
     ax.set_xticks(range(len(types)), types, rotation=20)
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title("Synthetic test split: the embedded default (teacher) and a 17.8%-size student, with and without it")
-    ax.legend(fontsize=8)
+    ax.set_title("Synthetic test questions: the embedded default (teacher) and a 17.7%-size student")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", action="append", choices=["train", "eval", "latency"], help="default: all three")
+    parser.add_argument(
+        "--phase", action="append", choices=["train", "heldout", "eval", "latency"], help="default: all"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/distill"))
     parser.add_argument("--alpha", type=float, default=0.5, help="the KL term's weight")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--teacher-dtype", default="fp32", choices=["fp32", "bf16", "int8"])
+    parser.add_argument("--models", nargs="+", default=["teacher", *ARMS], help="the models `eval` scores")
+    parser.add_argument("--limit", type=int, default=None, help="`eval` scores the first N test questions only")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per latency round")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved latency rounds")
     args = parser.parse_args()
-    phases = args.phase or ["train", "eval", "latency"]
+    phases = args.phase or ["train", "heldout", "eval", "latency"]
     args.out.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
-    saved = RESULTS / "distillation.json"
-    results = json.loads(saved.read_text()) if saved.is_file() else {}
+    new: dict = {
+        "settings": {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
+    }
     if "train" in phases:
         train(args)
+    if "heldout" in phases:
+        new["held_out"] = held_out_for_the_teacher(args.out / "data")
+        print(new["held_out"])
     if "eval" in phases:
-        results["held_out"] = held_out_for_the_teacher(args.out / "data")
-        print(results["held_out"])
-        results["accuracy"] = evaluate_all(args)
+        new["accuracy"] = evaluate_all(args)
     if "latency" in phases:
-        results["latency"] = latency(args)
-        results["threads"] = torch.get_num_threads()
-    results["settings"] = {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
+        new["latency"] = latency(args)
+        new["threads"] = torch.get_num_threads()
+    saved = RESULTS / "distillation.json"  # read now: phases may run in several processes at once
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
+    new["accuracy"] = {**results.get("accuracy", {}), **new.get("accuracy", {})}
+    results.update(new)
     saved.write_text(json.dumps(results, indent=2) + "\n")
-    if {"accuracy", "latency"} <= results.keys():
+    if "latency" in results and {"teacher", *ARMS} <= results["accuracy"].keys():
         text = table(results["accuracy"], results["latency"])
         (RESULTS / "distillation.txt").write_text(text)
         plot(results["accuracy"], RESULTS / "distillation.png")
