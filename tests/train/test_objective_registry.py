@@ -30,13 +30,14 @@ def test_each_objective_is_registered_with_the_data_it_reads() -> None:
         "contrastive": PAIRS,
         "regions": REGIONS,
         "qformer": PAIRS,
+        "distill": CONVERSATIONS,
     }
     assert data_formats() == ["llava", "text", "regions"]
     assert objectives_reading("text") == ["text_lm"] and objectives_reading("regions") == ["regions"]
 
 
 def test_unknown_objective_lists_the_registered_ones(tiny_model) -> None:
-    with pytest.raises(ConfigError, match="unknown objective 'dpo'; known objectives: causal_lm, contrastive, qformer"):
+    with pytest.raises(ConfigError, match="unknown objective 'dpo'; known objectives: causal_lm, contrastive, distill"):
         build_objective("dpo", tiny_model)
 
 
@@ -49,7 +50,7 @@ def test_an_objective_registered_only_in_the_registry_validates_builds_its_data_
         built["dataset"], collate_fn, stats = TEXT.build(stage, root, processor, data)
         return built["dataset"], collate_fn, {**stats, "kind": "probe"}
 
-    def probe_objective(model, dataset):
+    def probe_objective(model, dataset, stage):
         built["objective_saw"] = dataset
         return TextLMObjective()
 

@@ -286,6 +286,11 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def to_json(self) -> str:
+        """The whole pipeline (vocabulary, merges, normaliser, added tokens) as tokenizer.json text: two tokenizers
+        whose texts are equal turn every text into the same ids (a teacher and its student are checked with this)."""
+        return self._tok.to_str()
+
     @property
     def special_tokens(self) -> dict[str, str]:
         """The named special tokens that are set, as the variables a chat template sees."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import Connector, ConnectorContext, LayerHook, build_connector
@@ -25,7 +26,7 @@ from vlbridge.errors import ConfigError, ModalityError, PromptError
 from vlbridge.highres import anyres
 from vlbridge.lm.decoder import DecoderLM
 from vlbridge.lm.kv_cache import KVCache
-from vlbridge.lm.loss import causal_lm_loss
+from vlbridge.lm.loss import causal_lm_loss, supervised_logits
 from vlbridge.lm.templates import TEMPLATES
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model.generate import GenerationConfig, Generator
@@ -192,17 +193,24 @@ class VisionLanguageModel(nn.Module):
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return VLMOutput(logits=logits, loss=loss)
 
-    def loss(
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training);
+        `inputs`: attention_mask, pixel_values, image_sizes, as `supervised_logits` takes them."""
+        logits, targets = self.supervised_logits(input_ids, labels, **inputs)
+        return F.cross_entropy(logits.float(), targets)
+
+    def supervised_logits(
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, V), targets (N,)) at the N supervised positions (labels != -100, shifted by one), the LM head
+        run on those positions only: what `loss` takes the cross-entropy of (distillation compares them too)."""
         hidden = self._decode(input_ids, attention_mask, pixel_values, None, True, image_sizes)
-        return causal_lm_loss(hidden, labels, self.language_model.head)
+        return supervised_logits(hidden, labels, self.language_model.head)
 
     def _decode(
         self,

@@ -297,6 +297,13 @@ def _check_model(recipe: Recipe) -> None:
         raise CheckpointError(
             f"vision_from {recipe.vision_from} does not exist; give an HF CLIP or SigLIP (vision) model folder"
         )
+    for stage in recipe.stages:
+        teacher = stage.distill.teacher if stage.distill is not None else None
+        if teacher is not None and not Path(teacher).is_dir():
+            raise CheckpointError(
+                f"stage {stage.name!r}: distill.teacher {teacher} does not exist; give a vlbridge or HF llava "
+                "checkpoint folder, or leave it out to distil from the embedded default"
+            )
     tokenizer = _given_tokenizer(recipe)
     if tokenizer is None:
         from vlbridge.lm.tokenizer_train import check_vocab_size

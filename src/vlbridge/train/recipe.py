@@ -23,7 +23,7 @@ from vlbridge.connectors.base import parse_options
 from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
 from vlbridge.lm.templates import TEMPLATES
-from vlbridge.train.objectives import OBJECTIVES, data_formats, objectives_reading
+from vlbridge.train.objectives import OBJECTIVES, DistillOptions, data_formats, objectives_reading
 from vlbridge.train.stages import plan_for
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -95,6 +95,7 @@ class StageRecipe:
     bf16: bool = False  # bf16 autocast where the hardware runs bf16 natively; elsewhere fp32, with a warning
     grad_checkpointing: bool = False
     lora: LoraRecipe | None = None
+    distill: DistillOptions | None = None  # the distill objective's teacher, temperature and loss weights
     save_every: int = field(default=100, metadata=bounded(0))  # checkpoint every this many optimiser steps (0: never)
     keep_checkpoints: int = field(default=2, metadata=bounded(1))  # the newest this many mid-stage checkpoints are kept
     log_every: int = field(default=10, metadata=bounded(1))
@@ -153,6 +154,13 @@ def _check_objective(stage: StageRecipe, where: str) -> None:
             f"{where}: the {stage.objective} objective reads {kind.name} (data_format: {' or '.join(kind.formats)}); "
             f"data_format {stage.data_format} is for {', '.join(objectives_reading(stage.data_format))}"
         )
+    if (stage.objective == "distill") != (stage.distill is not None):
+        raise ConfigError(
+            f"{where}: a `distill:` section (teacher, temperature, alpha, teacher_dtype) goes with objective: distill "
+            f"and only with it; the stage's objective is {stage.objective}"
+        )
+    if stage.distill is not None:
+        stage.distill.validate(f"{where}.distill")
 
 
 def _check_template(name: str | None, where: str) -> None:

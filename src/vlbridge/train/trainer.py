@@ -207,7 +207,7 @@ class StageTrainer:
             log.info(
                 "stage %s: LoRA r=%d alpha=%d on %d linear layers", stage.name, stage.lora.r, stage.lora.alpha, wrapped
             )
-        objective = build_objective(stage.objective, model, self.dataset)
+        objective = build_objective(stage.objective, model, self.dataset, stage)
         declared = OBJECTIVES.get(stage.objective).parts
         assert tuple(objective.parts()) == declared, f"{stage.objective} builds parts {list(objective.parts())}"
         parts: dict[str, nn.Module | None] = {

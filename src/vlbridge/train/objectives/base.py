@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from vlbridge.model.vlm import VisionLanguageModel
+
+if TYPE_CHECKING:  # the recipe validates stages against the objectives, which import this module
+    from vlbridge.train.recipe import StageRecipe
 
 Batch = dict[str, torch.Tensor]
 
@@ -38,8 +42,9 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
-ObjectiveFactory = Callable[[VisionLanguageModel, Dataset | None], Objective]
-"""Builds an objective sized for the model and, where its heads depend on the labels, for the stage's dataset."""
+ObjectiveFactory = Callable[[VisionLanguageModel, Dataset | None, "StageRecipe | None"], Objective]
+"""Builds an objective sized for the model and, where its heads depend on the labels, for the stage's dataset; the
+stage (None outside a run: its defaults) carries the options of objectives that take some (`distill:`)."""
 
 
 class TrainStep(nn.Module):

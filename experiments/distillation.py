@@ -1,0 +1,275 @@
+"""Knowledge distillation on the synthetic world: a student of under a quarter of the embedded default's parameters,
+trained with the default as its teacher (`objective: distill` in every conversation stage) and without it (plain
+`causal_lm`), on the same data, steps, batches and seed. Reports held-out accuracy per question type of the teacher
+and both students, their parameter counts, and prefill and decode latency, timed side by side in interleaved rounds.
+
+    python experiments/distillation.py [--phase train|eval|latency] [--alpha 0.5] [--temperature 2.0]
+
+`train` renders the teacher's synthetic world (configs/default.yaml's, with 8000 scenes: `student_world`) into OUT/data
+and trains both arms at once, one thread each, so machine load falls on both alike;
+`eval` scores the three models on the test split; `latency` times them. Without a phase, all three run. Writes
+experiments/results/distillation.{json,txt,png}; docs/distillation.md holds the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import yaml
+
+if TYPE_CHECKING:
+    from vlbridge.data.synthetic import SynthOptions
+
+RECIPE = Path(__file__).with_name("distillation_student.yaml")
+RESULTS = Path(__file__).parent / "results"
+ARMS = ("plain", "distilled")
+
+
+def teacher_world() -> SynthOptions:
+    """The synthetic world the embedded default was trained on (configs/default.yaml's data.synth)."""
+    from vlbridge.train.recipe import load_recipe
+
+    synth = load_recipe(Path("configs/default.yaml")).data.synth
+    assert synth is not None
+    return synth
+
+
+def student_world() -> SynthOptions:
+    """The teacher's world with 8000 scenes instead of 40000 (rendering 40000 took over 30 minutes on the shared
+    machine) and a test share of 0.1: the same 800 test questions as the teacher's test split (each held-out scene is
+    drawn from its own seed, index by index), 7120 training scenes (the teacher's first 7120)."""
+    return replace(teacher_world(), n=8000, test_fraction=0.1)
+
+
+def run(recipe: dict, path: Path, env: dict[str, str], resume: bool = False) -> subprocess.Popen:
+    """Start `vlbridge train` on `recipe` (written to `path`; `resume`: continue its run), its output in .log."""
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    command = [sys.executable, "-m", "vlbridge", "train", "--config", str(path), *(["--resume"] if resume else [])]
+    print(" ".join(command))
+    log = path.with_suffix(".log").open("w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait(job: subprocess.Popen, name: str, start: float) -> None:
+    if job.wait():
+        raise SystemExit(f"{name} failed; see its .log")
+    print(f"{name}: trained in {(time.time() - start) / 60:.1f} min")
+
+
+def train(args: argparse.Namespace) -> None:
+    """Render the data (once), train the student recipe's stages before instruct once (OUT/prefix, both arms share
+    them), then its instruct stage from that model two ways at once, one thread each: as the recipe says (OUT/plain)
+    and with `objective: distill` (OUT/distilled)."""
+    data = args.out / "data"
+    if not (data / "test.jsonl").is_file():
+        from vlbridge.data.synthetic import synthesize
+
+        synthesize(data, student_world())
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["data"]["root"] = str(data)
+    *before, instruct = recipe["stages"]
+    assert instruct["name"] == "instruct" and instruct["objective"] == "causal_lm"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    prefix = args.out / "prefix"
+    if not (prefix / "config.json").is_file():
+        start = time.time()
+        job = run({**recipe, "run_dir": str(prefix), "stages": before}, args.out / "prefix.yaml", env, resume=True)
+        wait(job, "prefix", start)
+    distill = {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
+    stages = {"plain": instruct, "distilled": {**instruct, "objective": "distill", "distill": distill}}
+    branch = {key: value for key, value in recipe.items() if key != "model"}  # the prefix's model, as it is
+    jobs = {
+        arm: (
+            run(
+                {**branch, "run_dir": str(args.out / arm), "init_from": str(prefix), "stages": [stage]},
+                args.out / f"{arm}.yaml",
+                env,
+            ),
+            time.time(),
+        )
+        for arm, stage in stages.items()
+    }
+    for arm, (job, start) in jobs.items():
+        wait(job, arm, start)
+
+
+def models(args: argparse.Namespace) -> dict[str, Path | None]:
+    """name -> checkpoint (None: the embedded default)."""
+    return {"teacher": None, **{arm: args.out / arm for arm in ARMS}}
+
+
+def held_out_for_the_teacher(data: Path) -> dict[str, int]:
+    """How many of OUT/data's test scenes the teacher trained on (the same content as one of its 38,800 training
+    scenes, re-drawn here without rendering): its test split was drawn against those, this one against 7120."""
+    from collections import Counter
+
+    from vlbridge.data.synthetic.scenes import Scene
+    from vlbridge.data.synthetic.writer import TYPES, train_item
+
+    world = teacher_world()
+    counts: dict[str, Counter[str]] = {kind: Counter() for kind in TYPES}
+    turns = (world.turns[0], world.turns[1])
+    seen = {
+        train_item(i, world.seed, counts, turns, world.focus, world.spatial, world.varied_names)[0].signature()
+        for i in range(world.split_sizes()["train"])
+    }
+    rows = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
+    test = [Scene.from_dict(row["scene"]).signature() for row in rows if row["split"] == "test"]
+    return {"test_scenes": len(test), "seen_by_teacher": sum(signature in seen for signature in test)}
+
+
+def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
+    """Test-split scores of the models named by --models (vlbridge's synthetic task, as `vlbridge eval` runs it)."""
+    from vlbridge.eval.runner import evaluate
+    from vlbridge.eval.tasks.synthetic import SyntheticTask
+    from vlbridge.model.io import load
+
+    scores = {}
+    for name, path in models(args).items():
+        if name not in args.models:
+            continue
+        model, processor = load(path)
+        result = evaluate(
+            model, processor, SyntheticTask.from_folder(args.out / "data", limit=args.limit), args.out / "eval" / name
+        )
+        scores[name] = result.scores["by_type"]
+        print(name, f"{scores[name]['overall']['accuracy']:.3f}")
+    return scores
+
+
+def latency(args: argparse.Namespace) -> dict[str, dict]:
+    """Prefill ms and decode ms/token of every model on the sample image and a test question, greedy, EOS off;
+    interleaved rounds (one of each model per round), medians; with parameter counts."""
+    from vlbridge.model.io import default_model_dir, load
+    from vlbridge.vision.processor import load_image
+
+    loaded = {name: load(path) for name, path in models(args).items()}
+    image = load_image(default_model_dir() / "sample.png")
+    question = json.loads((args.out / "data" / "test.jsonl").read_text().splitlines()[0])["question"]
+    batches = {}
+    for name, (_, processor) in loaded.items():
+        prompt = processor.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}])
+        batches[name] = dict(processor(text=prompt, images=[image], return_tensors="pt"))
+    prefill: dict[str, list[float]] = {name: [] for name in loaded}
+    full: dict[str, list[float]] = {name: [] for name in loaded}
+
+    def timed(name: str, n: int) -> float:
+        start = time.perf_counter()
+        loaded[name][0].generate(**batches[name], max_new_tokens=n, do_sample=False, eos_token_id=())
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        for name in loaded:
+            timed(name, 2)  # warm-up
+        for _ in range(args.repeats):
+            for name in loaded:
+                prefill[name].append(timed(name, 1))
+                full[name].append(timed(name, args.new_tokens + 1))
+    out = {}
+    for name, (model, _) in loaded.items():
+        decode = statistics.median(f - p for f, p in zip(full[name], prefill[name], strict=True)) / args.new_tokens
+        out[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "prompt_tokens": int(batches[name]["input_ids"].shape[1]),
+            "prefill_ms": statistics.median(prefill[name]) * 1e3,
+            "decode_ms_per_token": decode * 1e3,
+        }
+    return out
+
+
+def table(scores: dict[str, dict], timing: dict[str, dict]) -> str:
+    """The per-type accuracy table, then parameters and latency against the teacher's."""
+    names = list(scores)
+    types = list(scores["teacher"])
+    lines = ["| type | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for kind in types:
+        row = [f"{scores[name][kind]['accuracy']:.3f}" for name in names]
+        lines.append(f"| {kind} | {scores['teacher'][kind]['n']} | " + " | ".join(row) + " |")
+    teacher = timing["teacher"]
+    lines += ["", "| model | parameters | prefill ms | decode ms/token | prefill vs teacher | decode vs teacher |"]
+    lines.append("|---|---|---|---|---|---|")
+    for name, t in timing.items():
+        lines.append(
+            f"| {name} | {t['params']:,} ({t['params'] / teacher['params']:.1%}) | {t['prefill_ms']:.2f} | "
+            f"{t['decode_ms_per_token']:.2f} | {t['prefill_ms'] / teacher['prefill_ms']:.2f}x | "
+            f"{t['decode_ms_per_token'] / teacher['decode_ms_per_token']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(scores: dict[str, dict], path: Path) -> None:
+    """Accuracy per question type, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = list(scores["teacher"])
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(scores)
+    for i, (name, by_type) in enumerate(scores.items()):
+        xs = [j + (i - (len(scores) - 1) / 2) * width for j in range(len(types))]
+        ax.bar(xs, [by_type[t]["accuracy"] for t in types], width, label=name)
+    ax.set_xticks(range(len(types)), types, rotation=20)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Synthetic test questions: the embedded default (teacher) and a 17.7%-size student")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--phase", action="append", choices=["train", "heldout", "eval", "latency"], help="default: all"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/distill"))
+    parser.add_argument("--alpha", type=float, default=0.5, help="the KL term's weight")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--teacher-dtype", default="fp32", choices=["fp32", "bf16", "int8"])
+    parser.add_argument("--models", nargs="+", default=["teacher", *ARMS], help="the models `eval` scores")
+    parser.add_argument("--limit", type=int, default=None, help="`eval` scores the first N test questions only")
+    parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per latency round")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved latency rounds")
+    args = parser.parse_args()
+    phases = args.phase or ["train", "heldout", "eval", "latency"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    new: dict = {
+        "settings": {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
+    }
+    if "train" in phases:
+        train(args)
+    if "heldout" in phases:
+        new["held_out"] = held_out_for_the_teacher(args.out / "data")
+        print(new["held_out"])
+    if "eval" in phases:
+        new["accuracy"] = evaluate_all(args)
+    if "latency" in phases:
+        new["latency"] = latency(args)
+        new["threads"] = torch.get_num_threads()
+    saved = RESULTS / "distillation.json"  # read now: phases may run in several processes at once
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
+    new["accuracy"] = {**results.get("accuracy", {}), **new.get("accuracy", {})}
+    results.update(new)
+    saved.write_text(json.dumps(results, indent=2) + "\n")
+    if "latency" in results and {"teacher", *ARMS} <= results["accuracy"].keys():
+        text = table(results["accuracy"], results["latency"])
+        (RESULTS / "distillation.txt").write_text(text)
+        plot(results["accuracy"], RESULTS / "distillation.png")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
