@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, at_least
+from vlbridge.connectors.mini_video import VideoPrefusionState, frames_per_row, fuse_rows
 from vlbridge.connectors.mlp import mlp_projector
 from vlbridge.connectors.splice import rows_of_images, splice
 from vlbridge.errors import ConfigError
@@ -192,8 +193,49 @@ class MiniConnector(Connector):
         keep = (text_valid & has_visual[:, None]).unsqueeze(-1)  # (B, T, 1)
         return torch.where(keep, fused.to(out.dtype), out)
 
+    def video_tokens(self, n_frames: int, n_patches: int) -> int:
+        return n_frames * self.options.grid**2  # C x C per frame
+
+    def encode_video(self, features: Tensor, chunk: int) -> Tensor:
+        tokens = torch.cat([self(part) for part in features.split(chunk)])  # (F, C^2, D)
+        return tokens.reshape(-1, tokens.shape[-1])
+
+    def fuse_video(
+        self,
+        embeds: Tensor,
+        video_mask: Tensor,
+        videos: list[Tensor],
+        chunk: int,
+        attention_mask: Tensor | None = None,
+        cache: FusionCache | None = None,
+    ) -> Tensor:
+        """Per-frame compression spliced in; the text pre-fused with each frame on its own and averaged over the
+        frames of its row (mini_video.py)."""
+        projected = [torch.cat([self.projector(part) for part in v.split(chunk)]) for v in videos]  # (F, P, D) each
+        compressed = torch.cat([self.compress(p).reshape(-1, embeds.shape[-1]) for p in projected])  # (sum F*C^2, D)
+        out = splice(embeds, video_mask, compressed[None])  # (B, T, D)
+        if not len(self.prefusion):
+            return out
+        rows = frames_per_row(video_mask, projected, [p.shape[0] * self.options.grid**2 for p in projected])
+        text_valid = ~video_mask if attention_mask is None else attention_mask.bool() & ~video_mask  # (B, T)
+        state = VideoPrefusionState(rows, embeds, text_valid, chunk)
+        if cache is not None:
+            cache.state = state
+        has_video = torch.tensor([r is not None for r in rows], device=embeds.device)  # (B,)
+        fused = fuse_rows(self._prefuse_all, state, embeds.shape[1])  # (B, T, D)
+        keep = (text_valid & has_video[:, None]).unsqueeze(-1)  # (B, T, 1)
+        return torch.where(keep, fused.to(out.dtype), out)
+
+    def _prefuse_all(self, x: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        return self._prefuse(x, positions, mask, None)
+
     def fuse_step(self, embeds: Tensor, attention_mask: Tensor, cache: FusionCache) -> Tensor:
         state = cache.state
+        if isinstance(state, VideoPrefusionState):
+            t = embeds.shape[1]
+            state.text = torch.cat([state.text, embeds], dim=1)  # (B, T + t, D)
+            state.text_valid = torch.cat([state.text_valid, attention_mask[:, -t:].bool()], dim=1)
+            return fuse_rows(self._prefuse_all, state, t)
         assert isinstance(state, PrefusionState), "fuse_step runs only after fuse filled the cache"
         valid = torch.cat([state.valid, attention_mask[:, state.prompt_length :].bool()], dim=1)  # (B, S + t)
         t = embeds.shape[1]
