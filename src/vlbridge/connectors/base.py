@@ -141,7 +141,9 @@ class Connector(nn.Module, ABC):
     def frame_tokens(self, n_patches: int) -> int:
         """Visual tokens one video frame of `n_patches` features takes: spatial connectors pool the frame's grid 2x2
         first (LLaVA-NeXT-Video), the others treat a frame as an image."""
-        return self.num_tokens(pooled_count(n_patches, VIDEO_FRAME_POOL, self.config.name) if self.spatial else n_patches)
+        if self.spatial:
+            return self.num_tokens(pooled_count(n_patches, VIDEO_FRAME_POOL, self.config.name))
+        return self.num_tokens(n_patches)
 
     def video_tokens(self, n_frames: int, n_patches: int) -> int:
         """Visual tokens a video of `n_frames` frames of `n_patches` features each takes in the LM sequence."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from torch.nn import functional as F
 
 from vlbridge.errors import ConfigError

@@ -21,7 +21,7 @@ from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.highres.video import video_frames
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer, check_text
-from vlbridge.vision.processor import ImageProcessor, ImageSource
+from vlbridge.vision.processor import ImageProcessor
 
 if TYPE_CHECKING:
     from vlbridge.model.vlm import VisionLanguageModel
