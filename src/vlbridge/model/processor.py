@@ -13,10 +13,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import PIL.Image
 import torch
 
 from vlbridge.atomic import write_text
-from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError, PromptError
+from vlbridge.errors import (
+    ConfigError,
+    ContextOverflowError,
+    ModalityError,
+    PlaceholderError,
+    PromptError,
+    VideoError,
+)
 from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.highres.video import video_frames
 from vlbridge.lm import templates
@@ -189,7 +198,7 @@ class Processor:
             raise ModalityError("this processor's model takes no video input; load a model with a vision plug-in")
         assert self.image_processor is not None
         frame_processor = ImageProcessor(self.image_processor.config)  # frames take one view each, even with AnyRes
-        groups = self._images_per_prompt(prompts, videos, self.video_token)
+        groups = self._images_per_prompt(prompts, _frames_as_arrays(videos), self.video_token)
         cap = self.video_max_frames if max_frames is None else max_frames
         rate = self.video_fps if fps is None else fps
         pixels = [frame_processor(video_frames(v, rate, cap)) for group in groups for v in group]  # (F, 3, H, W)
@@ -294,6 +303,29 @@ class Processor:
             family = "siglip" if config.resize_mode == "exact" else "clip"
             hf = image_processor_config_to_hf(config, family)
             write_text(path / "preprocessor_config.json", json.dumps(hf, indent=2) + "\n")
+
+
+def _frames_as_arrays(videos: Any) -> Any:
+    """`videos` with every video given as a list of PIL frames turned into one array (F, H, W, 3), so such a list is
+    never taken for a prompt's list of videos."""
+
+    def is_frames(item: Any) -> bool:
+        return isinstance(item, (list, tuple)) and bool(item) and all(isinstance(f, PIL.Image.Image) for f in item)
+
+    def convert(item: Any) -> Any:
+        if not is_frames(item):
+            return item
+        arrays = [np.asarray(frame.convert("RGB")) for frame in item]
+        if len({a.shape for a in arrays}) > 1:
+            raise VideoError("a video's frames must all have one size; resize them, or pass the video file")
+        return np.stack(arrays)  # (F, H, W, 3)
+
+    if not isinstance(videos, (list, tuple)) or is_frames(videos):
+        return [convert(videos)]
+    return [
+        [convert(v) for v in item] if isinstance(item, (list, tuple)) and not is_frames(item) else convert(item)
+        for item in videos
+    ]
 
 
 def processor_for(model: VisionLanguageModel, tokenizer: Tokenizer) -> Processor:
