@@ -35,12 +35,8 @@ def _small_context(checkpoint: Path, tmp_path: Path, tokens: int) -> Path:
     return copy
 
 
-def test_several_images_reach_the_model_in_the_order_given(
-    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    paths = [tmp_path / "red.png", tmp_path / "blue.png"]
-    Image.new("RGB", (32, 32), (220, 10, 10)).save(paths[0])
-    Image.new("RGB", (32, 32), (10, 10, 220)).save(paths[1])
+def _record_stream_inputs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The inputs of every `VisionLanguageModel.stream` call from now on, in order (the calls still run)."""
     seen: list[dict[str, Any]] = []
     stream = VisionLanguageModel.stream
 
@@ -49,6 +45,16 @@ def test_several_images_reach_the_model_in_the_order_given(
         return stream(self, **inputs)
 
     monkeypatch.setattr(VisionLanguageModel, "stream", recording_stream)
+    return seen
+
+
+def test_several_images_reach_the_model_in_the_order_given(
+    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [tmp_path / "red.png", tmp_path / "blue.png"]
+    Image.new("RGB", (32, 32), (220, 10, 10)).save(paths[0])
+    Image.new("RGB", (32, 32), (10, 10, 220)).save(paths[1])
+    seen = _record_stream_inputs(monkeypatch)
     argv = ["chat", "--model", str(clip_llava_dir), "--image", str(paths[0]), "--image", str(paths[1])]
     assert main([*argv, "--max-new-tokens", "2", "--json", "compare them"]) == 0
     prompt = json.loads(capsys.readouterr().out)["prompt"]
@@ -62,14 +68,7 @@ def test_a_video_reaches_the_model_as_frames_sampled_at_the_fps(
     clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_mp4(tmp_path / "clip.mp4", 12, 4)  # 3 s at 4 fps
-    seen: list[dict[str, Any]] = []
-    stream = VisionLanguageModel.stream
-
-    def recording_stream(self: VisionLanguageModel, **inputs: Any) -> Any:
-        seen.append(inputs)
-        return stream(self, **inputs)
-
-    monkeypatch.setattr(VisionLanguageModel, "stream", recording_stream)
+    seen = _record_stream_inputs(monkeypatch)
     argv = ["chat", "--model", str(clip_llava_dir), "--video", str(path), "--fps", "2", "--max-frames", "4"]
     assert main([*argv, "--max-new-tokens", "2", "--json", "what changes?"]) == 0
     reply = json.loads(capsys.readouterr().out)
