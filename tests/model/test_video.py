@@ -14,7 +14,7 @@ import torch
 import vlbridge
 from tiny_vlm import IMAGE_TOKEN, tiny_config, tiny_vlm
 from video_files import write_mp4
-from vlbridge.errors import ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ModalityError, PlaceholderError
 from vlbridge.model.vlm import VisionLanguageModel
 
 PERCEIVER = {"num_latents": 4, "depth": 1, "max_frames": 4, "num_heads": 2, "head_dim": 8}
@@ -49,7 +49,10 @@ def test_tokens_per_video_match_what_the_connector_places(connector: str, option
 
 
 def test_perceiver_takes_a_whole_video_as_its_latents_and_gated_xattn_refuses_video() -> None:
-    assert _model("perceiver", PERCEIVER).tokens_per_video(4, 32, 32) == 4
+    perceiver = _model("perceiver", PERCEIVER)
+    assert perceiver.tokens_per_video(4, 32, 32) == 4
+    with pytest.raises(ConfigError, match="at most 4"):
+        perceiver.tokens_per_video(5, 32, 32)
     with pytest.raises(ModalityError, match="gated_xattn"):
         _model("gated_xattn").tokens_per_video(2, 32, 32)
 

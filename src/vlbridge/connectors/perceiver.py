@@ -150,7 +150,12 @@ class PerceiverConnector(Connector):
         return self.resampler(features[:, None])  # (N, 1, P, Dv) -> (N, K, D)
 
     def video_tokens(self, n_frames: int, n_patches: int) -> int:
-        """A whole video's frames are resampled into one set of latents."""
+        """A whole video's frames are resampled into one set of latents (up to `max_frames` frames)."""
+        if n_frames > self.options.max_frames:
+            raise ConfigError(
+                f"the perceiver connector has time embeddings for {self.options.max_frames} frames but the video has "
+                f"{n_frames}; sample at most {self.options.max_frames} (max_frames / --max-frames) or a lower fps"
+            )
         return self.resampler.num_latents
 
     def encode_video(self, features: torch.Tensor, chunk: int) -> torch.Tensor:
