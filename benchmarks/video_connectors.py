@@ -142,7 +142,7 @@ def train(model: VisionLanguageModel, batches: Batches, train_set: list, steps: 
         loss.backward()
         optimizer.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def evaluate(model: VisionLanguageModel, batches: Batches, test_set: list) -> dict[str, float]:

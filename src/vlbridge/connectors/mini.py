@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, at_least
-from vlbridge.connectors.mini_video import VideoPrefusionState, frames_per_row, fuse_rows
+from vlbridge.connectors.mini_video import VideoPrefusionState, frames_per_row, fuse_rows, fuse_text
 from vlbridge.connectors.mlp import mlp_projector
 from vlbridge.connectors.splice import rows_of_images, splice
 from vlbridge.errors import ConfigError
@@ -218,13 +218,21 @@ class MiniConnector(Connector):
             return out
         rows = frames_per_row(video_mask, projected, [p.shape[0] * self.options.grid**2 for p in projected])
         text_valid = ~video_mask if attention_mask is None else attention_mask.bool() & ~video_mask  # (B, T)
-        state = VideoPrefusionState(rows, embeds, text_valid, chunk)
+        keep = [~row for row in video_mask]  # each row's text positions (its video positions dropped)
+        state = VideoPrefusionState(
+            rows,
+            [e[k] for e, k in zip(embeds, keep, strict=True)],
+            [v[k] for v, k in zip(text_valid, keep, strict=True)],
+            chunk,
+        )
         if cache is not None:
             cache.state = state
-        has_video = torch.tensor([r is not None for r in rows], device=embeds.device)  # (B,)
-        fused = fuse_rows(self._prefuse_all, state, embeds.shape[1])  # (B, T, D)
-        keep = (text_valid & has_video[:, None]).unsqueeze(-1)  # (B, T, 1)
-        return torch.where(keep, fused.to(out.dtype), out)
+        for b, frames in enumerate(rows):
+            if frames is not None:
+                fused = fuse_text(self._prefuse_all, frames, state.text[b], state.text_valid[b], chunk)  # (T_b, D)
+                real = state.text_valid[b].unsqueeze(-1)  # (T_b, 1)
+                out[b, keep[b]] = torch.where(real, fused.to(out.dtype), out[b, keep[b]])
+        return out
 
     def _prefuse_all(self, x: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         return self._prefuse(x, positions, mask, None)
@@ -232,10 +240,8 @@ class MiniConnector(Connector):
     def fuse_step(self, embeds: Tensor, attention_mask: Tensor, cache: FusionCache) -> Tensor:
         state = cache.state
         if isinstance(state, VideoPrefusionState):
-            t = embeds.shape[1]
-            state.text = torch.cat([state.text, embeds], dim=1)  # (B, T + t, D)
-            state.text_valid = torch.cat([state.text_valid, attention_mask[:, -t:].bool()], dim=1)
-            return fuse_rows(self._prefuse_all, state, t)
+            state.append(embeds, attention_mask[:, -embeds.shape[1] :])
+            return fuse_rows(self._prefuse_all, state, embeds.shape[1])
         assert isinstance(state, PrefusionState), "fuse_step runs only after fuse filled the cache"
         valid = torch.cat([state.valid, attention_mask[:, state.prompt_length :].bool()], dim=1)  # (B, S + t)
         t = embeds.shape[1]

@@ -9,6 +9,8 @@ Decoding fuses each generated token the same way: pre-fusion is causal with the 
 embedding of token t depends only on the frame and text up to t. The prompt's text and the frames' projected tokens
 are kept, and each step reruns pre-fusion per frame over the text so far (chunked), keeping the position of the new
 tokens; a per-frame KV cache would make steps cheaper at the cost of frames x layers x (P + T) cached keys.
+Pre-fusion reads only a row's text positions (its video positions are dropped, not masked), so its cost is frames x
+(P + T) and not frames x (P + T + video tokens).
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ Prefuse = Callable[[Tensor, Tensor, Tensor], Tensor]
 @dataclass
 class VideoPrefusionState:
     """What decoding needs to fuse generated tokens with a video prompt: each row's frames' projected tokens
-    (F_b, P, D) or None, the raw text embeddings so far (B, T, D) and which of them are real text (B, T)."""
+    (F_b, P, D) or None, and its text so far without the video positions: embeddings (T_b, D) and which of them are
+    real tokens (T_b,), padding not."""
 
     frames: list[Tensor | None]
-    text: Tensor
-    text_valid: Tensor
+    text: list[Tensor]
+    text_valid: list[Tensor]
     chunk: int
+
+    def append(self, embeds: Tensor, valid: Tensor) -> None:
+        """Add generated tokens: embeddings (B, t, D) and their attention mask (B, t)."""
+        self.text = [torch.cat([row, new]) for row, new in zip(self.text, embeds, strict=True)]
+        self.text_valid = [torch.cat([row, new.bool()]) for row, new in zip(self.text_valid, valid, strict=True)]
 
 
 def frames_per_row(video_mask: Tensor, projected: list[Tensor], tokens_per_video: list[int]) -> list[Tensor | None]:
@@ -77,8 +85,10 @@ def fuse_text(prefuse: Prefuse, frames: Tensor, text: Tensor, valid: Tensor, chu
 def fuse_rows(prefuse: Prefuse, state: VideoPrefusionState, last: int) -> Tensor:
     """The last `last` text positions of every row (B, last, D), fused with its frames; rows without a video keep
     their raw embeddings."""
-    out = state.text[:, -last:].clone()  # (B, last, D)
-    for b, frames in enumerate(state.frames):
-        if frames is not None:
-            out[b] = fuse_text(prefuse, frames, state.text[b], state.text_valid[b], state.chunk)[-last:]
-    return out
+    out = []
+    for frames, text, valid in zip(state.frames, state.text, state.text_valid, strict=True):
+        if frames is None:
+            out.append(text[-last:])
+        else:
+            out.append(fuse_text(prefuse, frames, text, valid, state.chunk)[-last:].to(text.dtype))
+    return torch.stack(out)  # (B, last, D)
