@@ -14,7 +14,7 @@ import torch
 import vlbridge
 from tiny_vlm import IMAGE_TOKEN, tiny_config, tiny_vlm
 from video_files import write_mp4
-from vlbridge.errors import ConfigError, ModalityError, PlaceholderError
+from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError
 from vlbridge.model.vlm import VisionLanguageModel
 
 PERCEIVER = {"num_latents": 4, "depth": 1, "max_frames": 4, "num_heads": 2, "head_dim": 8}
@@ -124,6 +124,9 @@ def test_processor_expands_video_for_a_real_mp4_and_chat_decoding_matches(clip_l
         seq = out[:, : t + checked]
         logits = model(input_ids=seq, pixel_values=inputs["pixel_values"], video_frames=inputs["video_frames"]).logits
     assert logits[0, t - 1 : t - 1 + checked].argmax(-1).tolist() == new[:checked]
+    processor.max_length = visual  # frames past the context are refused, counted as visual tokens
+    with pytest.raises(ContextOverflowError, match=f"{visual} visual"):
+        processor(text="<video>\nwhat moves?", videos=[path], fps=1.0)
     with pytest.raises(PlaceholderError, match="no videos"):
         processor(text="<video> hi")
     with pytest.raises(PlaceholderError, match="images or videos"):
