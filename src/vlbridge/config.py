@@ -234,6 +234,7 @@ class ModelConfig:
     template: str | None = None  # built-in template name; None: the tokenizer's own chat template
     text_only_images: str = "refuse"  # text-only mode: "refuse" prompts with <image>, or "strip" the placeholder
     quantization: Literal["int8"] | None = None  # "int8": the LM's linear weights are stored and run as int8
+    video_chunk_frames: int = 16  # video frames the vision encoder and connector take at once (bounds their memory)
 
 
 def _check(tp: Any, value: Any, where: str) -> Any:

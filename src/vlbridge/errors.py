@@ -54,3 +54,7 @@ class PromptError(DataError):
 
     A DataError, so a dataset reader that catches DataError can add the file and line of the record it came from.
     """
+
+
+class VideoError(DataError):
+    """A video file is missing, corrupt, empty, has no decodable video frames, or is not a video at all."""

@@ -1,4 +1,5 @@
-"""`vlbridge chat`: several images in order, a conversation longer than the context, input that is not UTF-8."""
+"""`vlbridge chat`: several images in order, a video sampled at an fps, a conversation longer than the context, input
+that is not UTF-8."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch
 from PIL import Image
 
 import vlbridge
+from video_files import frame_index, write_mp4
 from vlbridge.cli.main import main
+from vlbridge.highres.video import read_video
 from vlbridge.model.vlm import VisionLanguageModel
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -32,12 +35,8 @@ def _small_context(checkpoint: Path, tmp_path: Path, tokens: int) -> Path:
     return copy
 
 
-def test_several_images_reach_the_model_in_the_order_given(
-    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    paths = [tmp_path / "red.png", tmp_path / "blue.png"]
-    Image.new("RGB", (32, 32), (220, 10, 10)).save(paths[0])
-    Image.new("RGB", (32, 32), (10, 10, 220)).save(paths[1])
+def _record_stream_inputs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The inputs of every `VisionLanguageModel.stream` call from now on, in order (the calls still run)."""
     seen: list[dict[str, Any]] = []
     stream = VisionLanguageModel.stream
 
@@ -46,6 +45,16 @@ def test_several_images_reach_the_model_in_the_order_given(
         return stream(self, **inputs)
 
     monkeypatch.setattr(VisionLanguageModel, "stream", recording_stream)
+    return seen
+
+
+def test_several_images_reach_the_model_in_the_order_given(
+    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [tmp_path / "red.png", tmp_path / "blue.png"]
+    Image.new("RGB", (32, 32), (220, 10, 10)).save(paths[0])
+    Image.new("RGB", (32, 32), (10, 10, 220)).save(paths[1])
+    seen = _record_stream_inputs(monkeypatch)
     argv = ["chat", "--model", str(clip_llava_dir), "--image", str(paths[0]), "--image", str(paths[1])]
     assert main([*argv, "--max-new-tokens", "2", "--json", "compare them"]) == 0
     prompt = json.loads(capsys.readouterr().out)["prompt"]
@@ -53,6 +62,24 @@ def test_several_images_reach_the_model_in_the_order_given(
     _, processor = vlbridge.load(clip_llava_dir)
     expected = processor.image_processor([Image.open(p) for p in paths])  # (2, 3, H, W), red then blue
     assert torch.equal(seen[0]["pixel_values"], expected)
+
+
+def test_a_video_reaches_the_model_as_frames_sampled_at_the_fps(
+    clip_llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_mp4(tmp_path / "clip.mp4", 12, 4)  # 3 s at 4 fps
+    seen = _record_stream_inputs(monkeypatch)
+    argv = ["chat", "--model", str(clip_llava_dir), "--video", str(path), "--fps", "2", "--max-frames", "4"]
+    assert main([*argv, "--max-new-tokens", "2", "--json", "what changes?"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["prompt"].count("<video>\nwhat changes?") == 1 and len(reply["token_ids"]) == 2
+    assert seen[0]["video_frames"].tolist() == [4]  # 6 segments at 2 fps, capped at 4 spread over the 3 s
+    _, processor = vlbridge.load(clip_llava_dir)
+    frames = read_video(path, 2.0, 4)
+    assert [frame_index(f) for f in frames] == [1, 4, 7, 10]
+    assert torch.equal(seen[0]["pixel_values"], processor.image_processor(frames))
+    assert main([*argv[:4], str(tmp_path / "nothing.mp4"), "--json", "what?"]) == 2
+    assert "nothing.mp4: no video file here" in capsys.readouterr().err
 
 
 def test_interactive_chat_drops_the_oldest_turns_when_the_context_fills(

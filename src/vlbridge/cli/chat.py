@@ -1,7 +1,8 @@
 """`vlbridge chat`: ask a model about images, one-shot or interactively, with streamed output or JSON.
 
 The images (`--image`, repeatable) go with the first user turn still in the conversation, one `<image>` each, in the
-order given. An interactive conversation that outgrows the context drops its oldest turns, with a notice on stderr.
+order given; a video (`--video`, decoded once, sampled at `--fps` up to `--max-frames` frames) goes there as `<video>`.
+An interactive conversation that outgrows the context drops its oldest turns, with a notice on stderr.
 Questions read from stdin must be UTF-8: a line that is not is refused with its line number.
 """
 
@@ -17,6 +18,7 @@ import vlbridge
 from vlbridge.cli.arguments import first_undecodable, printable
 from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.errors import ConfigError, ContextOverflowError, DataError
+from vlbridge.highres.video import video_frames
 from vlbridge.lm.int8 import QUANTIZATIONS
 from vlbridge.vision.processor import load_image
 
@@ -31,6 +33,11 @@ def add_parser(sub: Any) -> None:
         action="append",
         default=[],
         help="image file the question is about; repeat it for several (one <image> each, in this order)",
+    )
+    parser.add_argument("--video", default=None, help="video file the question is about (frames sampled at --fps)")
+    parser.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second (default: 1)")
+    parser.add_argument(
+        "--max-frames", type=int, default=32, help="most video frames, spread over the whole video (default: 32)"
     )
     parser.add_argument("--text-only", action="store_true", help="load no vision weights (text-only deployment)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
@@ -68,8 +75,11 @@ class ChatSession:
         images: list[Any],
         generation: dict[str, Any],
         notify: Callable[[str], None] = _notice,
+        videos: list[Any] | None = None,
     ) -> None:
+        """`videos`: decoded frames (a list of PIL images) per video, placed after the images' placeholders."""
         self.model, self.processor, self.images, self.generation = model, processor, images, generation
+        self.videos = videos or []
         self.notify = notify
         self.turns: list[tuple[str, str]] = []  # (question, reply), oldest first
 
@@ -80,6 +90,7 @@ class ChatSession:
             messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": reply}]
         messages.append({"role": "user", "content": question})
         placeholders = f"{self.processor.image_token}\n" * len(self.images)
+        placeholders += f"{self.processor.video_token}\n" * len(self.videos)
         messages[0] = {"role": "user", "content": placeholders + messages[0]["content"]}
         return messages
 
@@ -91,7 +102,10 @@ class ChatSession:
         while True:
             prompt = self.processor.apply_chat_template(self.messages(question), add_generation_prompt=True)
             try:
-                inputs = self.processor(text=prompt, images=self.images or None, return_tensors="pt")
+                media: dict[str, Any] = {"images": self.images or None}
+                if self.videos:  # already sampled: every frame is kept
+                    media = {"videos": self.videos, "max_frames": max(len(v) for v in self.videos)}
+                inputs = self.processor(text=prompt, return_tensors="pt", **media)
                 fits = limit is None or inputs["input_ids"].shape[1] + new_tokens <= limit
             except ContextOverflowError:
                 if not self.turns:
@@ -145,8 +159,11 @@ def read_questions(lines: Iterable[str | bytes]) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> int:
     """One-shot answer (streamed, or JSON), or an interactive loop reading questions from stdin."""
-    if args.image and args.text_only:
-        raise ConfigError("--image and --text-only exclude each other: a text-only model cannot see the image")
+    if (args.image or args.video) and args.text_only:
+        raise ConfigError("--image/--video and --text-only exclude each other: a text-only model cannot see them")
+    if args.image and args.video:
+        raise ConfigError("pass --image or --video, not both: a prompt takes images or a video")
+    videos = [video_frames(args.video, args.fps, args.max_frames)] if args.video else []
     model, processor = vlbridge.load(
         args.model, vision=not args.text_only, dtype=args.dtype, device=args.device, quantize=args.quantize
     )
@@ -161,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "stop_strings": tuple(args.stop),
     }
-    session = ChatSession(model, processor, images, generation)
+    session = ChatSession(model, processor, images, generation, videos=videos)
     if args.question is not None:
         if args.json:
             print(json.dumps(session.ask(args.question)))

@@ -22,6 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from vlbridge.cli.data_video import add_video_parser
 from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.errors import ConfigError
 
@@ -35,6 +36,7 @@ def add_parser(sub: Any) -> None:
     synth = data_sub.add_parser("synth", help="render the synthetic visual world into a folder")
     add_arguments(synth)
     synth.set_defaults(run=run)
+    add_video_parser(data_sub)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

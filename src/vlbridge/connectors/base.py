@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vlbridge.config import ConnectorConfig, LMConfig, from_dict, unknown_keys
+from vlbridge.connectors.reduce import avg_pool_grid, pooled_count
 from vlbridge.connectors.splice import splice
 from vlbridge.errors import ConfigError
 from vlbridge.registry import Registry
@@ -36,6 +37,9 @@ LayerHook = Callable[[torch.Tensor], torch.Tensor]
 """Applied to the LM residual stream (B, T, D) before the decoder layer it is keyed by."""
 
 OptionsT = TypeVar("OptionsT")
+
+VIDEO_FRAME_POOL = 2
+"""Spatial connectors average-pool each video frame's patch grid k x k before projecting it (LLaVA-NeXT-Video)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,41 @@ class Connector(nn.Module, ABC):
     @abstractmethod
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N_images, P, Dv) -> (N_images, num_tokens(P), D)."""
+
+    def frame_tokens(self, n_patches: int) -> int:
+        """Visual tokens one video frame of `n_patches` features takes: spatial connectors pool the frame's grid 2x2
+        first (LLaVA-NeXT-Video), the others treat a frame as an image."""
+        if self.spatial:
+            return self.num_tokens(pooled_count(n_patches, VIDEO_FRAME_POOL, self.config.name))
+        return self.num_tokens(n_patches)
+
+    def video_tokens(self, n_frames: int, n_patches: int) -> int:
+        """Visual tokens a video of `n_frames` frames of `n_patches` features each takes in the LM sequence."""
+        return n_frames * self.frame_tokens(n_patches)
+
+    def encode_frames(self, features: torch.Tensor) -> torch.Tensor:
+        """(F, P, Dv) frame features -> (F, frame_tokens(P), D), each frame on its own."""
+        if self.spatial:
+            features = avg_pool_grid(features, VIDEO_FRAME_POOL, self.config.name)  # (F, P', Dv)
+        return self(features)
+
+    def encode_video(self, features: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(F, P, Dv) features of one video's frames -> (video_tokens(F, P), D), frames in order, `chunk` at a time."""
+        tokens = torch.cat([self.encode_frames(part) for part in features.split(chunk)])  # (F, K, D)
+        return tokens.reshape(-1, tokens.shape[-1])
+
+    def fuse_video(
+        self,
+        embeds: torch.Tensor,
+        video_mask: torch.Tensor,
+        videos: list[torch.Tensor],
+        chunk: int,
+        attention_mask: torch.Tensor | None = None,
+        cache: FusionCache | None = None,
+    ) -> torch.Tensor:
+        """The LM input (B, T, D) with the videos' tokens at their positions; `videos` holds each video's frame
+        features (F, P, Dv) in prompt order. The default splices `encode_video` and leaves the text alone."""
+        return splice(embeds, video_mask, torch.cat([self.encode_video(v, chunk) for v in videos])[None])
 
     def lm_hooks(self, features: torch.Tensor, image_mask: torch.Tensor) -> dict[int, LayerHook]:
         """Hooks into LM layers, keyed by layer index, given the vision features (N_images, P, Dv) and where the

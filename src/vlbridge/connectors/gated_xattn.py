@@ -29,7 +29,7 @@ from torch import nn
 from vlbridge.config import ConnectorConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, LayerHook, at_least
 from vlbridge.connectors.perceiver import CrossAttention, FeedForward, PerceiverOptions, PerceiverResampler
-from vlbridge.errors import ConfigError
+from vlbridge.errors import ConfigError, ModalityError
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,12 @@ class GatedXAttnConnector(Connector):
 
     def num_tokens(self, n_patches: int) -> int:
         return 1
+
+    def video_tokens(self, n_frames: int, n_patches: int) -> int:
+        raise ModalityError(
+            "the gated_xattn connector does not take video input; use a model with the mlp, pool, perceiver or mini "
+            "connector for video"
+        )
 
     def held_media_elements(self, n_patches: int) -> int:
         tokens = self.resampler.num_latents if self.resampler is not None else n_patches

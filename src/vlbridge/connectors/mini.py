@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, FusionCache, at_least
+from vlbridge.connectors.mini_video import VideoPrefusionState, frames_per_row, fuse_rows, fuse_text
 from vlbridge.connectors.mlp import mlp_projector
 from vlbridge.connectors.splice import rows_of_images, splice
 from vlbridge.errors import ConfigError
@@ -234,8 +235,55 @@ class MiniConnector(Connector):
         keep = (text_valid & has_visual[:, None]).unsqueeze(-1)  # (B, T, 1)
         return torch.where(keep, fused.to(out.dtype), out)
 
+    def video_tokens(self, n_frames: int, n_patches: int) -> int:
+        return n_frames * self.options.grid**2  # C x C per frame
+
+    def encode_video(self, features: Tensor, chunk: int) -> Tensor:
+        tokens = torch.cat([self(part) for part in features.split(chunk)])  # (F, C^2, D)
+        return tokens.reshape(-1, tokens.shape[-1])
+
+    def fuse_video(
+        self,
+        embeds: Tensor,
+        video_mask: Tensor,
+        videos: list[Tensor],
+        chunk: int,
+        attention_mask: Tensor | None = None,
+        cache: FusionCache | None = None,
+    ) -> Tensor:
+        """Per-frame compression spliced in; the text pre-fused with each frame on its own and averaged over the
+        frames of its row (mini_video.py)."""
+        projected = [torch.cat([self.projector(part) for part in v.split(chunk)]) for v in videos]  # (F, P, D) each
+        compressed = torch.cat([self.compress(p).reshape(-1, embeds.shape[-1]) for p in projected])  # (sum F*C^2, D)
+        out = splice(embeds, video_mask, compressed[None])  # (B, T, D)
+        if not len(self.prefusion):
+            return out
+        rows = frames_per_row(video_mask, projected, [p.shape[0] * self.options.grid**2 for p in projected])
+        text_valid = ~video_mask if attention_mask is None else attention_mask.bool() & ~video_mask  # (B, T)
+        keep = [~row for row in video_mask]  # each row's text positions (its video positions dropped)
+        state = VideoPrefusionState(
+            rows,
+            [e[k] for e, k in zip(embeds, keep, strict=True)],
+            [v[k] for v, k in zip(text_valid, keep, strict=True)],
+            chunk,
+        )
+        if cache is not None:
+            cache.state = state
+        for b, frames in enumerate(rows):
+            if frames is not None:
+                fused = fuse_text(self._prefuse_all, frames, state.text[b], state.text_valid[b], chunk)  # (T_b, D)
+                real = state.text_valid[b].unsqueeze(-1)  # (T_b, 1)
+                out[b, keep[b]] = torch.where(real, fused.to(out.dtype), out[b, keep[b]])
+        return out
+
+    def _prefuse_all(self, x: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        return self._prefuse(x, positions, mask, None)
+
     def fuse_step(self, embeds: Tensor, attention_mask: Tensor, cache: FusionCache) -> Tensor:
         state = cache.state
+        if isinstance(state, VideoPrefusionState):
+            state.append(embeds, attention_mask[:, -embeds.shape[1] :])
+            return fuse_rows(self._prefuse_all, state, embeds.shape[1])
         assert isinstance(state, PrefusionState), "fuse_step runs only after fuse filled the cache"
         valid = torch.cat([state.valid, attention_mask[:, state.prompt_length :].bool()], dim=1)  # (B, S + t)
         t = embeds.shape[1]

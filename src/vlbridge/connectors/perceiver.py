@@ -149,6 +149,19 @@ class PerceiverConnector(Connector):
         """Each image (N, P, Dv) on its own, as frame 0 -> (N, K, D)."""
         return self.resampler(features[:, None])  # (N, 1, P, Dv) -> (N, K, D)
 
+    def video_tokens(self, n_frames: int, n_patches: int) -> int:
+        """A whole video's frames are resampled into one set of latents (up to `max_frames` frames)."""
+        if n_frames > self.options.max_frames:
+            raise ConfigError(
+                f"the perceiver connector has time embeddings for {self.options.max_frames} frames but the video has "
+                f"{n_frames}; sample at most {self.options.max_frames} (max_frames / --max-frames) or a lower fps"
+            )
+        return self.resampler.num_latents
+
+    def encode_video(self, features: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(F, P, Dv) frames with their time embeddings -> (K, D); the latents read all frames at once."""
+        return self.forward_frames(features[None])[0]
+
     def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """The frames of each video (N, F, P, Dv), with time embeddings, resampled together -> (N, K, D)."""
         return self.resampler(frames)

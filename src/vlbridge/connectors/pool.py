@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from vlbridge.config import ConnectorConfig
 from vlbridge.connectors.base import CONNECTORS, Connector, ConnectorContext, at_least
 from vlbridge.connectors.mlp import mlp_projector
-from vlbridge.connectors.reduce import as_grid, square_side
+from vlbridge.connectors.reduce import avg_pool_grid, pooled_count
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,18 @@ class PoolConnector(Connector):
         self.projector = mlp_projector(config, context)
 
     def num_tokens(self, n_patches: int) -> int:
-        side, k = square_side(n_patches, self.config.name), self.options.kernel
-        return ((side + k - 1) // k) ** 2  # ceil(S / k)^2
+        return pooled_count(n_patches, self.options.kernel, self.config.name)  # ceil(S / k)^2
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(N, P, Dv) -> (N, ceil(S/k)^2, Dv): the pooled grid in row-major order, before projection."""
-        k = self.options.kernel
-        grid = as_grid(features, self.config.name).permute(0, 3, 1, 2)  # (N, Dv, S, S)
-        pooled = F.avg_pool2d(grid, k, stride=k, ceil_mode=True)  # (N, Dv, S', S')
-        return pooled.flatten(2).transpose(1, 2)  # (N, S'^2, Dv)
+        return avg_pool_grid(features, self.options.kernel, self.config.name)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.projector(self.pool(features))  # (N, K, D)
+
+    def frame_tokens(self, n_patches: int) -> int:
+        """A video frame is pooled once, by this connector's own kernel, as an image is."""
+        return self.num_tokens(n_patches)
+
+    def encode_frames(self, features: torch.Tensor) -> torch.Tensor:
+        return self(features)  # (F, K, D)

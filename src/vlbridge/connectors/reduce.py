@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn import functional as F
 
 from vlbridge.errors import ConfigError
 
@@ -29,3 +30,17 @@ def as_grid(features: torch.Tensor, name: str) -> torch.Tensor:
     n, p, d = features.shape
     side = square_side(p, name)
     return features.reshape(n, side, side, d)  # (N, S, S, D)
+
+
+def pooled_count(n_patches: int, kernel: int, name: str) -> int:
+    """Tokens left from an S x S grid of `n_patches` after k x k average pooling in ceil mode: ceil(S / k)^2."""
+    side = square_side(n_patches, name)
+    return ((side + kernel - 1) // kernel) ** 2
+
+
+def avg_pool_grid(features: torch.Tensor, kernel: int, name: str) -> torch.Tensor:
+    """(N, P, D) -> (N, ceil(S/k)^2, D): k x k average pooling of the patch grid in ceil mode, row-major; edge windows
+    average only the patches they cover (no zero padding)."""
+    grid = as_grid(features, name).permute(0, 3, 1, 2)  # (N, D, S, S)
+    pooled = F.avg_pool2d(grid, kernel, stride=kernel, ceil_mode=True)  # (N, D, S', S')
+    return pooled.flatten(2).transpose(1, 2)  # (N, S'^2, D)

@@ -13,15 +13,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import PIL.Image
 import torch
 
 from vlbridge.atomic import write_text
-from vlbridge.errors import ConfigError, ContextOverflowError, ModalityError, PlaceholderError, PromptError
+from vlbridge.errors import (
+    ConfigError,
+    ContextOverflowError,
+    ModalityError,
+    PlaceholderError,
+    PromptError,
+    VideoError,
+)
 from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.highres.crops import CropsImageProcessor
+from vlbridge.highres.video import video_frames
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer, check_text
-from vlbridge.vision.processor import ImageProcessor, ImageSource
+from vlbridge.vision.processor import ImageProcessor
 
 if TYPE_CHECKING:
     from vlbridge.model.vlm import VisionLanguageModel
@@ -43,9 +53,14 @@ class Processor:
         max_length: int | None = None,
         template: str | None = None,
         text_only_images: str = "refuse",
+        tokens_per_video: Callable[[int, int, int], int] | None = None,
+        video_token: str = "<video>",
+        video_fps: float = 1.0,
+        video_max_frames: int | None = 32,
     ) -> None:
         """`image_processor` None: text-only; `tokens_per_image(height, width)` counts one image: preprocessed, or for
-        AnyRes (an AnyResImageProcessor) as given (its image_sizes)."""
+        AnyRes (an AnyResImageProcessor) as given (its image_sizes); `tokens_per_video(frames, height, width)` counts
+        one video (None: videos are refused), sampled at `video_fps` up to `video_max_frames` unless a call says."""
         if text_only_images not in TEXT_ONLY_IMAGES:
             raise ConfigError(f"text_only_images is {text_only_images!r}; choose one of {', '.join(TEXT_ONLY_IMAGES)}")
         if template is not None:
@@ -65,19 +80,25 @@ class Processor:
         self.max_length = max_length
         self.template = template
         self.text_only_images = text_only_images
+        self.tokens_per_video = tokens_per_video
+        self.video_token = video_token
+        self.video_fps = video_fps
+        self.video_max_frames = video_max_frames
 
     @property
     def has_vision(self) -> bool:
         """Whether this processor accepts images."""
         return self.image_processor is not None
 
-    def _images_per_prompt(self, prompts: list[str], images: Any) -> list[list[ImageSource]]:
-        """Images grouped per prompt: a list of lists as given, a flat list dealt out by placeholder count."""
+    def _images_per_prompt(self, prompts: list[str], images: Any, token: str | None = None) -> list[list[Any]]:
+        """Images (or videos, with `token` their placeholder) grouped per prompt: a list of lists as given, a flat list
+        dealt out by placeholder count."""
+        token = token or self.image_token
         if images is None:
             images = []
         elif not isinstance(images, (list, tuple)):
             images = [images]
-        counts = [p.count(self.image_token) for p in prompts]
+        counts = [p.count(token) for p in prompts]
         if images and all(isinstance(group, (list, tuple)) for group in images):
             if len(images) != len(prompts):
                 raise PlaceholderError(
@@ -88,16 +109,16 @@ class Processor:
             if len(images) != sum(counts):
                 per_prompt = ", ".join(f"prompt {i}: {c}" for i, c in enumerate(counts))
                 raise PlaceholderError(
-                    f"the prompts hold {sum(counts)} {self.image_token} placeholder(s) ({per_prompt}) but "
-                    f"{len(images)} image(s) were given; put one {self.image_token} in the text per image"
+                    f"the prompts hold {sum(counts)} {token} placeholder(s) ({per_prompt}) but "
+                    f"{len(images)} image(s) were given; put one {token} in the text per image"
                 )
             starts = [sum(counts[:i]) for i in range(len(counts))]
             groups = [list(images[s : s + c]) for s, c in zip(starts, counts, strict=True)]
         for i, (count, group) in enumerate(zip(counts, groups, strict=True)):
             if count != len(group):
                 raise PlaceholderError(
-                    f"prompt {i} holds {count} {self.image_token} placeholder(s) but {len(group)} image(s) were "
-                    f"given for it; put one {self.image_token} in the text per image"
+                    f"prompt {i} holds {count} {token} placeholder(s) but {len(group)} image(s) were "
+                    f"given for it; put one {token} in the text per image"
                 )
         return groups
 
@@ -123,6 +144,9 @@ class Processor:
         images: Any = None,
         return_tensors: str = "pt",
         padding_side: str = "left",
+        videos: Any = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask (B, T), padded; pixel_values (N_images, 3, H, W) in prompt order if images;
         for AnyRes pixel_values (N_images, max_views, 3, H, W) and image_sizes (N_images, 2) as (height, width); for
@@ -130,6 +154,10 @@ class Processor:
 
         `images`: None, a list of PIL images/paths for one prompt (or dealt out in order over several prompts by
         their placeholder counts), or a list of lists, one per prompt.
+        `videos`: as `images`, each a file path or decoded frames, one per `<video>`; frames are sampled at `fps`
+        (default `video_fps`) up to `max_frames` (default `video_max_frames`), and the output holds every video's
+        frames as pixel_values (N_frames, 3, H, W) with video_frames (N_videos,) their counts. A call takes images or
+        videos, not both.
         """
         if return_tensors != "pt":
             raise ConfigError(f"return_tensors={return_tensors!r} is not supported; use 'pt'")
@@ -138,8 +166,14 @@ class Processor:
         prompts = self._prompts(text)
         out: dict[str, torch.Tensor] = {}
         n_images, visual = [0] * len(prompts), [0] * len(prompts)
+        if videos is None and any(self.video_token in p for p in prompts):
+            raise PlaceholderError(f"the prompt holds {self.video_token} but no videos were given; pass videos=[...]")
         if self.image_processor is None:
-            prompts = self._text_only(prompts, images)
+            prompts = self._text_only(prompts, images if videos is None else videos)
+        elif videos is not None:
+            if images is not None:
+                raise PlaceholderError("a call takes images or videos, not both; send the video and images apart")
+            out, prompts, n_images, visual = self._videos(prompts, videos, fps, max_frames)
         else:
             groups = self._images_per_prompt(prompts, images)
             n_images = [len(group) for group in groups]
@@ -158,6 +192,27 @@ class Processor:
         out.update(self._pad(ids, padding_side))
         return out
 
+    def _videos(
+        self, prompts: list[str], videos: Any, fps: float | None, max_frames: int | None
+    ) -> tuple[dict[str, torch.Tensor], list[str], list[int], list[int]]:
+        """Decode and preprocess each prompt's videos; expand each `<video>` to its tokens."""
+        if self.tokens_per_video is None:
+            raise ModalityError("this processor's model takes no video input; load a model with a vision plug-in")
+        assert self.image_processor is not None
+        frame_processor = ImageProcessor(self.image_processor.config)  # frames take one view each, even with AnyRes
+        groups = self._images_per_prompt(prompts, _frames_as_arrays(videos), self.video_token)
+        cap = self.video_max_frames if max_frames is None else max_frames
+        rate = self.video_fps if fps is None else fps
+        pixels = [frame_processor(video_frames(v, rate, cap)) for group in groups for v in group]  # (F, 3, H, W)
+        counts = [self.tokens_per_video(len(p), *p.shape[-2:]) for p in pixels]
+        n_videos = [len(group) for group in groups]
+        expanded, visual = self._expand(prompts, n_videos, counts, self.video_token)
+        out = {
+            "pixel_values": torch.cat(pixels) if pixels else torch.empty(0),
+            "video_frames": torch.tensor([len(p) for p in pixels], dtype=torch.long),
+        }
+        return out, expanded, n_videos, visual
+
     @staticmethod
     def _prompts(text: Any) -> list[str]:
         """`text` as a list of prompts, each checked to be valid Unicode text before `<image>` expansion changes it,
@@ -172,11 +227,14 @@ class Processor:
             check_text(prompt, f"prompt {i}")
         return prompts
 
-    def _expand(self, prompts: list[str], n_images: list[int], counts: list[int]) -> tuple[list[str], list[int]]:
-        """Replace the k-th placeholder by counts[k] image tokens; returns prompts and visual tokens per prompt."""
+    def _expand(
+        self, prompts: list[str], n_images: list[int], counts: list[int], placeholder: str | None = None
+    ) -> tuple[list[str], list[int]]:
+        """Replace the k-th placeholder (`<image>`, or `placeholder`) by counts[k] image tokens; returns prompts and
+        visual tokens per prompt."""
         expanded, visual, k = [], [], 0
         for prompt, n in zip(prompts, n_images, strict=True):
-            parts = prompt.split(self.image_token)  # n + 1 pieces
+            parts = prompt.split(placeholder or self.image_token)  # n + 1 pieces
             text = parts[0]
             for j in range(n):
                 text += self.image_token * counts[k + j] + parts[j + 1]
@@ -249,6 +307,29 @@ class Processor:
             write_text(path / "preprocessor_config.json", json.dumps(hf, indent=2) + "\n")
 
 
+def _frames_as_arrays(videos: Any) -> Any:
+    """`videos` with every video given as a list of PIL frames turned into one array (F, H, W, 3), so such a list is
+    never taken for a prompt's list of videos."""
+
+    def is_frames(item: Any) -> bool:
+        return isinstance(item, (list, tuple)) and bool(item) and all(isinstance(f, PIL.Image.Image) for f in item)
+
+    def convert(item: Any) -> Any:
+        if not is_frames(item):
+            return item
+        arrays = [np.asarray(frame.convert("RGB")) for frame in item]
+        if len({a.shape for a in arrays}) > 1:
+            raise VideoError("a video's frames must all have one size; resize them, or pass the video file")
+        return np.stack(arrays)  # (F, H, W, 3)
+
+    if not isinstance(videos, (list, tuple)) or is_frames(videos):
+        return [convert(videos)]
+    return [
+        [convert(v) for v in item] if isinstance(item, (list, tuple)) and not is_frames(item) else convert(item)
+        for item in videos
+    ]
+
+
 def processor_for(model: VisionLanguageModel, tokenizer: Tokenizer) -> Processor:
     """A Processor whose `<image>` expansion and preprocessing match `model` (text-only when it has no vision)."""
     config = model.config
@@ -271,4 +352,5 @@ def processor_for(model: VisionLanguageModel, tokenizer: Tokenizer) -> Processor
         max_length=config.language_model.max_position_embeddings,
         template=config.template,
         text_only_images=config.text_only_images,
+        tokens_per_video=model.tokens_per_video if model.has_vision else None,
     )

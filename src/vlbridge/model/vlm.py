@@ -105,6 +105,12 @@ class VisionLanguageModel(nn.Module):
             return anyres.num_tokens((height, width), pinpoints, tile, math.isqrt(per_view))
         return anyres.num_tiles((height, width), pinpoints, tile) * per_view
 
+    def tokens_per_video(self, n_frames: int, height: int, width: int) -> int:
+        """Visual tokens a video of `n_frames` preprocessed frames of height x width takes in the LM sequence."""
+        if self.vision_encoder is None or self.connector is None:
+            raise ModalityError("this model has no vision plug-in loaded; load it with vision=True")
+        return self.connector.video_tokens(n_frames, self.vision_encoder.num_patches(height, width))
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -112,10 +118,12 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         fusion: FusionCache | None = None,
         image_sizes: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[int, LayerHook]]:
         """The LM input embeddings (visual tokens in place, text as the connector fuses it) and any LM hooks the
         connector needs; `fusion` collects the connector's decode state when generating. AnyRes inputs are
-        pixel_values (B, views, 3, H, W) with image_sizes (B, 2)."""
+        pixel_values (B, views, 3, H, W) with image_sizes (B, 2); video inputs are every video's frames
+        pixel_values (N_frames, 3, H, W) with video_frames (N_videos,), the frames of each video in order."""
         self._check_ids(input_ids)
         if self.config.vision is None:  # a text LLM: no id is an image token, whatever image_token_id says
             if pixel_values is not None:
@@ -134,6 +142,8 @@ class VisionLanguageModel(nn.Module):
                 raise ModalityError("the prompt has image tokens but no pixel_values were given; pass the images")
             return embeds, {}
         assert self.vision_encoder is not None and self.connector is not None
+        if video_frames is not None:
+            return self._embed_videos(embeds, mask, pixel_values, video_frames, attention_mask, fusion), {}
         pinpoints = self.pinpoints
         if pinpoints is not None:
             if image_sizes is None or pixel_values.dim() != 5:
@@ -167,6 +177,28 @@ class VisionLanguageModel(nn.Module):
         embeds = self.connector.fuse(embeds, mask, features, attention_mask, fusion)  # (B, T, D)
         return embeds, self.connector.lm_hooks(features, mask)
 
+    def _embed_videos(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        frames: torch.Tensor,
+        video_frames: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        fusion: FusionCache | None,
+    ) -> torch.Tensor:
+        """Encode the frames (N_frames, 3, H, W) `video_chunk_frames` at a time (the ViT's activations stay bounded
+        for long videos) and let the connector place each video's tokens and fuse the text."""
+        assert self.vision_encoder is not None and self.connector is not None
+        counts = [int(n) for n in video_frames.tolist()]
+        if frames.dim() != 4 or sum(counts) != frames.shape[0] or min(counts, default=1) < 1:
+            raise ModalityError(
+                f"video inputs are pixel_values (frames, 3, H, W) with video_frames giving each video's frame count; "
+                f"got pixel_values {tuple(frames.shape)} and video_frames {counts}: build the inputs with the processor"
+            )
+        chunk = self.config.video_chunk_frames
+        features = torch.cat([self.vision_encoder(part.to(embeds.dtype)) for part in frames.split(chunk)])  # (N, P, Dv)
+        return self.connector.fuse_video(embeds, mask, list(features.split(counts)), chunk, attention_mask, fusion)
+
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         """PromptError for text ids the embedding table has no row for (the processor never makes them; hand-built ids
         can), instead of an IndexError from deep inside the embedding. Image placeholders may lie outside it (llava
@@ -187,15 +219,16 @@ class VisionLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
     ) -> VLMOutput:
         """Logits for every position; with `labels` (-100 ignored) also the next-token loss."""
-        logits = self._decode(input_ids, attention_mask, pixel_values, position_ids, image_sizes=image_sizes)
+        logits = self._decode(input_ids, attention_mask, pixel_values, position_ids, False, image_sizes, video_frames)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return VLMOutput(logits=logits, loss=loss)
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
         """`forward(..., labels=labels).loss`, with logits computed at the supervised positions only (training);
-        `inputs`: attention_mask, pixel_values, image_sizes, as `supervised_logits` takes them."""
+        `inputs`: attention_mask, pixel_values, image_sizes, video_frames, as `supervised_logits` takes them."""
         logits, targets = self.supervised_logits(input_ids, labels, **inputs)
         return F.cross_entropy(logits.float(), targets)
 
@@ -206,10 +239,11 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, V), targets (N,)) at the N supervised positions (labels != -100, shifted by one), the LM head
         run on those positions only: what `loss` takes the cross-entropy of (distillation compares them too)."""
-        hidden = self._decode(input_ids, attention_mask, pixel_values, None, True, image_sizes)
+        hidden = self._decode(input_ids, attention_mask, pixel_values, None, True, image_sizes, video_frames)
         return supervised_logits(hidden, labels, self.language_model.head)
 
     def _decode(
@@ -220,9 +254,12 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None,
         return_hidden: bool = False,
         image_sizes: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The LM over the spliced prompt: logits (B, T, V), or final hidden states (B, T, D) if `return_hidden`."""
-        embeds, hooks = self.embed(input_ids, pixel_values, attention_mask, image_sizes=image_sizes)
+        embeds, hooks = self.embed(
+            input_ids, pixel_values, attention_mask, image_sizes=image_sizes, video_frames=video_frames
+        )
         return self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -254,6 +291,7 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None,
         image_sizes: torch.Tensor | None,
         generation: dict[str, Any],
+        video_frames: torch.Tensor | None = None,
     ) -> Any:
         input_ids = input_ids.to(self.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
@@ -269,7 +307,10 @@ class VisionLanguageModel(nn.Module):
         detokenize = self.processor.decode if self.processor is not None else None
         generator = Generator(VisionStep(self), detokenize=detokenize)
         run = generator.generate if mode == "generate" else generator.stream
-        return run(mask, config, input_ids, input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes)
+        videos = {} if video_frames is None else {"video_frames": video_frames.to(self.device)}
+        return run(
+            mask, config, input_ids, input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, **videos
+        )
 
     def generate(
         self,
@@ -277,11 +318,12 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
         **generation: Any,
     ) -> torch.Tensor:
         """(B, T + new) ids: the prompt followed by generated tokens (greedy, or sampling with temperature/top-k/
         top-p), finished rows padded; keyword arguments are GenerationConfig fields."""
-        return self._run("generate", input_ids, attention_mask, pixel_values, image_sizes, generation)
+        return self._run("generate", input_ids, attention_mask, pixel_values, image_sizes, generation, video_frames)
 
     def stream(
         self,
@@ -289,10 +331,11 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
         **generation: Any,
     ) -> Iterator[torch.Tensor]:
         """Yields the new token of each row, (B,), step by step, as `generate` would produce them."""
-        return self._run("stream", input_ids, attention_mask, pixel_values, image_sizes, generation)
+        return self._run("stream", input_ids, attention_mask, pixel_values, image_sizes, generation, video_frames)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config, weights (safetensors) and, if attached, the processor's files; atomically per file."""
@@ -324,8 +367,11 @@ class VisionStep:
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None,
         image_sizes: torch.Tensor | None,
+        video_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        embeds, self.hooks = self.model.embed(input_ids, pixel_values, attention_mask, self.fusion, image_sizes)
+        embeds, self.hooks = self.model.embed(
+            input_ids, pixel_values, attention_mask, self.fusion, image_sizes, video_frames
+        )
         return self.model.language_model.prefill(cache, attention_mask, inputs_embeds=embeds, hooks=self.hooks)
 
     def decode_step(self, cache: KVCache, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
