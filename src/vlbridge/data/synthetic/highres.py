@@ -27,6 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from vlbridge.data.synthetic.json_files import write_json, write_jsonl
 from vlbridge.data.synthetic.options import SynthOptions
 from vlbridge.data.synthetic.scenes import (
     BACKGROUND,
@@ -41,7 +42,6 @@ from vlbridge.data.synthetic.scenes import (
     text_mask,
 )
 from vlbridge.data.synthetic.tasks import CAPTION_PROMPTS, QA, conversation
-from vlbridge.data.synthetic.writer import _write_json, _write_jsonl
 
 CELLS = 6  # regions per side: 3 x 3 per quadrant
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
@@ -227,10 +227,10 @@ def synthesize_highres(out: Path, options: SynthOptions) -> dict[str, Any]:
             rows[-1]["type"] = kind
             scenes.append({"id": name, "image": image, "split": split, "scene": scene.to_dict()})
             qas.append(qa)
-        _write_jsonl(out / f"{split}.jsonl", rows)
+        write_jsonl(out / f"{split}.jsonl", rows)
         stats["splits"][split] = answer_stats(qas)
-    _write_json(out / "captions.json", captions)
-    _write_json(out / "instruct.json", instruct)
-    _write_jsonl(out / "scenes.jsonl", scenes)
-    _write_json(out / "stats.json", stats)
+    write_json(out / "captions.json", captions)
+    write_json(out / "instruct.json", instruct)
+    write_jsonl(out / "scenes.jsonl", scenes)
+    write_json(out / "stats.json", stats)
     return stats

@@ -17,7 +17,6 @@ Every clip draws from its own seed, derived from (seed, split, index), so the sa
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from vlbridge.atomic import atomic_path, write_text
+from vlbridge.atomic import atomic_path
+from vlbridge.data.synthetic.json_files import write_json, write_jsonl
 from vlbridge.data.synthetic.scenes import derive_seed
 from vlbridge.data.synthetic.video import VIDEO_TYPES, Clip, caption, question, render_frame, sample_clip
 from vlbridge.errors import ConfigError, DataError
@@ -118,11 +118,11 @@ def synthesize_videos(out: str | Path, options: VideoSynthOptions, overwrite: bo
                     )
                 progress.update()
     stats = {"clips": splits, "types": _type_stats(tests, train_answers)}
-    write_text(out / "captions.json", json.dumps(captions, indent=1) + "\n")
-    write_text(out / "instruct.json", json.dumps(instruct, indent=1) + "\n")
-    write_text(out / "test.jsonl", "".join(json.dumps(t) + "\n" for t in tests))
-    write_text(out / "clips.jsonl", "".join(json.dumps(c) + "\n" for c in clips))
-    write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    write_json(out / "captions.json", captions)
+    write_json(out / "instruct.json", instruct)
+    write_jsonl(out / "test.jsonl", tests)
+    write_jsonl(out / "clips.jsonl", clips)
+    write_json(out / "stats.json", stats)
     return stats
 
 

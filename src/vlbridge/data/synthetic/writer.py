@@ -26,7 +26,6 @@ from validation ones) in content, i.e. objects, regions and word, not just in se
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import random
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbridge.data.synthetic.baselines import unbound_score
+from vlbridge.data.synthetic.json_files import write_json, write_jsonl
 from vlbridge.data.synthetic.options import SynthOptions
 from vlbridge.data.synthetic.scenes import GRID, Scene, derive_seed, render_scene
 from vlbridge.data.synthetic.tasks import (
@@ -191,14 +191,6 @@ def _render_all(renders: list[tuple[Scene, Path]], image_size: int) -> None:
             pass
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def _write_held_out(
     out: Path,
     split: str,
@@ -225,7 +217,7 @@ def _write_held_out(
         items.append((scene, qa))
         signatures.append(scene.signature())
     seen.update(signatures)  # later held-out splits differ from this one too
-    _write_jsonl(out / f"{split}.jsonl", rows)
+    write_jsonl(out / f"{split}.jsonl", rows)
     return items
 
 
@@ -269,11 +261,11 @@ def synthesize(out_dir: str | Path, options: SynthOptions, overwrite: bool = Fal
         items = _write_held_out(out, split, sizes[split], seed, seen, scene_rows, renders)
         stats["splits"][split] = _answer_stats(items)
     _render_all(renders, options.image_size)
-    _write_json(out / "captions.json", captions)
-    _write_json(out / "instruct.json", instruct)
+    write_json(out / "captions.json", captions)
+    write_json(out / "instruct.json", instruct)
     if options.drills:
-        _write_json(out / "drills.json", [drill(index, seed) for index in range(options.drills)])
-    _write_jsonl(out / "regions.jsonl", regions)
-    _write_jsonl(out / "scenes.jsonl", scene_rows)
-    _write_json(out / "stats.json", stats)
+        write_json(out / "drills.json", [drill(index, seed) for index in range(options.drills)])
+    write_jsonl(out / "regions.jsonl", regions)
+    write_jsonl(out / "scenes.jsonl", scene_rows)
+    write_json(out / "stats.json", stats)
     return stats
