@@ -3,7 +3,8 @@ or region labels.
 
 Every objective is registered with one `DataKind` (train/objectives), which names the data file layouts a stage may
 give it (its `data_format` values) and builds the stage's dataset, collate function and data stats from the file,
-read as the recipe's `data` section says (skip malformed records? absolute image paths allowed?).
+read as the recipe's `data` section says (skip malformed records? absolute image paths allowed?) and, for image
+data, augmented as the stage's `augment` says.
 The pipeline asks the objective's kind, so it names no objective and no kind itself.
 """
 
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.files import nonempty, read_text
+from vlbridge.data.hygiene.augment import Augmenter
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava
 from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
@@ -41,6 +43,7 @@ class DataKind:
     name: str
     formats: tuple[str, ...]
     build: Callable[[StageRecipe, Path, Processor, DataRecipe], StageDataset]
+    augments: bool = False  # whether a stage's `augment` applies to its images
 
 
 def stage_texts(stage: StageRecipe, root: Path, data: DataRecipe) -> list[str]:
@@ -74,11 +77,16 @@ def _llava_records(stage: StageRecipe, root: Path, data: DataRecipe) -> tuple[li
     return loaded.items, {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
 
 
+def _augmenter(stage: StageRecipe) -> Augmenter | None:
+    """The stage's augmenter; None when its `augment` is absent or turns every transform off."""
+    return Augmenter(stage.augment) if stage.augment is not None and stage.augment.active else None
+
+
 def _conversations(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Conversations rendered with the stage's template (else the model's, else plain), assistant turns supervised."""
     records, stats = _llava_records(stage, root, data)
     template = stage.template or processor.template or "plain"
-    dataset = SupervisedDataset(records, root, processor, template, stage.max_length)
+    dataset = SupervisedDataset(records, root, processor, template, stage.max_length, _augmenter(stage))
     stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
     return dataset, partial(collate, pad_token_id=_pad_id(processor)), stats
 
@@ -92,7 +100,7 @@ def _text(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe
 def _pairs(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Each one-image record's image, captioned by its replies."""
     records, stats = _llava_records(stage, root, data)
-    pairs = ImageTextDataset(records, root, processor, stage.max_length)
+    pairs = ImageTextDataset(records, root, processor, stage.max_length, _augmenter(stage))
     stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
     return pairs, partial(collate_image_text, pad_token_id=_pad_id(processor)), stats
 
@@ -110,7 +118,7 @@ def _regions(stage: StageRecipe, root: Path, processor: Processor, data: DataRec
     return labelled, collate_regions, {**stats, "classes": {k: len(v) for k, v in labelled.vocab.classes.items()}}
 
 
-CONVERSATIONS = DataKind("conversations", ("llava",), _conversations)
+CONVERSATIONS = DataKind("conversations", ("llava",), _conversations, augments=True)
 TEXT = DataKind("plain text", ("text", "llava"), _text)
-PAIRS = DataKind("image-caption pairs", ("llava",), _pairs)
+PAIRS = DataKind("image-caption pairs", ("llava",), _pairs, augments=True)
 REGIONS = DataKind("region labels", ("regions",), _regions)
