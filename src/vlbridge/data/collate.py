@@ -248,6 +248,12 @@ class SupervisedDataset(Dataset, EpochAugmented):
         return self._samples[index][2]
 
 
+def pad_id(processor: Processor) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0."""
+    tokenizer = processor.tokenizer
+    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+
+
 def pad(sequences: Sequence[torch.Tensor], value: int, padding_side: str = "right") -> torch.Tensor:
     """(B, T) from 1-D tensors, padded with `value` on `padding_side`."""
     if padding_side not in PADDING_SIDES:

@@ -56,6 +56,11 @@ class TextDataset(Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
+def caption(record: Record) -> str:
+    """A record's caption for contrastive training and scoring: its assistant replies joined by spaces."""
+    return " ".join(t["value"] for t in record.conversations if t["from"] == "gpt")
+
+
 class ImageTextDataset(Dataset, EpochAugmented):
     """Single-image LLaVA records -> {"pixel_values" (3, H, W), "input_ids" (T,)} for contrastive pre-training."""
 
@@ -79,7 +84,7 @@ class ImageTextDataset(Dataset, EpochAugmented):
         self.augment = augment
         usable = [r for r in records if len(r.images) == 1]
         self.n_skipped = len(records) - len(usable)
-        captions = [" ".join(t["value"] for t in r.conversations if t["from"] == "gpt") for r in usable]
+        captions = [caption(r) for r in usable]
         ids = processor.tokenizer.encode_batch(captions)
         self.n_truncated = sum(len(seq) > max_length for seq in ids)
         self._pairs = [

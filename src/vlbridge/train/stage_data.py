@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
+from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side, pad_id
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.files import nonempty, read_text
 from vlbridge.data.hygiene.augment import Augmenter
@@ -63,12 +63,6 @@ def stage_texts(stage: StageRecipe, root: Path, data: DataRecipe) -> list[str]:
     return conversation_texts(records.items)
 
 
-def _pad_id(processor: Processor) -> int:
-    """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0."""
-    tokenizer = processor.tokenizer
-    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-
-
 def _llava_records(stage: StageRecipe, root: Path, data: DataRecipe) -> tuple[list[Record], dict[str, Any]]:
     """The records of the stage's LLaVA file and the stats of reading it."""
     loaded = load_llava(
@@ -88,13 +82,13 @@ def _conversations(stage: StageRecipe, root: Path, processor: Processor, data: D
     template = stage.template or processor.template or "plain"
     dataset = SupervisedDataset(records, root, processor, template, stage.max_length, _augmenter(stage))
     stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
-    return dataset, partial(collate, pad_token_id=_pad_id(processor)), stats
+    return dataset, partial(collate, pad_token_id=pad_id(processor)), stats
 
 
 def _text(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """The file's plain texts (`stage_texts`), tokenised and packed for the language model alone."""
     dataset = TextDataset(stage_texts(stage, root, data), processor.tokenizer, stage.max_length)
-    return dataset, partial(collate, pad_token_id=_pad_id(processor)), {"samples": len(dataset)}
+    return dataset, partial(collate, pad_token_id=pad_id(processor)), {"samples": len(dataset)}
 
 
 def _pairs(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
@@ -102,7 +96,7 @@ def _pairs(stage: StageRecipe, root: Path, processor: Processor, data: DataRecip
     records, stats = _llava_records(stage, root, data)
     pairs = ImageTextDataset(records, root, processor, stage.max_length, _augmenter(stage))
     stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
-    return pairs, partial(collate_image_text, pad_token_id=_pad_id(processor)), stats
+    return pairs, partial(collate_image_text, pad_token_id=pad_id(processor)), stats
 
 
 def _regions(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
