@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,8 @@ class ContrastiveScorer:
     def _images(self, records: Sequence[Record], image_root: Path) -> torch.Tensor:
         """Unit image embeddings (N, E), in record order."""
         pairs = ImageTextDataset(records, image_root, self.processor, self.max_length)
-        loader = DataLoader(pairs, batch_size=self.batch_size, collate_fn=collate_image_text)
+        collate = partial(collate_image_text, pad_token_id=pad_id(self.processor))
+        loader = DataLoader(pairs, batch_size=self.batch_size, collate_fn=collate)
         batches = tqdm(loader, desc="images", unit="batch", mininterval=0.5)
         return torch.cat([self.head.embed_images(self.model, b["pixel_values"]).float() for b in batches])
 
@@ -109,7 +111,7 @@ class ContrastiveScorer:
         pool = torch.from_numpy(np.sort(rng.permutation(len(distinct))[: self.contrast]))  # (C,) contrast captions
         texts = self._texts(distinct)  # (M, E)
         images = self._images(records, image_root)  # (N, E)
-        scale = float(self.head.scale())
+        scale = float(self.head.scale().detach())
         logits_own = scale * (images * texts[own]).sum(-1)  # (N,)
         logits = scale * images @ texts[pool].t()  # (N, C)
         others = own.unsqueeze(1) != pool.unsqueeze(0)  # (N, C): a contrast caption of another text
