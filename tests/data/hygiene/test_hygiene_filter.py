@@ -118,7 +118,7 @@ def test_records_that_are_not_pairs_are_kept_unscored(tmp_path) -> None:
         filter_pairs([pair], tmp_path, stub, threshold=1.5)
 
 
-def test_cli_filter_writes_kept_records_and_a_report(scorer_dir, tmp_path) -> None:
+def test_cli_filter_writes_kept_records_and_a_report(scorer_dir, tmp_path, capsys) -> None:
     data, folder = scorer_dir
     records = _swap(load_llava(data / "captions.json").items)
     noisy = data / "noisy.json"
@@ -131,8 +131,9 @@ def test_cli_filter_writes_kept_records_and_a_report(scorer_dir, tmp_path) -> No
     rows = [json.loads(line) for line in (tmp_path / "kept.dropped.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted(records[i].id for i in SWAPPED)
     assert all(set(r) == {"id", "score", "reason"} and r["score"] < 0.7 for r in rows)
-    with pytest.raises(ConfigError, match="input file"):
-        main(["data", "filter", str(noisy), "--scorer", str(folder), "--out", str(noisy)])
+    before = noisy.read_bytes()
+    assert main(["data", "filter", str(noisy), "--scorer", str(folder), "--out", str(noisy)]) == 2
+    assert "is the input file" in capsys.readouterr().err and noisy.read_bytes() == before
 
 
 def test_clip_checkpoints_and_folders_without_a_head_are_refused(tmp_path, scorer_dir) -> None:

@@ -31,6 +31,15 @@ HASHES = ("phash", "dhash", "average_hash")  # imagehash's functions: DCT, gradi
 
 
 @dataclass(frozen=True)
+class Match:
+    """An image that duplicates an earlier one: that image, the hashes' Hamming distance, same bytes or not."""
+
+    original: str
+    distance: int
+    exact: bool
+
+
+@dataclass(frozen=True)
 class Removed:
     """A record dedup left out: why, and what it duplicates (an image name or a record id)."""
 
@@ -64,26 +73,26 @@ def _fingerprint(name: str, folder: ImageFolder, hasher: Callable[[PIL.Image.Ima
 
 def match_images(
     names: Sequence[str], folder: ImageFolder, max_distance: int = DEFAULT_MAX_DISTANCE, hash_name: str = "phash"
-) -> dict[str, tuple[str, int]]:
-    """For each distinct image name that duplicates an earlier one: (the earlier image, the Hamming distance; 0 for
-    an exact copy). Names not in the result are kept as distinct images."""
+) -> dict[str, Match]:
+    """For each distinct image name that duplicates an earlier one, its Match (an exact copy: same file bytes, distance
+    0). Names not in the result are kept as distinct images."""
     if max_distance < 0:
         raise ConfigError(f"max_distance counts differing hash bits and must be >= 0, got {max_distance}")
     hasher = _hash_function(hash_name)
     by_content: dict[str, str] = {}
     kept_names: list[str] = []
     kept_hashes = np.zeros(0, dtype=np.uint64)
-    matches: dict[str, tuple[str, int]] = {}
+    matches: dict[str, Match] = {}
     for name in dict.fromkeys(names):
         digest, value = _fingerprint(name, folder, hasher)
         if digest in by_content:
-            matches[name] = (by_content[digest], 0)
+            matches[name] = Match(by_content[digest], 0, exact=True)
             continue
         by_content[digest] = name
         distances = np.bitwise_count(kept_hashes ^ np.uint64(value))  # (kept,) differing bits
         nearest = int(distances.argmin()) if len(distances) else -1
         if nearest >= 0 and distances[nearest] <= max_distance:
-            matches[name] = (kept_names[nearest], int(distances[nearest]))
+            matches[name] = Match(kept_names[nearest], int(distances[nearest]), exact=False)
         else:
             kept_names.append(name)
             kept_hashes = np.append(kept_hashes, np.uint64(value))
@@ -105,9 +114,10 @@ def dedup_records(
     for record in records:
         duplicate = next((name for name in record.images if name in matches), None)
         if duplicate is not None:
-            original, distance = matches[duplicate]
-            kind = "an exact copy" if distance == 0 else f"a near duplicate ({distance} bits of {hash_name} apart)"
-            removed.append(Removed(record.id, f"image {duplicate!r} is {kind} of {original!r}", original, distance))
+            match = matches[duplicate]
+            kind = "an exact copy" if match.exact else f"a near duplicate ({match.distance} bits of {hash_name} apart)"
+            reason = f"image {duplicate!r} is {kind} of {match.original!r}"
+            removed.append(Removed(record.id, reason, match.original, match.distance))
             continue
         key = (record.images, tuple((turn["from"], turn["value"]) for turn in record.conversations))
         if key in seen:
