@@ -1,6 +1,7 @@
 """`vlbridge data filter`: the normalised score is the documented formula; a briefly trained contrastive model drops
 planted wrong captions and keeps the right ones (Python API and the CLI); records that are not pairs stay unscored;
-CLIP/SigLIP folders and writing over the input are refused with typed errors."""
+a contrastive stage of a training run leaves a folder the filter scores with; CLIP/SigLIP folders and writing over
+the input are refused with typed errors."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from vlbridge.data.hygiene.output import write_records
 from vlbridge.data.llava_json import Record, load_llava
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.lm.tokenizer import Tokenizer
-from vlbridge.model.contrastive import HEAD_FILE
+from vlbridge.model.contrastive import HEAD_FILE, ContrastiveHead
 from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.train.objectives import TrainStep, build_objective
-from vlbridge.train.pipeline import fit_config
+from vlbridge.train.pipeline import fit_config, train
+from vlbridge.train.recipe import recipe_from_dict
 
 SWAPPED = (0, 1, 2, 3)  # captions rotated among these records: each gets another record's caption
 
@@ -155,3 +157,15 @@ def test_one_distinct_caption_has_nothing_to_contrast_with(scorer_dir) -> None:
     with pytest.raises(DataError, match="two distinct captions"):
         load_scorer(folder)(same, data)
     assert isinstance(load_scorer(folder), ContrastiveScorer)
+
+
+def test_a_contrastive_stage_leaves_a_folder_the_filter_scores_with(scorer_dir, tmp_path) -> None:
+    data, _ = scorer_dir
+    stage = tiny_run.stage(
+        "pairs", "contrastive", "captions.json", {"vision_encoder": "full"}, {"vision_encoder": 1e-3}
+    )
+    run = train(recipe_from_dict(tiny_run.recipe(tmp_path / "run", data, None, [{**stage, "steps": 2}])))
+    scorer = load_scorer(run / "pairs")
+    assert torch.equal(scorer.head.logit_scale, ContrastiveHead.load(run / "pairs" / HEAD_FILE).logit_scale)
+    records = load_llava(data / "captions.json").items[:4]
+    assert len(scorer(records, data)) == 4
