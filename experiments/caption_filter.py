@@ -14,7 +14,7 @@ held-out captions; correct when its own is the lowest (chance 0.2). Also the hel
 
     python experiments/caption_filter.py --out runs/hygiene [--n 1000] [--noise 0.3] [--align-steps 100]
 
-Writes OUT/results.json and the figure (--figure, default docs/figures/hygiene_filter.png) and prints a summary.
+Writes OUT/results_STEPS.json and the figure (--figure, default docs/figures/hygiene_filter.png) and prints a summary.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def main() -> None:
             {"vision_encoder": "full", "contrastive_head": "full"},  # the LM frozen, as in the objective's design
         ),
     ]
-    train(recipe_from_dict(recipe))
+    if not (scorer_run / "contrastive" / "done.json").is_file():  # a rerun with other align steps reuses it
+        train(recipe_from_dict(recipe))
 
     filtered = data / "train_filtered.json"
     cli(
@@ -229,7 +230,7 @@ def main() -> None:
         "align": {},
     }
     for name in ["noisy", "filtered", "clean"]:
-        run = args.out / f"align_{name}"
+        run = args.out / f"align_{name}_{args.align_steps}"
         recipe = base_recipe(run, data, args.lm_hidden, args.lm_layers)
         recipe.pop("model")
         recipe["init_from"] = str(scorer_run / "vision" / "model")
@@ -251,7 +252,7 @@ def main() -> None:
         results["align"][name] = {"samples": samples, "accuracy": accuracy, "heldout_nll": nll}
         print(f"{name}: {samples} samples, held-out accuracy {accuracy:.3f}, held-out NLL {nll:.3f}")
     results["wall_s"] = time.perf_counter() - start
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"results_{args.align_steps}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(scores, swapped, results, args.figure)
     print(json.dumps({k: v for k, v in results.items() if k != "sweep"}, indent=2))
 
