@@ -49,7 +49,8 @@ def _swap(records: list[Record]) -> list[Record]:
 @pytest.fixture(scope="module")
 def scorer_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data folder, a scorer folder: model/ + contrastive head) trained contrastively on the data's clean pairs."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from a second thread on a busy machine
     data = tiny_run.make_data(tmp_path_factory.mktemp("data"), n=24)
     tokenizer = Tokenizer.from_dir(tiny_run.make_tokenizer(data, tmp_path_factory.mktemp("tok")))
     torch.manual_seed(0)
@@ -65,6 +66,7 @@ def scorer_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         step(batch).loss.backward()
         opt.step()
         opt.zero_grad()
+    torch.set_num_threads(threads)
     folder = tmp_path_factory.mktemp("scorer")
     model.processor = processor
     model.save_pretrained(folder / "model")
@@ -72,6 +74,7 @@ def scorer_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, folder
 
 
+@pytest.mark.slow  # the scorer fixture trains a tiny contrastive model (80 steps)
 def test_planted_wrong_captions_are_dropped_and_right_ones_kept(scorer_dir) -> None:
     data, folder = scorer_dir
     records = _swap(load_llava(data / "captions.json").items)
@@ -84,6 +87,7 @@ def test_planted_wrong_captions_are_dropped_and_right_ones_kept(scorer_dir) -> N
     assert all(d.score < 0.7 and "< threshold 0.7" in d.reason for d in dropped)
 
 
+@pytest.mark.slow  # the scorer fixture trains a tiny contrastive model (80 steps)
 def test_score_is_the_documented_formula(scorer_dir) -> None:
     """score = exp(s a) / (exp(s a) + mean_j exp(s b_j)) over the other distinct captions (all of them here)."""
     data, folder = scorer_dir
@@ -120,6 +124,7 @@ def test_records_that_are_not_pairs_are_kept_unscored(tmp_path) -> None:
         filter_pairs([pair], tmp_path, stub, threshold=1.5)
 
 
+@pytest.mark.slow  # the scorer fixture trains a tiny contrastive model (80 steps)
 def test_cli_filter_writes_kept_records_and_a_report(scorer_dir, tmp_path, capsys) -> None:
     data, folder = scorer_dir
     records = _swap(load_llava(data / "captions.json").items)
@@ -138,7 +143,7 @@ def test_cli_filter_writes_kept_records_and_a_report(scorer_dir, tmp_path, capsy
     assert "is the input file" in capsys.readouterr().err and noisy.read_bytes() == before
 
 
-def test_clip_checkpoints_and_folders_without_a_head_are_refused(tmp_path, scorer_dir) -> None:
+def test_clip_checkpoints_and_folders_without_a_head_are_refused(tmp_path) -> None:
     (tmp_path / "clip").mkdir()
     (tmp_path / "clip" / "config.json").write_text('{"model_type": "clip"}')
     with pytest.raises(ConfigError, match="text encoder"):
@@ -150,6 +155,7 @@ def test_clip_checkpoints_and_folders_without_a_head_are_refused(tmp_path, score
         load_scorer(tmp_path)
 
 
+@pytest.mark.slow  # the scorer fixture trains a tiny contrastive model (80 steps)
 def test_one_distinct_caption_has_nothing_to_contrast_with(scorer_dir) -> None:
     data, folder = scorer_dir
     records = load_llava(data / "captions.json").items[:2]
@@ -159,6 +165,7 @@ def test_one_distinct_caption_has_nothing_to_contrast_with(scorer_dir) -> None:
     assert isinstance(load_scorer(folder), ContrastiveScorer)
 
 
+@pytest.mark.slow  # the scorer fixture trains a tiny contrastive model (80 steps)
 def test_a_contrastive_stage_leaves_a_folder_the_filter_scores_with(scorer_dir, tmp_path) -> None:
     data, _ = scorer_dir
     stage = tiny_run.stage(
