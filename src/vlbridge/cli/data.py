@@ -1,4 +1,5 @@
-"""`vlbridge data synth`: render the synthetic visual world (images, captions, instructions, held-out test set).
+"""`vlbridge data synth`: render the synthetic visual world (images, captions, instructions, held-out test set);
+`vlbridge data filter` and `vlbridge data dedup` (data hygiene) are in cli/hygiene.py.
 
     vlbridge data synth --out DIR [--overwrite] [--n N] [--seed S] [--image-size PX] [--turns LOW HIGH] ...
     vlbridge data synth --recipe configs/default.yaml [--out DIR] [--overwrite]
@@ -22,6 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from vlbridge.cli import hygiene
 from vlbridge.cli.data_video import add_video_parser
 from vlbridge.data.synthetic import SynthOptions, synthesize
 from vlbridge.errors import ConfigError
@@ -37,6 +39,7 @@ def add_parser(sub: Any) -> None:
     add_arguments(synth)
     synth.set_defaults(run=run)
     add_video_parser(data_sub)
+    hygiene.add_parsers(data_sub)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 vlbridge info PATH
 vlbridge chat [--model PATH] [--image FILE] ["question"]
 vlbridge data synth --out DIR --n N --seed S | --recipe FILE
+vlbridge data filter DATA --scorer STAGE_DIR --out FILE [--threshold 0.7]    (and: data dedup DATA --out FILE)
 vlbridge train --config FILE [--set a.b=c] [--resume]      (also under torchrun -m vlbridge)
 vlbridge eval --model PATH --data DIR | --task llava|vqav2|gqa|mmbench ...
 vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from vlbridge.data.hygiene.augment import Augmenter, EpochAugmented, sources
 from vlbridge.data.llava_json import Record
 from vlbridge.errors import ConfigError, DataError, ImageError, ModalityError
 from vlbridge.highres.anyres import AnyResImageProcessor
@@ -78,7 +79,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class SupervisedDataset(Dataset):
+class SupervisedDataset(Dataset, EpochAugmented):
     """LLaVA records -> input_ids, labels (assistant replies only) and pixel_values (n_images, 3, H, W) or None;
     with AnyRes pixel_values (n_images, views, 3, H, W) and image_sizes (n_images, 2)."""
 
@@ -89,8 +90,10 @@ class SupervisedDataset(Dataset):
         processor: Processor,
         template: str,
         max_length: int,
+        augment: Augmenter | None = None,
     ) -> None:
-        """Tokenise every record now (counts in `.stats`); `image_root` resolves the records' image paths."""
+        """Tokenise every record now (counts in `.stats`); `image_root` resolves the records' image paths; `augment`
+        (training only) transforms each image as it is read."""
         templates.TEMPLATES.get(template)  # an unknown name fails now, listing the known ones
         if max_length < 2:
             raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
@@ -98,6 +101,7 @@ class SupervisedDataset(Dataset):
         self.processor = processor
         self.template = template
         self.max_length = max_length
+        self.augment = augment
         self.stats = SupervisedStats(records=len(records))
         self._side = fixed_image_side(processor) if processor.has_vision else 0
         self._anyres = isinstance(processor.image_processor, AnyResImageProcessor)
@@ -228,7 +232,9 @@ class SupervisedDataset(Dataset):
         if record.images:
             assert self.processor.image_processor is not None, "records with images need vision (checked when built)"
             try:
-                processed = self.processor.image_processor([self.image_root / p for p in record.images])
+                paths = [self.image_root / p for p in record.images]
+                image_processor = self.processor.image_processor
+                processed = image_processor(sources(paths, self.augment, image_processor.config, index))
             except ImageError as err:
                 raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
             if isinstance(processed, tuple):  # AnyRes: (n_images, views, 3, H, W) and (n_images, 2)
@@ -240,6 +246,12 @@ class SupervisedDataset(Dataset):
     def record(self, index: int) -> Record:
         """The record behind sample `index` (to report or inspect it)."""
         return self._samples[index][2]
+
+
+def pad_id(processor: Processor) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0."""
+    tokenizer = processor.tokenizer
+    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
 
 
 def pad(sequences: Sequence[torch.Tensor], value: int, padding_side: str = "right") -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlbridge.data.collate import fixed_image_side, pad
+from vlbridge.data.hygiene.augment import Augmenter, EpochAugmented, sources
 from vlbridge.data.llava_json import Record
 from vlbridge.errors import ConfigError, DataError, ImageError, ModalityError
 from vlbridge.lm.tokenizer import Tokenizer
@@ -55,14 +56,24 @@ class TextDataset(Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
-class ImageTextDataset(Dataset):
+def caption(record: Record) -> str:
+    """A record's caption for contrastive training and scoring: its assistant replies joined by spaces."""
+    return " ".join(t["value"] for t in record.conversations if t["from"] == "gpt")
+
+
+class ImageTextDataset(Dataset, EpochAugmented):
     """Single-image LLaVA records -> {"pixel_values" (3, H, W), "input_ids" (T,)} for contrastive pre-training."""
 
     def __init__(
-        self, records: Sequence[Record], image_root: str | Path, processor: Processor, max_length: int
+        self,
+        records: Sequence[Record],
+        image_root: str | Path,
+        processor: Processor,
+        max_length: int,
+        augment: Augmenter | None = None,
     ) -> None:
         """Records without exactly one image are left out (`n_skipped`); captions longer than `max_length` are
-        cut (`n_truncated`)."""
+        cut (`n_truncated`); `augment` (training only) transforms each image as it is read."""
         if not processor.has_vision:
             raise ModalityError("contrastive pre-training needs a processor with an image processor (vision=True)")
         if max_length < 1:
@@ -70,9 +81,10 @@ class ImageTextDataset(Dataset):
         fixed_image_side(processor)  # images are stacked, so they must come out one size
         self.image_root = Path(image_root)
         self.processor = processor
+        self.augment = augment
         usable = [r for r in records if len(r.images) == 1]
         self.n_skipped = len(records) - len(usable)
-        captions = [" ".join(t["value"] for t in r.conversations if t["from"] == "gpt") for r in usable]
+        captions = [caption(r) for r in usable]
         ids = processor.tokenizer.encode_batch(captions)
         self.n_truncated = sum(len(seq) > max_length for seq in ids)
         self._pairs = [
@@ -85,7 +97,9 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record, input_ids = self._pairs[index]
         try:
-            pixel_values = self.processor.image_processor.preprocess_one(self.image_root / record.images[0])
+            image_processor = self.processor.image_processor
+            (image,) = sources([self.image_root / record.images[0]], self.augment, image_processor.config, index)
+            pixel_values = image_processor.preprocess_one(image)
         except ImageError as err:
             raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
         return {"pixel_values": pixel_values, "input_ids": input_ids}

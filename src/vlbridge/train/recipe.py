@@ -20,6 +20,7 @@ from typing import Any
 from vlbridge.config import ModelConfig, apply_overrides, bounded, from_dict, load_yaml, to_dict
 from vlbridge.connectors import CONNECTORS
 from vlbridge.connectors.base import parse_options
+from vlbridge.data.hygiene.augment import AugmentOptions
 from vlbridge.data.synthetic import SynthOptions
 from vlbridge.errors import ConfigError
 from vlbridge.lm.templates import TEMPLATES
@@ -96,6 +97,7 @@ class StageRecipe:
     grad_checkpointing: bool = False
     lora: LoraRecipe | None = None
     distill: DistillOptions | None = None  # the distill objective's teacher, temperature and loss weights
+    augment: AugmentOptions | None = None  # crop / rotation / color_jitter of training images (never eval's)
     save_every: int = field(default=100, metadata=bounded(0))  # checkpoint every this many optimiser steps (0: never)
     keep_checkpoints: int = field(default=2, metadata=bounded(1))  # the newest this many mid-stage checkpoints are kept
     log_every: int = field(default=10, metadata=bounded(1))
@@ -149,6 +151,11 @@ def _check_objective(stage: StageRecipe, where: str) -> None:
     if stage.data_format not in formats:
         raise ConfigError(f"{where}.data_format is {stage.data_format!r}; choose one of {', '.join(formats)}")
     kind = OBJECTIVES.get(stage.objective).data
+    if stage.augment is not None and not kind.augments:
+        raise ConfigError(
+            f"{where}.augment: the {stage.objective} objective reads {kind.name}, which augmentation does not apply to "
+            "(no images, or labels tied to where things are); remove augment from this stage"
+        )
     if stage.data_format not in kind.formats:
         raise ConfigError(
             f"{where}: the {stage.objective} objective reads {kind.name} (data_format: {' or '.join(kind.formats)}); "

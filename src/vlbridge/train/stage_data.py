@@ -3,7 +3,8 @@ or region labels.
 
 Every objective is registered with one `DataKind` (train/objectives), which names the data file layouts a stage may
 give it (its `data_format` values) and builds the stage's dataset, collate function and data stats from the file,
-read as the recipe's `data` section says (skip malformed records? absolute image paths allowed?).
+read as the recipe's `data` section says (skip malformed records? absolute image paths allowed?) and, for image
+data, augmented as the stage's `augment` says.
 The pipeline asks the objective's kind, so it names no objective and no kind itself.
 """
 
@@ -17,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side
+from vlbridge.data.collate import SupervisedDataset, collate, fixed_image_side, pad_id
 from vlbridge.data.datasets import ImageTextDataset, TextDataset, collate_image_text
 from vlbridge.data.files import nonempty, read_text
+from vlbridge.data.hygiene.augment import Augmenter
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava
 from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
 from vlbridge.errors import ConfigError
@@ -41,6 +43,7 @@ class DataKind:
     name: str
     formats: tuple[str, ...]
     build: Callable[[StageRecipe, Path, Processor, DataRecipe], StageDataset]
+    augments: bool = False  # whether a stage's `augment` applies to its images
 
 
 def stage_texts(stage: StageRecipe, root: Path, data: DataRecipe) -> list[str]:
@@ -60,12 +63,6 @@ def stage_texts(stage: StageRecipe, root: Path, data: DataRecipe) -> list[str]:
     return conversation_texts(records.items)
 
 
-def _pad_id(processor: Processor) -> int:
-    """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0."""
-    tokenizer = processor.tokenizer
-    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-
-
 def _llava_records(stage: StageRecipe, root: Path, data: DataRecipe) -> tuple[list[Record], dict[str, Any]]:
     """The records of the stage's LLaVA file and the stats of reading it."""
     loaded = load_llava(
@@ -74,27 +71,32 @@ def _llava_records(stage: StageRecipe, root: Path, data: DataRecipe) -> tuple[li
     return loaded.items, {"records": len(loaded.items), "skipped_malformed": loaded.n_skipped}
 
 
+def _augmenter(stage: StageRecipe) -> Augmenter | None:
+    """The stage's augmenter; None when its `augment` is absent or turns every transform off."""
+    return Augmenter(stage.augment) if stage.augment is not None and stage.augment.active else None
+
+
 def _conversations(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Conversations rendered with the stage's template (else the model's, else plain), assistant turns supervised."""
     records, stats = _llava_records(stage, root, data)
     template = stage.template or processor.template or "plain"
-    dataset = SupervisedDataset(records, root, processor, template, stage.max_length)
+    dataset = SupervisedDataset(records, root, processor, template, stage.max_length, _augmenter(stage))
     stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
-    return dataset, partial(collate, pad_token_id=_pad_id(processor)), stats
+    return dataset, partial(collate, pad_token_id=pad_id(processor)), stats
 
 
 def _text(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """The file's plain texts (`stage_texts`), tokenised and packed for the language model alone."""
     dataset = TextDataset(stage_texts(stage, root, data), processor.tokenizer, stage.max_length)
-    return dataset, partial(collate, pad_token_id=_pad_id(processor)), {"samples": len(dataset)}
+    return dataset, partial(collate, pad_token_id=pad_id(processor)), {"samples": len(dataset)}
 
 
 def _pairs(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
     """Each one-image record's image, captioned by its replies."""
     records, stats = _llava_records(stage, root, data)
-    pairs = ImageTextDataset(records, root, processor, stage.max_length)
+    pairs = ImageTextDataset(records, root, processor, stage.max_length, _augmenter(stage))
     stats.update(samples=len(pairs), truncated=pairs.n_truncated, without_one_image=pairs.n_skipped)
-    return pairs, partial(collate_image_text, pad_token_id=_pad_id(processor)), stats
+    return pairs, partial(collate_image_text, pad_token_id=pad_id(processor)), stats
 
 
 def _regions(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
@@ -110,7 +112,7 @@ def _regions(stage: StageRecipe, root: Path, processor: Processor, data: DataRec
     return labelled, collate_regions, {**stats, "classes": {k: len(v) for k, v in labelled.vocab.classes.items()}}
 
 
-CONVERSATIONS = DataKind("conversations", ("llava",), _conversations)
+CONVERSATIONS = DataKind("conversations", ("llava",), _conversations, augments=True)
 TEXT = DataKind("plain text", ("text", "llava"), _text)
-PAIRS = DataKind("image-caption pairs", ("llava",), _pairs)
+PAIRS = DataKind("image-caption pairs", ("llava",), _pairs, augments=True)
 REGIONS = DataKind("region labels", ("regions",), _regions)

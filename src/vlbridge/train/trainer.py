@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vlbridge.data.hygiene.augment import EpochAugmented
 from vlbridge.devices import resolve_device
 from vlbridge.errors import ConfigError, DataError, TrainingError
 from vlbridge.model.vlm import VisionLanguageModel
@@ -186,6 +187,8 @@ class StageTrainer:
             batches = batch_order(
                 self.n_samples, self.stage.batch_size, state.data_seed, state.epoch, self.world, self.lengths
             )
+            if isinstance(self.dataset, EpochAugmented):
+                self.dataset.set_epoch(state.epoch)  # before the loader copies the dataset into its workers
             loader = DataLoader(
                 CarryErrors(self.dataset),
                 batch_sampler=batches[state.batch :],
@@ -240,6 +243,8 @@ class StageTrainer:
         (or saved and removed)."""
         model, stage = self.model, self.stage
         self.world.finish(module, train_step)
+        if self.world.is_main:
+            train_step.objective.save(self.stage_dir)
         set_lm_gradient_checkpointing(model.language_model, False)
         if model.vision_encoder is not None:
             model.vision_encoder.gradient_checkpointing = False

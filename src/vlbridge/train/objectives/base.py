@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,6 +38,10 @@ class Objective(nn.Module):
     def parts(self) -> dict[str, nn.Module]:
         """Trainable modules the objective adds, by part name (none by default)."""
         return {}
+
+    def save(self, folder: Path) -> None:
+        """Write what outlives the stage into the stage's folder (nothing by default; the contrastive head, which
+        scores image-caption pairs for `vlbridge data filter`)."""
 
     def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
         raise NotImplementedError
