@@ -15,6 +15,7 @@ with its warm-up, left out). Linux only. Not maintained; the figures it gave are
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -49,10 +50,10 @@ def main() -> None:
                 seen[metrics] = lines
         time.sleep(0.5)
     for stage, times in marks.items():
-        steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        steps = [b - a for a, b in itertools.pairwise(times)]
         if steps:
-            mean = sum(steps) / len(steps)
-            print(f"{stage}: {mean:.2f} CPU s/step over {len(steps)} steps (min {min(steps):.2f}, max {max(steps):.2f})")
+            mean, low, high = sum(steps) / len(steps), min(steps), max(steps)
+            print(f"{stage}: {mean:.2f} CPU s/step over {len(steps)} steps (min {low:.2f}, max {high:.2f})")
     sys.exit(process.returncode)
 
 
