@@ -107,9 +107,10 @@ def engines(model: torch.nn.Module, ids: torch.Tensor, ours: bool) -> Generate:
     )
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(run: Generate, n: int) -> float:
+    """Seconds `run(n)` takes."""
     start = time.perf_counter()
-    fn()
+    run(n)
     return time.perf_counter() - start
 
 
@@ -122,8 +123,8 @@ def alternate(runs: dict[str, Generate], new_tokens: int, repeats: int) -> dict[
     full: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            prefill[name].append(timed(lambda: run(1)))
-            full[name].append(timed(lambda: run(new_tokens + 1)))
+            prefill[name].append(timed(run, 1))
+            full[name].append(timed(run, new_tokens + 1))
     out = {}
     for name in runs:
         p, f = statistics.median(prefill[name]), statistics.median(full[name])
