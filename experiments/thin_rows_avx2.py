@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from benchmarks.real_llm_speed import DEFAULT_CACHE, engines, load_vlbridge
 from torch.nn import functional as F
 
-from benchmarks.real_llm_speed import DEFAULT_CACHE, engines, load_vlbridge
 from vlbridge.lm import cpu_kernels
 
 SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]
@@ -28,7 +29,7 @@ def product_times(rounds: int) -> None:
     """Median ms of one-row products: F.linear (MKL's GEMV) against W @ x^T on the row duplicated to two."""
     for out_f, in_f in SHAPES:
         w, x = torch.randn(out_f, in_f), torch.randn(1, in_f)
-        both = {"F.linear": lambda: F.linear(x, w), "W @ x^T": lambda: torch.mm(w, torch.cat((x, x)).t())}
+        both = {"F.linear": partial(F.linear, x, w), "W @ x^T": partial(torch.mm, w, torch.cat((x, x)).t())}
         times: dict[str, list[float]] = {name: [] for name in both}
         for _ in range(rounds * 10):
             for name, fn in both.items():
