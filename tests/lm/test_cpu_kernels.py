@@ -48,6 +48,25 @@ def test_linear_takes_the_thin_path_only_where_it_pays(pays: bool, monkeypatch: 
     assert calls == (["mm"] if pays else [])
 
 
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("rows", [1, cpu_kernels.EMULATED_BF16_MAX_ROWS + 1])
+def test_bf16_products_of_many_rows_run_in_float32_where_bf16_is_emulated(
+    native: bool, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without native bf16 a prompt's bf16 product is float32's, rounded once; decode's few rows and native CPUs keep
+    PyTorch's bf16 product."""
+    monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: native)
+    torch.manual_seed(rows)
+    layer = Linear(24, 40, bias=True).to(torch.bfloat16)
+    x = torch.randn(1, rows, 24, dtype=torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    if native or rows <= cpu_kernels.EMULATED_BF16_MAX_ROWS:
+        assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    else:
+        assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 @pytest.mark.parametrize("masked", [False, True])
 def test_one_query_attention_equals_sdpa(kv_heads: int, masked: bool) -> None:

@@ -5,7 +5,8 @@ decoder.py reads as the plain Llama model; what runs each product and each atten
 PyTorch's default with the measurement that justifies it:
 
 - `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs, MKL's own GEMV on AVX2 ones;
-  bf16 ones left to PyTorch, and why.
+  bf16 ones of a few rows left to PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native
+  bf16 (`native_bf16`).
 - `attention`: one query per row (decode) folds each kv group's query heads into the query axis; causal attention
   under bf16 autocast on CPU runs eager up to EAGER_MAX_TOKENS and SDPA's flash kernel in float32 above.
 
@@ -35,6 +36,24 @@ def thin_path_pays() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+EMULATED_BF16_MAX_ROWS = 4
+"""On CPUs without native bf16, bf16 products of more rows than this run in float32 (see `Linear`)."""
+
+
+@cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere PyTorch emulates bf16 products."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def emulated_bf16_rows(rows: int) -> bool:
+    """Whether a bf16 CPU product of `rows` rows is faster in float32 here: on CPUs without native bf16, from
+    EMULATED_BF16_MAX_ROWS + 1 rows. On an AVX2-only AMD EPYC (Zen3), one thread, at SmolLM2-135M's shapes, PyTorch's
+    bf16 product grew linearly with the rows (emulated one row at a time): casting x and W to float32 and back was
+    0.7x as fast at 1-2 rows, even at 4, 1.4x at 8, 2-5x at 16 and 3-6x at 100 (a prompt)."""
+    return rows > EMULATED_BF16_MAX_ROWS and not native_bf16()
+
+
 EAGER_MAX_TOKENS = 176
 """Longest sequence `cpu_bf16_causal_attention` computes eagerly: fwd + bwd of one layer's attention (4 heads of 64,
 bf16, 2 threads) ran 1.1-2.2x faster eager at 96-176 tokens, but 0.72-0.93x at 192-384, where SDPA's flash kernel
@@ -56,11 +75,14 @@ class Linear(nn.Linear):
     addmm, mv, dot and bmm all consult that switch. On CPUs without AVX512-BF16 PyTorch gives one-row products to
     ATen's GEMV itself; there a decode step measured the same at batch 1 (the same kernels) and, at batch 2, 0.93x as
     fast for a 130M model and 0.79x for the default LM (width 256), where oneDNN's fixed ~20 us a product outweighs
-    its faster streaming.
+    its faster streaming. Products of more rows (a prompt) on such CPUs run in float32 (`emulated_bf16_rows`).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and emulated_bf16_rows(rows):
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(torch.bfloat16)
         limit = THIN_ROWS[1] if torch.get_num_threads() > 1 else THIN_ROWS[0]
         if x.dtype != torch.float32 or x.device.type != "cpu" or rows > limit or rows == 0 or not thin_path_pays():
             return F.linear(x, self.weight, self.bias)
