@@ -63,19 +63,14 @@ def smollm2_dir(cache: Path) -> Path:
 
 
 def write_tiny_llama(path: Path) -> Path:
-    """--quick: a random 2-layer, 64-wide Llama written by transformers' save_pretrained."""
+    """--quick: a random 2-layer, 64-wide Llama (int8_decode's quick LM) written by transformers' save_pretrained."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from benchmarks.int8_decode import QUICK_LM
+    from vlbridge.lm.hf_keys import lm_config_to_hf
+
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
+    config = LlamaConfig(**lm_config_to_hf(QUICK_LM))
     LlamaForCausalLM(config).save_pretrained(path)
     return path
 
