@@ -24,6 +24,8 @@ def available() -> bool:
 
 def requantized(gguf: Path, cache: Path, ftype: str) -> Path:
     """`gguf` written at `ftype` into `cache` by llama.cpp's quantiser (once)."""
+    import ctypes
+
     import llama_cpp
 
     out = cache / f"{gguf.stem.rsplit('.', 1)[0]}.{ftype}.gguf"
@@ -32,7 +34,7 @@ def requantized(gguf: Path, cache: Path, ftype: str) -> Path:
         params.ftype = FTYPES[ftype]
         params.allow_requantize = True
         tmp = out.with_suffix(".tmp")
-        if llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params) != 0:
+        if llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
             raise RuntimeError(f"llama.cpp could not write {ftype} from {gguf}")
         tmp.rename(out)
     return out
