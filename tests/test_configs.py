@@ -60,3 +60,29 @@ def test_quick_recipe_trains_end_to_end_then_answers(tmp_path: Path, capsys: pyt
     capsys.readouterr()
     assert main(["eval", "--model", str(run), "--data", str(data), "--limit", "18", "--out", str(tmp_path / "e")]) == 0
     assert "overall" in capsys.readouterr().out
+
+
+def test_smollm2_recipes_load_and_agree() -> None:
+    from vlbridge.eval.retention import load_qa
+    from vlbridge.model.io import default_model_dir
+    from vlbridge.model.parts import read_tower_config
+
+    recipes = {name: load_recipe(CONFIGS / "recipes" / f"{name}.yaml") for name in ("smollm2", "smollm2_quick")}
+    full = load_recipe(CONFIGS / "recipes" / "smollm2_full.yaml")
+    lora = recipes["smollm2"]
+    for recipe in recipes.values():  # the LLM's tokenizer, the embedded default's tower, a new mlp connector
+        assert recipe.init_from is not None and recipe.tokenizer.path is None
+        assert CONFIGS.parent / recipe.vision_from == default_model_dir()
+        assert recipe.model is not None and recipe.model.vision is None and recipe.model.connector.name == "mlp"
+        assert [(s.name, s.parts) for s in recipe.stages] == [
+            ("align", {"connector": "full"}),
+            ("instruct", {"connector": "full", "language_model": "lora"}),
+        ]
+    assert all(s.steps is not None and s.steps <= 20 for s in recipes["smollm2_quick"].stages)
+    assert full.init_from == f"{lora.run_dir}/align/model" and full.vision_from is None and full.model is None
+    assert [(s.name, s.parts) for s in full.stages] == [("instruct", {"connector": "full", "language_model": "full"})]
+    vision, processor = read_tower_config(default_model_dir())
+    assert (vision.family, vision.image_size, processor.crop_size) == ("siglip", 96, 96)
+    assert lora.data.synth is not None and lora.data.synth.image_size == vision.image_size
+    data = CONFIGS.parent / "data" / "retention"
+    assert (data / "held_out.txt").stat().st_size < 200_000 and len(load_qa(data / "text_qa.jsonl")) == 50

@@ -3,11 +3,13 @@ this machine does not have is a ConfigError listing the ones it has."""
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
 from vlbridge.cli.main import main
-from vlbridge.devices import available_devices, resolve_device
+from vlbridge.devices import available_devices, native_bf16, resolve_device
 from vlbridge.errors import ConfigError
 from vlbridge.model.io import default_model_dir
 
@@ -73,3 +75,31 @@ def test_every_device_flag_reports_a_missing_device_in_one_line(no_gpu, argv: li
     assert main([arg.format(model=default_model_dir(), text=text) for arg in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vlbridge: error: device ") and "use one of auto, cpu" in err and err.count("\n") == 1
+
+
+# (machine, avx512_bf16, amx_tile, oneDNN's bf16 check) of each CPU kind -> whether bf16 compute is native there
+CPU_KINDS = {
+    "avx2_only": ("x86_64", False, False, False, False),  # AMD EPYC Zen3: bf16 emulated, ~140x slower matmuls
+    "avx512_without_bf16": ("x86_64", False, False, True, False),  # Xeon Skylake/Cascade Lake: oneDNN says yes, 4.5x
+    "avx512_bf16": ("x86_64", True, False, True, True),  # AMD EPYC Zen4, Cooper Lake
+    "amx": ("AMD64", False, True, True, True),  # Sapphire Rapids (AMX tiles; Windows spells the machine AMD64)
+    "arm_bf16": ("aarch64", False, False, True, True),  # Graviton3: oneDNN's check reads the ARM bf16 extension
+    "arm_without_bf16": ("aarch64", False, False, False, False),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CPU_KINDS))
+def test_native_bf16_reads_the_cpus_real_bf16_capability(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    machine, avx512_bf16, amx, onednn, expected = CPU_KINDS[kind]
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert native_bf16(torch.device("cpu")) is expected
+
+
+def test_native_bf16_on_gpus_asks_cuda_and_elsewhere_is_false(monkeypatch: pytest.MonkeyPatch) -> None:
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert native_bf16(torch.device("cuda", 0)) is supported
+    assert native_bf16(torch.device("meta")) is False

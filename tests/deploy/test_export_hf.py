@@ -62,7 +62,9 @@ def _loaded(path: Path) -> tuple[VisionLanguageModel, object]:
 
 
 def _hf_llava(out: Path):
-    model, info = transformers.LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    auto = transformers.AutoConfig.from_pretrained(out).model_type == "llava_next"
+    cls = transformers.LlavaNextForConditionalGeneration if auto else transformers.LlavaForConditionalGeneration
+    model, info = cls.from_pretrained(out, output_loading_info=True)
     assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]), info
     processor = transformers.AutoProcessor.from_pretrained(out)
     processor.tokenizer.padding_side = "left"
@@ -76,7 +78,10 @@ def _assert_parity(model: VisionLanguageModel, processor, out: Path, prompts: li
     theirs = hf_processor(text=prompts, images=images, return_tensors="pt", padding=True)
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert torch.equal(ours["attention_mask"], theirs["attention_mask"])
+    assert ours["pixel_values"].shape == theirs["pixel_values"].shape
     assert (ours["pixel_values"] - theirs["pixel_values"]).abs().max().item() <= 1e-6
+    if "image_sizes" in theirs:
+        assert torch.equal(ours["image_sizes"], theirs["image_sizes"])
     again, _ = vlbridge.load(out)
     with torch.no_grad():
         got = model(**ours).logits
@@ -117,6 +122,22 @@ def test_legacy_keys_are_transformers_4_names_and_load(clip_llava_dir: Path, tmp
     assert all(key.startswith(legacy) for key in keys)
     assert {prefix for prefix in legacy if any(key.startswith(prefix) for key in keys)} == set(legacy)
     _assert_parity(model, processor, tmp_path / "out", PROMPTS, IMAGES)
+
+
+@pytest.mark.parametrize("legacy_keys", [False, True])
+def test_anyres_model_exports_as_llava_next(legacy_keys: bool, llava_next_dir: Path, tmp_path: Path) -> None:
+    """An AnyRes model becomes LlavaNextForConditionalGeneration + LlavaNextProcessor: same tiles, image_sizes,
+    row-end vector and logits, for images of three aspect ratios in one batch."""
+    model, processor = _loaded(llava_next_dir)
+    export(model, tmp_path / "out", legacy_keys=legacy_keys)
+    hf_model, hf_processor = _hf_llava(tmp_path / "out")
+    assert type(hf_model).__name__ == "LlavaNextForConditionalGeneration"
+    assert type(hf_processor).__name__ == "LlavaNextProcessor"
+    newline = hf_model.model.image_newline.detach()
+    assert torch.equal(newline, model.image_newline.detach())
+    prompts = ["USER: <image>\nwhat colour is the circle? ASSISTANT:", "USER: <image> and <image>? ASSISTANT: two"]
+    images = [_image(2, (71, 40)), _image(3, (30, 90)), _image(4, (64, 64))]
+    _assert_parity(model, processor, tmp_path / "out", prompts, images)
 
 
 def test_embedded_default_exports_to_llava_hf(tmp_path: Path) -> None:

@@ -15,8 +15,10 @@ import vlbridge
 from vlbridge.config import LMConfig, ModelConfig, VisionConfig
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.retention import (
+    answer_questions,
     compare,
     deployment_memory,
+    first_line,
     load_qa,
     perplexity,
     relative_difference,
@@ -132,6 +134,17 @@ def test_identical_lm_gives_zero_difference(ckpts: dict[str, Path]) -> None:
     assert report["qa"]["accuracy"] == {"base": 0.5, "model": 0.5}
     assert report["qa"]["relative_difference"] == 0.0 and report["retained"]
     assert [row["base"] for row in report["qa"]["answers"]] == [row["model"] for row in report["qa"]["answers"]]
+
+
+def test_raw_prompt_answers_are_their_first_line(ckpts: dict[str, Path]) -> None:
+    model, processor = vlbridge.load(ckpts["vlm"], vision=False)
+    items = load_qa(ckpts["qa"])
+    got = answer_questions(model, processor, items, prompt="raw", batch_size=4, max_new_tokens=12)
+    inputs = processor(text=[item.question for item in items])
+    ids = model.generate(**inputs, max_new_tokens=12, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+    whole = [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
+    assert got == [text.split("\n")[0].strip() for text in whole]
+    assert first_line("  Paris\nQuestion: what is the capital of Italy?") == "Paris"
 
 
 def test_perturbed_lm_fails_the_verdict(ckpts: dict[str, Path]) -> None:

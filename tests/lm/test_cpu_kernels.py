@@ -26,7 +26,8 @@ def model() -> DecoderLM:
 
 @pytest.mark.parametrize("rows", [1, 3, THIN_ROWS[1] + 1])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_fast_path_equals_f_linear(rows: int, bias: bool) -> None:
+def test_linear_fast_path_equals_f_linear(rows: int, bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: True)  # taken on AVX-512 CPUs; tested on every CPU
     torch.manual_seed(rows)
     layer = Linear(24, 40, bias=bias)
     x = torch.randn(1, rows, 24, requires_grad=True)
@@ -35,6 +36,35 @@ def test_linear_fast_path_equals_f_linear(rows: int, bias: bool) -> None:
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
     out.sum().backward()
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(1, rows, 24), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pays", [False, True])
+def test_linear_takes_the_thin_path_only_where_it_pays(pays: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-row float32 products go to W @ x^T (torch.mm) where `thin_path_pays`, else to F.linear."""
+    calls = []
+    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: pays)
+    monkeypatch.setattr(cpu_kernels.torch, "mm", lambda *a: calls.append("mm") or torch.matmul(*a))
+    Linear(24, 40, bias=False)(torch.randn(1, 1, 24))
+    assert calls == (["mm"] if pays else [])
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("rows", [1, cpu_kernels.EMULATED_BF16_MAX_ROWS + 1])
+def test_bf16_products_of_many_rows_run_in_float32_where_bf16_is_emulated(
+    native: bool, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without native bf16 a prompt's bf16 product is float32's, rounded once; decode's few rows and native CPUs keep
+    PyTorch's bf16 product."""
+    monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: native)
+    torch.manual_seed(rows)
+    layer = Linear(24, 40, bias=True).to(torch.bfloat16)
+    x = torch.randn(1, rows, 24, dtype=torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    if native or rows <= cpu_kernels.EMULATED_BF16_MAX_ROWS:
+        assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    else:
+        assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])

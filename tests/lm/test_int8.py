@@ -25,16 +25,17 @@ def test_quantize_weight_is_symmetric_per_row_within_half_a_step() -> None:
 
 @pytest.mark.parametrize("in_features", [PACK_K_MULTIPLE * 3, 24])  # the int8 kernel's path, the dequantising one
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_linear_matches_the_dequantised_product(in_features: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("rows", [1, 5])  # decode; a prompt, dequantised to float32 where bf16 is emulated
+def test_int8_linear_matches_the_dequantised_product(in_features: int, dtype: torch.dtype, rows: int) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(in_features, 37)
     layer = Int8Linear.from_linear(linear)
-    x = torch.randn(2, 5, in_features).to(dtype)
+    x = torch.randn(2, rows, in_features).to(dtype)
     dequantised = layer.weight.float() * layer.weight_scale[:, None]
     expected = x.float() @ dequantised.t() + linear.bias.detach()
     with torch.no_grad():
         out = layer(x)
-    assert out.shape == (2, 5, 37) and out.dtype == dtype
+    assert out.shape == (2, rows, 37) and out.dtype == dtype
     # bf16 activations (the kernel's, or the input's) round each product term to ~3 significant digits
     assert (out.float() - expected).abs().max() <= 1e-2 * expected.abs().max()
     with torch.no_grad():

@@ -3,6 +3,7 @@ standalone towers and LLMs on the same random weights, and adding `<image>` chan
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from safetensors.torch import load_file, save_file
 import vlbridge
 from hf_fixtures import LM_FAMILIES, TOWER_KINDS, tiny_llava, tiny_lm, tiny_tower
 from init_ops import InitialisingOps
+from tiny_vlm import tiny_config, tiny_vlm
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.model.parts import from_parts, grow_vocab, read_tower_config, tower_state
+from vlbridge.model.vlm import VisionLanguageModel
 from vlbridge.vision import ViT
 
 TOL = 1e-4
@@ -85,13 +88,43 @@ def test_grow_vocab_grows_a_tied_table_once_and_passes_others_through() -> None:
     assert grow_vocab({"model.embed_tokens.weight": table}, 5)["model.embed_tokens.weight"] is table
 
 
-def test_whole_vlm_as_language_model_or_as_tower_is_refused(tmp_path: Path) -> None:
+def test_whole_vlm_as_language_model_is_refused(tmp_path: Path) -> None:
     llava = tiny_llava(tmp_path / "llava")
     tiny_tower("clip", tmp_path / "tower")
     with pytest.raises(ConfigError, match="whole vision-language model"):
         from_parts(llava, tmp_path / "tower")
-    with pytest.raises(ConfigError, match="model_type 'llava'"):
-        from_parts(_lm_dir(tmp_path), llava)
+
+
+def _assert_same_tower(model: VisionLanguageModel, source: VisionLanguageModel) -> None:
+    """`model`'s vision encoder is `source`'s, weight for weight and bit for bit, with its vision settings."""
+    ours = model.vision_encoder.state_dict()
+    assert ours.keys() == source.vision_encoder.state_dict().keys()
+    for key, theirs in source.vision_encoder.state_dict().items():
+        assert torch.equal(ours[key], theirs), key
+    assert model.config.vision == source.config.vision
+    assert model.config.image_processor == source.config.image_processor
+
+
+def test_a_vision_language_checkpoint_serves_as_the_tower(tmp_path: Path) -> None:
+    lm = _lm_dir(tmp_path)
+    vision = {"family": "siglip", "feature_layer": -1}  # not LLaVA's -2: the checkpoint's own settings are kept
+    source = tiny_vlm(tiny_config(image_size=32, processor=True, vision=vision, image_token_id=5), seed=3)
+    source.save_pretrained(tmp_path / "vlm")
+    model, processor = from_parts(lm, tmp_path / "vlm")
+    _assert_same_tower(model, source)
+    assert processor.image_processor.config == source.config.image_processor
+    assert model.connector is not None and model.config.connector.name == "mlp"  # a new one, of the LM's width
+
+    llava = tiny_llava(tmp_path / "llava", family="siglip")  # an HF llava checkpoint's tower, under HF's key names
+    model, _ = from_parts(lm, llava)
+    _assert_same_tower(model, vlbridge.load(llava)[0])
+
+
+def test_a_text_only_checkpoint_as_tower_is_refused(tmp_path: Path) -> None:
+    text_only = replace(tiny_config(), vision=None)
+    tiny_vlm(text_only).save_pretrained(tmp_path / "text")
+    with pytest.raises(CheckpointError, match="text-only checkpoint: it has no vision encoder"):
+        from_parts(_lm_dir(tmp_path), tmp_path / "text")
 
 
 def _lm_dir(tmp_path: Path) -> Path:

@@ -50,3 +50,25 @@ def test_image_token_is_added_only_when_a_text_llm_gets_vision(tiny_data, tmp_pa
     assert _given_tokenizer(recipe_from_dict(text_only)).token_to_id("<image>") is None
     with_vision = recipe_from_dict({**text_only, "model": TINY_MODEL})
     assert _given_tokenizer(with_vision).token_to_id("<image>") == len(make_tokenizer(image_token=False))
+
+
+def test_recipe_takes_the_tower_of_a_vision_language_checkpoint(tiny_data, tmp_path: Path) -> None:
+    from tiny_run import TINY_MODEL
+
+    from vlbridge.config import ModelConfig, from_dict
+    from vlbridge.model.vlm import VisionLanguageModel
+
+    tiny_lm("llama", tmp_path / "lm")
+    torch.manual_seed(1)
+    config = from_dict(ModelConfig, {**TINY_MODEL, "vision": {**TINY_MODEL["vision"], "feature_layer": -1}})
+    source = VisionLanguageModel(config)
+    source.save_pretrained(tmp_path / "vlm")
+    spec = recipe(tmp_path / "run", tiny_data, None, [align_stage(steps=1)], model={"vision": None})
+    del spec["tokenizer"]
+    spec.update(init_from=str(tmp_path / "lm"), vision_from=str(tmp_path / "vlm"))
+    model, _ = vlbridge.load(train(recipe_from_dict(spec)))
+
+    for key, theirs in source.vision_encoder.state_dict().items():  # frozen in the stage: bitwise the checkpoint's
+        assert torch.equal(model.vision_encoder.state_dict()[key], theirs), key
+    assert model.config.vision == source.config.vision  # feature_layer -1 kept: the recipe's model has no vision
+    assert model.config.image_processor == source.config.image_processor

@@ -9,7 +9,9 @@ transformers' llava holds one projector: Linear -> activation -> Linear. vlbridg
 projector; `linear` (and `mlp` at depth 1) is written as it exactly, with the `linear` (identity) activation and an
 identity second Linear. Every other connector changes what the LM reads in ways llava cannot express, so export
 refuses it. SigLIP towers have no CLS token, so they are written with the `full` select strategy (llava's `default`
-drops the first token whatever the tower; vlbridge's drops only a CLS token). llava_next (AnyRes) is not exported.
+drops the first token whatever the tower; vlbridge's drops only a CLS token). An AnyRes model (image_grid_pinpoints
+set) is written as llava_next (`LlavaNextForConditionalGeneration` + `LlavaNextProcessor`): the same weights plus the
+`image_newline` row-end vector, the pinpoints in config.json and in the image processor's settings.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ LLAVA_LAYOUTS: dict[str, tuple[str, ...]] = {
         "language_model.lm_head.",
     ),
 }
+NEWLINE_KEYS = {"transformers": "model.image_newline", "legacy": "image_newline"}
+"""Where each layout keeps llava_next's row-end vector (LlavaNextForConditionalGeneration's `image_newline`)."""
 CAUSAL_LM_LAYOUT = ("model.", "lm_head.")
 
 LLAVA_CONNECTORS = ("mlp", "linear")
@@ -101,9 +105,12 @@ def llava_config(config: ModelConfig) -> dict[str, Any]:
     cls_kept = vision.family == "clip" and vision.select_strategy == "full"
     patch_dropped = vision.family == "siglip" and vision.select_strategy == "drop_first"
     tokens = side * side + cls_kept - patch_dropped  # visual tokens per image, as llava's config records it
+    pinpoints = config.image_processor.image_grid_pinpoints
+    anyres = {} if pinpoints is None else {"image_grid_pinpoints": [list(p) for p in pinpoints]}
     return {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
+        "architectures": [f"{_architecture(config)}ForConditionalGeneration"],
+        "model_type": "llava_next" if anyres else "llava",
+        **anyres,
         "text_config": lm_config_to_hf(lm),
         "vision_config": vision_config_to_hf(vision),
         "image_token_index": config.image_token_id,
@@ -114,6 +121,11 @@ def llava_config(config: ModelConfig) -> dict[str, Any]:
         "vision_feature_select_strategy": _select_strategy(config),
         "tie_word_embeddings": lm.tie_word_embeddings,
     }
+
+
+def _architecture(config: ModelConfig) -> str:
+    """transformers' class stem for `config`: LlavaNext for AnyRes (pinpoints set), else Llava."""
+    return "Llava" if config.image_processor.image_grid_pinpoints is None else "LlavaNext"
 
 
 def _select_strategy(config: ModelConfig) -> str:
@@ -186,7 +198,8 @@ def _save_processor(model: VisionLanguageModel, out: Path, images: bool) -> None
 
 
 def export_llava_hf(model: VisionLanguageModel, out: str | Path, legacy_keys: bool = False) -> Path:
-    """Write `model` as an HF llava directory (config, weights, tokenizer, image processor, LlavaProcessor settings).
+    """Write `model` as an HF llava directory (config, weights, tokenizer, image processor, LlavaProcessor settings),
+    or llava_next for an AnyRes model.
 
     `legacy_keys` writes transformers 4's hub key layout instead of transformers 5's. Connectors llava cannot hold
     raise ConfigError; a model loaded with vision=False raises ModalityError."""
@@ -198,14 +211,16 @@ def export_llava_hf(model: VisionLanguageModel, out: str | Path, legacy_keys: bo
         raise ModalityError("this model was loaded with vision=False; load it with vision=True to export llava-hf")
     _require_tokenizer(model)
     out = _new_dir(out)
-    prefixes = _prefix_map(LLAVA_LAYOUTS["legacy" if legacy_keys else "transformers"], LLAVA_KEY_RULES)
+    layout = "legacy" if legacy_keys else "transformers"
+    anyres = config.image_processor.image_grid_pinpoints is not None
+    prefixes = _prefix_map(LLAVA_LAYOUTS[layout] + ((NEWLINE_KEYS[layout],) if anyres else ()), LLAVA_KEY_RULES)
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k not in tied and not k.startswith("connector.")}
     _save_weights(out, rename_state({**state, **_projector_state(model)}, prefixes))
     _write_json(out / "config.json", {**hf_config, **_dtype_entries(model)})
     _save_processor(model, out, images=True)
     processor = {
-        "processor_class": "LlavaProcessor",
+        "processor_class": f"{_architecture(config)}Processor",
         "image_token": config.image_token,
         "patch_size": config.vision.patch_size,
         "vision_feature_select_strategy": _select_strategy(config),

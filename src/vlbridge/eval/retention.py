@@ -7,7 +7,7 @@ deployment (the vision plug-in never loaded) takes ~40% less memory. This module
   windows of the context length (each starting with BOS when the tokenizer has one, so every text token is
   predicted exactly once); the NLL is summed exactly over all predicted tokens and ppl = exp(sum / count);
 - accuracy on text QA (JSONL lines {"question", "answer"}), greedy answers scored by exact match after VQA
-  normalisation;
+  normalisation (a bare-text prompt's answer is its first line: with no end of turn, a model runs on past it);
 - the relative difference (vlm - base) / base of each, judged against a tolerance (|difference| <= 3%);
 - the resident memory of loading the VLM text-only against loading it whole, each in a fresh process.
 """
@@ -110,7 +110,8 @@ def load_qa(path: str | Path) -> list[QAItem]:
 def answer_questions(
     model: Any, processor: Any, items: Sequence[QAItem], *, prompt: str, batch_size: int, max_new_tokens: int
 ) -> list[str]:
-    """Greedy answers, each question asked in the model's chat template ("chat") or as bare text ("raw")."""
+    """Greedy answers, each question asked in the model's chat template ("chat") or as bare text ("raw", the first
+    line of each answer kept)."""
     if prompt not in QA_PROMPTS:
         raise ConfigError(f"qa prompt {prompt!r} is unknown; choose one of {', '.join(QA_PROMPTS)}")
     answers = []
@@ -125,8 +126,15 @@ def answer_questions(
         inputs = processor(text=texts, return_tensors="pt")
         ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = ids[:, inputs["input_ids"].shape[1] :]
-        answers += [text.strip() for text in processor.batch_decode(new, skip_special_tokens=True)]
+        decoded = [text.strip() for text in processor.batch_decode(new, skip_special_tokens=True)]
+        answers += decoded if prompt == "chat" else [first_line(text) for text in decoded]
     return answers
+
+
+def first_line(text: str) -> str:
+    """The answer in a bare-text completion: its first line, stripped. A "Question: ...\nAnswer:" prompt has no end
+    of turn to stop at, so the model writes on past the answer (often the next "Question:") until max_new_tokens."""
+    return text.strip().split("\n", 1)[0].strip()
 
 
 def relative_difference(model_value: float, base_value: float) -> float | None:

@@ -4,7 +4,9 @@ measured faster.
 decoder.py reads as the plain Llama model; what runs each product and each attention lives here, every exception to
 PyTorch's default with the measurement that justifies it:
 
-- `Linear`: float32 CPU products of a few rows (decode) as W @ x^T; bf16 ones left to PyTorch, and why.
+- `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs, MKL's own GEMV on AVX2 ones;
+  bf16 ones of a few rows left to PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native
+  bf16 (`native_bf16`).
 - `attention`: one query per row (decode) folds each kv group's query heads into the query axis; causal attention
   under bf16 autocast on CPU runs eager up to EAGER_MAX_TOKENS and SDPA's flash kernel in float32 above.
 
@@ -14,12 +16,43 @@ models in several threads, and a switch flipped by one model's forward changes t
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 THIN_ROWS = (4, 256)
-"""Float32 CPU products of up to this many rows run as W @ x^T: (single-threaded, multi-threaded) (see `Linear`)."""
+"""Float32 CPU products of up to this many rows run as W @ x^T: (single-threaded, multi-threaded) (see `Linear`),
+on CPUs where `thin_path_pays`."""
+
+
+@cache
+def thin_path_pays() -> bool:
+    """Whether few-row float32 products run faster as W @ x^T than as MKL's x @ W^T on this CPU: on AVX-512 ones
+    (measured on a 2-core Xeon, see `Linear`). On an AVX2-only AMD EPYC (Zen3) MKL's one-row GEMV was the faster,
+    2.5-3x at SmolLM2-135M's layer shapes, single-threaded (experiments/thin_rows_avx2.py). A read of the CPU's
+    capability, cached; nothing is switched."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+EMULATED_BF16_MAX_ROWS = 4
+"""On CPUs without native bf16, bf16 products of more rows than this run in float32 (see `Linear`)."""
+
+
+@cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere PyTorch emulates bf16 products."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def emulated_bf16_rows(rows: int) -> bool:
+    """Whether a bf16 CPU product of `rows` rows is faster in float32 here: on CPUs without native bf16, from
+    EMULATED_BF16_MAX_ROWS + 1 rows. On an AVX2-only AMD EPYC (Zen3), one thread, at SmolLM2-135M's shapes, PyTorch's
+    bf16 product grew linearly with the rows (emulated one row at a time): casting x and W to float32 and back was
+    0.7x as fast at 1-2 rows, even at 4, 1.4x at 8, 2-5x at 16 and 3-6x at 100 (a prompt)."""
+    return rows > EMULATED_BF16_MAX_ROWS and not native_bf16()
+
 
 EAGER_MAX_TOKENS = 176
 """Longest sequence `cpu_bf16_causal_attention` computes eagerly: fwd + bwd of one layer's attention (4 heads of 64,
@@ -34,7 +67,7 @@ class Linear(nn.Linear):
     same product as W @ x^T, with a single row duplicated into two, streams W faster. Measured over a 130M model's
     decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
     threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
-    gradients flow as usual.
+    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`).
 
     bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran with
     oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than
@@ -42,13 +75,16 @@ class Linear(nn.Linear):
     addmm, mv, dot and bmm all consult that switch. On CPUs without AVX512-BF16 PyTorch gives one-row products to
     ATen's GEMV itself; there a decode step measured the same at batch 1 (the same kernels) and, at batch 2, 0.93x as
     fast for a 130M model and 0.79x for the default LM (width 256), where oneDNN's fixed ~20 us a product outweighs
-    its faster streaming.
+    its faster streaming. Products of more rows (a prompt) on such CPUs run in float32 (`emulated_bf16_rows`).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and emulated_bf16_rows(rows):
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(torch.bfloat16)
         limit = THIN_ROWS[1] if torch.get_num_threads() > 1 else THIN_ROWS[0]
-        if x.dtype != torch.float32 or x.device.type != "cpu" or rows > limit or rows == 0:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or rows > limit or rows == 0 or not thin_path_pays():
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, self.in_features)  # (M, I)
         if rows == 1:

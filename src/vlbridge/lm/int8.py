@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vlbridge.lm.cpu_kernels import emulated_bf16_rows, native_bf16
+
 QUANTIZATIONS = ("int8",)
 """The weight quantisations `vlbridge.load(quantize=...)` and the `--quantize` flags accept."""
 
@@ -43,8 +45,9 @@ class Int8Linear(nn.Module):
     (VNNI, no AVX512-BF16) CPU at SmolLM2-135M's shapes, one row: the 49152 x 576 head 1.1 ms vs 3.7 ms; with float32
     activations the same kernel was 3-15x slower than with bf16, and dequantising the weight per call (to bf16 or
     float32, then `F.linear`) 3-15x slower too (one-off timings, best of 30, other sessions loading the CPU;
-    benchmarks/int8_decode.py measures whole decode). Other devices, and
-    widths the kernel gets wrong (`PACK_K_MULTIPLE`), dequantise the weight per call.
+    benchmarks/int8_decode.py measures whole decode). Other devices, widths the kernel gets wrong
+    (`PACK_K_MULTIPLE`), and products of many rows (a prompt) on CPUs without native bf16, where the kernel's bf16
+    arithmetic is emulated (`cpu_kernels.emulated_bf16_rows`), dequantise the weight per call, to float32 on such CPUs.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -69,12 +72,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)  # (M, I)
-        if x.device.type == "cpu" and self.in_features % PACK_K_MULTIPLE == 0:
+        cpu = x.device.type == "cpu"
+        if cpu and self.in_features % PACK_K_MULTIPLE == 0 and not emulated_bf16_rows(flat.shape[0]):
             packed = flat.to(torch.bfloat16).contiguous()
             out = torch.ops.aten._weight_int8pack_mm(packed, self.weight, self.weight_scale.to(torch.bfloat16))
-            out = out.to(x.dtype)  # (M, O)
         else:
-            out = F.linear(flat, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)  # (M, O)
+            dtype = torch.float32 if cpu and not native_bf16() else x.dtype  # no emulated bf16 product
+            out = F.linear(flat.to(dtype), self.weight.to(dtype)) * self.weight_scale.to(dtype)  # (M, O)
+        out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)

@@ -38,6 +38,7 @@ from vlbridge.errors import CheckpointError
 from vlbridge.files import open_safetensors, read_json_object
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, save_checkpoint, tied_keys
 from vlbridge.model.weights import (
+    TOWER_PREFIX,
     index_weights,
     read_config,
     tower_index,
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from vlbridge.model.processor import Processor
 
 KINDS = ("model", "vision_tower")
-TOWER_PREFIX = "vision_encoder."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."

@@ -43,12 +43,16 @@ def rename_key(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
+LLAVA_MODEL_TYPES = ("llava", "llava_next")
+"""config.json model_type values of the HF llava-layout checkpoints vlbridge loads."""
+
+
 def model_config_from_hf(raw: dict[str, Any], path: Path) -> tuple[ModelConfig, tuple[tuple[str, str], ...]]:
     """A ModelConfig and the key rules for an HF checkpoint directory (llava, or a text-only causal LM)."""
     model_type = raw.get("model_type")
     if model_type in TEXT_MODEL_TYPES:
         return ModelConfig(language_model=lm_config_from_hf(raw), vision=None), CAUSAL_LM_KEY_RULES
-    if model_type not in ("llava", "llava_next"):
+    if model_type not in LLAVA_MODEL_TYPES:
         raise CheckpointError(
             f"config.json has model_type {model_type!r}; vlbridge loads 'llava' and 'llava_next' checkpoints, text "
             f"LLMs ({', '.join(TEXT_MODEL_TYPES)}) and its own format"

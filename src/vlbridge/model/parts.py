@@ -3,7 +3,9 @@ CLIP/SigLIP vision tower, a pretrained Llama-family LLM and a new connector betw
 
 The tower comes from a standalone HF `CLIPVisionModel` / `SiglipVisionModel` directory, or the vision half of a
 `CLIPModel` / `SiglipModel` one (the text half is skipped unread), with its image processor from the directory's
-`preprocessor_config.json`. The LM comes from an HF Llama / Mistral / Qwen2 directory (or a text-only vlbridge
+`preprocessor_config.json`; or from a whole vision-language checkpoint (vlbridge's own, as the embedded default, or
+an HF llava one): its vision encoder and image processor, with its own vision settings (feature layer, strategy),
+its connector and LM skipped unread. The LM comes from an HF Llama / Mistral / Qwen2 directory (or a text-only vlbridge
 checkpoint), with its tokenizer and chat template. When the tokenizer lacks the `<image>` placeholder it is added and
 the embedding table (and an untied LM head) grows by the new rows, each the mean of the existing rows, as LLaVA and
 transformers' `resize_token_embeddings(mean_resizing=True)` do; every pre-existing weight is kept bit for bit.
@@ -27,7 +29,7 @@ from vlbridge.model import io
 from vlbridge.model.hf_llava import image_processor_dict_from_dir
 from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
-from vlbridge.model.weights import aligned, tower_index
+from vlbridge.model.weights import aligned, tower_index, whole_model_tower
 from vlbridge.vision.hf_keys import image_processor_config_from_hf, vision_config_from_hf
 
 LM_PREFIX = "language_model."
@@ -35,14 +37,19 @@ GROWN_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def read_tower_config(path: str | Path) -> tuple[VisionConfig, ImageProcessorConfig]:
-    """The vision config and image processor of a CLIP/SigLIP tower directory (config.json, preprocessor_config.json);
-    the image processor falls back to the family's HF defaults when the directory has none."""
+    """The vision config and image processor of a CLIP/SigLIP tower directory (config.json, preprocessor_config.json;
+    the image processor falls back to the family's HF defaults when the directory has none), or those of a whole
+    vision-language checkpoint (`whole_model_tower`)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(
             f"vision tower {path} has no config.json; pass an HF CLIPVisionModel, CLIPModel, SiglipVisionModel or "
-            "SiglipModel directory (what transformers' save_pretrained writes)"
+            "SiglipModel directory (what transformers' save_pretrained writes), or a vision-language checkpoint"
         )
+    whole = whole_model_tower(path)
+    if whole is not None:
+        assert whole[0].vision is not None, "whole_model_tower refuses text-only checkpoints"
+        return whole[0].vision, whole[0].image_processor
     vision = vision_config_from_hf(read_json_object(path / "config.json"))
     preprocessor = image_processor_dict_from_dir(path)
     if preprocessor is None:
@@ -185,13 +192,15 @@ def from_parts(
     vision_encoder: str | Path,
     connector: ConnectorConfig | None = None,
     image_token: str = "<image>",
-    feature_layer: int | list[int] = -2,
-    select_strategy: str = "default",
+    feature_layer: int | list[int] | None = None,
+    select_strategy: str | None = None,
     template: str | None = None,
 ) -> tuple[VisionLanguageModel, Any]:
-    """(model, processor) from a text LLM directory and a CLIP/SigLIP tower directory, with a new `connector`
-    (default: LLaVA-1.5's 2-layer MLP), initialised from torch's global RNG (seed it for a repeatable start); the
-    model is built on the meta device, so the connector is all that is initialised.
+    """(model, processor) from a text LLM directory and a CLIP/SigLIP tower directory (or a vision-language
+    checkpoint, for its vision encoder), with a new `connector` (default: LLaVA-1.5's 2-layer MLP), initialised from
+    torch's global RNG (seed it for a repeatable start). `feature_layer` and `select_strategy` default to the tower's
+    own: a vision-language checkpoint's, else LLaVA-1.5's (-2, "default"). The model is built on the meta device,
+    so the connector is all that is initialised.
 
     The tokenizer and chat template are the LLM's (`template` names a built-in one instead); `<image>` is added when
     missing, the vocabulary grown as `grow_vocab` says; the image processor is the tower's."""
@@ -201,7 +210,11 @@ def from_parts(
     tower = read_tower_config(vision_encoder)
     parts = ModelConfig(
         language_model=base.language_model,
-        vision=replace(tower[0], feature_layer=feature_layer, select_strategy=select_strategy),
+        vision=replace(
+            tower[0],
+            feature_layer=tower[0].feature_layer if feature_layer is None else feature_layer,
+            select_strategy=select_strategy or tower[0].select_strategy,
+        ),
         connector=connector or ConnectorConfig(),
         image_token=image_token,
     )

@@ -17,11 +17,12 @@ from vlbridge.config import ModelConfig, from_dict
 from vlbridge.errors import CheckpointError
 from vlbridge.files import RECOPY, open_safetensors, read_json_object
 from vlbridge.lm.hf_keys import STALE_BUFFER_SUFFIXES
-from vlbridge.model.hf_llava import model_config_from_hf, rename_key
+from vlbridge.model.hf_llava import LLAVA_MODEL_TYPES, model_config_from_hf, rename_key
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, WEIGHTS_INDEX
 from vlbridge.vision.hf_keys import HF_PREFIX
 
-VISION_PREFIXES = ("vision_encoder.", "connector.", "image_newline")
+TOWER_PREFIX = "vision_encoder."
+VISION_PREFIXES = (TOWER_PREFIX, "connector.", "image_newline")
 """State-dict prefixes of the vision plug-in (what a text-only load leaves out)."""
 IDENTITY_RULES: tuple[tuple[str, str], ...] = ((r"^", ""),)
 OTHER_HALF = ("text_model.", "visual_projection.", "text_projection.", "logit_scale", "logit_bias")
@@ -95,10 +96,30 @@ def preview(keys: list[str], n: int = 8) -> str:
     return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
+def whole_model_tower(path: Path) -> tuple[ModelConfig, tuple[tuple[str, str], ...] | None] | None:
+    """(config, weight-name rules) when `path` holds a whole vision-language checkpoint (vlbridge or HF llava), whose
+    vision encoder serves as the tower; None for a CLIP/SigLIP tower directory. A text-only checkpoint is refused."""
+    raw = read_json_object(path / "config.json")
+    if raw.get("format") != FORMAT and raw.get("model_type") not in LLAVA_MODEL_TYPES:
+        return None
+    config, rules = read_config(path)
+    if config.vision is None:
+        raise CheckpointError(
+            f"vision tower {path} is a text-only checkpoint: it has no vision encoder to take; pass a vision-language "
+            "checkpoint or an HF CLIP/SigLIP model directory"
+        )
+    return config, rules
+
+
 def tower_index(path: Path) -> dict[str, tuple[Path, str]]:
     """The ViT's tensors (our names, without `vision_encoder.`) -> (file, stored key) in a CLIP/SigLIP tower folder:
     the `vision_model.` half of a CLIPModel / SiglipModel or a transformers 4.x vision model, or a transformers 5.x
-    bare vision model's prefix-free keys; the text half is left out unread."""
+    bare vision model's prefix-free keys; the text half is left out unread. A whole vision-language checkpoint
+    (`whole_model_tower`) gives its vision encoder's tensors."""
+    whole = whole_model_tower(path)
+    if whole is not None:
+        index = index_weights(path, whole[1])
+        return {name.removeprefix(TOWER_PREFIX): at for name, at in index.items() if name.startswith(TOWER_PREFIX)}
     index = index_weights(path, IDENTITY_RULES)
     prefixed = any(name.startswith(HF_PREFIX) for name in index)
     stray = sorted(n for n in index if not n.startswith(OTHER_HALF) and prefixed != n.startswith(HF_PREFIX))

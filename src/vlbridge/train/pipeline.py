@@ -153,7 +153,8 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
     `init_from` a text-only checkpoint plus a `model` with vision adds a freshly initialised vision encoder and
     connector (from `model`'s vision, connector and image_processor sections) to the checkpoint's language model,
     its vocabulary grown by the image placeholder (model/parts.py). With `vision_from`, the vision encoder and image
-    processor are that tower directory's (pretrained) instead, and `model`, if given, brings the connector.
+    processor are that tower directory's (pretrained) instead, and `model`, if given, brings the connector (and, with a
+    `vision` section, the feature layer and strategy; without one, the tower's own).
     `init_from` a whole model plus a `model` with the same vision sections keeps its vision encoder and language
     model and puts a fresh connector of `model`'s kind between them (how connectors are compared on equal parts); its
     image_processor may add or change AnyRes pinpoints (the views are the encoder's either way), with a fresh row-end
@@ -180,7 +181,7 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
         fresh = ("connector.", "image_newline") if new_newline else ("connector.",)
     elif recipe.vision_from is not None:
         tower = parts.read_tower_config(recipe.vision_from)
-        config = parts.with_parts(base, tokenizer, recipe.model or ModelConfig(), tower, template)
+        config = parts.with_parts(base, tokenizer, recipe.model or ModelConfig(vision=None), tower, template)
         fresh = ("connector.",)
     elif recipe.model is not None and recipe.model.vision is not None:
         config = parts.with_parts(base, tokenizer, recipe.model, None, template)
@@ -295,7 +296,8 @@ def _check_model(recipe: Recipe) -> None:
         )
     if recipe.vision_from is not None and not Path(recipe.vision_from).is_dir():
         raise CheckpointError(
-            f"vision_from {recipe.vision_from} does not exist; give an HF CLIP or SigLIP (vision) model folder"
+            f"vision_from {recipe.vision_from} does not exist; give an HF CLIP or SigLIP (vision) model folder, or a "
+            "vision-language checkpoint (its vision encoder is taken)"
         )
     for stage in recipe.stages:
         teacher = stage.distill.teacher if stage.distill is not None else None

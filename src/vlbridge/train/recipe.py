@@ -125,7 +125,8 @@ class Recipe:
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     model: ModelConfig | None = None
     init_from: str | None = None  # a vlbridge / HF llava checkpoint, or an HF Llama/Mistral/Qwen2 LLM
-    vision_from: str | None = None  # a CLIP/SigLIP tower dir (HF CLIP/Siglip[Vision]Model) for init_from's text LLM
+    vision_from: str | None = None  # for init_from's text LLM: an HF CLIP/Siglip[Vision]Model dir
+    #                                 or a vision-language checkpoint (vlbridge / HF llava): its vision encoder
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     stages: list[StageRecipe] = field(default_factory=list)
@@ -176,11 +177,11 @@ def _check_template(name: str | None, where: str) -> None:
         raise ConfigError(f"{where} is {name!r}; choose one of {', '.join(TEMPLATES.names())}")
 
 
-def _check_model(model: ModelConfig) -> None:
-    """The model's template is built in and, with vision, its connector is registered and takes its options (read
-    into the connector's own options dataclass, range checks included)."""
+def _check_model(model: ModelConfig, adds_vision: bool) -> None:
+    """The model's template is built in and, with vision (its own or `vision_from`'s), its connector is registered and
+    takes its options (read into the connector's own options dataclass, range checks included)."""
     _check_template(model.template, "model.template")
-    if model.vision is not None:
+    if model.vision is not None or adds_vision:
         connector = model.connector
         parse_options(connector.name, CONNECTORS.get(connector.name).Options, connector.options)
 
@@ -192,7 +193,7 @@ def validate(recipe: Recipe) -> Recipe:
     if recipe.vision_from is not None and recipe.init_from is None:
         raise ConfigError("vision_from (a vision tower) needs init_from: the text LLM directory the tower is added to")
     if recipe.model is not None:
-        _check_model(recipe.model)
+        _check_model(recipe.model, adds_vision=recipe.vision_from is not None)
     _check_template(recipe.tokenizer.template, "tokenizer.template")
     if not recipe.stages:
         raise ConfigError("the recipe has no stages; add at least one under `stages:`")

@@ -185,7 +185,8 @@ def image_processor_config_from_hf(pp: Mapping[str, Any]) -> ImageProcessorConfi
 
 
 def image_processor_config_to_hf(cfg: ImageProcessorConfig, family: str) -> dict[str, Any]:
-    """A preprocessor_config.json dict that CLIPImageProcessor / SiglipImageProcessor (llava's when padding) loads."""
+    """A preprocessor_config.json dict that CLIPImageProcessor / SiglipImageProcessor (llava's when padding,
+    llava_next's with AnyRes pinpoints) loads."""
     if family not in PROCESSOR_TYPE_OF_FAMILY:
         raise ConfigError(f"vision family {family!r} is unknown; choose one of {', '.join(PROCESSOR_TYPE_OF_FAMILY)}")
     if cfg.resize_mode not in ("shortest_edge", "exact"):
@@ -207,4 +208,7 @@ def image_processor_config_to_hf(cfg: ImageProcessorConfig, family: str) -> dict
     }
     if cfg.pad_to_square:
         out["do_pad"] = True
+    if cfg.image_grid_pinpoints is not None:  # AnyRes: LLaVA-NeXT's processor tiles on these grids
+        out["image_processor_type"] = "LlavaNextImageProcessor"
+        out["image_grid_pinpoints"] = [list(p) for p in cfg.image_grid_pinpoints]
     return out
