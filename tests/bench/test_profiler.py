@@ -205,9 +205,17 @@ def test_cpu_measurement_in_a_fresh_process() -> None:
 
 
 def test_cpu_peak_memory_sees_torch_allocations() -> None:
-    holder = []
-    peak, method = _peak_memory(lambda: holder.append(torch.ones(16 * 2**20)), torch.device("cpu"))  # 64 MiB
-    assert peak is not None and peak >= 60 * 2**20, method
+    # The kernel's resident-set counters are per-CPU and synced in batches, and threads left by earlier tests can
+    # release memory between the reset and the reading: one of three tries must see the 64 MiB (in a full-suite run
+    # one try saw 0 once; alone it always sees it).
+    seen = []
+    for _ in range(3):
+        holder = []
+        peak, method = _peak_memory(lambda: holder.append(torch.ones(16 * 2**20)), torch.device("cpu"))  # noqa: B023
+        seen.append(peak)
+        if peak is not None and peak >= 60 * 2**20:
+            return
+    raise AssertionError(f"{method}: {seen} bytes, expected >= 60 MiB in one of three tries")
 
 
 def test_resolve_model_sources(tmp_path: Path) -> None:
