@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vlbridge.devices import native_bf16 as device_native_bf16
+
 THIN_ROWS = (4, 256)
 """Float32 CPU products of up to this many rows run as W @ x^T: (single-threaded, multi-threaded) (see `Linear`),
 on CPUs where `thin_path_pays`."""
@@ -42,8 +44,9 @@ EMULATED_BF16_MAX_ROWS = 4
 
 @cache
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere PyTorch emulates bf16 products."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    """Whether this CPU multiplies bf16 in hardware (`vlbridge.devices.native_bf16`, the one test the trainer uses too),
+    read once; elsewhere PyTorch emulates bf16 products."""
+    return device_native_bf16(torch.device("cpu"))
 
 
 def emulated_bf16_rows(rows: int) -> bool:
