@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from torch import nn
 
@@ -15,7 +16,6 @@ from vlbridge.bench.flops import PAPER_TEXT_TOKENS, PRESETS, FlopsProfile, analy
 from vlbridge.bench.profiler import (
     ModelSource,
     ProfileReport,
-    _peak_memory,
     format_report,
     measure,
     profile_figure,
@@ -205,17 +205,18 @@ def test_cpu_measurement_in_a_fresh_process() -> None:
 
 
 def test_cpu_peak_memory_sees_torch_allocations() -> None:
-    # The kernel's resident-set counters are per-CPU and synced in batches, and threads left by earlier tests can
-    # release memory between the reset and the reading: one of three tries must see the 64 MiB (in a full-suite run
-    # one try saw 0 once; alone it always sees it).
-    seen = []
-    for _ in range(3):
-        holder = []
-        peak, method = _peak_memory(lambda: holder.append(torch.ones(16 * 2**20)), torch.device("cpu"))  # noqa: B023
-        seen.append(peak)
-        if peak is not None and peak >= 60 * 2**20:
-            return
-    raise AssertionError(f"{method}: {seen} bytes, expected >= 60 MiB in one of three tries")
+    # In a fresh process, as `measure` runs it: in the suite's long-lived process the high-water mark did not move in 2
+    # of 4 runs (likely resident memory freed by earlier tests, reused for the allocation).
+    code = (
+        "import torch\n"
+        "from vlbridge.bench.profiler import _peak_memory\n"
+        "holder = []\n"
+        "peak, method = _peak_memory(lambda: holder.append(torch.ones(16 * 2**20)), torch.device('cpu'))  # 64 MiB\n"
+        "print(peak, method, sep='|')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    peak, method = out.strip().split("|")
+    assert peak != "None" and int(peak) >= 60 * 2**20, method
 
 
 def test_resolve_model_sources(tmp_path: Path) -> None:
