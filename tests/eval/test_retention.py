@@ -19,12 +19,14 @@ from vlbridge.eval.retention import (
     compare,
     deployment_memory,
     first_line,
+    first_sentence,
     load_qa,
     perplexity,
     relative_difference,
     windows,
     within,
 )
+from vlbridge.eval.vqa import normalize_answer
 from vlbridge.lm.tokenizer_train import train_tokenizer
 from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
@@ -79,7 +81,8 @@ def write_checkpoints(root: Path) -> dict[str, Path]:
     model, processor = vlbridge.load(paths["base"])
     inputs = processor(text=[processor.apply_chat_template([{"role": "user", "content": q}]) for q in questions])
     ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)[:, inputs["input_ids"].shape[1] :]
-    own = [text.strip() for text in processor.batch_decode(ids)]
+    own = [first_sentence(text) for text in processor.batch_decode(ids)]  # what a chat answer is scored on
+    assert all(normalize_answer(text) for text in own), own
     answers = [own[0], own[1], own[2] + " zebra", "no such answer"]
     paths["qa"] = root / "qa.jsonl"
     paths["qa"].write_text(
@@ -140,11 +143,17 @@ def test_raw_prompt_answers_are_their_first_line(ckpts: dict[str, Path]) -> None
     model, processor = vlbridge.load(ckpts["vlm"], vision=False)
     items = load_qa(ckpts["qa"])
     got = answer_questions(model, processor, items, prompt="raw", batch_size=4, max_new_tokens=12)
-    inputs = processor(text=[item.question for item in items])
+    inputs = processor(text=[f"Question: {item.question}\nAnswer:" for item in items])
     ids = model.generate(**inputs, max_new_tokens=12, do_sample=False)[:, inputs["input_ids"].shape[1] :]
     whole = [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
     assert got == [text.split("\n")[0].strip() for text in whole]
     assert first_line("  Paris\nQuestion: what is the capital of Italy?") == "Paris"
+
+
+def test_chat_answers_are_their_first_sentence() -> None:
+    assert first_sentence(" The capital is Paris. It is in France.") == "The capital is Paris."
+    assert first_sentence("It is 100.0 degrees! Or so.") == "It is 100.0 degrees!"
+    assert first_sentence("Neptune\nbut really Jupiter") == "Neptune"
 
 
 def test_perturbed_lm_fails_the_verdict(ckpts: dict[str, Path]) -> None:

@@ -9,12 +9,22 @@ from vlbridge.eval import (
     breakdown,
     circular_score,
     circular_variants,
+    contains_answer,
     exact_match,
     extract_choice,
     multiple_choice_accuracy,
 )
 
 ANIMALS = ["cat", "dog", "bird", "fish"]
+
+
+def test_contains_answer_needs_whole_words() -> None:
+    assert contains_answer("The capital of France is Paris.", "paris") == 1.0
+    assert contains_answer("A week is approximately seven days.", "7") == 1.0  # number words normalised
+    assert contains_answer("Leonardo da Vinci painted it", "da Vinci") == 1.0
+    assert contains_answer("A Parisian café", "Paris") == 0.0
+    assert contains_answer("Vinci da Leonardo", "da Vinci") == 0.0  # the words in order
+    assert contains_answer("anything", "the") == 0.0  # nothing left to find after normalisation
 
 
 def test_exact_match_normalises() -> None:

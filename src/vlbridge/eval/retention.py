@@ -6,8 +6,9 @@ deployment (the vision plug-in never loaded) takes ~40% less memory. This module
 - perplexity on held-out text, token-level with the same tokenizer: the text is tokenized once and cut into
   windows of the context length (each starting with BOS when the tokenizer has one, so every text token is
   predicted exactly once); the NLL is summed exactly over all predicted tokens and ppl = exp(sum / count);
-- accuracy on text QA (JSONL lines {"question", "answer"}), greedy answers scored by exact match after VQA
-  normalisation (a bare-text prompt's answer is its first line: with no end of turn, a model runs on past it);
+- accuracy on text QA (JSONL lines {"question", "answer"}): greedy replies, asked in the model's chat template or as
+  bare text, scored right when an accepted answer appears in the reply's first sentence (chat) or first line (bare
+  text: with no end of turn, a model runs on past it) as whole words after VQA normalisation;
 - the relative difference (vlm - base) / base of each, judged against a tolerance (|difference| <= 3%);
 - the resident memory of loading the VLM text-only against loading it whole, each in a fresh process.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +30,11 @@ from vlbridge.bench.measure import run_isolated, status_kib
 from vlbridge.data.files import iter_jsonl, read_text
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import ConfigError, DataError
-from vlbridge.eval.scoring import exact_match
+from vlbridge.eval.scoring import contains_answer
 
 DEFAULT_TOLERANCE = 0.03
 QA_PROMPTS = ("chat", "raw")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 
 
 @dataclass(frozen=True)
@@ -110,25 +113,32 @@ def load_qa(path: str | Path) -> list[QAItem]:
 def answer_questions(
     model: Any, processor: Any, items: Sequence[QAItem], *, prompt: str, batch_size: int, max_new_tokens: int
 ) -> list[str]:
-    """Greedy answers, each question asked in the model's chat template ("chat") or as bare text ("raw", the first
-    line of each answer kept)."""
+    """Greedy answers, each question asked in the model's chat template ("chat", the first sentence of each reply
+    kept) or as bare text ("raw": `Question: ...\nAnswer:`, the first line of each reply kept)."""
     if prompt not in QA_PROMPTS:
         raise ConfigError(f"qa prompt {prompt!r} is unknown; choose one of {', '.join(QA_PROMPTS)}")
     answers = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        texts = [item.question for item in batch]
+        texts = [f"Question: {item.question}\nAnswer:" for item in batch] if prompt == "raw" else []
         if prompt == "chat":
             try:
-                texts = [processor.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
+                texts = [processor.apply_chat_template([{"role": "user", "content": i.question}]) for i in batch]
             except ConfigError as err:
                 raise ConfigError(f"{err}; or ask the questions as bare text with --qa-prompt raw") from err
         inputs = processor(text=texts, return_tensors="pt")
         ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = ids[:, inputs["input_ids"].shape[1] :]
         decoded = [text.strip() for text in processor.batch_decode(new, skip_special_tokens=True)]
-        answers += decoded if prompt == "chat" else [first_line(text) for text in decoded]
+        answers += [first_sentence(text) if prompt == "chat" else first_line(text) for text in decoded]
     return answers
+
+
+def first_sentence(text: str) -> str:
+    """A chat reply's first sentence (up to a full stop, "!" or "?" followed by a space, or a line end), stripped:
+    what is scored, so that a right answer named later in a rambling reply ("... is Neptune, but ... Jupiter")
+    does not count."""
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0].strip()
 
 
 def first_line(text: str) -> str:
@@ -297,13 +307,16 @@ def compare(
 def _qa_section(items: list[QAItem], base: list[str], model: list[str], tolerance: float) -> dict[str, Any]:
     """Accuracy of both, their relative difference and verdict, and every answer for inspection."""
     scores = {
-        role: [max(exact_match(answer, gold) for gold in item.answers) for item, answer in zip(items, got, strict=True)]
+        role: [
+            max(contains_answer(answer, gold) for gold in item.answers) for item, answer in zip(items, got, strict=True)
+        ]
         for role, got in (("base", base), ("model", model))
     }
     accuracy = {role: sum(s) / len(s) for role, s in scores.items()}
     difference = relative_difference(accuracy["model"], accuracy["base"])
     return {
         "n": len(items),
+        "metric": "an accepted answer appears in the reply (first sentence; first line for raw prompts), whole words",
         "accuracy": accuracy,
         "relative_difference": difference,
         "within_tolerance": within(difference, tolerance),

@@ -1,4 +1,5 @@
-"""Scoring beyond VQA: exact match, multiple-choice letter extraction, MMBench circular evaluation, breakdowns.
+"""Scoring beyond VQA: exact match, answer containment, multiple-choice letters, MMBench circular evaluation,
+breakdowns.
 
 Multiple choice follows the conventions of MMBench (Liu et al., 2023, "MMBench: Is Your Multi-modal Model an
 All-around Player?") and the LLaVA evaluation scripts: a free-form reply is mapped to an option letter ("B", "(B)",
@@ -39,6 +40,13 @@ class CircularVariant(NamedTuple):
 def exact_match(pred: str, gold: str) -> float:
     """1.0 when the two answers are equal after VQA normalisation (case, punctuation, articles, number words)."""
     return float(normalize_answer(pred) == normalize_answer(gold))
+
+
+def contains_answer(pred: str, gold: str) -> float:
+    """1.0 when `gold` appears in `pred` as a run of whole words, both VQA-normalised: the answer-in-response match
+    used for free-form replies ("The capital of France is Paris." holds "Paris"; "Parisian" does not)."""
+    words, want = normalize_answer(pred).split(), normalize_answer(gold).split()
+    return float(bool(want) and any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1)))
 
 
 def _letters_and_texts(options: Options) -> tuple[list[str], list[str]]:
