@@ -75,7 +75,10 @@ def test_the_synthetic_video_world_is_read_as_llava_video_records(root: Path, re
         ({"image": "x.png"}, "has both 'image' and 'video'"),
         ({"video": 3}, "'video' must be a path"),
         ({"video": ["a.mp4", "b.mp4"]}, r"1 <video> placeholder\(s\) but 2 video\(s\)"),
-        ({"conversations": [{"from": "human", "value": "<video><image>"}, {"from": "gpt", "value": "x"}]}, "holds <ima"),
+        (
+            {"conversations": [{"from": "human", "value": "<video><image>"}, {"from": "gpt", "value": "x"}]},
+            "holds <ima",
+        ),
         ({"conversations": [{"from": "human", "value": "<video>"}, {"from": "gpt", "value": "<video>"}]}, "only human"),
         ({"video": "../outside.mp4"}, "video path '../outside.mp4' leads outside the image folder"),
         ({"video": "videos/missing.mp4"}, r"video file .*missing\.mp4 does not exist"),
@@ -125,7 +128,7 @@ def test_image_and_video_records_do_not_share_a_dataset_or_a_batch(
     root: Path, records: list[Record], processor: Processor
 ) -> None:
     image = Record("img", ("a.png",), ({"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}))
-    with pytest.raises(DataError, match="image records .* and video records .* separate stages"):
+    with pytest.raises(DataError, match=r"image records .* and video records .* separate stages"):
         SupervisedDataset([image, records[0]], root, processor, "chatml", max_length=1024)
     dataset = SupervisedDataset(records[:1], root, processor, "chatml", max_length=1024, video=SAMPLING)
     picture = {**dataset[0], "pixel_values": torch.zeros(1, 3, SIDE, SIDE), "video_frames": None}

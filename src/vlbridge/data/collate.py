@@ -242,7 +242,9 @@ class SupervisedDataset(Dataset, EpochAugmented):
         record = self.record(index)
         item: dict[str, torch.Tensor | None] = {"input_ids": input_ids, "labels": labels, "pixel_values": None}
         if record.videos:
-            item["pixel_values"], item["video_frames"] = video_pixels(record, self.image_root, self.processor, self.video)
+            item["pixel_values"], item["video_frames"] = video_pixels(
+                record, self.image_root, self.processor, self.video
+            )
         elif record.images:
             assert self.processor.image_processor is not None, "records with images need vision (checked when built)"
             try:

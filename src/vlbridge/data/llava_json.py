@@ -5,8 +5,9 @@ Liu et al., "Visual Instruction Tuning" (2023) store training data as a JSON lis
 paths (multi-image) or absent (text-only), and each image has one `<image>` placeholder in a human turn. Video records
 (LLaVA-NeXT-Video, LLaVA-Video-178K) name a `video` instead, one path or a list, each with one `<video>` placeholder;
 a video record with `<image>` placeholders and no `<video>` one (LLaVA-Video-178K writes them so) has them read as
-`<video>`. A record holds images or videos, not both. JSONL (one record per line) holds the same records. Held-out questions (`test.jsonl`, `val.jsonl`) are
-`{"question_id", "image", "question", "answer", "type"}` (+ `"choices"`), as the synthetic writer makes them.
+`<video>`. A record holds images or videos, not both. JSONL (one record per line) holds the same records.
+Held-out questions (`test.jsonl`, `val.jsonl`) are `{"question_id", "image", "question", "answer", "type"}`
+(+ `"choices"`), as the synthetic writer makes them.
 
 Every problem is a DataError naming the file, the line where the bad record starts (for a JSON list, found by
 decoding the array item by item with `json.JSONDecoder.raw_decode`) and what is wrong; `skip_malformed=True` skips
