@@ -7,7 +7,7 @@ paths (multi-image) or absent (text-only), and each image has one `<image>` plac
 a video record with `<image>` placeholders and no `<video>` one (LLaVA-Video-178K writes them so) has them read as
 `<video>`. A record holds images or videos, not both. JSONL (one record per line) holds the same records.
 Held-out questions (`test.jsonl`, `val.jsonl`) are `{"question_id", "image", "question", "answer", "type"}`
-(+ `"choices"`), as the synthetic writer makes them.
+(+ `"choices"`), as the synthetic writer makes them, or with a `"video"` instead of the image (synth-video).
 
 Every problem is a DataError naming the file, the line where the bad record starts (for a JSON list, found by
 decoding the array item by item with `json.JSONDecoder.raw_decode`) and what is wrong; `skip_malformed=True` skips
@@ -51,7 +51,8 @@ class Record:
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One held-out question: the image path (relative to the image root, None for text-only) and its answers."""
+    """One held-out question: the image (or video) path (relative to the image root, None for text-only) and its
+    answers."""
 
     question_id: str
     image: str | None
@@ -61,6 +62,7 @@ class EvalItem:
     choices: tuple[str, ...] | None = None
     source: Path | None = None
     line: int | None = None
+    video: str | None = None
 
     @property
     def answer(self) -> str:
@@ -160,13 +162,14 @@ def _image_list(value: Any, key: str = "image") -> tuple[str, ...]:
     return tuple(images)
 
 
-def _media(data: dict[str, Any], record_id: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
-    """(image paths, video paths, the placeholder marking them) of a record, which holds one kind or none."""
+def _media(data: dict[str, Any], what: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(image paths, video paths, the placeholder marking them) of a record (`what`: "record 'r7'"), which holds one
+    kind or none."""
     images, videos = _image_list(data.get("image")), _image_list(data.get("video"), "video")
     if images and videos:
         raise DataError(
-            f"record {record_id!r} has both 'image' and 'video'; the model takes images or videos in one sequence, "
-            "not both: split it into an image record and a video record"
+            f"{what} has both 'image' and 'video'; the model takes images or videos in one sequence, not both: "
+            "split it into an image record and a video record"
         )
     return images, videos, VIDEO_PLACEHOLDER if videos else IMAGE_PLACEHOLDER
 
@@ -183,7 +186,7 @@ def parse_record(data: Any, line: int, images: ImageFolder | None = None) -> Rec
     if not isinstance(data, dict):
         raise DataError(f"a record must be a JSON object, got {type(data).__name__}")
     record_id = _record_id(data, line)
-    paths, videos, placeholder = _media(data, record_id)
+    paths, videos, placeholder = _media(data, f"record {record_id!r}")
     turns = data.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise DataError(f"record {record_id!r} needs a non-empty 'conversations' list (missing key or wrong type)")
@@ -238,13 +241,15 @@ def parse_eval_item(data: Any, line: int, images: ImageFolder | None = None) -> 
     answers = data["answer"] if isinstance(data["answer"], list) else [data["answer"]]
     if not answers or not all(isinstance(a, str) for a in answers) or not isinstance(data["question"], str):
         raise DataError("'question' must be a string and 'answer' a string or a non-empty list of strings")
-    paths = _image_list(data.get("image"))
-    if len(paths) > 1:
-        raise DataError(f"'image' must be one path or absent, got {len(paths)} paths")
+    paths, videos, _ = _media(data, f"question {data['question_id']!r}")
+    for key, given in (("image", paths), ("video", videos)):
+        if len(given) > 1:
+            raise DataError(f"'{key}' must be one path or absent, got {len(given)} paths")
     choices = data.get("choices")
     if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
         raise DataError(f"'choices' must be a list of strings, got {choices!r}")
     check_image_files(paths, images, f"question {data['question_id']!r}")
+    check_image_files(videos, images, f"question {data['question_id']!r}", "video")
     return EvalItem(
         question_id=str(data["question_id"]),
         image=paths[0] if paths else None,
@@ -253,6 +258,7 @@ def parse_eval_item(data: Any, line: int, images: ImageFolder | None = None) -> 
         type=str(data.get("type", "all")),
         choices=None if choices is None else tuple(choices),
         line=line,
+        video=videos[0] if videos else None,
     )
 
 
