@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlbridge.config import ConnectorConfig, ImageProcessorConfig, LMConfig, ModelConfig, VisionConfig
+from tiny_vlm import tiny_config, tiny_vlm
 from vlbridge.data.collate import SupervisedDataset, collate
 from vlbridge.data.hygiene.augment import Augmenter, AugmentOptions
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava, parse_record
@@ -20,7 +20,6 @@ from vlbridge.errors import ConfigError, DataError
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer_train import train_tokenizer
 from vlbridge.model.processor import Processor, processor_for
-from vlbridge.model.vlm import VisionLanguageModel
 
 pytest.importorskip("av")
 
@@ -43,19 +42,10 @@ def records(root: Path) -> list[Record]:
 @pytest.fixture(scope="module")
 def processor(records: list[Record]) -> Processor:
     tok = train_tokenizer(conversation_texts(records), 300)
-    config = ModelConfig(
-        language_model=LMConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                pad_token_id=tok.pad_token_id),
-        vision=VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                            image_size=SIDE, patch_size=8),
-        connector=ConnectorConfig(name="mlp"),
-        image_processor=ImageProcessorConfig(size=SIDE, crop_size=SIDE),
-        image_token_id=tok.token_to_id("<image>"),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = VisionLanguageModel(config)
+    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    lm = {"vocab_size": tok.vocab_size, "num_hidden_layers": 1, "max_position_embeddings": 1024, **special}
+    config = tiny_config(image_size=SIDE, processor=True, lm=lm, image_token_id=tok.token_to_id("<image>"))
+    model = tiny_vlm(config)  # 8 px patches: 4 x 4 per frame, 2 x 2 tokens after the video pooling
     return processor_for(model, tok)
 
 

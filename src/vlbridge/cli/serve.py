@@ -11,6 +11,15 @@ from typing import Any
 import vlbridge
 from vlbridge.errors import ConfigError
 
+VIDEO_FLAGS = {
+    "max_videos": "videos per request",
+    "max_video_bytes": "largest video data URL accepted (bytes)",
+    "max_video_frames": "most frames a request may have a video sampled to",
+    "video_fps": "video frames sampled per second unless the request says (video_fps)",
+    "video_max_frames": "frames per video unless the request says (video_max_frames)",
+}
+"""The server's video limits and sampling (`Limits` fields), each a --flag of the same name."""
+
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand with every limit as a flag (defaults from vlbridge.serve.limits.Limits)."""
@@ -36,22 +45,9 @@ def add_parser(sub: Any) -> None:
         "--max-image-pixels", type=int, default=limits.max_image_pixels, help="most pixels an image may declare"
     )
     parser.add_argument("--max-images", type=int, default=limits.max_images, help="images per request")
-    parser.add_argument("--max-videos", type=int, default=limits.max_videos, help="videos per request")
-    parser.add_argument(
-        "--max-video-bytes", type=int, default=limits.max_video_bytes, help="largest video data URL accepted (bytes)"
-    )
-    parser.add_argument(
-        "--max-video-frames", type=int, default=limits.max_video_frames, help="most frames a request may sample"
-    )
-    parser.add_argument(
-        "--video-fps", type=float, default=limits.video_fps, help="video frames sampled per second (request: video_fps)"
-    )
-    parser.add_argument(
-        "--video-max-frames",
-        type=int,
-        default=limits.video_max_frames,
-        help="frames per video unless the request says (video_max_frames)",
-    )
+    for name, help_text in VIDEO_FLAGS.items():
+        default = getattr(limits, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=help_text)
     parser.add_argument("--max-queue", type=int, default=limits.max_queue, help="waiting requests; more get 503")
     parser.add_argument("--timeout", type=float, default=limits.timeout_s, help="seconds per request")
     parser.add_argument(
@@ -92,11 +88,7 @@ def build_state(args: argparse.Namespace) -> Any:
         max_queue=args.max_queue,
         timeout_s=args.timeout,
         default_max_tokens=args.default_max_tokens,
-        max_videos=args.max_videos,
-        max_video_bytes=args.max_video_bytes,
-        max_video_frames=args.max_video_frames,
-        video_fps=args.video_fps,
-        video_max_frames=args.video_max_frames,
+        **{name: getattr(args, name) for name in VIDEO_FLAGS},
     )
     engine = Engine(model, max_batch=args.max_batch, max_length=args.max_context, max_queue=args.max_queue)
     name = Path(args.model).name if args.model else "vlbridge-default"

@@ -18,7 +18,13 @@ from vlbridge.data.llava_json import EvalItem, load_eval
 from vlbridge.errors import ConfigError, DataError
 from vlbridge.eval.scoring import breakdown
 from vlbridge.eval.tasks.base import ALLOW_ABSOLUTE_IMAGES_OPTION, TASKS, Prompt, Rows, Task, TaskOption, limited
-from vlbridge.eval.tasks.synthetic import DATA_OPTION, SPLIT_OPTION, exact_match_scorer, questions_file
+from vlbridge.eval.tasks.synthetic import (
+    DATA_OPTION,
+    SPLIT_OPTION,
+    SyntheticTask,
+    exact_match_scorer,
+    questions_file,
+)
 
 VIDEO_FPS_OPTION = TaskOption("video_fps", "video frames sampled per second (default 1)")
 VIDEO_MAX_FRAMES_OPTION = TaskOption("video_max_frames", "most frames per video (default 32)")
@@ -96,10 +102,7 @@ class SyntheticVideoTask(Task):
             source=str(questions.resolve()),
         )
 
-    @classmethod
-    def default_out(cls, values: Mapping[str, Any], model: str | None) -> Path:
-        """The dataset folder's eval/."""
-        return Path(values["data"]) / "eval"
+    default_out = SyntheticTask.default_out  # the dataset folder's eval/
 
     def prompts(self) -> list[Prompt]:
         return [
