@@ -13,6 +13,7 @@ import torch
 from tiny_vlm import tiny_config, tiny_vlm
 from vlbridge.data.collate import SupervisedDataset, collate
 from vlbridge.data.hygiene.augment import Augmenter, AugmentOptions
+from vlbridge.data.hygiene.output import record_json
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava, parse_record
 from vlbridge.data.synthetic.video_writer import VideoSynthOptions, synthesize_videos
 from vlbridge.data.videos import VideoSampling
@@ -57,6 +58,8 @@ def test_the_synthetic_video_world_is_read_as_llava_video_records(root: Path, re
     data["conversations"].append({"from": "gpt", "value": "yes"})
     record = parse_record(data, 1)
     assert record.videos == ("a.mp4", "b.mp4") and record.conversations[0]["value"] == "<video> <video> same?"
+    assert parse_record(record_json(record), 1) == record  # hygiene steps write video records back whole
+    assert record_json(records[0])["video"] == records[0].videos[0]
 
 
 @pytest.mark.parametrize(
