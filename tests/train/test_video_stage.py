@@ -8,12 +8,15 @@ import math
 from pathlib import Path
 
 import pytest
-from tiny_run import recipe, stage
+import torch
+from tiny_run import TINY_MODEL, recipe, stage
 
+from vlbridge.config import ModelConfig, from_dict
 from vlbridge.data.synthetic.video_writer import VideoSynthOptions, synthesize_videos
 from vlbridge.errors import DataError
-from vlbridge.train.pipeline import train
-from vlbridge.train.recipe import recipe_from_dict
+from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.train.pipeline import build_dataset, fit_config, train
+from vlbridge.train.recipe import DataRecipe, StageRecipe, recipe_from_dict
 
 pytest.importorskip("av")
 
@@ -52,3 +55,25 @@ def test_a_missing_video_is_named_before_any_step(video_data: Path, tiny_tokeniz
         train(recipe_from_dict(spec))
     assert (err.value.path, err.value.line) == (path, 3)
     assert not (tmp_path / "run" / "video").exists()
+
+
+@pytest.mark.parametrize(
+    ("connector", "options"),
+    [("mini", {"grid": 1, "prefusion_layers": 1}), ("perceiver", {"num_latents": 4, "depth": 1, "max_frames": 8})],
+)
+def test_a_right_padded_video_batch_gives_the_loss_of_its_samples_one_at_a_time(
+    video_data: Path, tiny_tokenizer, connector: str, options: dict
+) -> None:
+    """Training pads on the right (the processor on the left): per-frame pre-fusion (mini) and time-embedded latents
+    (perceiver) must see each row's own frames and text alone."""
+    mapping = {**TINY_MODEL, "connector": {"name": connector, "options": options}}
+    torch.manual_seed(0)
+    model = VisionLanguageModel(fit_config(from_dict(ModelConfig, mapping), tiny_tokenizer, "chatml"))
+    spec = {"name": "s", "steps": 1, "data": "instruct.json", "parts": {"connector": "full"}, "video_max_frames": 3}
+    dataset, collate, _ = build_dataset(from_dict(StageRecipe, spec), video_data, model, tiny_tokenizer, DataRecipe())
+    samples = [dataset[i] for i in range(3)]
+    with torch.no_grad():
+        batched = model.loss(**collate(samples))
+        alone = [(model.loss(**collate([s])), int((s["labels"][1:] != -100).sum())) for s in samples]
+    expected = sum(loss * n for loss, n in alone) / sum(n for _, n in alone)
+    assert torch.allclose(batched, expected, atol=1e-5)
