@@ -196,7 +196,7 @@ def test_a_registered_task_is_offered_and_built_without_cli_changes(
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     usage = capsys.readouterr().out
-    assert "{echo,gqa,llava,mmbench,synthetic,vqav2}" in usage and "ask in capitals [echo]" in usage
+    assert "{echo,gqa,llava,mmbench,synthetic,synthetic_video,vqav2}" in usage and "ask in capitals [echo]" in usage
     (tmp_path / "q.txt").write_text("what colour?\nhow many?\n")
     args = ["eval", "--task", "echo", "--model", str(clip_llava_dir), "--questions", str(tmp_path / "q.txt")]
     assert main([*args, "--upper", "--max-new-tokens", "1"]) == 0

@@ -71,3 +71,26 @@ def test_a_text_llm_checkpoint_assumes_clip_l(tmp_path: Path, capsys: pytest.Cap
         "patches_per_image": 576,
     }
     assert facts["rows"][0]["design"] == "mlp" and facts["kv_bytes_per_token"] == 3 * 2 * 1 * 8 * 2
+
+
+def test_a_video_is_counted_by_the_models_own_processor(
+    clip_llava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("av")
+    import vlbridge
+    from video_files import write_mp4
+
+    video = write_mp4(tmp_path / "clip.mp4", 20, 4)  # 5 seconds
+    fps, max_frames = 2.0, 7  # 10 frames wanted, capped at 7
+    argv = ["--video", str(video), "--fps", str(fps), "--max-frames", str(max_frames)]
+    facts = json.loads(_run(["--model", str(clip_llava_dir), *argv, "--json"], capsys))["video"]
+    _, processor = vlbridge.load(clip_llava_dir)
+    inputs = processor(text="<video>", videos=[video], fps=fps, max_frames=max_frames)
+    tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
+    assert (facts["frames"], facts["tokens"]) == (int(inputs["video_frames"][0]), tokens) == (7, tokens)
+    assert facts["connector"] == "mlp" and facts["text_left"] == 256 - tokens
+    default = json.loads(_run([*argv, "--json"], capsys))["video"]
+    _, processor = vlbridge.load()
+    inputs = processor(text="<video>", videos=[video], fps=fps, max_frames=max_frames)
+    assert default["tokens"] == int((inputs["input_ids"] == processor.image_token_id).sum())
+    assert f"-> {tokens} visual tokens" in _run(["--model", str(clip_llava_dir), *argv], capsys)

@@ -13,7 +13,7 @@ from vlbridge.eval.tasks import TASKS, LlavaTask
 
 
 def test_unknown_task_lists_the_registered_ones() -> None:
-    assert sorted(TASKS.names()) == ["gqa", "llava", "mmbench", "synthetic", "vqav2"]
+    assert sorted(TASKS.names()) == ["gqa", "llava", "mmbench", "synthetic", "synthetic_video", "vqav2"]
     with pytest.raises(ConfigError, match="unknown eval task 'okvqa'; known eval tasks: gqa, llava, mmbench"):
         TASKS.get("okvqa")
 
@@ -44,6 +44,11 @@ def _two_questions(name: str, folder: Path) -> dict[str, Any]:
     """The option values (those given) of a task whose question file, written into `folder`, holds two questions."""
     if name == "synthetic":
         rows = [{"question_id": i, "question": "a?", "answer": "x"} for i in (1, 2)]
+        (folder / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return {"data": str(folder)}
+    if name == "synthetic_video":
+        (folder / "v.mp4").write_bytes(b"")  # only checked to exist: nothing is decoded here
+        rows = [{"question_id": i, "video": "v.mp4", "question": "a?", "answer": "x"} for i in (1, 2)]
         (folder / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         return {"data": str(folder)}
     path = folder / "questions"

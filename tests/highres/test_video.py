@@ -11,7 +11,7 @@ import pytest
 
 from video_files import frame_index, write_mp4
 from vlbridge.errors import ConfigError, VideoError
-from vlbridge.highres.video import read_video, sample_indices, video_frames
+from vlbridge.highres.video import count_frames, read_video, sample_indices, video_frames
 
 pytest.importorskip("av")
 
@@ -45,6 +45,7 @@ def test_decoded_frames_are_the_sampled_ones(
     frames = read_video(path, fps, max_frames)
     assert [frame_index(f) for f in frames] == sample_indices(n_frames, rate, fps, max_frames)
     assert all(f.size == (32, 32) and f.mode == "RGB" for f in frames)
+    assert count_frames(path, fps, max_frames) == len(frames)  # what datasets size a video's tokens by
 
 
 def test_decoded_frames_given_directly_are_capped_by_the_same_rule() -> None:

@@ -112,7 +112,7 @@ def test_plain_http_routes(server) -> None:
     assert httpx.get(server + "/health").json() == {"status": "ok"}
     assert httpx.get(server + "/v1/models").status_code == 401
     models = httpx.get(server + "/v1/models", headers={"Authorization": f"Bearer {FULL}"}).json()
-    assert models["data"][0]["modalities"] == ["text", "image"]
+    assert models["data"][0]["modalities"] == ["text", "image", "video"]
     missing = httpx.get(server + "/v1/nothing")
     assert missing.status_code == 404
     big = httpx.post(

@@ -12,12 +12,15 @@ here count as the processor does (vlbridge.highres.anyres): an image filling the
 
 KV cache: bytes = tokens x layers x 2 (K and V) x kv_heads x head_dim x bytes per element; Vicuna-7B in fp16 holds
 0.5 MiB per token. Video is compressed per frame, so frames fit = floor((context - text_reserve) / tokens per frame).
+A real video file is counted by a model's own processor (`video_tokens`): the frames it samples and the tokens its
+connector gives them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -266,3 +269,32 @@ def model_row(config: ModelConfig, window: Window) -> BudgetRow:
     return window.row(
         f"this model ({config.connector.name})", model.tokens_per_image(size, size), "num_tokens", f"{size}px image"
     )
+
+
+@dataclass(frozen=True)
+class VideoTokens:
+    """A video file as a model's processor reads it: frames sampled, visual tokens they take, the connector."""
+
+    frames: int
+    tokens: int
+    connector: str
+
+
+def video_tokens(model_dir: str | Path | None, video: str | Path, fps: float, max_frames: int | None) -> VideoTokens:
+    """The frames and visual tokens of `video` sampled at `fps` up to `max_frames`, counted by the processor of the
+    checkpoint in `model_dir` (None: the embedded default) on a model built on the meta device (no weights read)."""
+    from vlbridge.lm.tokenizer import Tokenizer
+    from vlbridge.model.io import default_model_dir, read_config
+    from vlbridge.model.processor import processor_for
+    from vlbridge.model.vlm import VisionLanguageModel
+
+    path = default_model_dir() if model_dir is None else Path(model_dir)
+    config, _ = read_config(path)
+    if config.vision is None:
+        raise ConfigError(f"{path} is a text LLM: it has no vision encoder or connector to take a video")
+    with torch.device("meta"):
+        model = VisionLanguageModel(config)
+    processor = processor_for(model, Tokenizer.from_dir(path))
+    inputs = processor(text=processor.video_token, videos=[video], fps=fps, max_frames=max_frames)
+    tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
+    return VideoTokens(int(inputs["video_frames"][0]), tokens, config.connector.name)

@@ -11,6 +11,15 @@ from typing import Any
 import vlbridge
 from vlbridge.errors import ConfigError
 
+VIDEO_FLAGS = {
+    "max_videos": "videos per request",
+    "max_video_bytes": "largest video data URL accepted (bytes)",
+    "max_video_frames": "most frames a request may have a video sampled to",
+    "video_fps": "video frames sampled per second unless the request says (video_fps)",
+    "video_max_frames": "frames per video unless the request says (video_max_frames)",
+}
+"""The server's video limits and sampling (`Limits` fields), each a --flag of the same name."""
+
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand with every limit as a flag (defaults from vlbridge.serve.limits.Limits)."""
@@ -25,7 +34,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--text-only", action="store_true", help="load no vision weights; image requests get 403")
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together (KV cache rows)")
     parser.add_argument("--max-context", type=int, default=None, help="tokens per request (default: the model's)")
-    parser.add_argument("--allowed-media-path", default=None, help="folder file:// image URLs may be read from")
+    parser.add_argument("--allowed-media-path", default=None, help="folder file:// image/video URLs may be read from")
     parser.add_argument(
         "--max-body-bytes", type=int, default=limits.max_body_bytes, help="largest request body accepted (413 above)"
     )
@@ -36,6 +45,9 @@ def add_parser(sub: Any) -> None:
         "--max-image-pixels", type=int, default=limits.max_image_pixels, help="most pixels an image may declare"
     )
     parser.add_argument("--max-images", type=int, default=limits.max_images, help="images per request")
+    for name, help_text in VIDEO_FLAGS.items():
+        default = getattr(limits, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=help_text)
     parser.add_argument("--max-queue", type=int, default=limits.max_queue, help="waiting requests; more get 503")
     parser.add_argument("--timeout", type=float, default=limits.timeout_s, help="seconds per request")
     parser.add_argument(
@@ -54,8 +66,15 @@ def build_state(args: argparse.Namespace) -> Any:
     from vlbridge.serve.engine import Engine
     from vlbridge.serve.limits import Limits
 
-    if min(args.max_batch, args.max_images, args.max_queue, args.max_body_bytes, args.max_image_bytes) < 1:
-        raise ConfigError("--max-batch, --max-images, --max-queue and the byte limits must be at least 1")
+    counts = (args.max_batch, args.max_images, args.max_videos, args.max_queue, args.max_video_frames)
+    if min(*counts, args.max_body_bytes, args.max_image_bytes, args.max_video_bytes, args.video_max_frames) < 1:
+        raise ConfigError("--max-batch, the --max-* counts, the byte limits and --video-max-frames must be at least 1")
+    if args.video_max_frames > args.max_video_frames:
+        raise ConfigError(
+            f"--video-max-frames {args.video_max_frames} is over --max-video-frames {args.max_video_frames}"
+        )
+    if not 0 < args.video_fps <= 60:
+        raise ConfigError(f"--video-fps must be above 0 and at most 60 frames per second, got {args.video_fps}")
     keys = KeyStore.from_file(args.api_keys) if args.api_keys else None
     media = Path(args.allowed_media_path) if args.allowed_media_path else None
     if media is not None and not media.is_dir():
@@ -69,6 +88,7 @@ def build_state(args: argparse.Namespace) -> Any:
         max_queue=args.max_queue,
         timeout_s=args.timeout,
         default_max_tokens=args.default_max_tokens,
+        **{name: getattr(args, name) for name in VIDEO_FLAGS},
     )
     engine = Engine(model, max_batch=args.max_batch, max_length=args.max_context, max_queue=args.max_queue)
     name = Path(args.model).name if args.model else "vlbridge-default"

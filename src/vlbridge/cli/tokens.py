@@ -1,12 +1,15 @@
 """`vlbridge tokens`: the token budget of a context window per connector design (SPEC section 3).
 
     vlbridge tokens --context 4096 [--model PATH | --lm vicuna-7b] [--frames N] [--text-reserve T] [--json]
+    vlbridge tokens --video FILE [--fps 1] [--max-frames 32] [--model PATH]
 
 Per design: visual tokens per image, tokens left for text, video frames that fit (each frame compressed on its own:
 floor((context - text reserve) / tokens per frame); the text reserve defaults to 0) and the KV-cache memory of one
 image's tokens. Without --model the vision tower is CLIP ViT-L/14-336 (576 patches) and the LM a preset (Vicuna-7B by
 default: 0.5 MiB of fp16 KV cache per token); with --model both come from the checkpoint's config, and its own
-connector gets a row of its own.
+connector gets a row of its own. With --video the file is read by the model's own processor (--model, else the
+embedded default), as `vlbridge chat --video` reads it: the frames sampled at --fps up to --max-frames, the visual
+tokens its connector gives them, and what that leaves of the context.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from vlbridge.bench.token_budget import (
     KV_DTYPE_BYTES,
     LM_PRESETS,
     BudgetRow,
+    VideoTokens,
     Window,
     budget,
     default_designs,
     kv_bytes,
     model_row,
+    video_tokens,
     vision_patches,
 )
 from vlbridge.errors import ConfigError
@@ -53,6 +58,9 @@ def add_parser(sub: Any) -> None:
         help="LLaVA-Mini C values (C x C compressed tokens per image)",
     )
     parser.add_argument("--anyres-grid", default="2x2", help="AnyRes tile grid ROWSxCOLS (plus the base view)")
+    parser.add_argument("--video", default=None, help="count this video file's frames and tokens with the processor")
+    parser.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second (default: 1)")
+    parser.add_argument("--max-frames", type=int, default=32, help="most video frames (default: 32)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run)
 
@@ -108,7 +116,15 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
         "kv_bytes_per_token": kv_bytes(1, lm, dtype_bytes),
         "vision": {"name": vision_name, "patches_per_image": vision_patches(vision, image_size)},
         "rows": [dataclasses.asdict(row) for row in rows],
+        "video": None if args.video is None else _video(args, context),
     }
+
+
+def _video(args: argparse.Namespace, context: int) -> dict[str, Any]:
+    """The --video file counted by the model's processor, and the context it leaves."""
+    count: VideoTokens = video_tokens(args.model, args.video, args.fps, args.max_frames)
+    model = args.model or "the embedded default model"
+    return {"file": args.video, "model": model, **dataclasses.asdict(count), "text_left": context - count.tokens}
 
 
 def _mib(n: int) -> str:
@@ -141,4 +157,11 @@ def run(args: argparse.Namespace) -> int:
             extra = row["frames"]
             line += f" {extra['tokens']:>11} {'yes' if extra['fits'] else 'no':>4} {_mib(extra['kv_bytes']):>13}"
         print((line + f"  {row['source']:<10} {row['note']}").rstrip())
+    video = facts["video"]
+    if video is not None:
+        print(
+            f"video              {video['file']}: {video['frames']} frames at {args.fps:g} fps (at most "
+            f"{args.max_frames}) -> {video['tokens']} visual tokens with {video['model']} ({video['connector']}); "
+            f"{video['text_left']} of the {facts['context']} left for text"
+        )
     return 0

@@ -12,7 +12,8 @@ aligning the ids of each prefix with them, a straddling token being supervised; 
 Samples are tokenised eagerly, so truncation counts are known before training: a sample longer than `max_length`
 is cut from the end, unless the cut would go through (or drop) an image's token block, in which case the sample is
 dropped; a sample left with no supervised token is dropped too. Images are read lazily, per item; with AnyRes
-(LLaVA-NeXT tiling) an image's token count depends on its size, so each is also read once when tokenising.
+(LLaVA-NeXT tiling) an image's token count depends on its size, so each is also read once when tokenising. Video
+records (`vlbridge.data.videos`) are sized from their container headers and decoded per item.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.utils.data import Dataset
 
 from vlbridge.data.hygiene.augment import Augmenter, EpochAugmented, sources
 from vlbridge.data.llava_json import Record
+from vlbridge.data.videos import VideoSampling, check_media, video_pixels, video_tokens
 from vlbridge.errors import ConfigError, DataError, ImageError, ModalityError
 from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.lm import templates
@@ -81,7 +83,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 class SupervisedDataset(Dataset, EpochAugmented):
     """LLaVA records -> input_ids, labels (assistant replies only) and pixel_values (n_images, 3, H, W) or None;
-    with AnyRes pixel_values (n_images, views, 3, H, W) and image_sizes (n_images, 2)."""
+    with AnyRes pixel_values (n_images, views, 3, H, W) and image_sizes (n_images, 2); for a video record the frames
+    pixel_values (n_frames, 3, H, W) and video_frames (n_videos,)."""
 
     def __init__(
         self,
@@ -91,9 +94,10 @@ class SupervisedDataset(Dataset, EpochAugmented):
         template: str,
         max_length: int,
         augment: Augmenter | None = None,
+        video: VideoSampling | None = None,
     ) -> None:
-        """Tokenise every record now (counts in `.stats`); `image_root` resolves the records' image paths; `augment`
-        (training only) transforms each image as it is read."""
+        """Tokenise every record now (counts in `.stats`); `image_root` resolves the records' image and video paths;
+        `augment` (training only) transforms each image as it is read; `video`: how videos are sampled."""
         templates.TEMPLATES.get(template)  # an unknown name fails now, listing the known ones
         if max_length < 2:
             raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
@@ -102,7 +106,9 @@ class SupervisedDataset(Dataset, EpochAugmented):
         self.template = template
         self.max_length = max_length
         self.augment = augment
+        self.video = video or VideoSampling()
         self.stats = SupervisedStats(records=len(records))
+        check_media(list(records), processor, augment is not None)
         self._side = fixed_image_side(processor) if processor.has_vision else 0
         self._anyres = isinstance(processor.image_processor, AnyResImageProcessor)
         self._tokens_per_image = processor.tokens_per_image(self._side, self._side) if processor.has_vision else 0
@@ -127,25 +133,30 @@ class SupervisedDataset(Dataset, EpochAugmented):
 
     def _pieces(self, record: Record) -> list[tuple[str, bool]]:
         """The template's (text, supervised) pieces with each `<image>` expanded as the Processor expands it."""
-        if record.images and not self.processor.has_vision:
+        if (record.images or record.videos) and not self.processor.has_vision:
             raise ModalityError(
-                f"{_where(record)}record {record.id!r} has images but the processor is text-only; load the model "
-                "with vision, or pre-train the text model on conversation_texts(...) with TextDataset"
+                f"{_where(record)}record {record.id!r} has images or videos but the processor is text-only; load the "
+                "model with vision, or pre-train the text model on conversation_texts(...) with TextDataset"
             )
         try:
             segments = templates.render_segments(self.template, record.conversations)
         except DataError as err:
             raise DataError(f"record {record.id!r}: {err}", record.source, record.line) from None
-        counts = [self._image_tokens(record, path) for path in record.images]
-        image_token, pieces, used = self.processor.image_token, [], 0
+        if record.videos:
+            counts = video_tokens(record, self.image_root, self.processor, self.video, self._side)
+            source, marker = templates.VIDEO_PLACEHOLDER, self.processor.video_token
+        else:
+            counts = [self._image_tokens(record, path) for path in record.images]
+            source, marker = templates.IMAGE_PLACEHOLDER, self.processor.image_token
+        pieces, used = [], 0
         for text, supervised in segments:
-            text = text.replace(templates.IMAGE_PLACEHOLDER, image_token)
-            n = text.count(image_token)
+            text = text.replace(source, marker)
+            n = text.count(marker)
             if n:
-                text = self.processor.expand_images(text, counts[used : used + n])
+                text = self.processor.expand_images(text, counts[used : used + n], marker)
                 used += n
             pieces.append((text, supervised))
-        assert used == len(record.images), "parse_record checks one placeholder per image"
+        assert used == len(counts), "parse_record checks one placeholder per image or video"
         return pieces
 
     def _image_tokens(self, record: Record, path: str) -> int:
@@ -225,11 +236,16 @@ class SupervisedDataset(Dataset, EpochAugmented):
         return input_ids, labels
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | None]:
-        """input_ids (T,), labels (T,), pixel_values (n_images, 3, H, W) or None for a text-only sample."""
+        """input_ids (T,), labels (T,), pixel_values (n_images, 3, H, W) or None for a text-only sample; a video
+        sample's pixel_values are its frames (n_frames, 3, H, W), with video_frames (n_videos,)."""
         input_ids, labels = self.token_ids(index)
         record = self.record(index)
         item: dict[str, torch.Tensor | None] = {"input_ids": input_ids, "labels": labels, "pixel_values": None}
-        if record.images:
+        if record.videos:
+            item["pixel_values"], item["video_frames"] = video_pixels(
+                record, self.image_root, self.processor, self.video
+            )
+        elif record.images:
             assert self.processor.image_processor is not None, "records with images need vision (checked when built)"
             try:
                 paths = [self.image_root / p for p in record.images]
@@ -268,8 +284,8 @@ def collate(
 
     pixel_values concatenates every sample's images in batch order, i.e. the order their image tokens take in
     the flattened batch, which is how the model splices them; AnyRes items' views are zero-padded to the most any
-    image has, and their image_sizes (N_images, 2) concatenated alike. Works for SupervisedDataset and TextDataset
-    items.
+    image has, and their image_sizes (N_images, 2) concatenated alike; video items' frames are concatenated alike,
+    with video_frames (N_videos,). Works for SupervisedDataset and TextDataset items.
     """
     if not batch:
         raise DataError("cannot collate an empty batch")
@@ -280,6 +296,11 @@ def collate(
         "labels": pad([sample["labels"] for sample in batch], IGNORE_INDEX, padding_side),
     }
     images = [sample["pixel_values"] for sample in batch if sample.get("pixel_values") is not None]
+    videos = [sample["video_frames"] for sample in batch if sample.get("video_frames") is not None]
+    if videos and len(videos) != len(images):
+        raise DataError("a batch holds image samples and video samples; the model takes one kind per batch")
+    if videos:
+        out["video_frames"] = torch.cat(videos)  # (N_videos,)
     if images and any(sample.get("image_sizes") is not None for sample in batch):  # AnyRes: pad the views
         views = max(pixels.shape[1] for pixels in images)
         padded = [F.pad(pixels, (0, 0, 0, 0, 0, 0, 0, views - pixels.shape[1])) for pixels in images]

@@ -152,21 +152,23 @@ class ImageFolder:
     def _resolved_root(self) -> Path:
         return self.root.resolve()
 
-    def path(self, name: str, record: str, source: Path | None = None, line: int | None = None) -> Path:
-        """The image file `name` names (`root / name`, unresolved), or DataError naming `record` ("record 'r7'",
-        "question 12") and, when given, the data file `source` and `line`: when `name` leads outside `root`, is
-        absolute without the opt-in, or (`must_exist`) is missing."""
+    def path(
+        self, name: str, record: str, source: Path | None = None, line: int | None = None, what: str = "image"
+    ) -> Path:
+        """The image (or video: `what`) file `name` names (`root / name`, unresolved), or DataError naming `record`
+        ("record 'r7'", "question 12") and, when given, the data file `source` and `line`: when `name` leads outside
+        `root`, is absolute without the opt-in, or (`must_exist`) is missing."""
 
         def refused(problem: str) -> DataError:
             return DataError(f"{record}: {problem}", source, line)
 
         if "\x00" in name:  # no file name holds one; the OS would refuse it with a ValueError
-            raise refused(f"image path {name!r} holds a NUL character; fix the path")
+            raise refused(f"{what} path {name!r} holds a NUL character; fix the path")
         relative = Path(name)
         if relative.is_absolute():
             if not self.allow_absolute:
                 raise refused(
-                    f"image path {name!r} is absolute, but image paths are read relative to the image folder "
+                    f"{what} path {name!r} is absolute, but {what} paths are read relative to the image folder "
                     f"{self.root}; make it relative, or allow absolute paths ({ABSOLUTE_OPT_IN})"
                 )
             path = relative
@@ -175,9 +177,9 @@ class ImageFolder:
             target = path.resolve()
             if not target.is_relative_to(self._resolved_root):
                 raise refused(
-                    f"image path {name!r} leads outside the image folder {self.root} (to {target}); image paths "
-                    "must stay inside it: move the image into the folder and fix the path"
+                    f"{what} path {name!r} leads outside the image folder {self.root} (to {target}); {what} paths "
+                    f"must stay inside it: move the {what} into the folder and fix the path"
                 )
         if self.must_exist and not path.is_file():
-            raise refused(f"image file {path} does not exist; fix the path or add the file")
+            raise refused(f"{what} file {path} does not exist; fix the path or add the file")
         return path

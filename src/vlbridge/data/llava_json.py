@@ -2,9 +2,12 @@
 
 Liu et al., "Visual Instruction Tuning" (2023) store training data as a JSON list of records
 `{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`, where `image` is one path, a list of
-paths (multi-image) or absent (text-only), and each image has one `<image>` placeholder in a human turn. JSONL (one
-record per line) holds the same records. Held-out questions (`test.jsonl`, `val.jsonl`) are
-`{"question_id", "image", "question", "answer", "type"}` (+ `"choices"`), as the synthetic writer makes them.
+paths (multi-image) or absent (text-only), and each image has one `<image>` placeholder in a human turn. Video records
+(LLaVA-NeXT-Video, LLaVA-Video-178K) name a `video` instead, one path or a list, each with one `<video>` placeholder;
+a video record with `<image>` placeholders and no `<video>` one (LLaVA-Video-178K writes them so) has them read as
+`<video>`. A record holds images or videos, not both. JSONL (one record per line) holds the same records.
+Held-out questions (`test.jsonl`, `val.jsonl`) are `{"question_id", "image", "question", "answer", "type"}`
+(+ `"choices"`), as the synthetic writer makes them, or with a `"video"` instead of the image (synth-video).
 
 Every problem is a DataError naming the file, the line where the bad record starts (for a JSON list, found by
 decoding the array item by item with `json.JSONDecoder.raw_decode`) and what is wrong; `skip_malformed=True` skips
@@ -27,7 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from vlbridge.data.files import ImageFolder, json_error, nonempty, parse_json, read_text
 from vlbridge.errors import DataError
-from vlbridge.lm.templates import IMAGE_PLACEHOLDER
+from vlbridge.lm.templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 R = TypeVar("R")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -35,19 +38,21 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 @dataclass(frozen=True)
 class Record:
-    """One LLaVA conversation: image paths as written in the file (relative to the image root, which the loaders
-    check they stay inside), turns, origin."""
+    """One LLaVA conversation: image (or video) paths as written in the file (relative to the image root, which the
+    loaders check they stay inside), turns, origin."""
 
     id: str
     images: tuple[str, ...]
     conversations: tuple[dict[str, str], ...]  # {"from": "system"|"human"|"gpt", "value": str}
     source: Path | None = None
     line: int | None = None
+    videos: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One held-out question: the image path (relative to the image root, None for text-only) and its answers."""
+    """One held-out question: the image (or video) path (relative to the image root, None for text-only) and its
+    answers."""
 
     question_id: str
     image: str | None
@@ -57,6 +62,7 @@ class EvalItem:
     choices: tuple[str, ...] | None = None
     source: Path | None = None
     line: int | None = None
+    video: str | None = None
 
     @property
     def answer(self) -> str:
@@ -139,20 +145,33 @@ def _iter_list(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
             raise DataError("not valid JSON (expected ',' or ']' after a record)", path, where)
 
 
-def check_image_files(images: Sequence[str], folder: ImageFolder | None, record: str) -> None:
-    """DataError naming `record` for the first of `images` that `folder` refuses (None: no check)."""
+def check_image_files(images: Sequence[str], folder: ImageFolder | None, record: str, what: str = "image") -> None:
+    """DataError naming `record` for the first of `images` (or videos: `what`) that `folder` refuses (None: no
+    check)."""
     if folder is not None:
         for image in images:
-            folder.path(image, record)
+            folder.path(image, record, what=what)
 
 
-def _image_list(value: Any) -> tuple[str, ...]:
+def _image_list(value: Any, key: str = "image") -> tuple[str, ...]:
     if value is None:
         return ()
     images = [value] if isinstance(value, str) else value
     if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
-        raise DataError(f"'image' must be a path, a list of paths or absent, got {value!r}")
+        raise DataError(f"'{key}' must be a path, a list of paths or absent, got {value!r}")
     return tuple(images)
+
+
+def _media(data: dict[str, Any], what: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(image paths, video paths, the placeholder marking them) of a record (`what`: "record 'r7'"), which holds one
+    kind or none."""
+    images, videos = _image_list(data.get("image")), _image_list(data.get("video"), "video")
+    if images and videos:
+        raise DataError(
+            f"{what} has both 'image' and 'video'; the model takes images or videos in one sequence, not both: "
+            "split it into an image record and a video record"
+        )
+    return images, videos, VIDEO_PLACEHOLDER if videos else IMAGE_PLACEHOLDER
 
 
 def _record_id(data: dict[str, Any], line: int) -> str:
@@ -167,11 +186,10 @@ def parse_record(data: Any, line: int, images: ImageFolder | None = None) -> Rec
     if not isinstance(data, dict):
         raise DataError(f"a record must be a JSON object, got {type(data).__name__}")
     record_id = _record_id(data, line)
-    paths = _image_list(data.get("image"))
+    paths, videos, placeholder = _media(data, f"record {record_id!r}")
     turns = data.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise DataError(f"record {record_id!r} needs a non-empty 'conversations' list (missing key or wrong type)")
-    placeholders = 0
     offset = 1 if isinstance(turns[0], dict) and turns[0].get("from") == "system" else 0
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not {"from", "value"} <= turn.keys() or not isinstance(turn["value"], str):
@@ -182,22 +200,35 @@ def parse_record(data: Any, line: int, images: ImageFolder | None = None) -> Rec
                 f"record {record_id!r}: turn {i} is from {turn['from']!r} but {expected!r} was expected; turns must "
                 "alternate human, gpt, ... (after an optional leading system turn)"
             )
-        if expected != "human" and IMAGE_PLACEHOLDER in turn["value"]:
-            raise DataError(
-                f"record {record_id!r}: turn {i} ({turn['from']}) contains {IMAGE_PLACEHOLDER}; only "
-                "human turns may hold image placeholders"
-            )
-        placeholders += turn["value"].count(IMAGE_PLACEHOLDER)
+        for marker in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+            if expected != "human" and marker in turn["value"]:
+                raise DataError(
+                    f"record {record_id!r}: turn {i} ({turn['from']}) contains {marker}; only human turns may hold "
+                    "image or video placeholders"
+                )
     if turns[-1]["from"] != "gpt":
         raise DataError(f"record {record_id!r} ends on a {turns[-1]['from']!r} turn; it must end with a gpt reply")
-    if placeholders != len(paths):
+    values = [t["value"] for t in turns]
+    if videos and not any(VIDEO_PLACEHOLDER in v for v in values):  # LLaVA-Video-178K marks its video with <image>
+        values = [v.replace(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER) for v in values]
+    other = IMAGE_PLACEHOLDER if placeholder == VIDEO_PLACEHOLDER else VIDEO_PLACEHOLDER
+    if any(other in v for v in values):
+        kind = "video" if videos else "image"
         raise DataError(
-            f"record {record_id!r} has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s); "
-            f"put one {IMAGE_PLACEHOLDER} in a human turn per image"
+            f"record {record_id!r} holds {other} but names {'no video' if other == VIDEO_PLACEHOLDER else 'no image'}"
+            f"; a {kind} record marks its {kind}s with {placeholder}: fix the placeholder or the record's media"
+        )
+    placeholders, media = sum(v.count(placeholder) for v in values), paths or videos
+    if placeholders != len(media):
+        kind = "video" if videos else "image"
+        raise DataError(
+            f"record {record_id!r} has {placeholders} {placeholder} placeholder(s) but {len(media)} {kind}(s); "
+            f"put one {placeholder} in a human turn per {kind}"
         )
     check_image_files(paths, images, f"record {record_id!r}")
-    conversations = tuple({"from": t["from"], "value": t["value"]} for t in turns)
-    return Record(id=record_id, images=paths, conversations=conversations, line=line)
+    check_image_files(videos, images, f"record {record_id!r}", "video")
+    conversations = tuple({"from": t["from"], "value": v} for t, v in zip(turns, values, strict=True))
+    return Record(id=record_id, images=paths, conversations=conversations, line=line, videos=videos)
 
 
 def parse_eval_item(data: Any, line: int, images: ImageFolder | None = None) -> EvalItem:
@@ -210,13 +241,15 @@ def parse_eval_item(data: Any, line: int, images: ImageFolder | None = None) -> 
     answers = data["answer"] if isinstance(data["answer"], list) else [data["answer"]]
     if not answers or not all(isinstance(a, str) for a in answers) or not isinstance(data["question"], str):
         raise DataError("'question' must be a string and 'answer' a string or a non-empty list of strings")
-    paths = _image_list(data.get("image"))
-    if len(paths) > 1:
-        raise DataError(f"'image' must be one path or absent, got {len(paths)} paths")
+    paths, videos, _ = _media(data, f"question {data['question_id']!r}")
+    for key, given in (("image", paths), ("video", videos)):
+        if len(given) > 1:
+            raise DataError(f"'{key}' must be one path or absent, got {len(given)} paths")
     choices = data.get("choices")
     if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
         raise DataError(f"'choices' must be a list of strings, got {choices!r}")
     check_image_files(paths, images, f"question {data['question_id']!r}")
+    check_image_files(videos, images, f"question {data['question_id']!r}", "video")
     return EvalItem(
         question_id=str(data["question_id"]),
         image=paths[0] if paths else None,
@@ -225,6 +258,7 @@ def parse_eval_item(data: Any, line: int, images: ImageFolder | None = None) -> 
         type=str(data.get("type", "all")),
         choices=None if choices is None else tuple(choices),
         line=line,
+        video=videos[0] if videos else None,
     )
 
 
@@ -294,12 +328,12 @@ def load_eval(
 
 
 def conversation_texts(records: Sequence[Record]) -> list[str]:
-    """Plain text of each record (turn values joined by newlines, image placeholders removed): a text-LM corpus."""
+    """Plain text of each record (turn values joined by newlines, image and video placeholders removed): a text-LM
+    corpus."""
     texts = []
     for record in records:
-        values = [
-            t["value"].replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
-            for t in record.conversations
-        ]
+        values = [t["value"] for t in record.conversations]
+        for marker in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+            values = [v.replace(marker + "\n", "").replace(marker, "") for v in values]
         texts.append("\n".join(values))
     return texts

@@ -1,7 +1,8 @@
 """Running a model over a benchmark: batched greedy answers, resumable predictions, scores and official files.
 
-Answers are greedy (`do_sample=False`), each question asked in the model's chat template with `<image>` on the
-line before it, as LLaVA's evaluation scripts ask (`model_vqa.py`). Predictions are appended to predictions.jsonl
+Answers are greedy (`do_sample=False`), each question asked in the model's chat template with `<image>` (or
+`<video>`, the video sampled as the task says) on the line before it, as LLaVA's evaluation scripts ask
+(`model_vqa.py`). Predictions are appended to predictions.jsonl
 batch by batch, so an interrupted run resumes by skipping the question ids already answered; run.json ties the
 folder to one model and task, so two runs never mix. Scoring happens at the end, from the predictions file, so a
 run can be scored later (or again) with references given afterwards; scores.json is written atomically.
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from vlbridge.atomic import write_text
 from vlbridge.data.files import read_json, read_text
-from vlbridge.errors import ConfigError, DataError, ImageError
+from vlbridge.errors import ConfigError, DataError, ImageError, VideoError
 from vlbridge.eval.tasks.base import Prompt, Rows, Task
 
 
@@ -33,14 +34,25 @@ class EvalResult:
 
 
 def answer_batch(model: Any, processor: Any, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
-    """Greedy answers to a batch of prompts, each asked in the model's chat template with its image."""
-    texts, images = [], []
+    """Greedy answers to a batch of prompts, each asked in the model's chat template with its image or video (sampled
+    as the prompt says); a batch holds images or videos, not both."""
+    texts, images, videos = [], [], []
     for prompt in prompts:
         content = prompt.text if prompt.image is None else f"{processor.image_token}\n{prompt.text}"
+        if prompt.video is not None:
+            content = f"{processor.video_token}\n{prompt.text}"
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
         image = prompt.image() if callable(prompt.image) else prompt.image
         images.append([] if image is None else [image])
-    inputs = processor(text=texts, images=images, return_tensors="pt")
+        videos.append([] if prompt.video is None else [prompt.video])
+    media: dict[str, Any] = {"images": images}
+    if any(videos):
+        samplings = {p.video_sampling for p in prompts if p.video is not None}
+        if len(samplings) > 1:
+            raise ConfigError(f"a batch's videos must share one sampling (fps, max_frames), got {sorted(samplings)}")
+        ((fps, max_frames),) = samplings
+        media = {"videos": videos, "fps": fps, "max_frames": max_frames} | ({"images": images} if any(images) else {})
+    inputs = processor(text=texts, return_tensors="pt", **media)
     ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     start = inputs["input_ids"].shape[1]
     return [text.strip() for text in processor.batch_decode(ids[:, start:], skip_special_tokens=True)]
@@ -81,13 +93,16 @@ def _claim(out_dir: Path, run: dict[str, Any]) -> None:
 
 
 def _check_images(prompts: Sequence[Prompt]) -> None:
-    """Fail before answering anything when image files are missing, naming the first few."""
+    """Fail before answering anything when image or video files are missing, naming the first few."""
     missing = [p.image for p in prompts if isinstance(p.image, Path) and not p.image.is_file()]
     if missing:
         shown = ", ".join(str(m) for m in missing[:3])
         raise ImageError(
             f"{len(missing)} image file(s) do not exist, e.g. {shown}; check --image-folder (and --image-pattern)"
         )
+    videos = [str(p.video) for p in prompts if p.video is not None and not p.video.is_file()]
+    if videos:
+        raise VideoError(f"{len(videos)} video file(s) do not exist, e.g. {', '.join(videos[:3])}; check --data")
 
 
 def predict(

@@ -61,6 +61,17 @@ def _import_av() -> Any:
 
 def read_video(path: str | Path, fps: float = 1.0, max_frames: int | None = None) -> list[PIL.Image.Image]:
     """The frames of the video file at `path` sampled at `fps` (at most `max_frames`), as RGB PIL images in order."""
+    return _open_video(path, fps, max_frames, decode=True)
+
+
+def count_frames(path: str | Path, fps: float = 1.0, max_frames: int | None = None) -> int:
+    """How many frames `read_video(path, fps, max_frames)` returns, from the container's header and packets alone
+    (nothing decoded): what a dataset needs to size a video's tokens before it reads the frames."""
+    return _open_video(path, fps, max_frames, decode=False)
+
+
+def _open_video(path: str | Path, fps: float, max_frames: int | None, decode: bool) -> Any:
+    """The sampled frames (`decode`) or their count, with every failure a VideoError naming the file."""
     av = _import_av()
     path = Path(path)
     fix = "pass a readable video file (e.g. MP4 with H.264) or decoded frames"
@@ -78,6 +89,8 @@ def read_video(path: str | Path, fps: float = 1.0, max_frames: int | None = None
             if n_frames < 1:
                 raise VideoError(f"the video has no frames; {fix}", path)
             wanted = Counter(sample_indices(n_frames, rate, fps, max_frames))
+            if not decode:
+                return sum(wanted.values())
             container.seek(0)
             frames = _decode_selected(container, stream, wanted)
     except VideoError:

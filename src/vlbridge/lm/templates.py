@@ -19,6 +19,7 @@ from vlbridge.errors import DataError
 from vlbridge.registry import Registry
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
 """The placeholder LLaVA's data format uses for an image inside a user message."""
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -37,7 +38,7 @@ class Template:
     end_of_turn: str = ""  # supervised marker that closes an assistant reply
     turn_separator: str = ""  # unsupervised text after the end-of-turn marker
     trim: bool = False  # strip surrounding whitespace from every message (Llama-3 does)
-    images_only_user: bool = False  # user turns keep only their image placeholders (LLaVA `plain` pre-training)
+    images_only_user: bool = False  # user turns keep only their image/video placeholders (LLaVA `plain`)
     stop: str = ""  # text that ends a generated reply where the end-of-turn marker is plain text, not the EOS token
 
 
@@ -141,7 +142,7 @@ def _segments(template: Template, messages: Sequence[Mapping[str, str]]) -> list
         content = turn["content"].strip() if template.trim else turn["content"]
         if turn["role"] == "user":
             if template.images_only_user:
-                content = IMAGE_PLACEHOLDER * content.count(IMAGE_PLACEHOLDER)
+                content = "".join(marker * content.count(marker) for marker in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER))
             pieces.append((template.user_format.format(content=content), False))
         else:
             pieces.append((template.assistant_header, False))

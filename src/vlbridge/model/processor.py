@@ -28,7 +28,7 @@ from vlbridge.errors import (
 )
 from vlbridge.highres.anyres import AnyResImageProcessor
 from vlbridge.highres.crops import CropsImageProcessor
-from vlbridge.highres.video import video_frames
+from vlbridge.highres.video import VideoSource, video_frames
 from vlbridge.lm import templates
 from vlbridge.lm.tokenizer import Tokenizer, check_text
 from vlbridge.vision.processor import ImageProcessor
@@ -198,12 +198,8 @@ class Processor:
         """Decode and preprocess each prompt's videos; expand each `<video>` to its tokens."""
         if self.tokens_per_video is None:
             raise ModalityError("this processor's model takes no video input; load a model with a vision plug-in")
-        assert self.image_processor is not None
-        frame_processor = ImageProcessor(self.image_processor.config)  # frames take one view each, even with AnyRes
         groups = self._images_per_prompt(prompts, _frames_as_arrays(videos), self.video_token)
-        cap = self.video_max_frames if max_frames is None else max_frames
-        rate = self.video_fps if fps is None else fps
-        pixels = [frame_processor(video_frames(v, rate, cap)) for group in groups for v in group]  # (F, 3, H, W)
+        pixels = [self.video_pixels(v, fps, max_frames) for group in groups for v in group]  # (F, 3, H, W)
         counts = [self.tokens_per_video(len(p), *p.shape[-2:]) for p in pixels]
         n_videos = [len(group) for group in groups]
         expanded, visual = self._expand(prompts, n_videos, counts, self.video_token)
@@ -212,6 +208,16 @@ class Processor:
             "video_frames": torch.tensor([len(p) for p in pixels], dtype=torch.long),
         }
         return out, expanded, n_videos, visual
+
+    def video_pixels(self, video: VideoSource, fps: float | None = None, max_frames: int | None = None) -> torch.Tensor:
+        """One video's frames, sampled at `fps` (default `video_fps`) up to `max_frames` (default `video_max_frames`)
+        and preprocessed one view each, even with AnyRes: (F, 3, H, W). Public for training, which reads a record's
+        video as a call here does."""
+        if self.image_processor is None:
+            raise ModalityError("this processor is text-only and cannot take videos; load the model with vision=True")
+        frame_processor = ImageProcessor(self.image_processor.config)
+        cap = self.video_max_frames if max_frames is None else max_frames
+        return frame_processor(video_frames(video, self.video_fps if fps is None else fps, cap))
 
     @staticmethod
     def _prompts(text: Any) -> list[str]:
@@ -243,18 +249,20 @@ class Processor:
             k += n
         return expanded, visual
 
-    def expand_images(self, text: str, counts: Sequence[int]) -> str:
-        """`text` with its k-th `<image>` replaced by counts[k] image tokens: the expansion `__call__` applies.
+    def expand_images(self, text: str, counts: Sequence[int], placeholder: str | None = None) -> str:
+        """`text` with its k-th `<image>` (or `placeholder`, e.g. the video token) replaced by counts[k] image tokens:
+        the expansion `__call__` applies.
 
         Public for the training pipeline, which expands each template piece itself to keep label boundaries.
         """
-        n = text.count(self.image_token)
+        marker = placeholder or self.image_token
+        n = text.count(marker)
         if n != len(counts):
             raise PlaceholderError(
-                f"the text holds {n} {self.image_token} placeholder(s) but {len(counts)} image token count(s) were "
-                f"given; give one count per {self.image_token}"
+                f"the text holds {n} {marker} placeholder(s) but {len(counts)} token count(s) were given; give one "
+                f"count per {marker}"
             )
-        return self._expand([text], [n], list(counts))[0][0]
+        return self._expand([text], [n], list(counts), marker)[0][0]
 
     def _check_length(self, ids: list[list[int]], n_images: list[int], visual: list[int]) -> None:
         """ContextOverflowError, counting text and visual tokens apart, when a prompt exceeds max_length."""

@@ -1,9 +1,9 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over one `Engine`.
 
 POST /v1/chat/completions (streamed as server-sent events or not), GET /v1/models, GET /health, GET /metrics and the
-chat page at /. Request handling reads, checks and tokenizes (images decoded in a worker thread); only the engine
-thread runs the model. Every failure is answered in OpenAI's error shape and never reaches the engine or the server.
-FastAPI is imported here only, so `vlbridge` itself never needs it (the `serve` extra).
+chat page at /. Request handling reads, checks and tokenizes (images and videos decoded in a worker thread); only the
+engine thread runs the model. Every failure is answered in OpenAI's error shape and never reaches the engine or the
+server. FastAPI is imported here only, so `vlbridge` itself never needs it (the `serve` extra).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from vlbridge.serve.auth import OPEN, APIKey, KeyStore
 from vlbridge.serve.engine import Engine, EngineRequest, Event, QueueFullError, RequestTimeoutError
 from vlbridge.serve.limits import Limits, open_image
 from vlbridge.serve.schemas import APIError, ChatRequest, parse_chat_request
+from vlbridge.serve.videos import video_inputs
 
 ACCESS_LOG = logging.getLogger("vlbridge.serve.access")
 STATIC = Path(__file__).parent / "static"
@@ -73,21 +74,26 @@ def _as_api_error(err: Exception) -> APIError:
 
 
 def _check_permission(state: ServerState, key: APIKey, request: ChatRequest) -> None:
-    if not request.image_urls:
-        return
-    if not state.takes_images:
-        raise APIError(403, "this deployment is text-only (no vision weights loaded): send text only", code="modality")
-    if "image" not in key.modalities:
-        raise APIError(
-            403, f"API key {key.name!r} may not send images (its modalities: {sorted(key.modalities)})", code="modality"
-        )
-    if len(request.image_urls) > state.limits.max_images:
-        raise APIError(
-            400,
-            f"{len(request.image_urls)} images sent; this server takes at most {state.limits.max_images} per request",
-            "messages",
-            "limit",
-        )
+    for modality, urls, limit in (
+        ("image", request.image_urls, state.limits.max_images),
+        ("video", request.video_urls, state.limits.max_videos),
+    ):
+        if not urls:
+            continue
+        if not state.takes_images:
+            raise APIError(
+                403, "this deployment is text-only (no vision weights loaded): send text only", code="modality"
+            )
+        if modality not in key.modalities:
+            raise APIError(
+                403,
+                f"API key {key.name!r} may not send {modality}s (its modalities: {sorted(key.modalities)})",
+                code="modality",
+            )
+        if len(urls) > limit:
+            raise APIError(
+                400, f"{len(urls)} {modality}s sent; this server takes at most {limit} per request", "messages", "limit"
+            )
 
 
 def _prepare(state: ServerState, chat: ChatRequest) -> EngineRequest:
@@ -100,7 +106,10 @@ def _prepare(state: ServerState, chat: ChatRequest) -> EngineRequest:
         for i, url in enumerate(chat.image_urls)
     ]
     prompt = processor.apply_chat_template(chat.messages, add_generation_prompt=True)
-    inputs = processor(text=prompt, images=images or None, return_tensors="pt")
+    if chat.video_urls:
+        inputs = video_inputs(processor, prompt, chat, limits, state.allowed_media_path)
+    else:
+        inputs = processor(text=prompt, images=images or None, return_tensors="pt")
     prompt_tokens, context = inputs["input_ids"].shape[1], state.engine.max_length
     room = context - prompt_tokens
     max_tokens = chat.max_tokens if chat.max_tokens is not None else min(limits.default_max_tokens, room)
@@ -123,7 +132,12 @@ def _prepare(state: ServerState, chat: ChatRequest) -> EngineRequest:
         stop_strings=stop,
     )
     return EngineRequest(
-        inputs["input_ids"], inputs.get("pixel_values"), config, emit=lambda event: None, timeout_s=limits.timeout_s
+        inputs["input_ids"],
+        inputs.get("pixel_values"),
+        config,
+        emit=lambda event: None,
+        timeout_s=limits.timeout_s,
+        video_frames=inputs.get("video_frames"),
     )
 
 
@@ -203,7 +217,7 @@ def create_app(state: ServerState) -> FastAPI:
             "object": "model",
             "created": int(state.started),
             "owned_by": "vlbridge",
-            "modalities": ["text", "image"] if state.takes_images else ["text"],
+            "modalities": ["text", "image", "video"] if state.takes_images else ["text"],
         }
         return JSONResponse({"object": "list", "data": [card]})
 

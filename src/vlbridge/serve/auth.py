@@ -1,8 +1,9 @@
 """API keys and the modalities each key may use (SPEC §5 permission control).
 
-The keys file is JSON: {"keys": [{"key": "...", "name": "...", "modalities": ["text", "image"]}]}. A request names
-its key as `Authorization: Bearer KEY`; every known key is compared in constant time (hmac.compare_digest), all of
-them each time, so the response time says nothing about how much of a key was right.
+The keys file is JSON: {"keys": [{"key": "...", "name": "...", "modalities": ["text", "image", "video"]}]} (no
+"modalities": all of them). A request names its key as `Authorization: Bearer KEY`; every known key is compared in
+constant time (hmac.compare_digest), all of them each time, so the response time says nothing about how much of a
+key was right.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from vlbridge.errors import ConfigError
 from vlbridge.serve.schemas import APIError
 
-MODALITIES = ("text", "image")
+MODALITIES = ("text", "image", "video")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ class Event:
 
 @dataclass
 class EngineRequest:
-    """One tokenized request: ids (1, T) with visual tokens expanded, its images' pixels, how to generate."""
+    """One tokenized request: ids (1, T) with visual tokens expanded, its images' pixels (or its videos' frames, with
+    each video's frame count in `video_frames`), how to generate."""
 
     input_ids: Tensor
     pixel_values: Tensor | None
@@ -68,6 +69,7 @@ class EngineRequest:
     emit: Callable[[Event], None]
     timeout_s: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    video_frames: Tensor | None = None
 
 
 @dataclass
@@ -214,7 +216,8 @@ class Engine:
         pixels = None if request.pixel_values is None else request.pixel_values.to(device)
         length = ids.shape[1] + request.config.max_new_tokens  # what generate's cache holds for this request
         fusion = FusionCache(max_length=length)
-        embeds, hooks = model.embed(ids, pixels, mask, fusion)
+        frames = None if request.video_frames is None else request.video_frames.to(device)
+        embeds, hooks = model.embed(ids, pixels, mask, fusion, video_frames=frames)
         if not hooks and fusion.state is None:
             return lm.prefill(self.cache.row(slot), mask, inputs_embeds=embeds), None
         cache = lm.new_cache(1, length)

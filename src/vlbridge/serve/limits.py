@@ -1,4 +1,5 @@
-"""Request limits of the server, and image URLs (data: and file:) turned into images within them.
+"""Request limits of the server, and image URLs (data: and file:) turned into images within them; video URLs share
+the data: and file:// rules (serve/videos.py).
 
 Every limit has a safe default and a `vlbridge serve` flag. Images are untrusted: a data URL's size is checked before
 it is decoded, and its pixel count from the header before any pixel is (vision/loading.py's checks: a decompression
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -42,23 +44,52 @@ class Limits:
     max_queue: int = 256  # requests waiting for the engine; more get 503
     timeout_s: float = 300.0  # per request, from when it starts running
     default_max_tokens: int = 256  # when the request sets neither max_tokens nor max_completion_tokens
+    max_videos: int = 2  # videos per request
+    max_video_bytes: int = 64 * 2**20  # one video's encoded bytes (a data URL's)
+    max_video_frames: int = 64  # the most frames a request may have a video sampled to
+    video_fps: float = 1.0  # frames sampled per second of video when the request does not say (`video_fps`)
+    video_max_frames: int = 32  # frames per video when the request does not say (`video_max_frames`)
+
+
+def data_url_bytes(url: str, types: Collection[str], max_bytes: int, name: str) -> bytes:
+    """The bytes of a base64 data URL of one of the media `types`, checked against `max_bytes` before decoding."""
+    header, _, payload = url.partition(",")
+    media = header[5:].split(";")[0].lower()
+    kind = name.split()[0]  # "image" or "video"
+    if media not in types or not header.endswith(";base64"):
+        raise APIError(400, f"{name}: data URLs must be base64 {kind}s of type {', '.join(types)}, got {header[:40]!r}")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise APIError(400, f"{name} is over the server's {kind} limit of {max_bytes:,} bytes", code="limit")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise APIError(400, f"{name}: the data URL is not valid base64 ({err})") from err
+
+
+def allowed_file(url: str, allowed: Path | None, name: str) -> Path:
+    """The local file a file:// URL names, which must lie inside the allowed media folder (403 otherwise)."""
+    if allowed is None:
+        raise APIError(400, f"{name}: file:// URLs are off; start the server with --allowed-media-path DIR")
+    path = Path(unquote(urlparse(url).path)).resolve()
+    if not path.is_relative_to(allowed.resolve()):
+        raise APIError(403, f"{name}: {path} is outside the allowed media folder", code="media_path")
+    return path
+
+
+def unsupported_url(url: str, name: str) -> APIError:
+    """The 400 for a URL that is neither data: nor file://: http(s) is never fetched, others are unknown."""
+    kind = name.split()[0]
+    if url.startswith(("http://", "https://")):
+        return APIError(
+            400,
+            f"{name}: http(s) {kind} URLs are not fetched (this server makes no network requests); "
+            f"send the {kind} as a data: URL (base64)",
+        )
+    return APIError(400, f"{name}: unsupported {kind} URL {url[:40]!r}; use a data: URL or a file:// URL")
 
 
 def _from_data_url(url: str, limits: Limits, config: ImageProcessorConfig, name: str) -> PIL.Image.Image:
-    header, _, payload = url.partition(",")
-    media = header[5:].split(";")[0].lower()
-    if media not in DATA_URL_TYPES or not header.endswith(";base64"):
-        raise APIError(
-            400, f"{name}: data URLs must be base64 images of type {', '.join(DATA_URL_TYPES)}, got {header[:40]!r}"
-        )
-    if len(payload) * 3 // 4 > limits.max_image_bytes:
-        raise APIError(
-            400, f"{name} is over the server's image limit of {limits.max_image_bytes:,} bytes", code="limit"
-        )
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise APIError(400, f"{name}: the data URL is not valid base64 ({err})") from err
+    data = data_url_bytes(url, DATA_URL_TYPES, limits.max_image_bytes, name)
     try:
         image = PIL.Image.open(io.BytesIO(data), formats=tuple(set(DATA_URL_TYPES.values())))
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
@@ -72,15 +103,6 @@ def _from_data_url(url: str, limits: Limits, config: ImageProcessorConfig, name:
         return decode(image, name)
 
 
-def _from_file_url(url: str, config: ImageProcessorConfig, allowed: Path | None, name: str) -> PIL.Image.Image:
-    if allowed is None:
-        raise APIError(400, f"{name}: file:// URLs are off; start the server with --allowed-media-path DIR")
-    path = Path(unquote(urlparse(url).path)).resolve()
-    if not path.is_relative_to(allowed.resolve()):
-        raise APIError(403, f"{name}: {path} is outside the allowed media folder", code="media_path")
-    return load_image(path, config)
-
-
 def open_image(
     url: str, limits: Limits, config: ImageProcessorConfig, allowed: Path | None, index: int
 ) -> PIL.Image.Image:
@@ -90,11 +112,5 @@ def open_image(
     if url.startswith("data:"):
         return _from_data_url(url, limits, config, name)
     if url.startswith("file://"):
-        return _from_file_url(url, config, allowed, name)
-    if url.startswith(("http://", "https://")):
-        raise APIError(
-            400,
-            f"{name}: http(s) image URLs are not fetched (this server makes no network requests); "
-            "send the image as a data: URL (base64)",
-        )
-    raise APIError(400, f"{name}: unsupported image URL {url[:40]!r}; use a data: URL or a file:// URL")
+        return load_image(allowed_file(url, allowed, name), config)
+    raise unsupported_url(url, name)

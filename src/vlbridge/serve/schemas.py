@@ -1,10 +1,13 @@
 """The chat completions request as OpenAI's API defines it, read into a typed `ChatRequest`, and OpenAI's error
 shape.
 
-Each message's `content` is a string or a list of parts (`text`, `image_url`); image parts become `<image>`
-placeholders in the text at their place, and their URLs are kept in order, so any number of images per message
-works and placeholders always match images. Fields the server cannot honour (`n > 1`, tools) are refused with a
-message saying so, rather than ignored.
+Each message's `content` is a string or a list of parts (`text`, `image_url`, `video_url`); image parts become
+`<image>` placeholders in the text at their place, and their URLs are kept in order, so any number of images per
+message works and placeholders always match images. OpenAI defines no video part; `{"type": "video_url",
+"video_url": {"url": ...}}` is the shape vLLM and other OpenAI-compatible servers accept, and video parts become
+`<video>` placeholders alike, sampled at the request's `video_fps` up to `video_max_frames` (extra body fields; the
+server's defaults otherwise). A request holds images or videos, not both. Fields the server cannot honour (`n > 1`,
+tools) are refused with a message saying so, rather than ignored.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class APIError(VlbridgeError):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """What a chat completion asks for: messages as text with `<image>` placeholders, image URLs in their order."""
+    """What a chat completion asks for: messages as text with `<image>` (`<video>`) placeholders, image (video) URLs
+    in their order, and how videos are sampled (None: the server's default)."""
 
     messages: list[dict[str, str]]
     image_urls: list[str]
@@ -55,6 +59,9 @@ class ChatRequest:
     seed: int | None
     stream: bool
     include_usage: bool
+    video_urls: tuple[str, ...] = ()
+    video_fps: float | None = None
+    video_max_frames: int | None = None
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float, default: float) -> float:
@@ -77,8 +84,9 @@ def _integer(body: dict[str, Any], name: str, low: int) -> int | None:
     return value
 
 
-def _content(message: dict[str, Any], i: int, image_token: str, urls: list[str]) -> str:
-    """A message's content as text, each image part replaced by a placeholder line and its URL appended to `urls`."""
+def _content(message: dict[str, Any], i: int, tokens: dict[str, str], urls: dict[str, list[str]]) -> str:
+    """A message's content as text, each image (video) part replaced by a placeholder line, `tokens[kind]`, and its
+    URL appended to `urls[kind]`, kind being "image_url" or "video_url"."""
     content = message.get("content")
     param = f"messages[{i}].content"
     if isinstance(content, str):
@@ -90,21 +98,24 @@ def _content(message: dict[str, Any], i: int, image_token: str, urls: list[str])
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             pieces.append(part["text"])
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
+        elif kind in urls:
+            media = part.get(kind)
+            url = media.get("url") if isinstance(media, dict) else media
             if not isinstance(url, str):
-                raise APIError(400, f"{param}[{j}].image_url.url must be a string", f"{param}[{j}].image_url")
-            urls.append(url)
-            pieces.append(image_token + "\n")
+                raise APIError(400, f"{param}[{j}].{kind}.url must be a string", f"{param}[{j}].{kind}")
+            urls[kind].append(url)
+            pieces.append(tokens[kind] + "\n")
         else:
             raise APIError(
-                400, f"{param}[{j}] must be {{'type': 'text', 'text': ...}} or {{'type': 'image_url', ...}}", param
+                400,
+                f"{param}[{j}] must be {{'type': 'text', 'text': ...}}, {{'type': 'image_url', ...}} or "
+                "{'type': 'video_url', ...}",
+                param,
             )
     return "".join(pieces)
 
 
-def parse_chat_request(body: Any, image_token: str) -> ChatRequest:
+def parse_chat_request(body: Any, image_token: str, video_token: str = "<video>") -> ChatRequest:
     """Read and check a chat completions body; APIError 400 naming the field on anything wrong."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
@@ -118,12 +129,17 @@ def parse_chat_request(body: Any, image_token: str) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "messages must be a non-empty list", "messages")
-    urls: list[str] = []
+    urls: dict[str, list[str]] = {"image_url": [], "video_url": []}
+    tokens = {"image_url": image_token, "video_url": video_token}
     rendered = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
             raise APIError(400, f"messages[{i}].role must be 'system', 'user' or 'assistant'", f"messages[{i}].role")
-        rendered.append({"role": message["role"], "content": _content(message, i, image_token, urls)})
+        rendered.append({"role": message["role"], "content": _content(message, i, tokens, urls)})
+    if urls["image_url"] and urls["video_url"]:
+        raise APIError(
+            400, "a request holds images or videos, not both: send the video and the images apart", "messages"
+        )
     max_tokens = _integer(body, "max_completion_tokens", 1)
     max_tokens = max_tokens if max_tokens is not None else _integer(body, "max_tokens", 1)
     stop = body.get("stop")
@@ -135,7 +151,7 @@ def parse_chat_request(body: Any, image_token: str) -> ChatRequest:
         raise APIError(400, "stream_options must be an object", "stream_options")
     return ChatRequest(
         messages=rendered,
-        image_urls=urls,
+        image_urls=urls["image_url"],
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
         top_p=_number(body, "top_p", 1e-9, 1.0, 1.0),
@@ -143,4 +159,7 @@ def parse_chat_request(body: Any, image_token: str) -> ChatRequest:
         seed=_integer(body, "seed", 0),
         stream=bool(body.get("stream", False)),
         include_usage=bool(options.get("include_usage", False)),
+        video_urls=tuple(urls["video_url"]),
+        video_fps=None if body.get("video_fps") is None else _number(body, "video_fps", 1e-3, 60.0, 1.0),
+        video_max_frames=_integer(body, "video_max_frames", 1),
     )

@@ -88,6 +88,8 @@ class StageRecipe:
     grad_accum: int = field(default=1, metadata=bounded(1))
     group_by_length: bool = False  # batch samples of similar token length together: less padding, same data
     max_length: int = field(default=256, metadata=bounded(1))
+    video_fps: float = field(default=1.0, metadata=bounded(0, low_open=True))  # video records: frames sampled a second
+    video_max_frames: int | None = field(default=32, metadata=bounded(1))  # most frames a video keeps (None: all)
     warmup_ratio: float = field(default=0.05, metadata=bounded(0, 1))
     min_lr_ratio: float = field(default=0.0, metadata=bounded(0, 1))  # the cosine decays to this share of each peak
     weight_decay: float = field(default=0.0, metadata=bounded(0, 1))

@@ -24,6 +24,7 @@ from vlbridge.data.files import nonempty, read_text
 from vlbridge.data.hygiene.augment import Augmenter
 from vlbridge.data.llava_json import Record, conversation_texts, load_llava
 from vlbridge.data.regions import RegionDataset, collate_regions, load_regions
+from vlbridge.data.videos import VideoSampling
 from vlbridge.errors import ConfigError
 from vlbridge.model.processor import Processor
 
@@ -77,10 +78,12 @@ def _augmenter(stage: StageRecipe) -> Augmenter | None:
 
 
 def _conversations(stage: StageRecipe, root: Path, processor: Processor, data: DataRecipe) -> StageDataset:
-    """Conversations rendered with the stage's template (else the model's, else plain), assistant turns supervised."""
+    """Conversations rendered with the stage's template (else the model's, else plain), assistant turns supervised;
+    videos sampled at the stage's video_fps up to video_max_frames."""
     records, stats = _llava_records(stage, root, data)
     template = stage.template or processor.template or "plain"
-    dataset = SupervisedDataset(records, root, processor, template, stage.max_length, _augmenter(stage))
+    video = VideoSampling(stage.video_fps, stage.video_max_frames)
+    dataset = SupervisedDataset(records, root, processor, template, stage.max_length, _augmenter(stage), video)
     stats.update(samples=len(dataset), truncated=dataset.stats.truncated, dropped=dict(dataset.stats.dropped))
     return dataset, partial(collate, pad_token_id=pad_id(processor)), stats
 

@@ -119,7 +119,7 @@ def dedup_records(
             reason = f"image {duplicate!r} is {kind} of {match.original!r}"
             removed.append(Removed(record.id, reason, match.original, match.distance))
             continue
-        key = (record.images, tuple((turn["from"], turn["value"]) for turn in record.conversations))
+        key = (record.images, record.videos, tuple((turn["from"], turn["value"]) for turn in record.conversations))
         if key in seen:
             removed.append(
                 Removed(record.id, f"the same conversation about the same images as {seen[key]!r}", seen[key])

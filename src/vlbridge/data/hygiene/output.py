@@ -1,7 +1,7 @@
 """Writing what a hygiene step kept (a LLaVA JSON list) and what it removed (a JSON Lines report), atomically.
 
-The kept records are written as read (id, image path(s) as written, conversations), so the new file reads against
-the same image folder as the old one.
+The kept records are written as read (id, image or video path(s) as written, conversations), so the new file reads
+against the same image folder as the old one.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from vlbridge.data.llava_json import Record
 
 
 def record_json(record: Record) -> dict[str, Any]:
-    """A record as LLaVA writes it: `image` one path, a list of paths, or absent."""
+    """A record as LLaVA writes it: `image` (or `video`) one path, a list of paths, or absent."""
     data: dict[str, Any] = {"id": record.id}
-    if len(record.images) == 1:
-        data["image"] = record.images[0]
-    elif record.images:
-        data["image"] = list(record.images)
+    for key, paths in (("image", record.images), ("video", record.videos)):
+        if paths:
+            data[key] = paths[0] if len(paths) == 1 else list(paths)
     data["conversations"] = [dict(turn) for turn in record.conversations]
     return data
 

@@ -93,12 +93,15 @@ def limited(items: Sequence[T], limit: int | None) -> list[T]:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One request to the model: the user turn's text (no image placeholder) and its image."""
+    """One request to the model: the user turn's text (no image placeholder) and its image, or its video file and how
+    the video is sampled."""
 
     question_id: str  # unique within a task; the key of the predictions file
     text: str
     image: ImageRef = None
     record: Mapping[str, Any] = field(default_factory=dict)  # extra fields stored beside the prediction
+    video: Path | None = None
+    video_sampling: tuple[float, int | None] = (1.0, 32)  # (fps, max_frames)
 
 
 def with_suffix(text: str, suffix: str) -> str:
@@ -200,4 +203,4 @@ class ImageFolderTask(Task):
 
 
 TASKS: Registry[type[Task]] = Registry("eval task")
-"""Task classes by name: synthetic, llava, vqav2, gqa, mmbench."""
+"""Task classes by name: synthetic, synthetic_video, llava, vqav2, gqa, mmbench."""

@@ -26,8 +26,18 @@ def exact_match_scorer(prediction: str, item: EvalItem) -> float:
 
 
 BASELINES = ("majority_baseline", "unbound_baseline")
-DATA_OPTION = TaskOption("data", "dataset folder written by `vlbridge data synth`")
+DATA_OPTION = TaskOption("data", "dataset folder written by `vlbridge data synth` (or synth-video)")
 SPLIT_OPTION = TaskOption("split", "which held-out file: test (default, test.jsonl) or val")
+
+
+def questions_file(data: Path, split: str, writer: str) -> Path:
+    """The `split` question file (`split`.jsonl) of a dataset folder the `vlbridge data WRITER` command wrote."""
+    if split in ("", ".", "..") or Path(split).name != split:
+        raise ConfigError(f"--split names a question file in --data (test, val, or NAME for NAME.jsonl), got {split!r}")
+    questions = data / f"{split}.jsonl"
+    if not questions.is_file():
+        raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data {writer} --out {data}`")
+    return questions
 
 
 def split_baselines(data: Path, split: str) -> dict[str, dict[str, float]]:
@@ -79,14 +89,14 @@ class SyntheticTask(Task):
         """The `split` questions of a dataset folder (`split`.jsonl, a file in it), with the baselines of its
         stats.json; image paths must stay inside the folder."""
         data = Path(data)
-        if split in ("", ".", "..") or Path(split).name != split:
-            raise ConfigError(
-                f"--split names a question file in --data (test, val, or NAME for NAME.jsonl), got {split!r}"
-            )
-        questions = data / f"{split}.jsonl"
-        if not questions.is_file():
-            raise DataError(f"no {questions.name} in {data}; write the dataset with `vlbridge data synth --out {data}`")
+        questions = questions_file(data, split, "synth")
         items = limited(load_eval(questions, data, allow_absolute_images=allow_absolute_images).items, limit)
+        video = next((item for item in items if item.video is not None), None)
+        if video is not None:
+            raise DataError(
+                f"question {video.question_id!r} is about a video; evaluate this folder with --task synthetic_video",
+                questions,
+            )
         return cls(items, data, baselines=split_baselines(data, split), source=str(questions.resolve()))
 
     @classmethod

@@ -197,6 +197,8 @@ class DistillObjective(Objective):
     def forward(self, model: VisionLanguageModel, batch: Batch) -> ObjectiveOutput:
         if "labels" not in batch:
             raise ConfigError("the distill objective reads conversations with labels (data_format: llava)")
+        if "video_frames" in batch:
+            raise ConfigError("the distill objective takes image and text records, not videos yet; use causal_lm")
         logits, targets = model.supervised_logits(
             input_ids=batch["input_ids"],
             labels=batch["labels"],

@@ -18,6 +18,7 @@ class CausalLMObjective(Objective):
             attention_mask=batch.get("attention_mask"),
             pixel_values=batch.get("pixel_values"),
             image_sizes=batch.get("image_sizes"),
+            video_frames=batch.get("video_frames"),
         )
         return ObjectiveOutput(loss, int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0)
 
