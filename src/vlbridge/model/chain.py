@@ -36,6 +36,7 @@ from vlbridge.atomic import atomic_path, write_text
 from vlbridge.config import ModelConfig, to_dict
 from vlbridge.errors import CheckpointError
 from vlbridge.files import open_safetensors, read_json_object
+from vlbridge.model.file_hash import file_sha256
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, save_checkpoint, tied_keys
 from vlbridge.model.weights import (
     TOWER_PREFIX,
@@ -73,14 +74,14 @@ class Source:
 
 
 def folder_digest(path: Path) -> str:
-    """SHA-256 over a checkpoint folder's config.json, weight files and adapter files (names and bytes)."""
+    """SHA-256 over a checkpoint folder's config.json, weight files and adapter files (names and each file's SHA-256,
+    remembered while the file is unchanged: `model/file_hash.py`)."""
     digest = hashlib.sha256()
     files = [path / "config.json", *weight_files(path)]
     files += [path / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if (path / name).is_file()]
     for file in files:
         digest.update(f"{file.name}\n".encode())
-        with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(bytes.fromhex(file_sha256(file)))
     return digest.hexdigest()
 
 
