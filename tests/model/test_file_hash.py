@@ -61,7 +61,9 @@ def test_a_second_load_reads_no_base_bytes_again(
     assert (_file_hash_cache / file_hash.CACHE_FILE).is_file()
 
 
-def test_any_write_to_a_base_file_rehashes_it_and_a_changed_base_is_detected(tmp_path: Path, hashed: list[Path]) -> None:
+def test_any_write_to_a_base_file_rehashes_it_and_a_changed_base_is_detected(
+    tmp_path: Path, hashed: list[Path]
+) -> None:
     stage = _chained(tmp_path)
     weights = tmp_path / "base" / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # touched, same bytes
