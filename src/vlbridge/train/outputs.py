@@ -5,8 +5,8 @@ A stage's `<stage>/model/` is a chained folder (`vlbridge.model.chain`): it stor
 LoRA stage whose adapter is merged, the adapter instead of the merged weights) and names its base with the SHA-256 of
 its files: the previous stage's model, or for the first stage the recipe's `init_from` (and `vision_from`'s tower).
 `vlbridge.load` of it follows the chain and gives the weights the stage ended with, bitwise; a base inside the run
-directory (an earlier stage's model) is named relative to the folder too, so a run directory moved whole still loads. A first stage that starts
-from the recipe's seeded initialisation has no base on disk, so its model is written whole.
+directory (an earlier stage's model) is named relative to the folder too, so a run directory moved whole still loads.
+A first stage that starts from the recipe's seeded initialisation has no base on disk, so its model is written whole.
 
 The final model is written once, whole, into the run directory, where `vlbridge.load(run_dir)` finds it: a shipped
 model must not depend on the run's intermediate folders. A LoRA stage's `lora.merge` says which form it takes: merged
