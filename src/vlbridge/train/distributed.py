@@ -58,6 +58,8 @@ class World:
 
     rank: int = 0
     world_size: int = 1
+    mixed_dtypes: bool = True
+    """Whether the wrapped module may hold parameters of several dtypes (frozen bf16 beside trained float32)."""
 
     @property
     def is_main(self) -> bool:
@@ -178,6 +180,8 @@ class _Stateful:
 
 class FullyShardedDataParallel(DataParallel):
     """A torchrun process group training with FSDP2 (`fully_shard`): parameters, gradients and Adam state sharded."""
+
+    mixed_dtypes = False  # FSDP2 gathers a block's parameters as one buffer, of one dtype
 
     def wrap(self, module: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
