@@ -130,6 +130,12 @@ def test_upcast_frozen_computes_a_bf16_module_in_float32_and_restores_it() -> No
     reference(ids).square().sum().backward()
     assert torch.equal(net[1].weight.grad, reference[1].weight.grad)  # through the bf16 layers, as through fp32
     assert all(net[i].weight.grad is None for i in frozen)
+    net[1].weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a `bf16: true` stage: the linears compute in bf16
+        out = net(ids)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert net[1].weight.grad.dtype == torch.float32 and net[1].weight.grad.abs().sum() > 0
     upcast.restore()
     assert [m.weight.dtype for m in net] == [torch.bfloat16, torch.float32] + [torch.bfloat16] * 3
     assert all("forward" not in vars(m) for m in net)
