@@ -17,6 +17,7 @@ from torch import nn
 import vlbridge
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.train import recipe_from_dict, train
+from vlbridge.train import trainer as trainer_module
 from vlbridge.train.precision import UpcastFrozen, float32_masters
 from vlbridge.train.trainer import StageTrainer
 
@@ -57,6 +58,7 @@ def _run(tmp_path: Path, name: str, base: Path, data: Path, stages: list[dict], 
         return out
 
     monkeypatch.setattr(StageTrainer, "_update", spy)
+    monkeypatch.setattr(trainer_module, "plot_loss", lambda *args, **kwargs: None)  # matplotlib: seconds, untested here
     run = recipe(tmp_path / name, data, None, stages, init_from=str(base))
     del run["model"]
     train(recipe_from_dict(run))
@@ -74,6 +76,7 @@ def bases(tiny_model, tiny_tokenizer_dir, tmp_path) -> tuple[Path, Path]:
     return tmp_path / "bf16", tmp_path / "fp32"
 
 
+@pytest.mark.slow
 def test_a_connector_stage_keeps_a_bf16_base_bf16_and_trains_as_on_float32(
     bases, tiny_data, tmp_path, monkeypatch
 ) -> None:
@@ -100,6 +103,7 @@ def test_a_connector_stage_keeps_a_bf16_base_bf16_and_trains_as_on_float32(
     assert {d for k, d in dtypes.items() if k.startswith("connector.")} == {"F32"}
 
 
+@pytest.mark.slow
 def test_lora_on_a_bf16_base_trains_float32_adapters_and_merges_in_float32(
     bases, tiny_data, tmp_path, monkeypatch
 ) -> None:
