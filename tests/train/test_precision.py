@@ -18,7 +18,7 @@ import vlbridge
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.train import recipe_from_dict, train
 from vlbridge.train import trainer as trainer_module
-from vlbridge.train.precision import UpcastFrozen, float32_masters
+from vlbridge.train.precision import UpcastFrozen, float32_masters, restore_untrained
 from vlbridge.train.trainer import StageTrainer
 
 
@@ -143,6 +143,10 @@ def test_upcast_frozen_computes_a_bf16_module_in_float32_and_restores_it() -> No
     upcast.restore()
     assert [m.weight.dtype for m in net] == [torch.bfloat16, torch.float32] + [torch.bfloat16] * 3
     assert all("forward" not in vars(m) for m in net)
-    net[1].half()
-    float32_masters(net[1].parameters())
-    assert net[1].weight.dtype == torch.float32
+    net[1].bfloat16()  # trained parameters loaded in bf16: float32 masters; one left unchanged goes back to bf16
+    masters = float32_masters(net[1].parameters())
+    assert [p.dtype for p in net[1].parameters()] == [torch.float32] * 2
+    with torch.no_grad():
+        net[1].weight.add_(1e-3)
+    restore_untrained(masters)
+    assert (net[1].weight.dtype, net[1].bias.dtype) == (torch.float32, torch.bfloat16)

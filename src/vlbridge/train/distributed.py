@@ -58,8 +58,6 @@ class World:
 
     rank: int = 0
     world_size: int = 1
-    mixed_dtypes: bool = True
-    """Whether the wrapped module may hold parameters of several dtypes (frozen bf16 beside trained float32)."""
 
     @property
     def is_main(self) -> bool:
@@ -181,8 +179,6 @@ class _Stateful:
 class FullyShardedDataParallel(DataParallel):
     """A torchrun process group training with FSDP2 (`fully_shard`): parameters, gradients and Adam state sharded."""
 
-    mixed_dtypes = False  # FSDP2 gathers a block's parameters as one buffer, of one dtype
-
     def wrap(self, module: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -194,7 +190,7 @@ class FullyShardedDataParallel(DataParallel):
                 "distributed.strategy: ddp, or make them 1-element 1-D tensors"
             )
         mesh = init_device_mesh(self.device.type, (self.world_size,))  # explicit: CPU training on a machine with GPUs
-        sharded = copy.deepcopy(module)
+        sharded = copy.deepcopy(module).float()  # FSDP2 gathers a block's parameters as one buffer of one dtype
         if self.device.type == "cuda":
             module.to("cpu")  # the plain model waits off the GPU; finish() gives it the trained weights back
         lists = [m for m in sharded.modules() if isinstance(m, nn.ModuleList)]

@@ -9,7 +9,7 @@ Frozen low-precision parameters are computed with in float32 (`UpcastFrozen`): e
 so every forward and backward sees exactly the float32 values a float32 copy of the model would hold, and a stage
 gives the same losses and weights as when the frozen parts were held in float32. Computing in bf16 instead pays only
 where the hardware has bf16 arithmetic; on a CPU without it (AVX2; AVX-512 without avx512_bf16) a bf16 Linear ran 7x
-slower than float32 while the cast-then-fp32 one ran at 1.07x (docs/checkpoints.md). A bf16 stage (`bf16: true`,
+slower than float32 while the cast-then-fp32 one ran at 1.07-1.35x (docs/checkpoints.md). A bf16 stage (`bf16: true`,
 autocast) casts those float32 weights to bf16 again, as it does a float32 model's. How:
 
 - `nn.Linear` (the bulk of every LM and ViT): a per-instance forward through `_UpcastLinear`, an autograd function
@@ -36,13 +36,28 @@ from torch import Tensor, nn
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def float32_masters(params: Iterable[nn.Parameter]) -> None:
+def float32_masters(params: Iterable[nn.Parameter]) -> list[tuple[nn.Parameter, torch.dtype]]:
     """Hold each of `params` (those a stage trains) in float32, in place (the Parameter objects stay the same, so
-    tied weights stay tied); a low-precision value converts exactly."""
+    tied weights stay tied); a low-precision value converts exactly. Returns those converted, with their dtype."""
+    converted = []
     with torch.no_grad():
         for param in params:
             if param.is_floating_point() and param.dtype != torch.float32:
+                converted.append((param, param.dtype))
                 param.data = param.data.float()
+    return converted
+
+
+def restore_untrained(converted: list[tuple[nn.Parameter, torch.dtype]]) -> None:
+    """Put back in its loaded dtype each parameter `float32_masters` converted whose values still fit that dtype
+    exactly: one the stage never updated (a layer past the vision feature layer gets no gradient). A load of the
+    stage's model gives it in that dtype (the base's tensor, unchanged), so a resumed run holds what an uninterrupted
+    one does."""
+    with torch.no_grad():
+        for param, dtype in converted:
+            low = param.data.to(dtype)
+            if torch.equal(low.float(), param.data):
+                param.data = low
 
 
 class _UpcastLinear(torch.autograd.Function):

@@ -42,7 +42,7 @@ from vlbridge.train.checkpoint import TrainState, frozen_base, latest_checkpoint
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
 from vlbridge.train.objectives import OBJECTIVES, Batch, TrainStep, build_objective
-from vlbridge.train.precision import UpcastFrozen, float32_masters
+from vlbridge.train.precision import UpcastFrozen, float32_masters, restore_untrained
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
@@ -212,10 +212,8 @@ class StageTrainer:
             **objective.parts(),
         }
         groups = apply_plan(plan_for(stage, list(objective.parts())), parts, stage.weight_decay)
-        float32_masters(p for g in groups for p in g["params"])
+        self.masters = float32_masters(p for g in groups for p in g["params"])
         train_step = TrainStep(model, objective).to(self.device)
-        if not self.world.mixed_dtypes:
-            float32_masters(train_step.parameters())
         self.base = frozen_base(train_step, self.base_source)  # before FSDP shards it: every rank hashes it whole
         self.upcast = UpcastFrozen(train_step)
         names = {id(p): name for name, p in train_step.named_parameters()}
@@ -245,6 +243,7 @@ class StageTrainer:
         if model.vision_encoder is not None:
             model.vision_encoder.gradient_checkpointing = False
         self.upcast.restore()
+        restore_untrained(self.masters)
         if stage.lora is not None:
             if self.world.is_main:
                 lora_ops.save_adapter(model.language_model, self.stage_dir / ADAPTER_DIR, stage.lora)
