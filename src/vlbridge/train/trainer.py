@@ -8,9 +8,8 @@ permutation per epoch (nothing is drawn from the global RNG for it), and the pos
 Trained parameters are float32 master weights; frozen ones stay in the dtype they were loaded in (a bf16 LM frozen in
 a connector-only stage takes half the memory) and compute in float32 (train/precision.py). Options: bf16 autocast
 (fp32 with a warning where the hardware has no native bf16), gradient checkpointing of the ViT and LM layers, fixed
-seeds. A tqdm bar shows loss, tokens/s and the ETA; rows go to
-metrics.jsonl; a loss curve is drawn at the end. All inter-process concerns go through `World`
-(train/distributed.py), so this file has no distributed code.
+seeds. A tqdm bar shows loss, tokens/s and the ETA; rows go to metrics.jsonl; a loss curve is drawn at the end. All
+inter-process concerns go through `World` (train/distributed.py), so this file has no distributed code.
 """
 
 from __future__ import annotations
