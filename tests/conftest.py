@@ -34,3 +34,11 @@ def llava_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def llava_next_module_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same kind of checkpoint with weights under transformers >= 4.52's module names (`model.language_model.*`)."""
     return tiny_llava_next(tmp_path_factory.mktemp("llava_next_modules"), module_keys=True, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _file_hash_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's file-hash cache (vlbridge.model.file_hash) lives in a temporary folder, never in the real home."""
+    folder = tmp_path_factory.mktemp("file-hash-cache")
+    monkeypatch.setenv("VLBRIDGE_CACHE_DIR", str(folder))
+    return folder

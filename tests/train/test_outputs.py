@@ -4,6 +4,7 @@ base + adapter by `lora.merge`, and a bf16 base's untouched tensors stay bf16 in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,16 @@ def test_stage_models_store_what_they_trained_and_the_final_model_is_whole(
     assert torch.float32 in lm if merge else lm == {torch.bfloat16}  # merged LoRA weights, or the base's
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file() != merge
     _equal(tmp_path / "whole" / "instruct", tmp_path / "run")
+
+
+def test_a_run_directory_moved_whole_still_loads_its_stage_models(tiny_tokenizer_dir, tiny_data, tmp_path) -> None:
+    run = recipe(tmp_path / "run", tiny_data, tiny_tokenizer_dir, [align_stage(steps=1), instruct_stage(steps=1)])
+    train(recipe_from_dict(run))
+    before = {name: vlbridge.load(tmp_path / "run" / name / "model")[0].state_dict() for name in ("align", "instruct")}
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = tmp_path / "moved" / "instruct" / "model"
+    assert json.loads((moved / "config.json").read_text())["base"][0]["relative"] == "../../align/model"
+    for name, state in before.items():
+        loaded = vlbridge.load(tmp_path / "moved" / name / "model")[0].state_dict()
+        assert loaded.keys() == state.keys()
+        assert all(loaded[k].dtype == t.dtype and torch.equal(loaded[k], t) for k, t in state.items()), name

@@ -11,7 +11,9 @@ W + (alpha / r) * (B @ A) (Hu et al., 2021; the order of operations peft's merge
 same). A tensor is left out only when recomputing it from the bases gives it bit for bit, so a load of the folder
 gives the weights the stage ended with, exactly.
 
-A base may itself be chained: loading follows the chain. A base that is missing, or whose files changed since the
+A base may itself be chained: loading follows the chain. Each base is named by its absolute path and, when it lies
+in the same tree as the folder (a training run's folder), by its path relative to the folder too, which a load tries
+first: a run folder moved or copied whole still loads. A base that is missing, or whose files changed since the
 folder was written (hash mismatch), raises CheckpointError naming it. `save_whole` writes the whole model instead
 (what a user ships), each tensor the bases hold unchanged in the dtype the base stores it in, so a bf16 base stays
 bf16 in the saved model rather than doubling as float32.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from vlbridge.atomic import atomic_path, write_text
 from vlbridge.config import ModelConfig, to_dict
 from vlbridge.errors import CheckpointError
 from vlbridge.files import open_safetensors, read_json_object
+from vlbridge.model.file_hash import file_sha256
 from vlbridge.model.save import FORMAT, FORMAT_VERSION, WEIGHTS, save_checkpoint, tied_keys
 from vlbridge.model.weights import (
     TOWER_PREFIX,
@@ -73,14 +77,14 @@ class Source:
 
 
 def folder_digest(path: Path) -> str:
-    """SHA-256 over a checkpoint folder's config.json, weight files and adapter files (names and bytes)."""
+    """SHA-256 over a checkpoint folder's config.json, weight files and adapter files (names and each file's SHA-256,
+    remembered while the file is unchanged: `model/file_hash.py`)."""
     digest = hashlib.sha256()
     files = [path / "config.json", *weight_files(path)]
     files += [path / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if (path / name).is_file()]
     for file in files:
         digest.update(f"{file.name}\n".encode())
-        with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(bytes.fromhex(file_sha256(file)))
     return digest.hexdigest()
 
 
@@ -92,7 +96,11 @@ def _bases(path: Path) -> list[dict[str, str]] | None:
     bases = raw["base"]
     fields = ("path", "sha256")
     if not isinstance(bases, list) or not all(
-        isinstance(b, dict) and b.get("kind") in KINDS and all(isinstance(b.get(f), str) for f in fields) for b in bases
+        isinstance(b, dict)
+        and b.get("kind") in KINDS
+        and all(isinstance(b.get(f), str) for f in fields)
+        and isinstance(b.get("relative", ""), str)
+        for b in bases
     ):
         raise CheckpointError(f"{path / 'config.json'}: its `base` list is not what vlbridge writes; save it again")
     return bases
@@ -128,9 +136,19 @@ def _base_sources(ref: BaseRef, depth: int) -> dict[str, Source]:
     return sources(ref.path, depth + 1)
 
 
+def _base_path(entry: dict[str, str], folder: Path) -> Path:
+    """Where the base `entry` names is: its path relative to `folder` when it was stored so and exists there (the run
+    folder was moved or copied whole), else its absolute path."""
+    if "relative" in entry:
+        relative = folder / entry["relative"]
+        if (relative / "config.json").is_file():
+            return relative
+    return Path(entry["path"])
+
+
 def _check_base(entry: dict[str, str], folder: Path) -> BaseRef:
     """The base `entry` names, after checking that it exists and its files hash as when `folder` was written."""
-    path = Path(entry["path"])
+    path = _base_path(entry, folder)
     if not (path / "config.json").is_file():
         raise CheckpointError(
             f"{folder} stores only what changed against its base {path}, which is missing; restore that folder (or "
@@ -217,11 +235,19 @@ def _stored(name: str, tensor: Tensor, base: dict[str, Source]) -> tuple[Tensor 
     return tensor, None
 
 
-def _base_entries(bases: list[BaseRef]) -> tuple[list[dict[str, str]], dict[str, Source]]:
+def _base_entries(
+    bases: list[BaseRef], folder: Path, root: Path | None
+) -> tuple[list[dict[str, str]], dict[str, Source]]:
+    """The `base` list `folder` stores (each base's absolute path, and its path relative to `folder` when both lie
+    under `root`), and every tensor the bases hold."""
     entries, out = [], {}
+    root = root.resolve() if root is not None else None
     for ref in bases:
         path = ref.path.resolve()
-        entries.append({"path": str(path), "kind": ref.kind, "sha256": folder_digest(path)})
+        entry = {"path": str(path), "kind": ref.kind, "sha256": folder_digest(path)}
+        if root is not None and path.is_relative_to(root) and folder.resolve().is_relative_to(root):
+            entry["relative"] = os.path.relpath(path, folder.resolve())
+        entries.append(entry)
         out.update(_base_sources(BaseRef(path, ref.kind), 0))
     return entries, out
 
@@ -233,14 +259,17 @@ def save_chained(
     processor: Processor | None,
     bases: list[BaseRef],
     adapter: Path | None = None,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     """Write `state` into `path` as a chained folder on `bases` (plus, when given, the PEFT adapter folder `adapter`
-    whose merge the state holds); returns what was stored (`tensors`, `elements`). Without bases, a whole checkpoint."""
+    whose merge the state holds); returns what was stored (`tensors`, `elements`). Without bases, a whole checkpoint.
+    Bases inside `root` (a run folder) are also named by their path relative to `path`, which a load tries first, so
+    the tree under `root` still loads after it is moved or copied whole."""
     path = Path(path)
     if not bases:
         save_checkpoint(path, state, config, processor)
         return {"tensors": len(state), "elements": sum(t.numel() for t in state.values())}
-    entries, base = _base_entries(bases)
+    entries, base = _base_entries(bases, path, root)
     path.mkdir(parents=True, exist_ok=True)
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if adapter is None:

@@ -37,21 +37,40 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "default"
 
 
+STORED = "stored"
+"""The `dtype` of `load` that keeps each weight in the dtype its file stores it in (how training loads: frozen parts
+stay bf16 where the file is bf16, vlbridge.train.precision)."""
+
+
+def _target_dtype(name: str, tensor: torch.Tensor, model_dtype: torch.dtype, stored: set[str] | None) -> torch.dtype:
+    """The dtype the file's `tensor` takes in the model: the model's, or its own for a floating-point parameter when
+    loading keeps stored dtypes (`stored` then names the model's parameters)."""
+    if stored is not None and name in stored and tensor.is_floating_point():
+        return tensor.dtype
+    return model_dtype
+
+
 def load_weights(
-    model: VisionLanguageModel, path: Path, rules: tuple[tuple[str, str], ...] | None, fresh: tuple[str, ...] = ()
+    model: VisionLanguageModel,
+    path: Path,
+    rules: tuple[tuple[str, str], ...] | None,
+    fresh: tuple[str, ...] = (),
+    stored: bool = False,
 ) -> None:
     """Stream the checkpoint's tensors into `model`, one at a time, so loading needs no second copy in memory.
 
     A parameter of `model` on the meta device (`build_empty`) is replaced by the file's tensor in that parameter's
-    dtype, so each weight is read and written once; a real one is overwritten in place.
+    dtype (with `stored`, a floating-point parameter takes the dtype the file stores it in), so each weight is read
+    and written once; a real one is overwritten in place.
 
     Strict: every model key must come from the checkpoint except those under the `fresh` prefixes (parts kept as
     initialised, e.g. a vision plug-in added to a text LLM, or a new connector; the checkpoint's own tensors under
     those prefixes are ignored), and every other checkpoint key must fit the model; a model
     without vision skips the checkpoint's vision tensors without reading them. Violations raise CheckpointError.
     """
+    keep = {name for name, _ in model.named_parameters()} if stored else None
     if chain.is_chained(path):
-        _load_chained(model, path, fresh, vision=model.has_vision)
+        _load_chained(model, path, fresh, vision=model.has_vision, keep=keep)
         return
     index = index_weights(path, rules)
     if not model.has_vision:
@@ -84,7 +103,9 @@ def load_weights(
                     if shape != tuple(params[name].shape):
                         wrong.append(f"{name} {shape} != {tuple(params[name].shape)}")
                     elif params[name].is_meta:
-                        converted.append((name, pool.submit(handle.get_tensor(key).to, params[name].dtype)))
+                        tensor = handle.get_tensor(key)
+                        dtype = _target_dtype(name, tensor, params[name].dtype, keep)
+                        converted.append((name, pool.submit(tensor.to, dtype)))
                     else:
                         params[name].copy_(handle.get_tensor(key))
                 for name, future in converted:
@@ -94,10 +115,17 @@ def load_weights(
     model.language_model.tie_weights()
 
 
-def _load_chained(model: VisionLanguageModel, path: Path, fresh: tuple[str, ...] = (), vision: bool = True) -> None:
+def _load_chained(
+    model: VisionLanguageModel,
+    path: Path,
+    fresh: tuple[str, ...] = (),
+    vision: bool = True,
+    keep: set[str] | None = None,
+) -> None:
     """Write the chained checkpoint's tensors into `model` (meta parameters replaced, real ones overwritten), each
-    read once and converted to its parameter's dtype. Every key of `model` must come from the chain, except those
-    under the `fresh` prefixes (kept as initialised) and, when not `vision`, the vision parts; else CheckpointError."""
+    read once and converted to its parameter's dtype (those `keep` names: kept in their stored dtype). Every key of
+    `model` must come from the chain, except those under the `fresh` prefixes (kept as initialised) and, when not
+    `vision`, the vision parts; else CheckpointError."""
     found = chain.sources(path)
     params = {k: v for k, v in model.state_dict().items() if k not in tied_keys(model.config)}
     skip = fresh + (() if vision else VISION_PREFIXES)
@@ -112,9 +140,9 @@ def _load_chained(model: VisionLanguageModel, path: Path, fresh: tuple[str, ...]
         )
     with torch.no_grad():
         for name in sorted(expected):
-            value = found[name].read().to(params[name].dtype)
+            value = found[name].read()
             if params[name].is_meta:
-                assign(model, name, value)
+                assign(model, name, value.to(_target_dtype(name, value, params[name].dtype, keep)))
             else:
                 params[name].copy_(value)
     model.language_model.tie_weights()
@@ -153,10 +181,11 @@ def load(
     """Load (model, processor) from a vlbridge or HF llava-layout directory; None loads the embedded default.
 
     `dtype` is a name from `vlbridge.dtypes` (fp32, bf16, fp16, or torch's spelling) or a torch dtype; None keeps
-    the weights in float32 (with `quantize`, the float weights left: embeddings, norms, vision). `quantize="int8"`
-    quantises the LM's linear weights after loading; a checkpoint saved quantised loads as int8 whatever `quantize`
-    says, its int8 weights read as they are. A device this machine lacks raises ConfigError (vlbridge.devices)
-    before any file is read."""
+    the weights in float32 (with `quantize`, the float weights left: embeddings, norms, vision); `"stored"` keeps
+    each weight in the dtype its file stores it in (a stage model: trained parts float32, a bf16 base's bf16).
+    `quantize="int8"` quantises the LM's linear weights after loading; a checkpoint saved quantised loads as int8
+    whatever `quantize` says, its int8 weights read as they are. A device this machine lacks raises ConfigError
+    (vlbridge.devices) before any file is read."""
     if quantize is not None:
         _check_quantization(quantize)
     device = resolve_device(device)
@@ -174,12 +203,12 @@ def load(
         raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
     config, rules = read_config(path)
     tokenizer = Tokenizer.from_dir(path)
-    torch_dtype = None if dtype is None else resolve_dtype(dtype)
+    torch_dtype = None if dtype in (None, STORED) else resolve_dtype(dtype)
     model = build_empty(config, vision=vision, dtype=torch_dtype)
     if config.quantization is not None:
         with torch.device("meta"):  # the checkpoint's int8 weights load into int8 layers, built empty too
             int8_skeleton(model.language_model)
-    load_weights(model, path, rules)
+    load_weights(model, path, rules, stored=dtype == STORED)
     if quantize is not None:
         quantize_model(model, quantize)
     model.processor = processor_for(model, tokenizer)

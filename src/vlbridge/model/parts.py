@@ -154,31 +154,36 @@ def load_parts(
     lm_path: str | Path,
     rules: tuple[tuple[str, str], ...] | None,
     tower_path: str | Path | None = None,
+    stored: bool = False,
 ) -> None:
     """Load the LM weights from `lm_path` (vocabulary grown to the model's, new rows the mean) and, when given, the
     vision tower's from `tower_path` into `model` (built on the meta device: `io.build_empty`), strictly, each in its
-    parameter's dtype; then initialise the parts no file holds, and only those: the connector (and the vision encoder
-    when no tower is given). A missing, unexpected or wrongly shaped weight raises CheckpointError naming the
-    directory."""
+    parameter's dtype (with `stored`, a floating-point parameter keeps the dtype its file stores it in); then
+    initialise the parts no file holds, and only those: the connector (and the vision encoder when no tower is
+    given). A missing, unexpected or wrongly shaped weight raises CheckpointError naming the directory."""
     lm_path = Path(lm_path)
     state = _read_tensors(lm_path, rules, lambda n: n.startswith(LM_PREFIX))
     hf_state = {name.removeprefix(LM_PREFIX): tensor for name, tensor in state.items()}
     lm_config = model.config.language_model
     hf_state = grow_vocab(lm_state_from_hf(hf_state, lm_config), lm_config.vocab_size)
-    _strict_load(model.language_model, hf_state, lm_path)
+    _strict_load(model.language_model, hf_state, lm_path, stored)
     if tower_path is not None:
         if model.vision_encoder is None:
             raise ConfigError("a vision tower was given for a model built without vision; build it with vision=True")
-        _strict_load(model.vision_encoder, tower_state(tower_path), Path(tower_path))
+        _strict_load(model.vision_encoder, tower_state(tower_path), Path(tower_path), stored)
     model.language_model.tie_weights()
     if model.config.vision is not None:  # after the LM: parts built from it (LLaVA-Mini pre-fusion) see its weights
         model.build_vision(encoder=tower_path is None)
 
 
-def _strict_load(module: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
+def _strict_load(module: torch.nn.Module, state: dict[str, Tensor], path: Path, stored: bool = False) -> None:
     """`module.load_state_dict(state, strict=True)`, each tensor (`aligned`) put in place of the (meta) parameter in
-    that parameter's dtype, with torch's error as a CheckpointError naming `path`."""
+    that parameter's dtype (with `stored`, a floating-point parameter keeps the file's), with torch's error as a
+    CheckpointError naming `path`."""
     dtypes = {name: tensor.dtype for name, tensor in module.state_dict().items()}
+    if stored:
+        params = {name for name, _ in module.named_parameters()}
+        dtypes = {k: v for k, v in dtypes.items() if not (k in params and k in state and state[k].is_floating_point())}
     state = {name: aligned(tensor.to(dtypes.get(name, tensor.dtype))) for name, tensor in state.items()}
     try:
         module.load_state_dict(state, strict=True, assign=True)

@@ -190,7 +190,7 @@ class FullyShardedDataParallel(DataParallel):
                 "distributed.strategy: ddp, or make them 1-element 1-D tensors"
             )
         mesh = init_device_mesh(self.device.type, (self.world_size,))  # explicit: CPU training on a machine with GPUs
-        sharded = copy.deepcopy(module)
+        sharded = copy.deepcopy(module).float()  # FSDP2 gathers a block's parameters as one buffer of one dtype
         if self.device.type == "cuda":
             module.to("cpu")  # the plain model waits off the GPU; finish() gives it the trained weights back
         lists = [m for m in sharded.modules() if isinstance(m, nn.ModuleList)]

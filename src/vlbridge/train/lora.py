@@ -73,6 +73,9 @@ def apply_lora(language_model: nn.Module, cfg: LoraRecipe) -> int:
 def _unload(language_model: nn.Module, merge: bool) -> None:
     for parent, attr, layer in _lora_layers(language_model):
         if merge:
+            base, adapter = layer.get_base_layer().weight, layer.lora_A[ADAPTER_NAME].weight
+            if base.dtype != adapter.dtype:  # a frozen bf16 base: the merged weight is trained, float32 as the adapter
+                base.data = base.data.to(adapter.dtype)
             layer.merge(adapter_names=[ADAPTER_NAME])
         setattr(parent, attr, layer.get_base_layer())
     if hasattr(language_model, "peft_config"):
@@ -80,7 +83,9 @@ def _unload(language_model: nn.Module, merge: bool) -> None:
 
 
 def merge_lora(language_model: nn.Module) -> None:
-    """Fold every adapter into its base weight (W += alpha/r B A) and remove the adapter layers."""
+    """Fold every adapter into its base weight (W += alpha/r B A) and remove the adapter layers. A base weight held in
+    a lower precision than its adapter (a frozen bf16 LM) takes the adapter's dtype first, so the merge is computed and
+    kept in float32."""
     _unload(language_model, merge=True)
 
 

@@ -4,8 +4,9 @@ final model (whole), so that disk use grows with what the stages trained, not wi
 A stage's `<stage>/model/` is a chained folder (`vlbridge.model.chain`): it stores the tensors the stage changed (for a
 LoRA stage whose adapter is merged, the adapter instead of the merged weights) and names its base with the SHA-256 of
 its files: the previous stage's model, or for the first stage the recipe's `init_from` (and `vision_from`'s tower).
-`vlbridge.load` of it follows the chain and gives the weights the stage ended with, bitwise. A first stage that starts
-from the recipe's seeded initialisation has no base on disk, so its model is written whole.
+`vlbridge.load` of it follows the chain and gives the weights the stage ended with, bitwise; a base inside the run
+directory (an earlier stage's model) is named relative to the folder too, so a run directory moved whole still loads.
+A first stage that starts from the recipe's seeded initialisation has no base on disk, so its model is written whole.
 
 The final model is written once, whole, into the run directory, where `vlbridge.load(run_dir)` finds it: a shipped
 model must not depend on the run's intermediate folders. A LoRA stage's `lora.merge` says which form it takes: merged
@@ -49,9 +50,9 @@ def save_stage_model(recipe: Recipe, index: int, model: VisionLanguageModel) -> 
     merged = stage.lora is not None and stage.lora.merge
     adapter = stage_dir / ADAPTER_DIR if merged else None
     folder = stage_dir / MODEL_DIR
-    stored = chain.save_chained(
-        folder, model.state_dict(), model.config, model.processor, stage_bases(recipe, index), adapter
-    )
+    bases = stage_bases(recipe, index)
+    state, config, processor = model.state_dict(), model.config, model.processor
+    stored = chain.save_chained(folder, state, config, processor, bases, adapter, root=Path(recipe.run_dir))
     log.info("stage %s: model saved in %s (%d tensors, %d elements stored)", stage.name, folder, *stored.values())
     return folder
 

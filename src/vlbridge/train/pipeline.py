@@ -194,7 +194,9 @@ def start_config(recipe: Recipe, tokenizer: Tokenizer) -> StartConfig:
 def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
     """The model the first stage starts from (`start_config`): a seeded init of `model`, or `init_from`'s weights
     loaded as `vlbridge.load` loads them (built on the meta device, each weight written once) with only the parts
-    `model` brings initialised, after the load (so parts built from the LM, as LLaVA-Mini's pre-fusion, see it)."""
+    `model` brings initialised, after the load (so parts built from the LM, as LLaVA-Mini's pre-fusion, see it).
+    Loaded weights keep the dtype their file stores them in (a stage trains its parts in float32 and leaves the frozen
+    ones so: train/precision.py); fresh parts are float32."""
     config, rules, fresh = start_config(recipe, tokenizer)
     if recipe.init_from is None:
         return VisionLanguageModel(config)
@@ -204,10 +206,10 @@ def initial_model(recipe: Recipe, tokenizer: Tokenizer) -> VisionLanguageModel:
         log.info("starting from %s with a new %s (connector %s)", recipe.init_from, new, config.connector.name)
     if config.vision is not None and io.read_config(path)[0].vision is None:  # a text LLM gets vision
         model = io.build_empty(config)  # load_parts fills the LM (vocabulary grown) and initialises the new parts
-        parts.load_parts(model, path, rules, recipe.vision_from)
+        parts.load_parts(model, path, rules, recipe.vision_from, stored=True)
         return model
     model = io.build_empty(config)
-    io.load_weights(model, path, rules, fresh=fresh)
+    io.load_weights(model, path, rules, fresh=fresh, stored=True)
     if fresh:
         model.build_vision(encoder="vision_encoder." in fresh)
     return model
@@ -358,7 +360,7 @@ def _train(recipe: Recipe, resume: bool, world: World, device: torch.device) -> 
         seed_everything(recipe.seed)
         model = initial_model(recipe, tokenizer)
     else:
-        model, _ = io.load(run_dir / recipe.stages[start - 1].name / MODEL_DIR)
+        model, _ = io.load(run_dir / recipe.stages[start - 1].name / MODEL_DIR, dtype=io.STORED)
         log.info(
             "stages %s already finished; continuing from their model", ", ".join(s.name for s in recipe.stages[:start])
         )

@@ -5,10 +5,11 @@
 clips the global gradient norm, steps AdamW with per-part learning rates under linear warmup + cosine decay, and
 every `save_every` steps writes a checkpoint from which `resume` continues exactly: the data order is a seeded
 permutation per epoch (nothing is drawn from the global RNG for it), and the position within it is checkpointed.
-Options: bf16 autocast (weights stay float32; fp32 with a warning where the hardware has no native bf16), gradient
-checkpointing of the ViT and LM layers, fixed seeds. A tqdm bar shows loss, tokens/s and the ETA; rows go to
-metrics.jsonl; a loss curve is drawn at the end. All inter-process concerns go through `World`
-(train/distributed.py), so this file has no distributed code.
+Trained parameters are float32 master weights; frozen ones stay in the dtype they were loaded in (a bf16 LM frozen in
+a connector-only stage takes half the memory) and compute in float32 (train/precision.py). Options: bf16 autocast
+(fp32 with a warning where the hardware has no native bf16), gradient checkpointing of the ViT and LM layers, fixed
+seeds. A tqdm bar shows loss, tokens/s and the ETA; rows go to metrics.jsonl; a loss curve is drawn at the end. All
+inter-process concerns go through `World` (train/distributed.py), so this file has no distributed code.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from vlbridge.train.checkpoint import TrainState, frozen_base, latest_checkpoint
 from vlbridge.train.distributed import SingleProcess, World
 from vlbridge.train.metrics import MetricsLog, plot_loss
 from vlbridge.train.objectives import OBJECTIVES, Batch, TrainStep, build_objective
+from vlbridge.train.precision import UpcastFrozen, float32_masters, restore_untrained
 from vlbridge.train.recipe import StageRecipe
 from vlbridge.train.schedule import build_scheduler, warmup_steps
 from vlbridge.train.stages import apply_plan, plan_for
@@ -209,8 +211,10 @@ class StageTrainer:
             **objective.parts(),
         }
         groups = apply_plan(plan_for(stage, list(objective.parts())), parts, stage.weight_decay)
+        self.masters = float32_masters(p for g in groups for p in g["params"])
         train_step = TrainStep(model, objective).to(self.device)
         self.base = frozen_base(train_step, self.base_source)  # before FSDP shards it: every rank hashes it whole
+        self.upcast = UpcastFrozen(train_step)
         names = {id(p): name for name, p in train_step.named_parameters()}
         module = self.world.wrap(train_step)
         trained = self.world.unwrap(module)  # FSDP trains a sharded copy: the groups take its parameters, by name
@@ -237,6 +241,8 @@ class StageTrainer:
         set_lm_gradient_checkpointing(model.language_model, False)
         if model.vision_encoder is not None:
             model.vision_encoder.gradient_checkpointing = False
+        self.upcast.restore()
+        restore_untrained(self.masters)
         if stage.lora is not None:
             if self.world.is_main:
                 lora_ops.save_adapter(model.language_model, self.stage_dir / ADAPTER_DIR, stage.lora)
