@@ -28,3 +28,22 @@ def test_own_figures_take_the_timed_calls_only() -> None:
 def test_available_follows_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # an import of it would fail: find_spec gives None
     assert not available()
+
+
+def test_real_llm_speed_skips_llama_cpp_with_a_note(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from benchmarks import real_llm_speed
+
+    compared = []
+    monkeypatch.setattr(real_llm_speed, "llama_cpp_available", lambda: False)
+    monkeypatch.setattr(real_llm_speed, "compare", lambda report, label, path, args, llama=None: compared.append(llama))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")  # a converted SmolLM2 directory, as far as the check goes
+    argv = ["real_llm_speed", "--only", "smollm2", "--llama-cpp", "--cache", str(tmp_path / "hf")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "out")])
+    real_llm_speed.main()
+    assert compared == [None]  # our engines still run, without llama.cpp
+    assert (
+        'llama.cpp skipped: --llama-cpp needs xllamacpp (pip install "vlbridge[llamacpp]")' in capsys.readouterr().out
+    )
