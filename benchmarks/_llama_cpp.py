@@ -79,3 +79,43 @@ def own_figures(timings: list[dict[str, float]], new_tokens: int) -> tuple[float
     timed = [t for t in timings if t["predicted_n"] in (1, new_tokens + 1)]
     prefill = statistics.median(t["prompt_ms"] for t in timed) / 1e3
     return prefill, statistics.median(t["predicted_per_second"] for t in timed if t["predicted_n"] == new_tokens + 1)
+
+
+def forced_nll(file: Path, windows: list[list[int]], threads: int) -> tuple[float, int]:
+    """(summed next-token NLL in nats, tokens predicted) of llama.cpp on `file` over `windows`, each token predicted
+    once from the window's tokens before it, as `vlbridge.eval.retention.perplexity` counts them.
+
+    The server returns no log-probabilities of the prompt, so the text is teacher-forced one token at a time: each
+    request extends the previous prompt by one token (the prompt cache keeps the rest, so one token is evaluated),
+    asks for one new token forced by a logit bias to be the text's next token, and reads its log-probability, which
+    llama.cpp computes from the model's raw logits (before the bias and any sampler)."""
+    import xllamacpp
+    from tqdm import tqdm
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(file)
+    params.n_ctx = max(len(window) for window in windows) + 8
+    params.n_parallel = 1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+    params.verbosity = 0
+    server = xllamacpp.Server(params)
+    nll, count = 0.0, 0
+    progress = tqdm(total=sum(len(window) - 1 for window in windows), desc=f"llama.cpp {file.name}", leave=False)
+    for window in windows:
+        for end in range(1, len(window)):
+            request = {
+                "prompt": window[:end],
+                "n_predict": 1,
+                "temperature": 0.0,
+                "logprobs": 1,
+                "cache_prompt": True,
+                "logit_bias": [[window[end], 1000.0]],
+            }
+            entry = server.handle_completions(request)["choices"][0]["logprobs"]["content"][0]
+            if entry["id"] != window[end]:
+                raise RuntimeError(f"llama.cpp did not take the forced token {window[end]} (gave {entry['id']})")
+            nll -= entry["logprob"]
+            count += 1
+            progress.update()
+    progress.close()
+    return nll, count
