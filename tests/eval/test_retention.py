@@ -165,6 +165,20 @@ def test_perturbed_lm_fails_the_verdict(ckpts: dict[str, Path]) -> None:
     assert "qa" not in report and "memory" not in report
 
 
+def test_quantize_measures_the_int8_change_of_the_same_checkpoint(ckpts: dict[str, Path]) -> None:
+    report = compare(ckpts["base"], ckpts["base"], ckpts["text"], memory=False, window=24, quantize="int8")
+    ppl = report["perplexity"]
+    model, processor = vlbridge.load(ckpts["base"], vision=False, quantize="int8")
+    tokenizer = processor.tokenizer
+    ids = tokenizer.encode(ckpts["text"].read_text(), add_special_tokens=False)
+    # the model side is the int8 model; the base side (the same checkpoint) differs from it, so it stayed float
+    assert ppl["model"]["nll_sum"] == pytest.approx(
+        perplexity(model, ids, 24, tokenizer.bos_token_id).nll_sum, rel=1e-6
+    )
+    assert ppl["base"]["nll_sum"] != ppl["model"]["nll_sum"] and abs(ppl["relative_difference"]) < 0.03
+    assert report["quantize"] == "int8"
+
+
 def test_other_tokenizer_is_refused(ckpts: dict[str, Path], tmp_path: Path) -> None:
     other = train_tokenizer(["zebra quagga okapi"] * 4, vocab_size=280, template="chatml")
     model, _ = vlbridge.load(ckpts["base"])

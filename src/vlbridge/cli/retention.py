@@ -1,10 +1,14 @@
 """`vlbridge eval text-retention`: the VLM's LLM (loaded text-only) against the base LLM on held-out text (SPEC §5).
 
     vlbridge eval text-retention --base LM_PATH --model VLM_PATH --data TEXT_FILE [--qa QA_JSONL] [--out REPORT]
+        [--quantize int8]
 
 Prints perplexity (and QA accuracy) of both with the relative difference (vlm - base) / base and its verdict against
 the tolerance (default +-3%), and the resident memory of the text-only deployment against the full one. The JSON report
 is written atomically. Exit status 0 when every metric is within the tolerance, 1 when one is not.
+
+`--quantize int8` loads the VLM side with int8 weight-only LM layers (the base as it is): `--base` and `--model` the
+same checkpoint then measure the perplexity change of the quantisation.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from vlbridge.atomic import write_text
 from vlbridge.dtypes import DTYPE_CHOICES
 from vlbridge.eval.retention import DEFAULT_TOLERANCE, QA_PROMPTS, compare
+from vlbridge.lm.int8 import QUANTIZATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the text-only vs full memory measurement")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="weights dtype (default: fp32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--quantize", default=None, choices=QUANTIZATIONS, help="int8: load the --model side with int8 weight-only LM"
+    )
     parser.add_argument("--json", action="store_true", help="print the report JSON instead of a table")
 
 
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         memory=not args.no_memory,
         dtype=args.dtype,
         device=args.device,
+        quantize=args.quantize,
     )
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else table(report))

@@ -11,6 +11,9 @@ deployment (the vision plug-in never loaded) takes ~40% less memory. This module
   text: with no end of turn, a model runs on past it) as whole words after VQA normalisation;
 - the relative difference (vlm - base) / base of each, judged against a tolerance (|difference| <= 3%);
 - the resident memory of loading the VLM text-only against loading it whole, each in a fresh process.
+
+With `quantize` (e.g. "int8", vlbridge.lm.int8's weight-only quantisation) the VLM side is loaded quantised and the
+base as it is: given the same checkpoint twice, the report is the perplexity change the quantisation causes.
 """
 
 from __future__ import annotations
@@ -170,8 +173,9 @@ class LoadMemory:
 
 
 def load_memory(arguments: dict[str, Any]) -> dict[str, float]:
-    """Fresh-process entry: load `path` (with `vision` or not, in the dtype named `dtype`) and return its LoadMemory."""
-    from vlbridge.model.io import load_weights, read_config
+    """Fresh-process entry: load `path` (with `vision` or not, in the dtype named `dtype`, quantised when `quantize`
+    names a quantisation) and return its LoadMemory."""
+    from vlbridge.model.io import load_weights, quantize_model, read_config
     from vlbridge.model.vlm import VisionLanguageModel
 
     path = Path(arguments["path"])
@@ -179,18 +183,20 @@ def load_memory(arguments: dict[str, Any]) -> dict[str, float]:
     config, rules = read_config(path)
     model = VisionLanguageModel(config, vision=arguments["vision"]).to(resolve_dtype(arguments["dtype"]))
     load_weights(model, path, rules)
+    if arguments.get("quantize"):
+        quantize_model(model, arguments["quantize"])
     gc.collect()
     params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     return asdict(LoadMemory((status_kib("VmRSS") - before) / 1024, status_kib("VmHWM") / 1024, params))
 
 
-def deployment_memory(path: str | Path, dtype: str = "float32") -> dict[str, LoadMemory]:
-    """{"full": ..., "text_only": ...}: the checkpoint loaded with and without vision, each in its own fresh
-    process (run side by side), so nothing one load allocated is counted in the other. `dtype` is a name from
-    `vlbridge.dtypes`; an unknown one fails here, before any process starts."""
+def deployment_memory(path: str | Path, dtype: str = "float32", quantize: str | None = None) -> dict[str, LoadMemory]:
+    """{"full": ..., "text_only": ...}: the checkpoint loaded with and without vision (quantised with `quantize`),
+    each in its own fresh process (run side by side), so nothing one load allocated is counted in the other. `dtype`
+    is a name from `vlbridge.dtypes`; an unknown one fails here, before any process starts."""
     resolve_dtype(dtype)
     loads = {"full": True, "text_only": False}
-    arguments = {"path": str(path), "dtype": dtype}
+    arguments = {"path": str(path), "dtype": dtype, "quantize": quantize}
     results = run_isolated(
         {
             name: ("vlbridge.eval.retention:load_memory", {**arguments, "vision": vision})
@@ -213,11 +219,20 @@ def _context_length(path: str | Path) -> int:
     return config.language_model.max_position_embeddings
 
 
-def _score(path: str | Path, text: str, length: int, items: list[QAItem] | None, settings: dict[str, Any]) -> dict:
-    """Load `path` text-only and measure it: the token ids it reads, its perplexity, and its QA answers."""
+def _score(
+    path: str | Path,
+    text: str,
+    length: int,
+    items: list[QAItem] | None,
+    settings: dict[str, Any],
+    quantize: str | None = None,
+) -> dict:
+    """Load `path` text-only (quantised with `quantize`) and measure it: the token ids it reads, its perplexity, and
+    its QA answers."""
     import vlbridge
 
-    model, processor = vlbridge.load(str(path), vision=False, device=settings["device"], dtype=settings["dtype"])
+    device, dtype = settings["device"], settings["dtype"]
+    model, processor = vlbridge.load(str(path), vision=False, device=device, dtype=dtype, quantize=quantize)
     limit = model.config.language_model.max_position_embeddings
     if length > limit:
         raise ConfigError(f"the window of {length} tokens exceeds {path}'s context of {limit}; lower --window")
@@ -253,8 +268,10 @@ def compare(
     memory: bool = True,
     dtype: str | None = None,
     device: str = "cpu",
+    quantize: str | None = None,
 ) -> dict[str, Any]:
-    """The retention report (JSON-ready) of the VLM at `model` (loaded text-only) against the base LLM at `base`.
+    """The retention report (JSON-ready) of the VLM at `model` (loaded text-only, quantised with `quantize`)
+    against the base LLM at `base`.
 
     The two are loaded one after the other, so only one model is in memory at a time.
     """
@@ -272,7 +289,10 @@ def compare(
     length = window if window is not None else min(_context_length(base), _context_length(model))
     settings = {"device": device, "dtype": dtype, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     settings["qa_prompt"] = qa_prompt
-    scored = {role: _score(path, text, length, items, settings) for role, path in (("base", base), ("model", model))}
+    scored = {
+        "base": _score(base, text, length, items, settings),
+        "model": _score(model, text, length, items, settings, quantize),
+    }
     if scored["base"]["ids"] != scored["model"]["ids"]:
         raise ConfigError(
             f"{base} and {model} tokenize the held-out text differently; perplexities over different tokens are not "
@@ -284,6 +304,7 @@ def compare(
         "base": str(base),
         "model": str(model),
         "data": str(data),
+        "quantize": quantize,
         "tolerance": tolerance,
         "window": length,
         "perplexity": {
@@ -296,7 +317,7 @@ def compare(
         report["qa"] = _qa_section(items, scored["base"]["answers"], scored["model"]["answers"], tolerance)
         report["qa"]["file"] = str(qa)
     if memory:
-        measured = deployment_memory(model, dtype or "float32")
+        measured = deployment_memory(model, dtype or "float32", quantize)
         report["memory"] = {name: asdict(m) for name, m in measured.items()}
         report["memory"]["text_only_saving"] = memory_saving(measured)
     verdicts = [report["perplexity"]["within_tolerance"]] + ([report["qa"]["within_tolerance"]] if items else [])
