@@ -84,6 +84,7 @@ def load_transformers(path: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -> torch.nn.Module:
+    from vlbridge.lm.cpu_kernels import decode_layout
     from vlbridge.model.io import build_empty, load_weights, quantize_model, read_config
 
     config, rules = read_config(path)
@@ -91,6 +92,7 @@ def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -
     load_weights(model, path, rules)
     if quantize is not None:
         quantize_model(model, quantize)
+    decode_layout(model.language_model)  # as vlbridge.load does
     return model.eval()
 
 
