@@ -5,8 +5,8 @@ decoder.py reads as the plain Llama model; what runs each product and each atten
 PyTorch's default with the measurement that justifies it:
 
 - `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs; on AVX2 ones MKL's x @ W^T with
-  the weight stored transposed in memory (`decode_layout`, made once at load); bf16 ones of a few rows left to PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native
-  bf16 (`native_bf16`).
+  the weight stored transposed in memory (`decode_layout`, made once at load); bf16 ones of a few rows left to
+  PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native bf16 (`native_bf16`).
 - `attention`: one query per row (decode) folds each kv group's query heads into the query axis; causal attention
   under bf16 autocast on CPU runs eager up to EAGER_MAX_TOKENS and SDPA's flash kernel in float32 above.
 
