@@ -46,9 +46,10 @@ def decode_layout(module: nn.Module) -> int:
     an (in, out) contiguous tensor, so `F.linear` hands MKL x @ W_t with W_t contiguous. One weight is copied at a
     time and the old storage freed: no second copy is kept. A tied LM head moves with its embedding (one Parameter).
     On an AVX2-only AMD EPYC (Zen3) streaming SmolLM2-135M's fp32 weights as one-row products (cold caches) took
-    0.78-0.85x the time of the (out, in) layout, and the layout changed nothing in 16 greedy steps (docs/benchmarks.md,
-    "Real LLM speed"). For float32 only: bf16 one-row products were several times slower with transposed weights, so
-    a model cast to bf16 after this call runs slower; load it in bf16 instead."""
+    0.81-0.84x the time of the (out, in) layout, a whole decode step ran 1.10x as fast, the same greedy tokens
+    (experiments/decode_products.py, experiments/decode_layout.py; docs/benchmarks.md, "Real LLM speed"). For float32
+    only: bf16 one-row products were 9x slower with transposed weights, so a model cast to bf16 after this call runs
+    slower; load it in bf16 instead."""
     if thin_path_pays():
         return 0
     moved = 0
@@ -96,7 +97,8 @@ class Linear(nn.Linear):
     same product as W @ x^T, with a single row duplicated into two, streams W faster. Measured over a 130M model's
     decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
     threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
-    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`).
+    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`)
+    and a loaded model's float32 weights are stored transposed instead (`decode_layout`).
 
     bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran with
     oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than
