@@ -86,6 +86,7 @@ def load_transformers(path: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -> torch.nn.Module:
+    from vlbridge.lm.cpu_kernels import decode_layout
     from vlbridge.model.io import build_empty, load_weights, quantize_model, read_config
 
     config, rules = read_config(path)
@@ -93,10 +94,35 @@ def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -
     load_weights(model, path, rules)
     if quantize is not None:
         quantize_model(model, quantize)
+    decode_layout(model.language_model)  # as vlbridge.load does
     return model.eval()
 
 
 Generate = Callable[[int], object]
+
+
+def read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a plain read: the best of `repeats` sums over a float32 buffer far larger than the caches."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * 4 / best
+
+
+def decode_bytes(model: torch.nn.Module) -> int:
+    """Weight bytes one decode step must read: every 2-D weight of the LM's products (layers and head, int8 ones with
+    their scales) and its norms; the embedding lookup reads one row, so an untied embedding does not count."""
+    lm = model.language_model
+    embedding = lm.model.embed_tokens.weight
+    head = getattr(lm.lm_head, "weight", None)
+    total = 0
+    for tensor in {id(t): t for t in (*lm.parameters(), *lm.buffers())}.values():
+        if tensor is not embedding or tensor is head:
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def engines(model: torch.nn.Module, ids: torch.Tensor, ours: bool) -> Generate:
@@ -145,15 +171,19 @@ def compare(
     report.line(f"{'variant':<22} {'prefill ms':>11} {'decode tok/s':>13}")
     results: dict[str, tuple[float, float]] = {}
     timings: dict[str, list[dict[str, float]]] = {}  # llama.cpp's own timings of each call, by ftype
+    weight_bytes: dict[str, int] = {}
     with torch.inference_mode():
         for name, dtype in DTYPES.items():
             ours, theirs = load_vlbridge(path, dtype), load_transformers(path, dtype)
+            weight_bytes[name] = decode_bytes(ours)
             run_ours, run_theirs = engines(ours, ids, True), engines(theirs, ids, False)
             ours_8 = run_ours(8)[0, -8:].tolist()
             same = ours_8 == run_theirs(8)[0, -8:].tolist()
             runs = {f"{name} vlbridge": run_ours, f"{name} transformers": run_theirs}
             if name == "fp32":
-                runs["int8 vlbridge"] = engines(load_vlbridge(path, torch.float32, "int8"), ids, True)
+                int8 = load_vlbridge(path, torch.float32, "int8")
+                weight_bytes["int8"] = decode_bytes(int8)
+                runs["int8 vlbridge"] = engines(int8, ids, True)
                 for ftype, file in (llama or {}).items():
                     run = LlamaCpp(file, ids[0].tolist(), max(args.new_tokens, 8) + 1, args.threads_used)
                     runs[f"{ftype} llama.cpp"], timings[ftype] = run, run.timings
@@ -166,6 +196,7 @@ def compare(
     for name in DTYPES:
         (p_ours, d_ours), (p_theirs, d_theirs) = results[f"{name} vlbridge"], results[f"{name} transformers"]
         report.line(f"{name} ratio: prefill {p_theirs / p_ours:.2f}x, decode {d_ours / d_theirs:.2f}x transformers")
+    roofline(report, results, weight_bytes)
     p_int8, d_int8 = results["int8 vlbridge"]
     p_fp32, d_fp32 = results["fp32 vlbridge"]
     report.line(f"int8 vs our fp32: prefill {p_fp32 / p_int8:.2f}x, decode {d_int8 / d_fp32:.2f}x")
@@ -176,6 +207,21 @@ def compare(
         for ours in ("fp32", "int8"):
             p, d = results[f"{ours} vlbridge"]
             report.line(f"our {ours} vs llama.cpp {ftype}: prefill {p_llama / p:.2f}x, decode {d / d_llama:.2f}x")
+
+
+def roofline(report: Report, results: dict[str, tuple[float, float]], weight_bytes: dict[str, int]) -> None:
+    """Decode's memory bound per dtype: measured read bandwidth / weight bytes per token, and the share of it each
+    engine reaches (a decode step must read every weight once; the KV cache and activations are small here)."""
+    bandwidth = read_bandwidth()
+    report.line(f"roofline: read bandwidth {bandwidth / 1e9:.1f} GB/s (best of 5 sums over 256 MiB)")
+    for dtype, nbytes in weight_bytes.items():
+        bound = bandwidth / nbytes
+        shares = ", ".join(
+            f"{name.split()[1]} {tps:.1f} tok/s = {tps / bound:.0%}"
+            for name, (_, tps) in results.items()
+            if name.split()[0] == dtype
+        )
+        report.line(f"  {dtype}: {nbytes / 1e6:.1f} MB/token, bound {bound:.1f} tok/s; {shares}")
 
 
 def main() -> None:

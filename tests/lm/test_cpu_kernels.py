@@ -3,6 +3,7 @@ no forward changes process-global state (a bf16 decode in one thread leaves anot
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ from torch.nn import functional as F
 from tiny_vlm import TINY_LM
 from vlbridge.config import VisionConfig
 from vlbridge.lm import DecoderLM, cpu_kernels
-from vlbridge.lm.cpu_kernels import THIN_ROWS, Linear, attention, eager_causal_attention
+from vlbridge.lm.cpu_kernels import THIN_ROWS, Linear, attention, decode_layout, eager_causal_attention
 from vlbridge.vision import ViT
 
 CFG = TINY_LM
@@ -46,6 +47,37 @@ def test_linear_takes_the_thin_path_only_where_it_pays(pays: bool, monkeypatch: 
     monkeypatch.setattr(cpu_kernels.torch, "mm", lambda *a: calls.append("mm") or torch.matmul(*a))
     Linear(24, 40, bias=False)(torch.randn(1, 1, 24))
     assert calls == (["mm"] if pays else [])
+
+
+@pytest.mark.parametrize("pays", [False, True])
+def test_decode_layout_transposes_float32_weights_only_where_the_thin_path_does_not_pay(
+    pays: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On AVX2-only CPUs each float32 Linear weight becomes an (out, in) view of an (in, out) contiguous tensor: same
+    values, shapes and state_dict, the tied head still the embedding, logits and greedy steps unchanged."""
+    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: pays)
+    torch.manual_seed(0)
+    lm = DecoderLM(dataclasses.replace(CFG, tie_word_embeddings=True)).eval()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    ids = torch.randint(0, CFG.vocab_size, (2, 7))
+    with torch.inference_mode():
+        expected = lm(input_ids=ids)
+        moved = decode_layout(lm)
+        got = lm(input_ids=ids)
+    linears = [m for m in lm.modules() if isinstance(m, Linear)]
+    assert moved == (0 if pays else len(linears))
+    assert all(m.weight.t().is_contiguous() != pays for m in linears)
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    state = lm.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], v) for k, v in before.items())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_layout_leaves_bf16_weights_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: False)
+    lm = DecoderLM(CFG).to(torch.bfloat16)
+    assert decode_layout(lm) == 0
+    assert all(p.is_contiguous() for p in lm.parameters())
 
 
 @pytest.mark.parametrize("native", [False, True])

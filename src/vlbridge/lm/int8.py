@@ -41,13 +41,11 @@ class Int8Linear(nn.Module):
     """A linear layer with int8 weights and float32 per-output-channel scales: y = (x @ q^T) * scale + bias.
 
     On CPU the product runs in PyTorch's int8 weight-only kernel (`aten._weight_int8pack_mm`) on bf16 activations,
-    the result cast back to the input's dtype. Measured against float32 `F.linear` on this project's 2-core AVX-512
-    (VNNI, no AVX512-BF16) CPU at SmolLM2-135M's shapes, one row: the 49152 x 576 head 1.1 ms vs 3.7 ms; with float32
-    activations the same kernel was 3-15x slower than with bf16, and dequantising the weight per call (to bf16 or
-    float32, then `F.linear`) 3-15x slower too (one-off timings, best of 30, other sessions loading the CPU;
-    benchmarks/int8_decode.py measures whole decode). Other devices, widths the kernel gets wrong
-    (`PACK_K_MULTIPLE`), and products of many rows (a prompt) on CPUs without native bf16, where the kernel's bf16
-    arithmetic is emulated (`cpu_kernels.emulated_bf16_rows`), dequantise the weight per call, to float32 on such CPUs.
+    the result cast back to the input's dtype: that kernel reads the int8 weight as it is (a quarter of float32's
+    bytes), and it is vectorised for bf16 activations, not for float32 ones. Other devices, widths the kernel gets
+    wrong (`PACK_K_MULTIPLE`), and products of many rows (a prompt) on CPUs without native bf16, where the kernel's
+    bf16 arithmetic is emulated (`cpu_kernels.emulated_bf16_rows`), dequantise the weight per call, to float32 on
+    such CPUs. The measurements behind these choices, per CPU, are in docs/benchmarks.md ("INT8 decode").
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
