@@ -12,6 +12,7 @@ from vlbridge.model.generate import (
     GenerationConfig,
     Generator,
     apply_repetition_penalty,
+    choose_tokens,
     filter_top_k,
     filter_top_p,
 )
@@ -203,6 +204,8 @@ NAN, INF = float("nan"), float("inf")
         (dict(stop_strings=("",)), "an empty stop string"),
         (dict(stop_strings="ab"), "stop_strings must be a tuple of strings"),
         (dict(stop_strings=(3,)), "stop_strings must be a tuple of strings"),
+        (dict(suppress_tokens=[2]), "suppress_tokens must be a tuple of ids"),
+        (dict(suppress_tokens=(-1,)), "suppress_tokens must be a tuple of ids"),
         (dict(seed=1.5), "seed must be an int"),
         (dict(seed=-1), r"seed must be in \[0, 2\*\*64\)"),
         (dict(seed=2**64), r"seed must be in \[0, 2\*\*64\)"),
@@ -235,9 +238,27 @@ def test_overrides_take_one_id_or_string_as_a_tuple_of_one() -> None:
     assert (config.eos_token_id, config.stop_strings) == ((4, 5), ())
 
 
+def test_suppressed_tokens_are_never_chosen() -> None:
+    logits = torch.tensor([[0.0, 9.0, 5.0, 1.0], [3.0, 2.0, 1.0, 0.0]])
+    assert choose_tokens(logits, None, GenerationConfig(suppress_tokens=(1,)), None).tolist() == [2, 0]
+    assert choose_tokens(logits, None, GenerationConfig(), None).tolist() == [1, 0]
+    sampling = GenerationConfig(do_sample=True, top_k=2, suppress_tokens=(1, 0))
+    rng = torch.Generator().manual_seed(0)
+    picks = {int(t) for _ in range(50) for t in choose_tokens(logits, None, sampling, rng)}
+    assert picks <= {2, 3} and 2 in picks
+    ids = torch.tensor([[0]])
+    out = Generator(chain()).generate(_ones(ids), GenerationConfig(max_new_tokens=4, suppress_tokens=(2,)), ids)
+    assert 2 not in out[0, 1:].tolist()  # the chain's next token after 1 is 2: it is skipped
+
+
 def test_special_ids_outside_the_vocabulary_are_refused() -> None:
     ids = torch.tensor([[0]])
-    for config in (GenerationConfig(eos_token_id=(3, V)), GenerationConfig(pad_token_id=V)):
+    configs = (
+        GenerationConfig(eos_token_id=(3, V)),
+        GenerationConfig(pad_token_id=V),
+        GenerationConfig(suppress_tokens=(V,)),
+    )
+    for config in configs:
         with pytest.raises(ConfigError, match=f"outside the model's vocabulary of {V}"):
             Generator(chain()).generate(_ones(ids), config, ids)
 

@@ -241,3 +241,21 @@ def test_ids_outside_the_vocabulary_are_a_prompt_error(bad: int) -> None:
         model(input_ids=ids)
     with pytest.raises(PromptError, match="outside the vocabulary"):
         model.generate(input_ids=ids, max_new_tokens=1, stop_strings=())
+
+
+def test_generation_never_emits_the_image_token() -> None:
+    """A reply holding the image token could not be fed back as text (its count would not match any image), so a
+    VLM's generation suppresses it; a model whose head prefers it shows the suppression is what keeps it out."""
+    torch.manual_seed(0)
+    model = VisionLanguageModel(tiny_config()).eval()
+    ids, pixels = _prompt(model, 1), torch.randn(1, 3, 16, 16)
+
+    def prefer_the_image_token(module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_add(-1, torch.tensor([IMAGE_TOKEN]), torch.full((*logits.shape[:-1], 1), 100.0))
+
+    model.language_model.lm_head.register_forward_hook(prefer_the_image_token)
+    settings = {"input_ids": ids, "pixel_values": pixels, "max_new_tokens": 4, "eos_token_id": ()}
+    assert IMAGE_TOKEN not in model.generate(**settings)[0, ids.shape[1] :].tolist()
+    assert model.generation_config().suppress_tokens == (IMAGE_TOKEN,)
+    unsuppressed = model.generate(**settings, suppress_tokens=())[0, ids.shape[1] :].tolist()
+    assert unsuppressed == [IMAGE_TOKEN] * 4

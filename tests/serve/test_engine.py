@@ -252,3 +252,25 @@ def test_a_request_decoding_alone_is_cancelled_and_timed_out_like_a_batched_one(
         assert engine.running == 0
     finally:
         engine.stop()
+
+
+def test_served_replies_never_hold_the_image_token(model) -> None:
+    """The engine's greedy fast path skips a suppressed token as generate does: with a head that prefers the image
+    token, the served reply equals generate's, which never holds it."""
+    image_token = model.config.image_token_id
+
+    def prefer_the_image_token(module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_add(-1, torch.tensor([image_token]), torch.full((*logits.shape[:-1], 1), 100.0))
+
+    hook = model.language_model.lm_head.register_forward_hook(prefer_the_image_token)
+    engine = Engine(model, max_batch=2).start()
+    try:
+        inputs = _inputs(model, QUESTIONS[0], image=False)
+        config = model.generation_config(max_new_tokens=6, eos_token_id=(), stop_strings=())
+        served = _text(_run(engine, [(inputs, config)])[0])
+        ids = model.generate(**inputs, max_new_tokens=6, eos_token_id=(), stop_strings=())[0]
+    finally:
+        engine.stop()
+        hook.remove()
+    assert image_token not in ids[inputs["input_ids"].shape[1] :].tolist()
+    assert served == model.processor.decode(ids[inputs["input_ids"].shape[1] :])

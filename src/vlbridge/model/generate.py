@@ -77,6 +77,7 @@ class GenerationConfig:
     pad_token_id: int = 0
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None  # sampling seed; None: torch's global generator
+    suppress_tokens: tuple[int, ...] = ()  # ids never generated (a VLM's visual placeholder), as HF's setting
 
     def __post_init__(self) -> None:
         _check_type("max_new_tokens", self.max_new_tokens, numbers.Integral)
@@ -104,6 +105,9 @@ class GenerationConfig:
         eos = self.eos_token_id
         if not isinstance(eos, tuple) or not all(_is_id(i) for i in eos):
             raise ConfigError(f"eos_token_id must be a tuple of ids (ints >= 0; () for none), got {eos!r}")
+        suppress = self.suppress_tokens
+        if not isinstance(suppress, tuple) or not all(_is_id(i) for i in suppress):
+            raise ConfigError(f"suppress_tokens must be a tuple of ids (ints >= 0; () for none), got {suppress!r}")
         _check_type("pad_token_id", self.pad_token_id, numbers.Integral)
         if self.pad_token_id < 0:
             raise ConfigError(
@@ -131,7 +135,7 @@ class GenerationConfig:
             named = ", ".join(f"{name} ({_HF_ONLY[name]})" if name in _HF_ONLY else name for name in unknown)
             accepted = ", ".join(sorted(f.name for f in fields(GenerationConfig)))
             raise ConfigError(f"unknown generation setting(s): {named}; accepted: {accepted}")
-        for name in ("eos_token_id", "stop_strings"):
+        for name in ("eos_token_id", "stop_strings", "suppress_tokens"):
             if name in overrides:
                 overrides[name] = _as_tuple(overrides[name])
         return replace(self, **overrides)
@@ -139,11 +143,12 @@ class GenerationConfig:
     def check_vocabulary(self, vocab_size: int) -> None:
         """ConfigError if an EOS or pad id is no id of a vocabulary of `vocab_size`: an EOS id the model can never
         emit would never end a reply, and a pad id outside it could not be decoded."""
-        outside = sorted({i for i in (*self.eos_token_id, self.pad_token_id) if i >= vocab_size})
+        outside = sorted({i for i in (*self.eos_token_id, self.pad_token_id, *self.suppress_tokens) if i >= vocab_size})
         if outside:
             raise ConfigError(
-                f"token id(s) {outside} (eos_token_id {list(self.eos_token_id)}, pad_token_id {self.pad_token_id}) lie "
-                f"outside the model's vocabulary of {vocab_size}; pass ids below {vocab_size}"
+                f"token id(s) {outside} (eos_token_id {list(self.eos_token_id)}, pad_token_id {self.pad_token_id}, "
+                f"suppress_tokens {list(self.suppress_tokens)}) lie outside the model's vocabulary of {vocab_size}; "
+                f"pass ids below {vocab_size}"
             )
 
 
@@ -178,6 +183,26 @@ def filter_top_p(logits: Tensor, p: float) -> Tensor:
     drop_sorted[..., -1:] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def choose_tokens(logits: Tensor, seen: Tensor | None, config: GenerationConfig, rng: torch.Generator | None) -> Tensor:
+    """Process logits (B, V) in HF's order and pick one token per row (B,); `seen` is the repetition penalty's bool
+    (B, V) of tokens so far (None: no penalty), `rng` the sampler's generator (None: torch's global one)."""
+    if config.suppress_tokens:
+        ids = torch.tensor(config.suppress_tokens, device=logits.device)
+        logits = logits.index_fill(-1, ids, float("-inf"))
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if not config.do_sample:
+        return logits.argmax(dim=-1)
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k:
+        logits = filter_top_k(logits, config.top_k)
+    if config.top_p < 1.0:
+        logits = filter_top_p(logits, config.top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=rng)[:, 0]
 
 
 def _check_prompts(attention_mask: Tensor, prompt_ids: Tensor) -> None:
@@ -251,7 +276,7 @@ class Generator:
         generated: list[list[int]] = [[] for _ in range(b)]
         for step in range(config.max_new_tokens):
             with torch.inference_mode():
-                tokens = self._choose(logits, seen, config, rng)  # (B,)
+                tokens = choose_tokens(logits, seen, config, rng)  # (B,)
                 tokens = torch.where(unfinished, tokens, config.pad_token_id)
                 if seen is not None:
                     seen.scatter_(1, tokens[:, None], True)
@@ -282,22 +307,6 @@ class Generator:
             real = attention_mask.to(logits.device, torch.long)
         counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device).scatter_add_(1, ids, real)
         return counts > 0
-
-    @staticmethod
-    def _choose(logits: Tensor, seen: Tensor | None, config: GenerationConfig, rng: torch.Generator | None) -> Tensor:
-        """Process logits (B, V) in HF's order and pick one token per row (B,)."""
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
-        if not config.do_sample:
-            return logits.argmax(dim=-1)
-        if config.temperature != 1.0:
-            logits = logits / config.temperature
-        if config.top_k:
-            logits = filter_top_k(logits, config.top_k)
-        if config.top_p < 1.0:
-            logits = filter_top_p(logits, config.top_p)
-        probs = logits.softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=rng)[:, 0]
 
     def _check_stop_strings(
         self, tokens: Tensor, unfinished: Tensor, generated: list[list[int]], stop_strings: tuple[str, ...]

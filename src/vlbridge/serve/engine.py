@@ -28,7 +28,7 @@ from torch import Tensor
 from vlbridge.connectors.base import FusionCache
 from vlbridge.errors import ConfigError, ContextOverflowError
 from vlbridge.lm.kv_cache import KVCache
-from vlbridge.model.generate import GenerationConfig, Generator
+from vlbridge.model.generate import GenerationConfig, choose_tokens
 from vlbridge.model.vlm import VisionLanguageModel, VisionStep
 from vlbridge.serve.slots import SlotCache
 from vlbridge.serve.textstream import TextStream
@@ -265,11 +265,13 @@ class Engine:
 
     @staticmethod
     def _choose(logits: Tensor, running: list[_Running]) -> list[int]:
-        """Each row's next token: argmax for greedy rows, the request's own sampler for the others."""
+        """Each row's next token: the batch's argmax for greedy rows where it is no suppressed token, the request's
+        own chooser (sampler, suppressed tokens) for the others."""
         greedy = logits.argmax(dim=-1).tolist()
         for i, r in enumerate(running):
-            if r.request.config.do_sample:
-                greedy[i] = int(Generator._choose(logits[i : i + 1], None, r.request.config, r.rng)[0])
+            config = r.request.config
+            if config.do_sample or greedy[i] in config.suppress_tokens:
+                greedy[i] = int(choose_tokens(logits[i : i + 1], None, config, r.rng)[0])
         return greedy
 
     def _take(self, r: _Running, token: int) -> None:
