@@ -52,8 +52,12 @@ def test_quick_recipe_is_the_defaults_in_small() -> None:
 
 @pytest.mark.slow
 def test_quick_recipe_trains_end_to_end_then_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The quick recipe as a user runs it, each stage cut to 2 steps (its own tens of steps are checked above and
+    cost the suite ~45 s more on 2 cores)."""
     run, data = tmp_path / "run", tmp_path / "data"
     argv = ["train", "--config", str(CONFIGS / "quick.yaml"), "--run-dir", str(run), "--set", f"data.root={data}"]
+    for i in range(len(load_recipe(CONFIGS / "quick.yaml").stages)):
+        argv += ["--set", f"stages.{i}.steps=2"]
     assert main(argv) == 0
     for stage in load_recipe(CONFIGS / "quick.yaml").stages:
         assert (run / stage.name / "done.json").is_file() and (run / stage.name / "loss.png").is_file()
