@@ -271,11 +271,13 @@ class VisionLanguageModel(nn.Module):
     def generation_config(self, **overrides: Any) -> GenerationConfig:
         """Generation settings with this model's EOS and pad ids filled in, its template's stop text (a reply that
         `plain` or `qa` taught to end with a newline ends there) and, for a VLM, its image token suppressed (a reply
-        holding it could not be fed back as text), all from the model's config; `overrides` as
-        `GenerationConfig.with_overrides` takes them (unknown or ill-typed settings raise ConfigError)."""
+        holding it could not be fed back as text; an id outside the vocabulary is never generated anyway), all from
+        the model's config; `overrides` as `GenerationConfig.with_overrides` takes them (unknown or ill-typed settings
+        raise ConfigError)."""
         lm = self.config.language_model
         stop = TEMPLATES.get(self.config.template).stop if self.config.template else ""
-        suppress = () if self.config.vision is None else (self.config.image_token_id,)
+        image_token = self.config.image_token_id
+        suppress = (image_token,) if self.config.vision is not None and image_token < lm.vocab_size else ()
         base = GenerationConfig().with_overrides(
             eos_token_id=lm.eos_token_id, stop_strings=stop or None, suppress_tokens=suppress
         )
