@@ -23,6 +23,20 @@ def test_quantize_weight_is_symmetric_per_row_within_half_a_step() -> None:
     assert bool((err <= scale[:, None] / 2 + 1e-7).all())
 
 
+def test_a_weight_stored_transposed_quantises_to_a_row_major_int8_weight() -> None:
+    """A loaded fp32 model's weights may be (out, in) views of (in, out) storage (cpu_kernels.decode_layout); the
+    int8 kernel needs its weight row-major, so quantising such a model must still give a working Int8Linear."""
+    torch.manual_seed(0)
+    linear = nn.Linear(PACK_K_MULTIPLE * 2, 8, bias=False)
+    linear.weight.data = linear.weight.data.t().contiguous().t()
+    q, scale = quantize_weight(linear.weight)
+    assert q.is_contiguous() and torch.equal(q, quantize_weight(linear.weight.contiguous())[0])
+    model = nn.Sequential(linear)
+    assert quantize_linears(model) == 1
+    x = torch.randn(1, PACK_K_MULTIPLE * 2)
+    torch.testing.assert_close(model(x), x @ (q.float() * scale[:, None]).T, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("in_features", [PACK_K_MULTIPLE * 3, 24])  # the int8 kernel's path, the dequantising one
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 5])  # decode; a prompt, dequantised to float32 where bf16 is emulated

@@ -33,7 +33,7 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     w = weight.detach().float()
     scale = w.abs().amax(dim=1) / INT8_MAX  # (O,)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(w / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)  # (O, I)
+    q = torch.round(w / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8).contiguous()  # (O, I) row-major
     return q, scale
 
 
