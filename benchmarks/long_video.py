@@ -70,7 +70,7 @@ def _model(lm: str, frames: int) -> Any:
 
 def probe(arguments: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS and prefill seconds of one F-frame prompt (run in a fresh process)."""
-    from vlbridge.model.vlm import VisionStep
+    from vlbridge.model.vlm_generation import VisionStep
 
     frames = arguments["frames"]
     torch.set_num_threads(arguments["threads"])

@@ -29,7 +29,8 @@ from vlbridge.connectors.base import FusionCache
 from vlbridge.errors import ConfigError, ContextOverflowError
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.model.generate import GenerationConfig, choose_tokens
-from vlbridge.model.vlm import VisionLanguageModel, VisionStep
+from vlbridge.model.vlm import VisionLanguageModel
+from vlbridge.model.vlm_generation import VisionStep
 from vlbridge.serve.slots import SlotCache
 from vlbridge.serve.textstream import TextStream
 
