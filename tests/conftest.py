@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hf_fixtures import tiny_llava, tiny_llava_next
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C handled as Python does by default, even when the suite was started in the background of a script (which
+    starts it with SIGINT ignored): the `vlbridge` processes the Ctrl-C tests start inherit an ignored SIGINT, never a
+    handled one, so without this they would ignore the SIGINT the tests send."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
