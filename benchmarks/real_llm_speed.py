@@ -94,7 +94,7 @@ def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -
     load_weights(model, path, rules)
     if quantize is not None:
         quantize_model(model, quantize)
-    decode_layout(model.language_model)  # as vlbridge.load does
+    decode_layout(model.language_model)  # opt-in: vlbridge.load keeps the file's layout (a copy of every weight)
     return model.eval()
 
 

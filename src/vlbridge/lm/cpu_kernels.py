@@ -5,7 +5,7 @@ decoder.py reads as the plain Llama model; what runs each product and each atten
 PyTorch's default with the measurement that justifies it:
 
 - `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs; on AVX2 ones MKL's x @ W^T with
-  the weight stored transposed in memory (`decode_layout`, made once at load); bf16 ones of a few rows left to
+  the weight stored transposed in memory (`decode_layout`, opt-in after a load); bf16 ones of a few rows left to
   PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native bf16 (`native_bf16`).
 - `attention`: one query per row (decode) folds each kv group's query heads into the query axis; causal attention
   under bf16 autocast on CPU runs eager up to EAGER_MAX_TOKENS and SDPA's flash kernel in float32 above.
@@ -98,7 +98,7 @@ class Linear(nn.Linear):
     decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
     threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
     gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`)
-    and a loaded model's float32 weights are stored transposed instead (`decode_layout`).
+    and `decode_layout` can store a loaded model's float32 weights transposed instead.
 
     bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran with
     oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than

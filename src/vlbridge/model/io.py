@@ -23,7 +23,6 @@ from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.files import open_safetensors
-from vlbridge.lm.cpu_kernels import decode_layout
 from vlbridge.lm.int8 import QUANTIZATIONS, int8_skeleton, quantize_linears
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import chain
@@ -185,9 +184,9 @@ def load(
     the weights in float32 (with `quantize`, the float weights left: embeddings, norms, vision); `"stored"` keeps
     each weight in the dtype its file stores it in (a stage model: trained parts float32, a bf16 base's bf16).
     `quantize="int8"` quantises the LM's linear weights after loading; a checkpoint saved quantised loads as int8
-    whatever `quantize` says, its int8 weights read as they are. Float32 LM weights on CPU take the layout that
-    decodes fastest on this CPU (`cpu_kernels.decode_layout`). A device this machine lacks raises ConfigError
-    (vlbridge.devices) before any file is read."""
+    whatever `quantize` says, its int8 weights read as they are. Weights keep the file's layout: the decode-only
+    layout of `cpu_kernels.decode_layout` is opt-in, as it costs a copy of every weight (load time, peak memory). A
+    device this machine lacks raises ConfigError (vlbridge.devices) before any file is read."""
     if quantize is not None:
         _check_quantization(quantize)
     device = resolve_device(device)
@@ -215,5 +214,4 @@ def load(
         quantize_model(model, quantize)
     model.processor = processor_for(model, tokenizer)
     model.to(device=device).eval()
-    decode_layout(model.language_model)
     return model, model.processor
