@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
 from killed import killed_mid_write
-from vlbridge.atomic import atomic_path, remove_stale, write_text
+from vlbridge.atomic import ALIGNMENT, atomic_path, remove_stale, write_safetensors, write_text
 
 
 def test_write_replaces_whole_file_with_umask_permissions(tmp_path: Path) -> None:
@@ -41,3 +43,18 @@ def test_remove_stale_deletes_what_a_killed_write_left_and_nothing_else(tmp_path
     assert remove_stale(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)
     assert remove_stale(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize("name_length", range(1, 70, 3))
+def test_safetensors_data_starts_on_the_alignment_boundary(tmp_path: Path, name_length: int) -> None:
+    """Whatever the header's length (here moved by the tensor names), the data section starts on a 64-byte boundary,
+    so every tensor of a 64-byte multiple is mapped aligned; the tensors read back equal."""
+    tensors = {"w" * name_length: torch.randn(4, 16), "bias": torch.arange(16, dtype=torch.float32)}
+    target = tmp_path / "model.safetensors"
+    write_safetensors(target, tensors)
+    assert (8 + int.from_bytes(target.read_bytes()[:8], "little")) % ALIGNMENT == 0
+    with safe_open(target, "pt") as handle:
+        for name, tensor in tensors.items():
+            loaded = handle.get_tensor(name)
+            assert torch.equal(loaded, tensor) and loaded.data_ptr() % ALIGNMENT == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]

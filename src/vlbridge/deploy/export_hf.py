@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from vlbridge.atomic import atomic_path, write_text
+from vlbridge.atomic import write_safetensors, write_text
 from vlbridge.config import ModelConfig
 from vlbridge.errors import ConfigError, ModalityError
 from vlbridge.lm.hf_keys import lm_config_to_hf
@@ -151,8 +150,7 @@ def _projector_state(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
 
 
 def _save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    with atomic_path(path / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_safetensors(path / WEIGHTS, tensors)
 
 
 def _dtype_entries(model: VisionLanguageModel) -> dict[str, str]:

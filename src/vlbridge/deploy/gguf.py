@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from vlbridge.atomic import atomic_path, write_text
+from vlbridge.atomic import write_safetensors, write_text
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.lm.hf_keys import lm_config_from_hf, lm_config_to_hf
 
@@ -162,7 +161,6 @@ def convert_gguf(file: str | Path, out: str | Path) -> Path:
     tokenizer = gguf_tokenizer(meta)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(weights, str(tmp), metadata={"format": "pt"})
+    write_safetensors(out / "model.safetensors", weights)
     write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return out

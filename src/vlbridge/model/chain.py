@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
-from vlbridge.atomic import atomic_path, write_text
+from vlbridge.atomic import atomic_path, write_safetensors, write_text
 from vlbridge.config import ModelConfig, to_dict
 from vlbridge.errors import CheckpointError
 from vlbridge.files import open_safetensors, read_json_object
@@ -289,8 +288,7 @@ def save_chained(
             stored[name] = kept.contiguous()
         if rows is not None:
             grown[name] = rows
-    with atomic_path(path / WEIGHTS) as tmp:
-        save_file(stored, str(tmp), metadata={"format": "pt"})
+    write_safetensors(path / WEIGHTS, stored)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": to_dict(config), "base": entries}
     if grown:
         meta["grown_rows"] = grown

@@ -16,11 +16,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from vlbridge.atomic import atomic_path
+from vlbridge.atomic import write_safetensors
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.files import open_safetensors
 from vlbridge.model.vlm import VisionLanguageModel
@@ -58,8 +57,7 @@ class ContrastiveHead(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write the head's weights (safetensors, atomically)."""
         tensors = {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        write_safetensors(path, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> ContrastiveHead:

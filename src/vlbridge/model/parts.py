@@ -29,7 +29,7 @@ from vlbridge.model import io
 from vlbridge.model.hf_llava import image_processor_dict_from_dir
 from vlbridge.model.processor import processor_for
 from vlbridge.model.vlm import VisionLanguageModel
-from vlbridge.model.weights import aligned, tower_index, whole_model_tower
+from vlbridge.model.weights import tower_index, whole_model_tower
 from vlbridge.vision.hf_keys import image_processor_config_from_hf, vision_config_from_hf
 
 LM_PREFIX = "language_model."
@@ -177,14 +177,14 @@ def load_parts(
 
 
 def _strict_load(module: torch.nn.Module, state: dict[str, Tensor], path: Path, stored: bool = False) -> None:
-    """`module.load_state_dict(state, strict=True)`, each tensor (`aligned`) put in place of the (meta) parameter in
+    """`module.load_state_dict(state, strict=True)`, each tensor put in place of the (meta) parameter in
     that parameter's dtype (with `stored`, a floating-point parameter keeps the file's), with torch's error as a
     CheckpointError naming `path`."""
     dtypes = {name: tensor.dtype for name, tensor in module.state_dict().items()}
     if stored:
         params = {name for name, _ in module.named_parameters()}
         dtypes = {k: v for k, v in dtypes.items() if not (k in params and k in state and state[k].is_floating_point())}
-    state = {name: aligned(tensor.to(dtypes.get(name, tensor.dtype))) for name, tensor in state.items()}
+    state = {name: tensor.to(dtypes.get(name, tensor.dtype)) for name, tensor in state.items()}
     try:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
 
-from vlbridge.atomic import atomic_path, write_text
+from vlbridge.atomic import write_safetensors, write_text
 from vlbridge.config import ModelConfig, to_dict
 
 if TYPE_CHECKING:
@@ -41,8 +40,7 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     tied = tied_keys(config)
     tensors = {k: v.detach().contiguous() for k, v in state.items() if k not in tied}
-    with atomic_path(path / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_safetensors(path / WEIGHTS, tensors)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": to_dict(config)}
     write_text(path / "config.json", json.dumps(meta, indent=2) + "\n")
     if processor is not None:

@@ -131,22 +131,9 @@ def tower_index(path: Path) -> dict[str, tuple[Path, str]]:
     return {name.removeprefix(HF_PREFIX): where for name, where in index.items() if not name.startswith(OTHER_HALF)}
 
 
-ALIGNMENT = 64
-"""Bytes torch's CPU allocator aligns tensors to; a tensor read from a file may start anywhere in its mapping."""
-
-
-def aligned(value: torch.Tensor) -> torch.Tensor:
-    """`value`, copied when it starts off the allocator's alignment (a tensor mapped from a safetensors file starts
-    wherever the header ends): oneDNN/MKL kernels take other code paths on unaligned data and their sums differ in the
-    last bits, so the same weights would give different logits depending on the file's layout."""
-    if value.device.type == "cpu" and value.data_ptr() % ALIGNMENT:
-        return value.clone()
-    return value
-
-
 def assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Put `value` (`aligned`) in place of the (meta) parameter or buffer `name`, keeping whether it trains."""
-    value = aligned(value)
+    """Put `value` in place of the (meta) parameter or buffer `name`, keeping whether it trains. A tensor mapped
+    from the file is used where it lies, not copied (see `vlbridge.atomic.write_safetensors` on alignment)."""
     owner, _, leaf = name.rpartition(".")
     module = model.get_submodule(owner)
     old = getattr(module, leaf)

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from vlbridge.atomic import atomic_path, write_text
+from vlbridge.atomic import write_safetensors, write_text
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.files import open_safetensors, read_json_object
 from vlbridge.train.recipe import LoraRecipe
@@ -110,8 +109,7 @@ def save_adapter(language_model: nn.Module, path: str | Path, cfg: LoraRecipe) -
         raise CheckpointError("the language model carries no LoRA adapters to save")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / ADAPTER_WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_safetensors(path / ADAPTER_WEIGHTS, state)
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
