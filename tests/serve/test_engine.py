@@ -6,7 +6,9 @@ alone, among other requests, streamed and not."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import threading
 
 import openai
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import vlbridge
+from hf_fixtures import random_image
 from serving import sample_data_url
 from vlbridge.errors import ModalityError
 from vlbridge.model.io import default_model_dir
@@ -274,3 +277,40 @@ def test_served_replies_never_hold_the_image_token(model) -> None:
         hook.remove()
     assert image_token not in ids[inputs["input_ids"].shape[1] :].tolist()
     assert served == model.processor.decode(ids[inputs["input_ids"].shape[1] :])
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_served_anyres_image_reply_equals_generate(llava_next_dir) -> None:
+    """An AnyRes (llava_next) model is served with each image's size, as generate takes it: the reply is generate's."""
+    model, processor = vlbridge.load(llava_next_dir)
+    processor.chat_template = "{% for m in messages %}USER: {{ m['content'] }} ASSISTANT:{% endfor %}"
+    engine = Engine(model, max_batch=2).start()
+    state = ServerState(engine, "tiny-next")
+    image = "data:image/png;base64," + base64.b64encode(_png(random_image(3, (45, 31)))).decode()
+    parts = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "what colour?"}]
+    body = {"model": "m", "messages": [{"role": "user", "content": parts}], "temperature": 0, "max_tokens": 8}
+    try:
+        request = _prepare(state, parse_chat_request(body, model.config.image_token))
+        assert request.image_sizes is not None and request.image_sizes.tolist() == [[31, 45]]
+        config = dataclasses.replace(request.config, eos_token_id=(), stop_strings=())
+        expected = model.generate(
+            request.input_ids,
+            pixel_values=request.pixel_values,
+            image_sizes=request.image_sizes,
+            **dataclasses.asdict(config),
+        )[0, request.input_ids.shape[1] :].tolist()
+        events: list[Event] = []
+        done = threading.Event()
+        engine.submit(
+            dataclasses.replace(request, config=config, emit=lambda e: (events.append(e), e.last and done.set()))
+        )
+        assert done.wait(60)
+    finally:
+        engine.stop()
+    assert events[-1].error is None and events[-1].completion_tokens == 8
+    assert _text(events) == processor.decode(expected)

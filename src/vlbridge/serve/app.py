@@ -138,6 +138,7 @@ def _prepare(state: ServerState, chat: ChatRequest) -> EngineRequest:
         emit=lambda event: None,
         timeout_s=limits.timeout_s,
         video_frames=inputs.get("video_frames"),
+        image_sizes=inputs.get("image_sizes"),
     )
 
 

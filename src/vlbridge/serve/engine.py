@@ -61,8 +61,9 @@ class Event:
 
 @dataclass
 class EngineRequest:
-    """One tokenized request: ids (1, T) with visual tokens expanded, its images' pixels (or its videos' frames, with
-    each video's frame count in `video_frames`), how to generate."""
+    """One tokenized request: ids (1, T) with visual tokens expanded, its images' pixels (with each image's (height,
+    width) in `image_sizes` for an AnyRes model) or its videos' frames (with each video's frame count in
+    `video_frames`), how to generate."""
 
     input_ids: Tensor
     pixel_values: Tensor | None
@@ -71,6 +72,7 @@ class EngineRequest:
     timeout_s: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     video_frames: Tensor | None = None
+    image_sizes: Tensor | None = None
 
 
 @dataclass
@@ -218,7 +220,8 @@ class Engine:
         length = ids.shape[1] + request.config.max_new_tokens  # what generate's cache holds for this request
         fusion = FusionCache(max_length=length)
         frames = None if request.video_frames is None else request.video_frames.to(device)
-        embeds, hooks = model.embed(ids, pixels, mask, fusion, video_frames=frames)
+        sizes = None if request.image_sizes is None else request.image_sizes.to(device)
+        embeds, hooks = model.embed(ids, pixels, mask, fusion, image_sizes=sizes, video_frames=frames)
         if not hooks and fusion.state is None:
             return lm.prefill(self.cache.row(slot), mask, inputs_embeds=embeds), None
         cache = lm.new_cache(1, length)
