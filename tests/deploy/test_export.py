@@ -45,6 +45,15 @@ def test_mlp_deeper_than_two_layers_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("format", ["llava-hf", "hf-lm"])
+def test_an_int8_model_is_refused_before_writing(format: str, tmp_path: Path) -> None:
+    """transformers' layouts hold float weights: an int8 model's weights and scales would load as garbage there."""
+    quantized, _ = vlbridge.load(quantize="int8")
+    with pytest.raises(ConfigError, match=f"the model is int8-quantised and {format} holds float weights; export the"):
+        export(quantized, tmp_path / "out", format=format)
+    assert not (tmp_path / "out").exists()
+
+
 def test_rope2d_vision_tower_is_refused_before_writing(tmp_path: Path) -> None:
     model = tiny_vlm(tiny_config(vision={"position": "rope2d"}))
     with pytest.raises(ConfigError, match=r"vision\.position 'rope2d' has no HF CLIP/SigLIP equivalent"):

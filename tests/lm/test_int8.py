@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from vlbridge.lm.int8 import PACK_K_MULTIPLE, Int8Linear, int8_skeleton, quantize_linears, quantize_weight
+from vlbridge.lm.int8 import (
+    PACK_K_MULTIPLE,
+    Int8Embedding,
+    Int8Linear,
+    int8_skeleton,
+    quantize_linears,
+    quantize_weight,
+)
 
 
 def test_quantize_weight_is_symmetric_per_row_within_half_a_step() -> None:
@@ -73,3 +80,15 @@ def test_quantize_linears_swaps_every_linear_and_skeleton_matches_its_state_dict
     x = torch.randn(3, 16)
     with torch.no_grad():
         assert torch.equal(empty(x), model(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_embedding_is_the_dequantised_row_lookup_over_the_heads_table(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    head = Int8Linear.from_linear(nn.Linear(16, 50, bias=False)).to(dtype)  # the scales follow the float dtype
+    embedding = Int8Embedding.tied_to(head)
+    assert embedding.weight is head.weight and embedding.weight_scale is head.weight_scale
+    ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
+    expected = (head.weight.to(dtype) * head.weight_scale[:, None])[ids]  # (2, 3, 16)
+    out = embedding(ids)
+    assert out.dtype == dtype and torch.equal(out, expected)

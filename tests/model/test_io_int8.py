@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 import vlbridge
@@ -55,9 +56,9 @@ def test_int8_checkpoint_round_trip_loads_int8_without_requantising(default_pair
     assert json.loads((tmp_path / "config.json").read_text())["model"]["quantization"] == "int8"
     with safe_open(tmp_path / "model.safetensors", "pt") as handle:
         stored = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}  # noqa: SIM118
-    assert stored["language_model.lm_head.weight"] == "I8"  # the tied head is stored: int8, not the embeddings
+    assert stored["language_model.lm_head.weight"] == "I8"  # the tied head holds the one int8 table
     assert stored["language_model.model.layers.0.mlp.down_proj.weight"] == "I8"
-    assert stored["language_model.model.embed_tokens.weight"] == "F32"
+    assert not any("embed_tokens" in key for key in stored)  # the embeddings read the head's table: no float copy
 
     def no_quantising(weight):
         raise AssertionError("a saved int8 checkpoint must not be quantised again")
@@ -74,12 +75,31 @@ def test_int8_checkpoint_round_trip_loads_int8_without_requantising(default_pair
         assert torch.equal(also(**inputs).logits, expected)
     text_only, _ = vlbridge.load(tmp_path, vision=False)
     assert not text_only.has_vision and text_only.language_model.lm_head.weight.dtype == torch.int8
+    lm = again.language_model
+    assert isinstance(lm.model.embed_tokens, int8.Int8Embedding) and lm.model.embed_tokens.weight is lm.lm_head.weight
+
+
+def test_int8_checkpoint_with_a_float_embedding_table_still_loads(default_pair, tmp_path: Path) -> None:
+    """A tied int8 checkpoint written before the embeddings read the head's table stored the float table too: it is
+    redundant (the head is that table, quantised) and is ignored, giving the same model."""
+    (model, processor), (quantized, _) = default_pair
+    quantized.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    with safe_open(weights, "pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    state["language_model.model.embed_tokens.weight"] = model.language_model.model.embed_tokens.weight.detach()
+    save_file(state, weights, metadata={"format": "pt"})
+    old, _ = vlbridge.load(tmp_path)
+    inputs = _sample_inputs(processor)
+    with torch.no_grad():
+        assert torch.equal(old(**inputs).logits, quantized(**inputs).logits)
 
 
 def test_int8_under_bf16_keeps_the_greedy_answer(default_pair) -> None:
     model, processor = default_pair[0]
     bf16, _ = vlbridge.load(quantize="int8", dtype="bf16")
-    assert bf16.language_model.model.embed_tokens.weight.dtype == torch.bfloat16
+    lm = bf16.language_model
+    assert lm.model.norm.weight.dtype == torch.bfloat16 and lm.embed(torch.tensor([[1, 2]])).dtype == torch.bfloat16
     inputs = _sample_inputs(processor)
     expected = model.generate(**inputs, max_new_tokens=64, do_sample=False)
     assert torch.equal(bf16.generate(**inputs, max_new_tokens=64, do_sample=False), expected)

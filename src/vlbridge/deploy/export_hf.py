@@ -245,6 +245,11 @@ def export(model: VisionLanguageModel, out: str | Path, format: str = "llava-hf"
     """Export `model` to `out` in `format` (one of FORMATS); returns `out`."""
     if format not in FORMATS:
         raise ConfigError(f"export format {format!r} is unknown; choose one of {', '.join(FORMATS)}")
+    if model.config.quantization is not None:
+        raise ConfigError(
+            f"the model is {model.config.quantization}-quantised and {format} holds float weights; export the float "
+            "checkpoint it was quantised from (`vlbridge quantize` writes a copy and leaves that one unchanged)"
+        )
     if format == "hf-lm":
         if legacy_keys:
             raise ConfigError("legacy keys are a llava-hf layout; --format hf-lm has one key layout")

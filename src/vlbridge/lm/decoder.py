@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from vlbridge.config import LMConfig
 from vlbridge.errors import ConfigError, ContextOverflowError
 from vlbridge.lm.cpu_kernels import Linear, attention
+from vlbridge.lm.int8 import Int8Embedding, Int8Linear
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.rope import RotaryEmbedding, apply_rotary
 from vlbridge.nn_utils import activation
@@ -166,8 +167,12 @@ class DecoderLM(nn.Module):
 
     def tie_weights(self) -> None:
         """With tie_word_embeddings, make the LM head the embedding matrix itself (again, after a load replaced it); an
-        int8 head (`lm/int8.py`) keeps its own quantised copy."""
-        if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):
+        int8 head (`lm/int8.py`) holds the quantised matrix, and the embeddings become a lookup into it."""
+        if not self.config.tie_word_embeddings:
+            return
+        if isinstance(self.lm_head, Int8Linear):
+            self.model.embed_tokens = Int8Embedding.tied_to(self.lm_head)
+        elif isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
@@ -176,8 +181,8 @@ class DecoderLM(nn.Module):
         return self.config.hidden_size
 
     def embed(self, input_ids: Tensor) -> Tensor:
-        """Token embeddings (B, T) -> (B, T, D)."""
-        return self.model.embed_tokens(input_ids)
+        """Token embeddings (B, T) -> (B, T, D) in the model's float dtype (int8 rows come in their scales' dtype)."""
+        return self.model.embed_tokens(input_ids).to(self.model.norm.weight.dtype)
 
     def forward(
         self,
@@ -252,9 +257,9 @@ class DecoderLM(nn.Module):
                 f"{max_length} tokens (prompt plus new tokens) exceed the language model's context window of "
                 f"{limit}; shorten the prompt or lower max_new_tokens by {max_length - limit}"
             )
-        cfg, weight = self.config, self.model.embed_tokens.weight
+        cfg, norm = self.config, self.model.norm.weight  # a float weight in the compute dtype (embeddings may be int8)
         kv_shape = (cfg.num_key_value_heads, cfg.resolved_head_dim)
-        return KVCache(cfg.num_hidden_layers, batch_size, max_length, *kv_shape, dtype or weight.dtype, weight.device)
+        return KVCache(cfg.num_hidden_layers, batch_size, max_length, *kv_shape, dtype or norm.dtype, norm.device)
 
     def prefill(self, cache: KVCache, attention_mask: Tensor, **inputs: object) -> Tensor:
         """Run the prompt (input_ids or inputs_embeds, optional hooks/position_ids) into `cache`; last logits (B, V)."""

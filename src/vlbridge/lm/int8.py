@@ -6,7 +6,9 @@ output channel (the "dynamic range" scheme of SPEC section 6; LLM.int8()'s vecto
 model decodes at a quarter of float32's weight traffic, which is what bounds decode on a CPU.
 
 `Int8Linear` holds the int8 weight and its scales as buffers (`weight`, `weight_scale`), so a quantised model's
-state_dict saves as int8 and loads back as int8 without a float copy or re-quantising.
+state_dict saves as int8 and loads back as int8 without a float copy or re-quantising. In an LM whose head is tied to
+its token embeddings, the embedding becomes an `Int8Embedding` over the head's own int8 table and scales (the head's
+output channels are the vocabulary's rows), so no float table is kept beside it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,35 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class Int8Embedding(nn.Module):
+    """Token embeddings read from an int8 table (V, D) with one float scale per row: a lookup dequantises only the
+    rows it gathers, in the scales' dtype. `tied_to` shares an int8 LM head's table and scales."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings))
+
+    @classmethod
+    def tied_to(cls, head: Int8Linear) -> Int8Embedding:
+        """An embedding over `head`'s int8 weight and scales, the same tensors (a tied LM head)."""
+        with torch.device("meta"):  # both buffers are the head's, set below
+            embedding = cls(head.out_features, head.in_features)
+        embedding.weight = head.weight
+        embedding.weight_scale = head.weight_scale
+        return embedding
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        rows = F.embedding(input_ids, self.weight)  # (..., D) int8
+        scales = F.embedding(input_ids, self.weight_scale[:, None])  # (..., 1)
+        return rows.to(scales.dtype) * scales
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
 def _replace_linears(module: nn.Module, quantize: bool) -> int:
     """Swap every nn.Linear under `module` for an Int8Linear: quantised from it, or an empty one of the same shape
     to load int8 weights into. Returns how many were swapped."""
@@ -105,7 +136,8 @@ def _replace_linears(module: nn.Module, quantize: bool) -> int:
 
 def quantize_linears(module: nn.Module) -> int:
     """Quantise every nn.Linear under `module` in place (each float weight is freed as its layer is replaced);
-    returns how many layers were quantised. A weight shared with another module (a tied LM head) stays float there."""
+    returns how many layers were quantised. A weight shared with another module (a tied LM head) stays float there
+    until the LM re-ties (`DecoderLM.tie_weights`: the embeddings then read the head's int8 table)."""
     return _replace_linears(module, quantize=True)
 
 

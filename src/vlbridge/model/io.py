@@ -162,12 +162,14 @@ def _check_quantization(quantization: str) -> None:
 
 
 def quantize_model(model: VisionLanguageModel, quantization: str) -> None:
-    """Quantise the language model's linear layers in place (vlbridge.lm.int8) and record it in `model.config`, so
-    `save_pretrained` writes an int8 checkpoint. A model already quantised this way is left as it is."""
+    """Quantise the language model's linear layers in place (vlbridge.lm.int8), a tied head's embeddings becoming a
+    lookup into its int8 table, and record it in `model.config`, so `save_pretrained` writes an int8 checkpoint. A
+    model already quantised this way is left as it is."""
     _check_quantization(quantization)
     if model.config.quantization == quantization:
         return
     quantize_linears(model.language_model)
+    model.language_model.tie_weights()
     model.config = dataclasses.replace(model.config, quantization=quantization)
 
 
@@ -209,6 +211,7 @@ def load(
     if config.quantization is not None:
         with torch.device("meta"):  # the checkpoint's int8 weights load into int8 layers, built empty too
             int8_skeleton(model.language_model)
+            model.language_model.tie_weights()
     load_weights(model, path, rules, stored=dtype == STORED)
     if quantize is not None:
         quantize_model(model, quantize)

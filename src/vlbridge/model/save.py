@@ -27,9 +27,12 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 
 def tied_keys(config: ModelConfig) -> set[str]:
     """State-dict keys that are views of another tensor in this config (a tied LM head): never stored. A quantised
-    LM head holds its own int8 weight, so it is stored."""
-    tied = config.language_model.tie_word_embeddings and config.quantization is None
-    return {"language_model.lm_head.weight"} if tied else set()
+    LM head holds the int8 table and its scales, and the embeddings are the views."""
+    if not config.language_model.tie_word_embeddings:
+        return set()
+    if config.quantization is None:
+        return {"language_model.lm_head.weight"}
+    return {"language_model.model.embed_tokens.weight", "language_model.model.embed_tokens.weight_scale"}
 
 
 def save_checkpoint(
