@@ -95,7 +95,7 @@ def measure_load(arguments: dict[str, Any]) -> dict[str, float]:
     model = model[0] if isinstance(model, tuple) else model
     tensors = {t.data_ptr(): t for t in model.state_dict().values()}.values()  # a tied head counted once
     for tensor in tensors:  # every weight read once, as a forward would: pages a loader mapped lazily become resident
-        tensor.float().sum()
+        tensor.sum()  # read in place: no float copy, which would count in the peak
     weights = sum(t.numel() * t.element_size() for t in tensors)
     return {
         "seconds": seconds,

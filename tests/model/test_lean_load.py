@@ -15,9 +15,11 @@ import torch
 import vlbridge
 from init_ops import InitialisingOps
 from tiny_vlm import tiny_config, tiny_vlm
+from vlbridge import files
 from vlbridge.config import ModelConfig
 from vlbridge.connectors import available
 from vlbridge.lm.tokenizer import Tokenizer
+from vlbridge.model import io
 from vlbridge.model.io import default_model_dir
 from vlbridge.model.vlm import VisionLanguageModel
 
@@ -67,6 +69,27 @@ def test_bf16_weights_are_the_files_in_bf16(tmp_path: Path) -> None:
     loaded = model.state_dict()
     for name, tensor in saved.state_dict().items():
         assert loaded[name].dtype == torch.bfloat16 and torch.equal(loaded[name], tensor.to(torch.bfloat16)), name
+
+
+def test_a_converting_load_maps_the_file_a_chunk_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 load of an fp32 file reads it through one mapping per chunk of about CHUNK_BYTES (largest tensors
+    first), so the file's pages go as each chunk is converted: many mappings when chunks are small, same weights."""
+    saved = tiny_vlm(_config())
+    _save(saved, tmp_path)
+    whole, _ = vlbridge.load(tmp_path, dtype="bf16")
+    opened = []
+    monkeypatch.setattr(io, "open_safetensors", lambda file: opened.append(file) or files.open_safetensors(file))
+    monkeypatch.setattr(io, "CHUNK_BYTES", 4096)
+    chunked, _ = vlbridge.load(tmp_path, dtype="bf16")
+    assert len(opened) > 10
+    expected = whole.state_dict()
+    assert all(torch.equal(t, expected[n]) and t.dtype == torch.bfloat16 for n, t in chunked.state_dict().items())
+    params = dict(saved.state_dict())
+    chunks = io._chunks(sorted(params), params)
+    assert sorted(n for c in chunks for n in c) == sorted(params)
+    sizes = [[params[n].numel() * params[n].element_size() for n in c] for c in chunks]
+    assert all(len(c) == 1 or sum(c) <= 4096 for c in sizes)
+    assert [max(c) for c in sizes] == sorted((max(c) for c in sizes), reverse=True)  # the largest tensors first
 
 
 def test_a_text_only_load_reads_no_vision_weight(tmp_path: Path) -> None:

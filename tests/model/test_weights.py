@@ -27,7 +27,9 @@ def test_weights_are_mapped_in_place_and_vlbridge_files_map_them_aligned(tmp_pat
     weights = tmp_path / "model.safetensors"
     with safe_open(weights, "pt") as handle:
         state = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118 (not iterable)
-    save_file(state, weights, metadata={"format": "pt", "pad": "x" * 13})  # as other tools may: the data off the boundary
+    save_file(
+        state, weights, metadata={"format": "pt", "pad": "x" * 13}
+    )  # as other tools may: the data off the boundary
     theirs, params = _logits(tmp_path)
     assert all(p.data_ptr() % ALIGNMENT for p in params if p.dtype == torch.float32)  # used in place: not copied
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # MKL's unaligned path differs in the last bits

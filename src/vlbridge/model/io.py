@@ -95,24 +95,59 @@ def load_weights(
     # one thread converted SmolLM2-135M to bf16 ~2x slower on 2 cores (benchmarks/load_time.py).
     with torch.no_grad(), ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for file, names in by_file.items():
-            with open_safetensors(file) as handle:
-                converted = []
-                for name in names:
-                    key = index[name][1]
-                    shape = tuple(handle.get_slice(key).get_shape())
-                    if shape != tuple(params[name].shape):
-                        wrong.append(f"{name} {shape} != {tuple(params[name].shape)}")
-                    elif params[name].is_meta:
-                        tensor = handle.get_tensor(key)
-                        dtype = _target_dtype(name, tensor, params[name].dtype, keep)
-                        converted.append((name, pool.submit(tensor.to, dtype)))
-                    else:
-                        params[name].copy_(handle.get_tensor(key))
-                for name, future in converted:
-                    assign(model, name, future.result())
+            for chunk in _chunks(names, params):
+                wrong += _load_chunk(model, file, [(name, index[name][1]) for name in chunk], params, keep, pool)
     if wrong:
         raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {preview(wrong)}")
     model.language_model.tie_weights()
+
+
+CHUNK_BYTES = 32 << 20
+"""Weights read through one mapping of their file at a time. A mapping's pages stay resident until it is closed and
+its tensors are gone, so a load that converts dtypes (an fp32 file loaded in bf16) reads a chunk, converts it and
+lets the chunk's pages go: its peak is the converted weights plus about a chunk, not plus the whole file."""
+
+
+def _load_chunk(
+    model: VisionLanguageModel,
+    file: Path,
+    keys: list[tuple[str, str]],
+    params: dict[str, torch.Tensor],
+    keep: set[str] | None,
+    pool: ThreadPoolExecutor,
+) -> list[str]:
+    """Put the tensors `keys` (model name, file key) of `file` in place through one mapping of it, converting dtypes
+    on `pool`; returns the shape mismatches found."""
+    wrong, converted = [], []
+    with open_safetensors(file) as handle:
+        for name, key in keys:
+            shape = tuple(handle.get_slice(key).get_shape())
+            if shape != tuple(params[name].shape):
+                wrong.append(f"{name} {shape} != {tuple(params[name].shape)}")
+            elif params[name].is_meta:
+                tensor = handle.get_tensor(key)
+                dtype = _target_dtype(name, tensor, params[name].dtype, keep)
+                converted.append((name, pool.submit(tensor.to, dtype)))
+            else:
+                params[name].copy_(handle.get_tensor(key))
+        for name, future in converted:
+            assign(model, name, future.result())
+    return wrong
+
+
+def _chunks(names: list[str], params: dict[str, torch.Tensor]) -> list[list[str]]:
+    """`names`, largest tensor first (a large table is read while little else is resident), cut into runs of about
+    CHUNK_BYTES of the model's tensors (a larger tensor alone)."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(names, key=lambda n: params[n].numel() * params[n].element_size(), reverse=True):
+        nbytes = params[name].numel() * params[name].element_size()
+        if chunks[-1] and size + nbytes > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(name)
+        size += nbytes
+    return chunks
 
 
 def _load_chained(
