@@ -23,7 +23,9 @@ def test_every_connector_has_a_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [CONFIGS / "default.yaml", CONFIGS / "quick.yaml", *CONNECTOR_CONFIGS], ids=lambda p: p.stem
+    "path",
+    [CONFIGS / "default.yaml", CONFIGS / "default_fp32.yaml", CONFIGS / "quick.yaml", *CONNECTOR_CONFIGS],
+    ids=lambda p: p.stem,
 )
 def test_recipe_builds_its_model(path: Path) -> None:
     recipe = load_recipe(path)
@@ -48,6 +50,19 @@ def test_quick_recipe_is_the_defaults_in_small() -> None:
     assert quick.data.synth is not None and quick.data.synth.n <= 500  # a few hundred scenes
     assert all(s.steps is not None and s.steps <= 50 for s in quick.stages)  # tens of steps
     assert quick.run_dir != default.run_dir and quick.data.root != default.data.root  # never the default's run
+
+
+def test_fp32_recipe_is_the_default_with_fewer_align_and_instruct_steps() -> None:
+    """configs/default_fp32.yaml trains the default's model on its data through its stages, in fp32, with only the
+    align and instruct stages shortened (what makes it fit 30 minutes where bf16 is not native)."""
+    default, fp32 = load_recipe(CONFIGS / "default.yaml"), load_recipe(CONFIGS / "default_fp32.yaml")
+    assert (fp32.model, fp32.tokenizer, fp32.data.synth) == (default.model, default.tokenizer, default.data.synth)
+    same = ("name", "objective", "data", "data_format", "template", "parts", "lr", "batch_size", "max_length")
+    for ours, theirs in zip(fp32.stages, default.stages, strict=True):
+        assert [getattr(ours, f) for f in same] == [getattr(theirs, f) for f in same]
+        assert not ours.bf16 and theirs.bf16
+        assert ours.steps < theirs.steps if ours.name in ("align", "instruct") else ours.steps == theirs.steps
+    assert fp32.run_dir != default.run_dir and fp32.data.root != default.data.root
 
 
 @pytest.mark.slow
