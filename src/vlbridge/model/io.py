@@ -138,10 +138,11 @@ def _load_chunk(
 def _chunks(names: list[str], params: dict[str, torch.Tensor]) -> list[list[str]]:
     """`names`, largest tensor first (a large table is read while little else is resident), cut into runs of about
     CHUNK_BYTES of the model's tensors (a larger tensor alone)."""
+    sizes = {name: params[name].numel() * params[name].element_size() for name in names}
     chunks: list[list[str]] = [[]]
     size = 0
-    for name in sorted(names, key=lambda n: params[n].numel() * params[n].element_size(), reverse=True):
-        nbytes = params[name].numel() * params[name].element_size()
+    for name in sorted(names, key=sizes.__getitem__, reverse=True):
+        nbytes = sizes[name]
         if chunks[-1] and size + nbytes > CHUNK_BYTES:
             chunks.append([])
             size = 0
