@@ -40,6 +40,7 @@ from benchmarks._checkpoints import FULL, write_llava_checkpoint
 from benchmarks._llama_cpp import LlamaCpp, llama_files, own_figures
 from benchmarks._llama_cpp import available as llama_cpp_available
 from benchmarks._suite import Report, benchmark_parser
+from vlbridge.lm import native
 
 PROMPT_TOKENS = 100
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -86,7 +87,6 @@ def load_transformers(path: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -> torch.nn.Module:
-    from vlbridge.lm.cpu_kernels import decode_layout
     from vlbridge.model.io import build_empty, load_weights, quantize_model, read_config
 
     config, rules = read_config(path)
@@ -94,7 +94,6 @@ def load_vlbridge(path: Path, dtype: torch.dtype, quantize: str | None = None) -
     load_weights(model, path, rules)
     if quantize is not None:
         quantize_model(model, quantize)
-    decode_layout(model.language_model)  # opt-in: vlbridge.load keeps the file's layout (a copy of every weight)
     return model.eval()
 
 
@@ -242,6 +241,7 @@ def main() -> None:
     args.threads_used = torch.get_num_threads()
     report = Report("real_llm_speed", args)
     report.line(f"threads: {torch.get_num_threads()}, torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+    report.line(f"vlbridge's native decode kernels: {native.status()}")
     report.line(
         f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')} (passive: see benchmarks/_llama_cpp.py)"
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import vlbridge
+from vlbridge.cache_dir import CACHE_ENV
 from vlbridge.model import file_hash
 from vlbridge.model.chain import BaseRef, save_chained
 from vlbridge.model.io import default_model_dir
@@ -49,7 +50,7 @@ def build(folder: Path) -> Path:
 
 
 def timed_load(stage: Path, cache: Path) -> float:
-    os.environ[file_hash.CACHE_ENV] = str(cache)
+    os.environ[CACHE_ENV] = str(cache)
     file_hash._MEMO.clear()  # as a new process
     start = time.perf_counter()
     vlbridge.load(stage)

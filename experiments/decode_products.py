@@ -4,9 +4,10 @@ Every product a SmolLM2-135M decode step runs (30 layers of q, k, v, o, gate, up
 each on its own random matrix, so the weights (538 MB in float32) stream from memory as in decode, not from a warm
 cache: a microbenchmark repeating one matrix measures the cache instead. Best of `--rounds` passes per candidate,
 candidates alternating; GB/s counts the weight bytes of each dtype. Candidates: float32 `F.linear` on the (out, in)
-weight, `x @ W_t` on an (in, out) contiguous one (`cpu_kernels.decode_layout`) and oneDNN's packed linear; bf16
-`F.linear` and `x @ W_t`; int8 `aten._weight_int8pack_mm` on bf16 and on float32 activations, and dequantising per
-call (int8 -> float32, then `F.linear`).
+weight, `x @ W_t` on an (in, out) contiguous one (a layout vlbridge once used for decode) and oneDNN's packed
+linear; bf16 `F.linear` and `x @ W_t`; int8 `aten._weight_int8pack_mm` on bf16 and on float32 activations, and
+dequantising per call (int8 -> float32, then `F.linear`); and vlbridge's own kernels (`vlbridge.lm.native`) on
+float32, bf16 and int8 weights.
 
     python experiments/decode_products.py [--threads 1] [--rounds 4]
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from vlbridge.lm import native
 from vlbridge.lm.int8 import quantize_weight
 
 LAYERS, WIDTH, KV, MLP, VOCAB = 30, 576, 192, 1536, 49152
@@ -54,6 +56,9 @@ def candidates(weights: list[torch.Tensor]) -> dict[str, tuple[Product, int]]:
             n32 // 4,
         ),
         "int8 dequantise, F.linear": (lambda x, i: F.linear(x, quantized[i][0].float()) * quantized[i][1], n32 // 4),
+        "fp32 native (native.c)": (lambda x, i: native.linear(x, weights[i]), n32),
+        "bf16 native (native.c)": (lambda x, i: native.linear(x, bf16[i]), n32 // 2),
+        "int8 native (native.c)": (lambda x, i: native.linear(x, quantized[i][0], quantized[i][1]), n32 // 4),
     }
 
 
@@ -78,6 +83,7 @@ def main() -> None:
                     product(inputs[width], i)
                 best[name] = min(best[name], time.perf_counter() - start)
     print(f"threads {torch.get_num_threads()}, capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"native kernels: {native.status()}")
     for name, (_, nbytes) in runs.items():
         print(f"{name:<28} {best[name] * 1e3:8.1f} ms  {nbytes / best[name] / 1e9:5.1f} GB/s")
 

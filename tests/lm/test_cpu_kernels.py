@@ -3,7 +3,6 @@ no forward changes process-global state (a bf16 decode in one thread leaves anot
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import pytest
@@ -12,8 +11,8 @@ from torch.nn import functional as F
 
 from tiny_vlm import TINY_LM
 from vlbridge.config import VisionConfig
-from vlbridge.lm import DecoderLM, cpu_kernels
-from vlbridge.lm.cpu_kernels import THIN_ROWS, Linear, attention, decode_layout, eager_causal_attention
+from vlbridge.lm import DecoderLM, cpu_kernels, native
+from vlbridge.lm.cpu_kernels import THIN_ROWS, Linear, attention, eager_causal_attention
 from vlbridge.vision import ViT
 
 CFG = TINY_LM
@@ -41,7 +40,8 @@ def test_linear_fast_path_equals_f_linear(rows: int, bias: bool, monkeypatch: py
 
 @pytest.mark.parametrize("pays", [False, True])
 def test_linear_takes_the_thin_path_only_where_it_pays(pays: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One-row float32 products go to W @ x^T (torch.mm) where `thin_path_pays`, else to F.linear."""
+    """One-row float32 products go to W @ x^T (torch.mm) where `thin_path_pays`, else to the native kernel (or
+    F.linear where it is off)."""
     calls = []
     monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: pays)
     monkeypatch.setattr(cpu_kernels.torch, "mm", lambda *a: calls.append("mm") or torch.matmul(*a))
@@ -49,54 +49,67 @@ def test_linear_takes_the_thin_path_only_where_it_pays(pays: bool, monkeypatch: 
     assert calls == (["mm"] if pays else [])
 
 
-@pytest.mark.parametrize("pays", [False, True])
-def test_decode_layout_transposes_float32_weights_only_where_the_thin_path_does_not_pay(
-    pays: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("rows", [1, native.MAX_ROWS, native.MAX_ROWS + 1])
+def test_few_row_float32_inference_products_take_the_native_kernel_on_avx2_cpus(
+    rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On AVX2-only CPUs each float32 Linear weight becomes an (out, in) view of an (in, out) contiguous tensor: same
-    values, shapes and state_dict, the tied head still the embedding, logits and greedy steps unchanged."""
-    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: pays)
-    torch.manual_seed(0)
-    lm = DecoderLM(dataclasses.replace(CFG, tie_word_embeddings=True)).eval()
-    before = {k: v.clone() for k, v in lm.state_dict().items()}
-    ids = torch.randint(0, CFG.vocab_size, (2, 7))
-    with torch.inference_mode():
-        expected = lm(input_ids=ids)
-        moved = decode_layout(lm)
-        got = lm(input_ids=ids)
-    linears = [m for m in lm.modules() if isinstance(m, Linear)]
-    assert moved == (0 if pays else len(linears))
-    assert all(m.weight.t().is_contiguous() != pays for m in linears)
-    assert lm.lm_head.weight is lm.model.embed_tokens.weight
-    state = lm.state_dict()
-    assert state.keys() == before.keys() and all(torch.equal(state[k], v) for k, v in before.items())
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_decode_layout_leaves_bf16_weights_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the thin path does not pay, inference products of up to native.MAX_ROWS rows run in native.linear
+    (equal to F.linear within float32 rounding); more rows, autograd and autocast keep PyTorch's products."""
     monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: False)
-    lm = DecoderLM(CFG).to(torch.bfloat16)
-    assert decode_layout(lm) == 0
-    assert all(p.is_contiguous() for p in lm.parameters())
+    calls = []
+    kernel = native.linear
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor | None:
+        out = kernel(*args, **kwargs)
+        calls.extend([] if out is None else [out])
+        return out
+
+    monkeypatch.setattr(native, "linear", counted)
+    torch.manual_seed(rows)
+    layer = Linear(40, 24, bias=True)
+    x = torch.randn(rows, 40)
+    with torch.no_grad():
+        out = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    layer(x.requires_grad_()).sum().backward()  # autograd: PyTorch's product, whose backward runs
+    assert len(calls) == (1 if rows <= native.MAX_ROWS and native.available() else 0)
 
 
-@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("hardware", [False, True])
 @pytest.mark.parametrize("rows", [1, cpu_kernels.EMULATED_BF16_MAX_ROWS + 1])
 def test_bf16_products_of_many_rows_run_in_float32_where_bf16_is_emulated(
-    native: bool, rows: int, monkeypatch: pytest.MonkeyPatch
+    hardware: bool, rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without native bf16 a prompt's bf16 product is float32's, rounded once; decode's few rows and native CPUs keep
-    PyTorch's bf16 product."""
-    monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: native)
+    PyTorch's bf16 product (where vlbridge's native kernel does not take them: tested below)."""
+    monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: hardware)
+    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: True)
     torch.manual_seed(rows)
     layer = Linear(24, 40, bias=True).to(torch.bfloat16)
     x = torch.randn(1, rows, 24, dtype=torch.bfloat16)
     out = layer(x)
     assert out.dtype == torch.bfloat16
-    if native or rows <= cpu_kernels.EMULATED_BF16_MAX_ROWS:
+    if hardware or rows <= cpu_kernels.EMULATED_BF16_MAX_ROWS:
         assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
     else:
         assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16))
+
+
+@pytest.mark.skipif(not native.available(), reason="vlbridge's native kernels do not run on this CPU")
+def test_one_row_bf16_products_take_the_native_kernel_on_avx2_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 weights widened to float32 in the kernel: float32's product of the same values, rounded once to bf16
+    (the sums run in another order, so a result may land one bf16 step away)."""
+    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: False)
+    torch.manual_seed(0)
+    layer = Linear(24, 40, bias=True).to(torch.bfloat16)
+    x = torch.randn(1, 1, 24, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16)
+    torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-6)  # one bf16 rounding step at most
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])

@@ -31,8 +31,8 @@ def test_quantize_weight_is_symmetric_per_row_within_half_a_step() -> None:
 
 
 def test_a_weight_stored_transposed_quantises_to_a_row_major_int8_weight() -> None:
-    """A loaded fp32 model's weights may be (out, in) views of (in, out) storage (cpu_kernels.decode_layout); the
-    int8 kernel needs its weight row-major, so quantising such a model must still give a working Int8Linear."""
+    """A float weight may be an (out, in) view of (in, out) storage (a transposed copy, another tool's layout); the
+    int8 kernels need their weight row-major, so quantising such a model must still give a working Int8Linear."""
     torch.manual_seed(0)
     linear = nn.Linear(PACK_K_MULTIPLE * 2, 8, bias=False)
     linear.weight.data = linear.weight.data.t().contiguous().t()

@@ -4,9 +4,9 @@ measured faster.
 decoder.py reads as the plain Llama model; what runs each product and each attention lives here, every exception to
 PyTorch's default with the measurement that justifies it:
 
-- `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs; on AVX2 ones MKL's x @ W^T with
-  the weight stored transposed in memory (`decode_layout`, opt-in after a load); bf16 ones of a few rows left to
-  PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native bf16 (`native_bf16`).
+- `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs, and in vlbridge's own AVX2 kernel
+  (`native`) on AVX2-only ones; bf16 ones of a few rows left to PyTorch, and why; bf16 ones of more rows
+  computed in float32 on CPUs without native bf16 (`native_bf16`).
 - `attention`: one query per row (decode) folds each kv group's query heads into the query axis; causal attention
   under bf16 autocast on CPU runs eager up to EAGER_MAX_TOKENS and SDPA's flash kernel in float32 above.
 
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vlbridge.devices import native_bf16 as device_native_bf16
+from vlbridge.lm import native
 
 THIN_ROWS = (4, 256)
 """Float32 CPU products of up to this many rows run as W @ x^T: (single-threaded, multi-threaded) (see `Linear`),
@@ -33,36 +34,10 @@ on CPUs where `thin_path_pays`."""
 def thin_path_pays() -> bool:
     """Whether few-row float32 products run faster as W @ x^T than as MKL's x @ W^T on this CPU: on AVX-512 ones
     (measured on a 2-core Xeon, see `Linear`). On an AVX2-only AMD EPYC (Zen3) MKL's one-row GEMV was the faster,
-    2.5-3x at SmolLM2-135M's layer shapes, single-threaded (experiments/thin_rows_avx2.py). A read of the CPU's
-    capability, cached; nothing is switched."""
+    2.5-3x at SmolLM2-135M's layer shapes, single-threaded (experiments/thin_rows_avx2.py), and vlbridge's own kernel
+    faster still (`native`), so there few-row products take that kernel instead. A read of the CPU's capability,
+    cached; nothing is switched."""
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def decode_layout(module: nn.Module) -> int:
-    """Store every float32 CPU `Linear` weight under `module` transposed in memory where that decodes faster
-    (`thin_path_pays` false: AVX2-only CPUs); returns how many weights were moved.
-
-    The parameter keeps its (out, in) shape, values, dtype and state_dict key; only its strides change, to a view of
-    an (in, out) contiguous tensor, so `F.linear` hands MKL x @ W_t with W_t contiguous. One weight is copied at a
-    time and the old storage freed: no second copy is kept. A tied LM head moves with its embedding (one Parameter).
-    On an AVX2-only AMD EPYC (Zen3) streaming SmolLM2-135M's fp32 weights as one-row products (cold caches) took
-    0.81-0.84x the time of the (out, in) layout, a whole decode step ran 1.10x as fast, the same greedy tokens
-    (experiments/decode_products.py, experiments/decode_layout.py; docs/benchmarks.md, "Real LLM speed"). For float32
-    only: bf16 one-row products were 9x slower with transposed weights, so a model cast to bf16 after this call runs
-    slower; load it in bf16 instead."""
-    if thin_path_pays():
-        return 0
-    moved = 0
-    with torch.no_grad():
-        for layer in module.modules():
-            weight = layer.weight if isinstance(layer, Linear) else None
-            if weight is None or weight.dtype != torch.float32 or weight.device.type != "cpu":
-                continue
-            if weight.is_meta or not weight.is_contiguous() or weight.dim() != 2:
-                continue
-            weight.data = weight.t().contiguous().t()  # (O, I) view of an (I, O) contiguous tensor
-            moved += 1
-    return moved
 
 
 EMULATED_BF16_MAX_ROWS = 4
@@ -97,8 +72,10 @@ class Linear(nn.Linear):
     same product as W @ x^T, with a single row duplicated into two, streams W faster. Measured over a 130M model's
     decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
     threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
-    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`)
-    and `decode_layout` can store a loaded model's float32 weights transposed instead.
+    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`) and
+    inference products of up to `native.MAX_ROWS` rows with float32 weights run in `native` instead:
+    streaming SmolLM2-135M's decode weights took 0.49x the time of MKL's one-row product at two threads
+    (experiments/decode_products.py; docs/benchmarks.md, "Real LLM speed").
 
     bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran with
     oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than
@@ -110,6 +87,10 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        if not thin_path_pays() and not torch.is_autocast_enabled("cpu"):
+            out = native.linear(x, self.weight, bias=self.bias)
+            if out is not None:
+                return out.to(x.dtype)
         rows = x.numel() // self.in_features
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and emulated_bf16_rows(rows):
             bias = None if self.bias is None else self.bias.float()

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from vlbridge.config import LMConfig
 from vlbridge.errors import ConfigError, ContextOverflowError
 from vlbridge.lm.cpu_kernels import Linear, attention
+from vlbridge.lm.fused_decode import fused_decode_stack
 from vlbridge.lm.int8 import Int8Embedding, Int8Linear
 from vlbridge.lm.kv_cache import KVCache
 from vlbridge.lm.rope import RotaryEmbedding, apply_rotary
@@ -205,10 +206,14 @@ class DecoderLM(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         past = 0 if kv_cache is None else kv_cache.length
         rope, mask = self._rope_and_mask(x, past, attention_mask, position_ids)
-        for i, layer in enumerate(self.model.layers):
+        fused = None
+        if not hooks and all(type(layer) is DecoderLayer for layer in self.model.layers):
+            fused = fused_decode_stack(self.model.layers, x, rope, mask, kv_cache)  # decode on AVX2 CPUs
+        for i, layer in enumerate(() if fused is not None else self.model.layers):
             if hooks and i in hooks:
                 x = hooks[i](x)
             x = layer(x, rope, mask, kv_cache)
+        x = x if fused is None else fused
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
         if logits_to_keep:

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vlbridge.lm.cpu_kernels import emulated_bf16_rows, native_bf16
+from vlbridge.lm import native
+from vlbridge.lm.cpu_kernels import emulated_bf16_rows, native_bf16, thin_path_pays
 
 QUANTIZATIONS = ("int8",)
 """The weight quantisations `vlbridge.load(quantize=...)` and the `--quantize` flags accept."""
@@ -42,9 +43,11 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights and float32 per-output-channel scales: y = (x @ q^T) * scale + bias.
 
-    On CPU the product runs in PyTorch's int8 weight-only kernel (`aten._weight_int8pack_mm`) on bf16 activations,
-    the result cast back to the input's dtype: that kernel reads the int8 weight as it is (a quarter of float32's
-    bytes), and it is vectorised for bf16 activations, not for float32 ones. Other devices, widths the kernel gets
+    On AVX2-only CPUs products of a few rows (decode) run in vlbridge's own kernel (`native`), which widens the
+    int8 weight in registers and so reads a quarter of float32's bytes: there PyTorch's int8 kernel is compute-bound.
+    Elsewhere on CPU the product runs in PyTorch's int8 weight-only kernel (`aten._weight_int8pack_mm`) on bf16
+    activations, the result cast back to the input's dtype: that kernel reads the int8 weight as it is, and it is
+    vectorised for bf16 activations, not for float32 ones. Other devices, widths the kernel gets
     wrong (`PACK_K_MULTIPLE`), and products of many rows (a prompt) on CPUs without native bf16, where the kernel's
     bf16 arithmetic is emulated (`cpu_kernels.emulated_bf16_rows`), dequantise the weight per call, to float32 on
     such CPUs. The measurements behind these choices, per CPU, are in docs/benchmarks.md ("INT8 decode").
@@ -71,6 +74,10 @@ class Int8Linear(nn.Module):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and not thin_path_pays():
+            out = native.linear(x, self.weight, self.weight_scale, self.bias)
+            if out is not None:
+                return out.to(x.dtype)
         flat = x.reshape(-1, self.in_features)  # (M, I)
         cpu = x.device.type == "cpu"
         if cpu and self.in_features % PACK_K_MULTIPLE == 0 and not emulated_bf16_rows(flat.shape[0]):

@@ -49,16 +49,21 @@ class KVCache:
 
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H_kv, t, hd) at [length, length + t); return views (B, H_kv, length + t, hd) of all stored."""
-        end = self.length + k.shape[2]
+        end = self.room(k.shape[2])
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+    def room(self, t: int) -> int:
+        """The end of t more tokens after the stored ones; ContextOverflowError if the buffers cannot hold them."""
+        end = self.length + t
         if end > self.max_length:
             raise ContextOverflowError(
                 f"the sequence needs {end} tokens but the KV cache holds at most {self.max_length}; "
                 "shorten the prompt, lower max_new_tokens, or allocate a larger cache"
             )
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[:, :, self.length : end] = k
-        values[:, :, self.length : end] = v
-        return keys[:, :, :end], values[:, :, :end]
+        return end
 
     def advance(self, t: int) -> None:
         """Mark t more tokens as stored; the model calls it once per forward, after every layer wrote."""

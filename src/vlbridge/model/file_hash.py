@@ -3,7 +3,7 @@
 A chained folder (`model/chain.py`) is checked against the hash of its bases' files on every load: for a 7B base
 that is reading and hashing many gigabytes each time. A file's hash is remembered under its resolved path together
 with its size, mtime_ns, ctime_ns and inode: in a dict for the process, and on disk in `file-hashes.json` of the
-user's cache folder (`$VLBRIDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/vlbridge`, else `~/.cache/vlbridge`), so a later
+user's cache folder (`vlbridge.cache_dir`), so a later
 process skips the read too. Any write to the file (a new size, mtime or ctime; a replaced file's new inode) makes the
 entry stale and the file is hashed again. The disk cache is an optimisation only: an unreadable or malformed cache
 file is ignored, one that cannot be written is left as it is, and it is written atomically (`vlbridge.atomic`).
@@ -14,27 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from vlbridge.atomic import write_text
+from vlbridge.cache_dir import cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "VLBRIDGE_CACHE_DIR"
 CACHE_FILE = "file-hashes.json"
 CACHE_VERSION = 1
 
 _MEMO: dict[tuple[str, int, int, int, int], str] = {}
 """(resolved path, size, mtime_ns, ctime_ns, inode) -> SHA-256 hex, for this process."""
-
-
-def cache_dir() -> Path:
-    """Where the disk cache lives: `$VLBRIDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/vlbridge`, else ~/.cache/vlbridge."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "vlbridge"
 
 
 def hash_file(path: Path) -> str:

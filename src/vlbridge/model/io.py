@@ -222,9 +222,9 @@ def load(
     the weights in float32 (with `quantize`, the float weights left: embeddings, norms, vision); `"stored"` keeps
     each weight in the dtype its file stores it in (a stage model: trained parts float32, a bf16 base's bf16).
     `quantize="int8"` quantises the LM's linear weights after loading; a checkpoint saved quantised loads as int8
-    whatever `quantize` says, its int8 weights read as they are. Weights keep the file's layout: the decode-only
-    layout of `cpu_kernels.decode_layout` is opt-in, as it costs a copy of every weight (load time, peak memory). A
-    device this machine lacks raises ConfigError (vlbridge.devices) before any file is read."""
+    whatever `quantize` says, its int8 weights read as they are. Weights keep the file's layout (the decode kernels
+    read it as it is, `vlbridge.lm.native`). A device this machine lacks raises ConfigError (vlbridge.devices)
+    before any file is read."""
     if quantize is not None:
         _check_quantization(quantize)
     device = resolve_device(device)
