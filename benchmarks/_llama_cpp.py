@@ -1,9 +1,9 @@
 """llama.cpp, the CPU reference engine, timed on SmolLM2's GGUF at F32, F16 and Q8_0 for `real_llm_speed --llama-cpp`.
 
 llama.cpp runs through `xllamacpp` (optional: `pip install "vlbridge[llamacpp]"`), a prebuilt CPU wheel of llama.cpp's
-server with Python bindings: a completion request is answered in-process (the bindings also open a local HTTP port,
-unused here). Building `llama-cpp-python` from source took over 88 minutes on the 2 shared cores and never finished,
-so it is not used.
+server with Python bindings, in a child process per file (`LlamaCpp`) that answers completion requests over a pipe
+(the bindings also open a local HTTP port, unused here). Building `llama-cpp-python` from source took over 88 minutes
+on the 2 shared cores and never finished, so it is not used.
 
 The files are the shipped Q4_1 GGUF rewritten by `benchmarks/_gguf_rewrite.py`: F32 holds exactly the dequantised
 weights vlbridge's fp32 model holds. Each request sends the prompt as token ids, asks for n greedy tokens (top-k 1,
@@ -11,15 +11,20 @@ temperature 0, end-of-sequence ignored) and disables the prompt cache, so every 
 PyTorch engines do. The response carries llama.cpp's own timings (prompt eval ms, generation tokens/s), kept beside
 the wall-clock times the benchmark takes for every engine alike.
 
-On a machine shared with other jobs, run with `OMP_WAIT_POLICY=passive` (it applies to both engines: this wheel's
-llama.cpp and PyTorch both use OpenMP, which by default spins waiting threads): with 2 threads at a load average of
-~6 on 2 cores, spinning made llama.cpp 15-25x slower (Q8_0 decode 1.0-1.7 tok/s against 26-39 passive).
+Both engines use OpenMP, whose idle threads spin by default: after one engine's call its threads keep spinning while
+the next engine runs. Run with `GOMP_SPINCOUNT=10000` (idle threads sleep after a short spin; it applies to both):
+vlbridge's decode, whose layers synchronise their threads some 240 times a token, ran as fast as with the default
+(int8 SmolLM2-135M: 9.0 ms a step either way, 2 AVX2 threads), where `OMP_WAIT_POLICY=passive` made it 1.8x slower
+(16.2 ms). On a machine shared with other jobs, spinning made llama.cpp 15-25x slower (Q8_0 decode 1.0-1.7 tok/s
+against 26-39 passive, 2 threads at a load average of ~6 on 2 cores).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import statistics
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from benchmarks._gguf_rewrite import FILE_TYPES, rewritten
@@ -37,27 +42,27 @@ def llama_files(gguf: Path, cache: Path) -> dict[str, Path]:
     return {ftype: rewritten(gguf, cache, ftype) for ftype in FTYPES}
 
 
-class LlamaCpp:
-    """generate(n) -> the n greedy new token ids after `ids`, by llama.cpp on `file` with `threads` threads; the
-    timings llama.cpp reports for each call are appended to `timings`."""
+def _server(file: Path, context: int, threads: int) -> object:
+    """An xllamacpp server on `file` with `context` tokens of context and `threads` threads."""
+    import xllamacpp
 
-    def __init__(self, file: Path, ids: list[int], max_tokens: int, threads: int) -> None:
-        import xllamacpp
+    params = xllamacpp.CommonParams()
+    params.model.path = str(file)
+    params.n_ctx = context
+    params.n_batch = params.n_ubatch = 512  # the prompt in one batch, as the PyTorch engines take it
+    params.n_parallel = 1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+    params.verbosity = 0
+    return xllamacpp.Server(params)
 
-        params = xllamacpp.CommonParams()
-        params.model.path = str(file)
-        params.n_ctx = len(ids) + max_tokens + 8
-        params.n_batch = params.n_ubatch = 512  # the prompt in one batch, as the PyTorch engines take it
-        params.n_parallel = 1
-        params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
-        params.verbosity = 0
-        self.server = xllamacpp.Server(params)
-        self.ids = ids
-        self.timings: list[dict[str, float]] = []
 
-    def __call__(self, n: int) -> list[int]:
+def _serve(connection: Connection, file: Path, ids: list[int], max_tokens: int, threads: int) -> None:
+    """The child process: answer each n received with (the n greedy new token ids, llama.cpp's timings)."""
+    server = _server(file, len(ids) + max_tokens + 8, threads)
+    connection.send("ready")
+    while (n := connection.recv()) is not None:
         request = {
-            "prompt": self.ids,
+            "prompt": ids,
             "n_predict": n,
             "temperature": 0.0,
             "top_k": 1,
@@ -65,11 +70,45 @@ class LlamaCpp:
             "cache_prompt": False,
             "logprobs": 1,
         }
-        response = self.server.handle_completions(request)
+        response = server.handle_completions(request)
         if "error" in response:
-            raise RuntimeError(f"llama.cpp refused the request: {response['error']}")
-        self.timings.append(response["timings"])
-        return [entry["id"] for entry in response["choices"][0]["logprobs"]["content"]]
+            connection.send(RuntimeError(f"llama.cpp refused the request: {response['error']}"))
+            continue
+        tokens = [entry["id"] for entry in response["choices"][0]["logprobs"]["content"]]
+        connection.send((tokens, response["timings"]))
+
+
+class LlamaCpp:
+    """generate(n) -> the n greedy new token ids after `ids`, by llama.cpp on `file` with `threads` threads; the
+    timings llama.cpp reports for each call are appended to `timings`.
+
+    llama.cpp runs in a child process that waits, blocked, between calls; the caller times each call's round trip
+    (a pipe message each way, well under a millisecond). Inside the benchmark's process, llama.cpp's own OpenMP runtime
+    beside PyTorch's halved PyTorch's two-thread throughput for the rest of the run (a plain 2-thread sum read 34
+    GB/s instead of 60; bf16 decode of both PyTorch engines ran at half speed), even with llama.cpp idle."""
+
+    def __init__(self, file: Path, ids: list[int], max_tokens: int, threads: int) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self.connection, child = spawn.Pipe()
+        self.process = spawn.Process(target=_serve, args=(child, file, ids, max_tokens, threads), daemon=True)
+        self.process.start()
+        if self.connection.recv() != "ready":
+            raise RuntimeError(f"llama.cpp did not start on {file}")
+        self.timings: list[dict[str, float]] = []
+
+    def __call__(self, n: int) -> list[int]:
+        self.connection.send(n)
+        answer = self.connection.recv()
+        if isinstance(answer, Exception):
+            raise answer
+        tokens, timings = answer
+        self.timings.append(timings)
+        return tokens
+
+    def close(self) -> None:
+        """Stop the child process."""
+        self.connection.send(None)
+        self.process.join()
 
 
 def own_figures(timings: list[dict[str, float]], new_tokens: int) -> tuple[float, float]:
@@ -89,16 +128,9 @@ def forced_nll(file: Path, windows: list[list[int]], threads: int) -> tuple[floa
     request extends the previous prompt by one token (the prompt cache keeps the rest, so one token is evaluated),
     asks for one new token forced by a logit bias to be the text's next token, and reads its log-probability, which
     llama.cpp computes from the model's raw logits (before the bias and any sampler)."""
-    import xllamacpp
     from tqdm import tqdm
 
-    params = xllamacpp.CommonParams()
-    params.model.path = str(file)
-    params.n_ctx = max(len(window) for window in windows) + 8
-    params.n_parallel = 1
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
-    params.verbosity = 0
-    server = xllamacpp.Server(params)
+    server = _server(file, max(len(window) for window in windows) + 8, threads)
     nll, count = 0.0, 0
     progress = tqdm(total=sum(len(window) - 1 for window in windows), desc=f"llama.cpp {file.name}", leave=False)
     for window in windows:

@@ -171,6 +171,7 @@ def compare(
     results: dict[str, tuple[float, float]] = {}
     timings: dict[str, list[dict[str, float]]] = {}  # llama.cpp's own timings of each call, by ftype
     weight_bytes: dict[str, int] = {}
+    servers: list[LlamaCpp] = []
     with torch.inference_mode():
         for name, dtype in DTYPES.items():
             ours, theirs = load_vlbridge(path, dtype), load_transformers(path, dtype)
@@ -186,8 +187,11 @@ def compare(
                 for ftype, file in (llama or {}).items():
                     run = LlamaCpp(file, ids[0].tolist(), max(args.new_tokens, 8) + 1, args.threads_used)
                     runs[f"{ftype} llama.cpp"], timings[ftype] = run, run.timings
+                    servers.append(run)
                     report.line(f"  ({ftype} llama.cpp: first 8 greedy tokens = our fp32's: {run(8) == ours_8})")
             results.update(alternate(runs, args.new_tokens, args.repeats))
+            while servers:
+                servers.pop().close()
             report.line(f"  ({name}: first 8 greedy tokens identical: {same})")
             del ours, theirs, runs
     for name, (prefill, tps) in results.items():
@@ -243,7 +247,8 @@ def main() -> None:
     report.line(f"threads: {torch.get_num_threads()}, torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
     report.line(f"vlbridge's native decode kernels: {native.status()}")
     report.line(
-        f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')} (passive: see benchmarks/_llama_cpp.py)"
+        f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"GOMP_SPINCOUNT: {os.environ.get('GOMP_SPINCOUNT', 'unset')} (see benchmarks/_llama_cpp.py)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:

@@ -113,3 +113,16 @@ def test_rope_matches_rotate_half_formula() -> None:
     rotated = torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
     torch.testing.assert_close(apply_rotary(x, cos, sin), x * c + rotated * s)
     assert torch.equal(cos[0, 0], torch.ones(8))
+
+
+def test_rope_spans_are_views_of_the_gathered_values_and_serve_autograd_after_inference() -> None:
+    """Consecutive positions (no padding) are slices of the table instead of a gather; a table first built under
+    inference mode (generation) still serves a later forward whose autograd saves it (training)."""
+    rope = RotaryEmbedding(head_dim=8, theta=100.0, initial_length=4)
+    with torch.inference_mode():
+        span = rope.span(3, 6, torch.float32, torch.device("cpu"))  # grows the table from 4 positions
+    gathered = rope(torch.arange(3, 9)[None], torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(span, gathered, strict=True)) and span[0].shape == (1, 6, 8)
+    x = torch.randn(1, 2, 6, 8, requires_grad=True)
+    apply_rotary(x, *rope.span(3, 6, torch.float32, torch.device("cpu"))).sum().backward()
+    assert x.grad is not None

@@ -240,14 +240,13 @@ class DecoderLM(nn.Module):
                 )
             # padding only after each row's real tokens (training batches) changes nothing for them: no mask needed
             padded = not bool(attention_mask.all()) and (past > 0 or not right_padded(attention_mask))
-        max_position = None
-        if position_ids is None:
-            max_position = past + t - 1  # cumsum(mask) - 1 never exceeds the index, so no sync to find the max
-            if padded:
-                position_ids = (attention_mask.long().cumsum(-1)[:, past:] - 1).clamp_min(0)  # (B, T)
-            else:
-                position_ids = torch.arange(past, past + t, device=x.device)[None, :]  # (1, T)
-        rope = self.rotary(position_ids, x.dtype, max_position)
+        if position_ids is None and not padded:
+            rope = self.rotary.span(past, t, x.dtype, x.device)  # positions past .. past + t - 1
+        elif position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1)[:, past:] - 1).clamp_min(0)  # (B, T)
+            rope = self.rotary(position_ids, x.dtype, past + t - 1)  # cumsum(mask) - 1 never exceeds the index
+        else:
+            rope = self.rotary(position_ids, x.dtype)
         if padded:
             return rope, padding_mask(attention_mask, t)
         if past and t > 1:
