@@ -65,7 +65,7 @@ class _Plan:
 
 
 def _float32(tensor: Tensor | None) -> Tensor | None:
-    return None if tensor is None else tensor.float()
+    return None if tensor is None else tensor.float().contiguous()
 
 
 def _plan(layer: nn.Module, projections: list[Projection]) -> _Plan | None:
@@ -120,21 +120,19 @@ def fused_decode_stack(
             return None
         index = layer._modules["self_attn"].layer_idx
         keys, values = kv_cache.keys[index], kv_cache.values[index]
-        if (
-            keys.dtype != cache_dtype
-            or values.dtype != cache_dtype
-            or not (keys.is_contiguous() and values.is_contiguous())
-        ):
+        if keys.dtype != cache_dtype or values.dtype != cache_dtype or keys.shape[0] != x.shape[0]:
+            return None  # the kernel takes one cache row per input row
+        if not (keys.is_contiguous() and values.is_contiguous()):
             return None
         plans.append(plan)  # holds any converted tensors its table points at until the call returns
-        norms += [layer._modules[n]._parameters["weight"].float() for n in NORMS]
+        norms += [layer._modules[n]._parameters["weight"].float().contiguous() for n in NORMS]
         caches += [keys, values]
     if cache_dtype not in native.CACHE_DTYPES:
         return None
     kv_cache.room(1)
     attn = layers[0]._modules["self_attn"]
     rows, hd = x.shape[0], attn.head_dim
-    hidden = x.reshape(rows, -1).to(torch.float32, copy=True)  # (B, D), updated in place
+    hidden = x.reshape(rows, -1).to(torch.float32, copy=True).contiguous()  # (B, D), updated in place
     cos, sin = (t.reshape(-1, hd).float().expand(rows, hd).contiguous() for t in rope)  # (B, hd)
     eps = layers[0]._modules["input_layernorm"].eps
     tables = [plan.table for plan in plans]

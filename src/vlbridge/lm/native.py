@@ -82,7 +82,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         reason = f"building {SOURCE.name} with {compiler!r} failed: {detail.strip()[-500:]}"
         warnings.warn(
             f"vlbridge's native decode kernels are off ({reason}); decoding falls back to PyTorch's slower products. "
-            "Install a C compiler (e.g. gcc) or point $CC at one.",
+            f"They need a C compiler (install gcc, or point $CC at one) and a writable cache folder ({cache_dir()}; "
+            "$VLBRIDGE_CACHE_DIR moves it).",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -136,10 +137,8 @@ def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None, bias: Tensor 
             return None
         x = x.float()
     x = x.contiguous()
-    if scale is not None and scale.dtype != torch.float32:
-        scale = scale.float()
-    if bias is not None and bias.dtype != torch.float32:
-        bias = bias.float()
+    scale = None if scale is None else scale.to(torch.float32).contiguous()
+    bias = None if bias is None else bias.to(torch.float32).contiguous()
     out = x.new_empty((*x.shape[:-1], out_features))
     kernel(
         x.data_ptr(),

@@ -61,7 +61,6 @@ class RotaryEmbedding:
         cos, sin = self.table(max_position + 1, dtype, position_ids.device)
         return cos[position_ids], sin[position_ids]
 
-
     def span(self, start: int, length: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         """cos, sin (1, length, hd) for positions start .. start + length - 1: views of the table, no gather (a
         gather of 100 positions took ~1 ms on a 2-core CPU, 1% of a SmolLM2-135M prompt)."""
