@@ -3,24 +3,25 @@
 The checkpoint (a ViT-B/16-shaped CLIP tower + a ~130M Llama, random weights) is written with transformers'
 `save_pretrained` and loaded by both through their real loading code. Both run greedy decoding from the same
 inputs (1 image + 32 text tokens), side by side in one process, in fp32 and bf16; ratios > 1 mean vlbridge is faster.
+The engines alternate within each round (`real_llm_speed.alternate`): prefill = generating 1 token, decode tokens/s
+from the difference to N + 1, medians over rounds. N defaults to 256: the image's prefill takes seconds in bf16 on
+CPUs without native bf16, and with fewer tokens its noise swamps the decode time.
 `--quick` runs a 64-wide, 2-layer checkpoint of the same layout for 4 new tokens, timed once.
 
-    python -m benchmarks.generate_vs_transformers [--new-tokens 64] [--repeats 5]
+    python -m benchmarks.generate_vs_transformers [--new-tokens 256] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks._checkpoints import FULL, IMAGE_TOKEN, QUICK, LlavaSize, write_llava_checkpoint
 from benchmarks._suite import Report, benchmark_parser
+from benchmarks.real_llm_speed import alternate
 from vlbridge.model.io import load_weights, read_config
 from vlbridge.model.vlm import VisionLanguageModel
 
@@ -47,24 +48,6 @@ def inputs(size: LlavaSize) -> dict[str, torch.Tensor]:
     }
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `fn` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def measure(generate: Callable[[int], torch.Tensor], new_tokens: int, repeats: int) -> tuple[float, float]:
-    """(prefill seconds, decode tokens/s): prefill = generate 1 token; decode from the difference to N+1 tokens."""
-    prefill = median_time(lambda: generate(1), repeats)
-    full = median_time(lambda: generate(new_tokens + 1), max(2, repeats // 2))
-    return prefill, new_tokens / (full - prefill)
-
-
 def compare(
     ours: VisionLanguageModel,
     theirs: torch.nn.Module,
@@ -84,10 +67,7 @@ def compare(
 
     with torch.inference_mode():
         same = torch.equal(run_ours(8), run_theirs(8))
-        results = {
-            "vlbridge": measure(run_ours, args.new_tokens, args.repeats),
-            "transformers": measure(run_theirs, args.new_tokens, args.repeats),
-        }
+        results = alternate({"vlbridge": run_ours, "transformers": run_theirs}, args.new_tokens, args.repeats)
     name = "fp32" if dtype == torch.float32 else "bf16"
     for engine, (prefill, tps) in results.items():
         report.line(f"{name:<6} {engine:<13} {prefill * 1e3:>11.1f} {tps:>13.1f}")
@@ -101,11 +81,11 @@ def compare(
 
 def main() -> None:
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--new-tokens", type=int, default=None, help="decoded tokens (default 64; --quick 4)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="decoded tokens (default 256; --quick 4)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs, median taken (default 5; --quick 1)")
     args = parser.parse_args()
     report = Report("generate_vs_transformers", args)
-    args.new_tokens = args.new_tokens or (4 if args.quick else 64)
+    args.new_tokens = args.new_tokens or (4 if args.quick else 256)
     args.repeats = args.repeats or (1 if args.quick else 5)
     from transformers import LlavaForConditionalGeneration
 
