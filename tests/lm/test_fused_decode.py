@@ -1,6 +1,6 @@
 """Decode steps through `native.decode_stack` equal the eager layers' (float32, bf16 and int8 weights, Qwen2's
-biases, grouped and full attention, one or several rows), write the same KV cache, and every input outside what the
-kernel computes takes the eager layers instead."""
+biases, grouped and full attention, one to six rows, left-padded batches), write the same KV cache, and every
+input outside what the kernel computes takes the eager layers instead."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ MODELS: dict[str, tuple[Callable[[], DecoderLM], float]] = {
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 3, 6])
 def test_fused_steps_equal_the_eager_layers(name: str, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tolerances: float32 rounding (1e-5 of the logits' scale); bf16: the kernel keeps the residual in float32
     between layers where the eager layers round it to bf16 after every operation."""
@@ -126,11 +126,6 @@ def test_what_the_kernel_does_not_compute_runs_eagerly(monkeypatch: pytest.Monke
     prompt = torch.randint(0, CFG.vocab_size, (2, 5))
     calls = counting(monkeypatch)
     decode(lm, prompt, 2, hooks={1: lambda h: h})  # hooks between layers (gated cross-attention)
-    with torch.no_grad():  # a padded batch: decode steps carry an attention mask
-        cache = lm.new_cache(2, 8)
-        mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1], [1] * 8])
-        lm.prefill(cache, mask[:, :5], input_ids=prompt)
-        lm.decode_step(cache, prompt[:, :1], mask[:, :6])
     cache = lm.new_cache(2, 8)  # autograd on
     lm.prefill(cache, torch.ones(2, 5, dtype=torch.long), input_ids=prompt)
     lm.decode_step(cache, prompt[:, :1], torch.ones(2, 6, dtype=torch.long))
@@ -140,6 +135,34 @@ def test_what_the_kernel_does_not_compute_runs_eagerly(monkeypatch: pytest.Monke
     other = DecoderLM(dataclasses.replace(CFG, hidden_act="gelu_pytorch_tanh")).eval()
     decode(other, prompt, 2)
     assert calls == []
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8"])
+def test_a_left_padded_batch_takes_the_kernel_with_its_key_mask(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of different prompt lengths, left-padded: the padding keys stay unattended and RoPE runs at each row's
+    own positions, as in the eager layers."""
+    torch.manual_seed(1)
+    lm = MODELS[name][0]()
+    prompt = torch.randint(0, CFG.vocab_size, (3, 6))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, :3], mask[1, :1] = 0, 0
+
+    def padded_steps() -> torch.Tensor:
+        with torch.inference_mode():
+            cache = lm.new_cache(3, 10)
+            token = lm.prefill(cache, mask[:, :6], input_ids=prompt).argmax(-1, keepdim=True)
+            out = []
+            for _ in range(4):
+                out.append(lm.decode_step(cache, token, mask[:, : cache.length + 1]))
+                token = out[-1].argmax(-1, keepdim=True)
+        return torch.stack(out)
+
+    calls = counting(monkeypatch)
+    fused = padded_steps()
+    assert len(calls) == 4
+    eager(monkeypatch)
+    expected = padded_steps()
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_changed_weights_are_read_not_a_stale_table(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,13 +37,18 @@ def test_the_kernels_are_on_wherever_the_cpu_runs_them() -> None:
     assert native.status().startswith("on (")
 
 
+SHAPES = [(1, 576, 192), (3, 37, 13), (8, 8, 5), (2, 1, 3), (5, 45, 7), (4, 576, 33)]
+"""(rows, in_features, out_features) of the product tests."""
+
+
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
-@pytest.mark.parametrize(("rows", "in_features", "out_features"), [(1, 576, 192), (3, 37, 13), (8, 8, 5), (2, 1, 3)])
+@pytest.mark.parametrize(("rows", "in_features", "out_features"), SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_products_equal_pytorch(dtype: torch.dtype, rows: int, in_features: int, out_features: int, bias: bool) -> None:
     """Widths below, at and past the vector loops' multiples of 32, 16 and 8 (the scalar tails), one to MAX_ROWS
-    rows; int8 against its dequantised weight, bf16 against its float32 widening."""
+    rows (blocks of 4 rows and the rows after them); int8 against its dequantised weight, bf16 against its float32
+    widening."""
     torch.manual_seed(rows * in_features)
     weight, b = torch.randn(out_features, in_features), torch.randn(out_features) if bias else None
     x = torch.randn(rows, in_features)

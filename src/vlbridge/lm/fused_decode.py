@@ -4,9 +4,10 @@ are what `native.decode_stack` computes, and the call.
 At SmolLM2-135M's size a decode step in eager PyTorch spent as long on its ~25 small operations per layer (norms,
 RoPE, cache writes, attention, the MLP's gating, each a few microseconds of dispatch) as on reading the weights.
 `native.decode_stack` runs plain pre-norm Llama/Qwen2 blocks with a SiLU MLP (float32, bf16 or int8 weights, float32
-or bf16 KV cache) for one new token per row, all layers in one call. Everything else falls back to the eager layers:
-training and autograd, autocast, prompts (more than one token), padded batches (an attention mask), hooks between
-layers (gated cross-attention), LoRA-wrapped or other projection types, other activations, head widths not a
+or bf16 KV cache) for one new token per row, all layers in one call, padded batches and a server's rows of different
+lengths included (a key mask, and each row's write position from `KVCache.write_positions`). Everything else falls
+back to the eager layers: training and autograd, autocast, prompts (more than one token), hooks between layers
+(gated cross-attention), LoRA-wrapped or other projection types, other activations, head widths not a
 multiple of 8, CPUs where `cpu_kernels.thin_path_pays` (AVX-512: unmeasured there) and machines without the native
 library.
 
@@ -108,7 +109,10 @@ def fused_decode_stack(
     """The output (B, 1, D) of `DecoderLayer`s `layers` in turn for x (B, 1, D), computed by `native.decode_stack`,
     their keys and values written to `kv_cache`; or None where the layers or inputs are outside what the kernel
     computes (the caller then runs the eager layers; nothing was written)."""
-    if kv_cache is None or attn_mask is not None or x.shape[1] != 1 or x.device.type != "cpu":
+    if kv_cache is None or x.shape[1] != 1 or x.device.type != "cpu":
+        return None
+    length = kv_cache.length + 1  # the keys a decode step's mask covers: the cached ones and this token's
+    if attn_mask is not None and attn_mask.shape != (x.shape[0], 1, 1, length):
         return None
     if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or thin_path_pays() or not native.available():
         return None
@@ -136,7 +140,8 @@ def fused_decode_stack(
     cos, sin = (t.reshape(-1, hd).float().expand(rows, hd).contiguous() for t in rope)  # (B, hd)
     eps = layers[0]._modules["input_layernorm"].eps
     tables = [plan.table for plan in plans]
-    native.decode_stack(
-        hidden, tables, norms, caches, (attn.num_heads, plans[0].ffn, hd), eps, (cos, sin), kv_cache.length
-    )
+    key_mask = None if attn_mask is None else attn_mask.reshape(rows, length).to(torch.uint8).contiguous()
+    write_at = kv_cache.write_positions().to(torch.long).contiguous()  # (B,)
+    shape = (attn.num_heads, plans[0].ffn, hd)
+    native.decode_stack(hidden, tables, norms, caches, shape, eps, (cos, sin), (write_at, length, key_mask))
     return hidden.view(x.shape).to(x.dtype)

@@ -55,6 +55,11 @@ class KVCache:
         values[:, :, self.length : end] = v
         return keys[:, :, :end], values[:, :, :end]
 
+    def write_positions(self) -> Tensor:
+        """Where each row's next token is written: (B,) int64, every row at `length` (a server's ragged batch
+        overrides it)."""
+        return torch.full((self.batch_size,), self.length, dtype=torch.long, device=self.keys[0].device)
+
     def room(self, t: int) -> int:
         """The end of t more tokens after the stored ones; ContextOverflowError if the buffers cannot hold them."""
         end = self.length + t

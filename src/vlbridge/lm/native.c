@@ -88,13 +88,43 @@ static inline void pair_x_bf16(__m256 *x0, __m256 *x1) {
  * or 2 rows at once (4 or 2 interleaved streams) streamed SmolLM2-135M's decode weights 1.3x (float32) to 1.6x (bf16)
  * slower on an AVX2 AMD EPYC at 2 threads. int8 rows are consumed fast enough that the hardware prefetcher falls
  * behind: a software prefetch 256 bytes ahead was 1.7x faster there, and slower for float32
- * (experiments/decode_products.py). The x rows stay in L1, so several activation rows read the weight row once. */
+ * (experiments/decode_products.py). The x rows stay in L1, so several activation rows read the weight row once; in
+ * blocks of 4 rows each weight is also widened once for the 4, which a batch of rows (a server's streams) is bound by. */
 #define ROW_FN(NAME, T, LOAD, LOAD16, PAIR_X, WIDEN, PREFETCH)                                                         \
     static void NAME(const float *x, const void *weight, const float *scale, const float *bias, float *y, long rows,  \
                      long in, long out, long o) {                                                                      \
         const T *w = (const T *)weight + o * in;                                                                       \
-        long body = in - in % 8;                                                                                       \
-        for (long r = 0; r < rows; r++) {                                                                              \
+        long body = in - in % 8, r = 0;                                                                                \
+        for (; r + 4 <= rows; r += 4) { /* 4 rows at once: each 16 weights widened once for all 4 */                  \
+            __m256 acc[4][2];                                                                                          \
+            for (long j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();                                  \
+            long k = 0;                                                                                                \
+            for (; k + 16 <= body; k += 16) {                                                                          \
+                __m256 w0, w1;                                                                                         \
+                LOAD16(w + k, &w0, &w1);                                                                               \
+                for (long j = 0; j < 4; j++) {                                                                         \
+                    const float *xr = x + (r + j) * in + k;                                                            \
+                    __m256 x0 = _mm256_loadu_ps(xr), x1 = _mm256_loadu_ps(xr + 8);                                     \
+                    PAIR_X(&x0, &x1);                                                                                  \
+                    acc[j][0] = _mm256_fmadd_ps(w0, x0, acc[j][0]);                                                    \
+                    acc[j][1] = _mm256_fmadd_ps(w1, x1, acc[j][1]);                                                    \
+                }                                                                                                      \
+            }                                                                                                          \
+            for (; k < body; k += 8) {                                                                                 \
+                __m256 w0 = LOAD(w + k);                                                                               \
+                for (long j = 0; j < 4; j++)                                                                           \
+                    acc[j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (r + j) * in + k), acc[j][0]);                 \
+            }                                                                                                          \
+            for (long j = 0; j < 4; j++) {                                                                             \
+                const float *xr = x + (r + j) * in;                                                                    \
+                float s = hsum(_mm256_add_ps(acc[j][0], acc[j][1]));                                                   \
+                for (long t = body; t < in; t++) s += WIDEN(w, t) * xr[t];                                             \
+                if (scale) s *= scale[o];                                                                              \
+                if (bias) s += bias[o];                                                                                \
+                y[(r + j) * out + o] = s;                                                                              \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (; r < rows; r++) {                                                                                        \
             const float *xr = x + r * in;                                                                              \
             __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                             \
             __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                                             \
@@ -197,11 +227,16 @@ static inline void store_cache(void *cache, long at, float v, int bf16) {
         ((float *)cache)[at] = v;
 }
 
-/* Attention of one query head q (hd) over keys/values [0, len) of one cache head (rows of hd at `base`): out (hd). */
+/* Attention of one query head q (hd) over keys/values [0, len) of one cache head (rows of hd at `base`), skipping
+ * the keys `mask` zeroes (NULL: none): out (hd); zeros if every key is masked. */
 static void attend(const float *q, const void *keys, const void *values, long base, long len, long hd, int bf16,
-                   float *scores, float *out) {
+                   const uint8_t *mask, float *scores, float *out) {
     float scale = 1.0f / sqrtf((float)hd), top = -INFINITY, total = 0.0f;
     for (long t = 0; t < len; t++) {
+        if (mask && !mask[t]) {
+            scores[t] = -INFINITY;
+            continue;
+        }
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < hd; i += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_cache(keys, base + t * hd + i, bf16), acc);
@@ -209,20 +244,23 @@ static void attend(const float *q, const void *keys, const void *values, long ba
         top = scores[t] > top ? scores[t] : top;
     }
     for (long t = 0; t < len; t++) {
-        scores[t] = expf(scores[t] - top);
+        scores[t] = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - top);
         total += scores[t];
     }
     for (long i = 0; i < hd; i += 8) {
         __m256 acc = _mm256_setzero_ps();
         for (long t = 0; t < len; t++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[t]), load_cache(values, base + t * hd + i, bf16), acc);
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(acc, _mm256_set1_ps(1.0f / total)));
+            if (scores[t] != 0.0f)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[t]), load_cache(values, base + t * hd + i, bf16), acc);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(acc, _mm256_set1_ps(total > 0.0f ? 1.0f / total : 0.0f)));
     }
 }
 
 /* The shapes and buffers every layer of a decode step shares. */
 typedef struct {
-    long rows, d, heads, kv_heads, hd, ffn, max_len, past;
+    long rows, d, heads, kv_heads, hd, ffn, max_len, len;
+    const long *write_at; /* (rows,) the cache position each row's new key and value go to */
+    const uint8_t *key_mask; /* (rows, len): 0 = a key the row does not attend (padding); NULL: every key */
     float eps;
     const float *cos, *sin; /* (rows, hd) */
     int cache_bf16;
@@ -233,7 +271,7 @@ typedef struct {
 static void layer(const step_t *s, float *x, const proj_t *proj, const float *norm1, const float *norm2, void *keys,
                   void *values) {
     long rows = s->rows, d = s->d, heads = s->heads, kv_heads = s->kv_heads, hd = s->hd, ffn = s->ffn;
-    long qd = heads * hd, kvd = kv_heads * hd, len = s->past + 1, group = heads / kv_heads;
+    long qd = heads * hd, kvd = kv_heads * hd, len = s->len, group = heads / kv_heads;
     float *h = s->h, *q = s->q, *k = s->k, *v = s->v, *a = s->a, *b = s->b;
 #pragma omp single
     for (long r = 0; r < rows; r++) rms_norm(x + r * d, norm1, s->eps, h + r * d, d);
@@ -247,7 +285,7 @@ static void layer(const step_t *s, float *x, const proj_t *proj, const float *no
         for (long i = 0; i < heads; i++) rotate(q + r * qd + i * hd, cos, sin, hd);
         for (long j = 0; j < kv_heads; j++) {
             float *kj = k + r * kvd + j * hd, *vj = v + r * kvd + j * hd;
-            long at = ((r * kv_heads + j) * s->max_len + s->past) * hd;
+            long at = ((r * kv_heads + j) * s->max_len + s->write_at[r]) * hd;
             rotate(kj, cos, sin, hd);
             for (long i = 0; i < hd; i++) {
                 store_cache(keys, at + i, kj[i], s->cache_bf16);
@@ -258,7 +296,8 @@ static void layer(const step_t *s, float *x, const proj_t *proj, const float *no
 #pragma omp for schedule(static)
     for (long rh = 0; rh < rows * heads; rh++) {
         long r = rh / heads, i = rh % heads, base = (r * kv_heads + i / group) * s->max_len * hd;
-        attend(q + r * qd + i * hd, keys, values, base, len, hd, s->cache_bf16, s->scores + rh * len,
+        const uint8_t *mask = s->key_mask ? s->key_mask + r * len : NULL;
+        attend(q + r * qd + i * hd, keys, values, base, len, hd, s->cache_bf16, mask, s->scores + rh * len,
                a + r * qd + i * hd);
     }
     project(&proj[O], a, b, rows, qd, d);
@@ -282,19 +321,21 @@ static void layer(const step_t *s, float *x, const proj_t *proj, const float *no
 /* Every decoder layer of the LM for one new token per row, in place on x (rows, d) float32, in one parallel region.
  * Layer l reads projs[l] (its 7 projections: q, k, v, o, gate, up, down), norms[2l], norms[2l + 1] (float32 (d)) and
  * its cache caches[2l] (keys), caches[2l + 1] (values), each (rows, kv_heads, max_len, hd) in float32 or bf16
- * (cache_bf16) with positions [0, past) filled: this token's key and value are written at `past` and attended with
- * them. cos, sin: (rows, hd) float32, RoPE's cos and signed sin at each row's position. hd must be a multiple of 8.
+ * (cache_bf16). Row r's new key and value are written at position write_at[r] (< len), then the row attends cache
+ * positions [0, len) except those key_mask (rows, len) zeroes (NULL: all of them). cos, sin: (rows, hd) float32,
+ * RoPE's cos and signed sin at each row's position. hd must be a multiple of 8.
  * Returns 0, or -1 when scratch memory could not be allocated (nothing is changed then). */
 int decode_stack(float *x, long layers, long rows, long d, long heads, long kv_heads, long hd, long ffn,
                  const proj_t *const *projs, const float *const *norms, void *const *caches, float eps, const float *cos,
-                 const float *sin, int cache_bf16, long max_len, long past, int threads) {
+                 const float *sin, int cache_bf16, long max_len, const long *write_at, long len,
+                 const uint8_t *key_mask, int threads) {
     long qd = heads * hd, kvd = kv_heads * hd, widest = ffn > qd ? ffn : qd;
     widest = widest > d ? widest : d;
-    float *h = malloc(sizeof(float) * rows * (d + qd + 2 * kvd + 2 * widest + heads * (past + 1)));
+    float *h = malloc(sizeof(float) * rows * (d + qd + 2 * kvd + 2 * widest + heads * len));
     if (!h) return -1;
     float *q = h + rows * d, *k = q + rows * qd, *v = k + rows * kvd, *a = v + rows * kvd, *b = a + rows * widest;
-    step_t s = {rows, d, heads, kv_heads, hd, ffn, max_len, past, eps, cos, sin, cache_bf16, h, q, k, v, a, b,
-                b + rows * widest};
+    step_t s = {rows, d, heads, kv_heads, hd, ffn, max_len, len, write_at, key_mask, eps, cos, sin, cache_bf16, h, q,
+                k, v, a, b, b + rows * widest};
 #pragma omp parallel num_threads(threads)
     for (long l = 0; l < layers; l++)
         layer(&s, x, projs[l], norms[2 * l], norms[2 * l + 1], caches[2 * l], caches[2 * l + 1]);

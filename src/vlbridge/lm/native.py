@@ -106,7 +106,8 @@ def _kernels() -> dict[torch.dtype | str, Any]:
         kernels[dtype] = kernel
     stack = library.decode_stack
     stack.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 7 + [ctypes.c_void_p] * 3 + [ctypes.c_float]
-    stack.argtypes += [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    stack.argtypes += [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_long]
+    stack.argtypes += [ctypes.c_void_p, ctypes.c_int]
     stack.restype = ctypes.c_int
     kernels["decode_stack"] = stack
     return kernels
@@ -183,19 +184,21 @@ def decode_stack(
     shape: tuple[int, int, int],
     eps: float,
     rope: tuple[Tensor, Tensor],
-    past: int,
+    keys: tuple[Tensor, int, Tensor | None],
 ) -> None:
     """Run every pre-norm Llama block (SiLU MLP) of an LM on x (rows, D) float32 contiguous, in place, for one new
     token per row: `native.c`'s decode_stack.
 
     tables: each layer's `projection_table`; norms: each layer's two RMSNorm weights in turn, float32 contiguous;
     caches: each layer's key and value buffers in turn, (rows, kv_heads, max_len, hd), contiguous, all float32 or
-    all bf16, with [0, past) filled: each new key and value is written at `past`; shape: (heads, ffn width, head
-    dim); rope: (cos, signed sin) (rows, hd) float32 contiguous. The caller checks every condition
-    (`fused_decode.fused_decode_stack`)."""
+    all bf16; shape: (heads, ffn width, head dim); rope: (cos, signed sin) (rows, hd) float32 contiguous; keys:
+    (write_at, length, key_mask): row r's new key and value are written at position write_at[r] (int64 (rows,)),
+    then it attends positions [0, length) except those key_mask (uint8 (rows, length), contiguous) zeroes (None:
+    all). The caller checks every condition (`fused_decode.fused_decode_stack`)."""
     rows, d = x.shape
     heads, ffn, hd = shape
     kv_heads, max_len = caches[0].shape[1:3]
+    write_at, length, key_mask = keys
     pointer_array = ctypes.c_void_p * len(caches)
     status = _kernels()["decode_stack"](
         x.data_ptr(),
@@ -214,7 +217,9 @@ def decode_stack(
         rope[1].data_ptr(),
         int(caches[0].dtype == torch.bfloat16),
         max_len,
-        past,
+        write_at.data_ptr(),
+        length,
+        None if key_mask is None else key_mask.data_ptr(),
         torch.get_num_threads(),
     )
     if status:

@@ -28,6 +28,10 @@ class RaggedStep(KVCache):
         self.rows = torch.arange(n, device=positions.device)
         self.length = int(positions.max())  # the decoder reads past = length; its mask covers length + 1 keys
 
+    def write_positions(self) -> Tensor:
+        """Each row writes its new token at its own length."""
+        return self.positions
+
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """k, v (n, H_kv, 1, hd) written at each row's position; views (n, H_kv, length + 1, hd) returned."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
