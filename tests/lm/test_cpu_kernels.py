@@ -53,9 +53,8 @@ def test_linear_takes_the_thin_path_only_where_it_pays(pays: bool, monkeypatch: 
 def test_few_row_float32_inference_products_take_the_native_kernel_on_avx2_cpus(
     rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the thin path does not pay, inference products of up to native.MAX_ROWS rows run in native.linear
-    (equal to F.linear within float32 rounding); more rows, autograd and autocast keep PyTorch's products."""
-    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: False)
+    """Where the native kernels run, inference products of up to native.MAX_ROWS rows take native.linear (equal to
+    F.linear within float32 rounding); more rows, autograd and autocast keep PyTorch's products."""
     calls = []
     kernel = native.linear
 
@@ -85,7 +84,7 @@ def test_bf16_products_of_many_rows_run_in_float32_where_bf16_is_emulated(
     """Without native bf16 a prompt's bf16 product is float32's, rounded once; decode's few rows and native CPUs keep
     PyTorch's bf16 product (where vlbridge's native kernel does not take them: tested below)."""
     monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: hardware)
-    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: True)
+    monkeypatch.setattr(native, "linear", lambda *args, **kwargs: None)  # PyTorch's products only
     torch.manual_seed(rows)
     layer = Linear(24, 40, bias=True).to(torch.bfloat16)
     x = torch.randn(1, rows, 24, dtype=torch.bfloat16)
@@ -98,10 +97,9 @@ def test_bf16_products_of_many_rows_run_in_float32_where_bf16_is_emulated(
 
 
 @pytest.mark.skipif(not native.available(), reason="vlbridge's native kernels do not run on this CPU")
-def test_one_row_bf16_products_take_the_native_kernel_on_avx2_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_row_bf16_products_take_the_native_kernel_on_avx2_cpus() -> None:
     """bf16 weights widened to float32 in the kernel: float32's product of the same values, rounded once to bf16
     (the sums run in another order, so a result may land one bf16 step away)."""
-    monkeypatch.setattr(cpu_kernels, "thin_path_pays", lambda: False)
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=True).to(torch.bfloat16)
     x = torch.randn(1, 1, 24, dtype=torch.bfloat16)

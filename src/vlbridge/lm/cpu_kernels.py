@@ -73,21 +73,21 @@ class Linear(nn.Linear):
     decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
     threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
     gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`) and
-    inference products of up to `native.MAX_ROWS` rows with float32 weights run in `native` instead:
-    streaming SmolLM2-135M's decode weights took 0.49x the time of MKL's one-row product at two threads
-    (experiments/decode_products.py; docs/benchmarks.md, "Real LLM speed").
+    inference products of up to `native.MAX_ROWS` rows, float32 or bf16 weights, run in `native` instead:
+    streaming SmolLM2-135M's decode weights took 0.43x the time of MKL's one-row product at two threads in float32,
+    0.92x PyTorch's in bf16 (experiments/decode_products.py; docs/benchmarks.md, "Real LLM speed").
 
-    bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran with
-    oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than
-    oneDNN's over a 130M model's decode products, but no per-call op reaches those kernels instead: linear, mm,
-    addmm, mv, dot and bmm all consult that switch. On CPUs without AVX512-BF16 PyTorch gives one-row products to
-    ATen's GEMV itself; there a decode step measured the same at batch 1 (the same kernels) and, at batch 2, 0.93x as
-    fast for a 130M model and 0.79x for the default LM (width 256), where oneDNN's fixed ~20 us a product outweighs
-    its faster streaming. Products of more rows (a prompt) on such CPUs run in float32 (`emulated_bf16_rows`).
+    Elsewhere, bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran
+    with oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than
+    oneDNN's over a 130M model's decode products, but no per-call op reaches those kernels instead: linear, mm, addmm,
+    mv, dot and bmm all consult that switch. On CPUs without AVX512-BF16 PyTorch gives one-row products to ATen's GEMV
+    itself; there a decode step measured the same at batch 1 (the same kernels) and, at batch 2, 0.93x as fast for a
+    130M model and 0.79x for the default LM (width 256), where oneDNN's fixed ~20 us a product outweighs its faster
+    streaming. Products of more rows (a prompt) on such CPUs run in float32 (`emulated_bf16_rows`).
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not thin_path_pays() and not torch.is_autocast_enabled("cpu"):
+        if not torch.is_autocast_enabled("cpu"):
             out = native.linear(x, self.weight, bias=self.bias)
             if out is not None:
                 return out.to(x.dtype)

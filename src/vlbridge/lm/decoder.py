@@ -209,11 +209,13 @@ class DecoderLM(nn.Module):
         fused = None
         if not hooks and all(type(layer) is DecoderLayer for layer in self.model.layers):
             fused = fused_decode_stack(self.model.layers, x, rope, mask, kv_cache)  # decode on AVX2 CPUs
-        for i, layer in enumerate(() if fused is not None else self.model.layers):
-            if hooks and i in hooks:
-                x = hooks[i](x)
-            x = layer(x, rope, mask, kv_cache)
-        x = x if fused is None else fused
+        if fused is not None:
+            x = fused
+        else:
+            for i, layer in enumerate(self.model.layers):
+                if hooks and i in hooks:
+                    x = hooks[i](x)
+                x = layer(x, rope, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
         if logits_to_keep:

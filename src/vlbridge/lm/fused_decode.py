@@ -8,8 +8,8 @@ or bf16 KV cache) for one new token per row, all layers in one call, padded batc
 lengths included (a key mask, and each row's write position from `KVCache.write_positions`). Everything else falls
 back to the eager layers: training and autograd, autocast, prompts (more than one token), hooks between layers
 (gated cross-attention), LoRA-wrapped or other projection types, other activations, head widths not a
-multiple of 8, CPUs where `cpu_kernels.thin_path_pays` (AVX-512: unmeasured there) and machines without the native
-library.
+multiple of 8, and CPUs where the native kernels do not run (`native.status()`: AVX-512 ones, unmeasured there,
+and any without AVX2 or a C compiler).
 
 Reading the layer's seven projections through nn.Module attributes and building the kernel's pointer table took
 ~100 us a layer in Python, a third of SmolLM2's int8 decode step. So each layer keeps the table it was last given
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from vlbridge.lm import native
-from vlbridge.lm.cpu_kernels import Linear, thin_path_pays
+from vlbridge.lm.cpu_kernels import Linear
 from vlbridge.lm.int8 import Int8Linear
 from vlbridge.lm.kv_cache import KVCache
 
@@ -114,13 +114,13 @@ def fused_decode_stack(
     length = kv_cache.length + 1  # the keys a decode step's mask covers: the cached ones and this token's
     if attn_mask is not None and attn_mask.shape != (x.shape[0], 1, 1, length):
         return None
-    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or thin_path_pays() or not native.available():
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not native.available():
         return None
     plans, norms, caches = [], [], []
     cache_dtype = kv_cache.keys[0].dtype
     for layer in layers:
         plan = _layer_plan(layer)
-        if plan is None or plan.ffn != (plans[0] if plans else plan).ffn:
+        if plan is None:
             return None
         index = layer._modules["self_attn"].layer_idx
         keys, values = kv_cache.keys[index], kv_cache.values[index]
@@ -131,7 +131,7 @@ def fused_decode_stack(
         plans.append(plan)  # holds any converted tensors its table points at until the call returns
         norms += [layer._modules[n]._parameters["weight"].float().contiguous() for n in NORMS]
         caches += [keys, values]
-    if cache_dtype not in native.CACHE_DTYPES:
+    if cache_dtype not in native.CACHE_DTYPES or any(plan.ffn != plans[0].ffn for plan in plans):
         return None
     kv_cache.room(1)
     attn = layers[0]._modules["self_attn"]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vlbridge.lm import native
-from vlbridge.lm.cpu_kernels import emulated_bf16_rows, native_bf16, thin_path_pays
+from vlbridge.lm.cpu_kernels import emulated_bf16_rows, native_bf16
 
 QUANTIZATIONS = ("int8",)
 """The weight quantisations `vlbridge.load(quantize=...)` and the `--quantize` flags accept."""
@@ -74,10 +74,9 @@ class Int8Linear(nn.Module):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and not thin_path_pays():
-            out = native.linear(x, self.weight, self.weight_scale, self.bias)
-            if out is not None:
-                return out.to(x.dtype)
+        out = native.linear(x, self.weight, self.weight_scale, self.bias)  # None where its kernel does not apply
+        if out is not None:
+            return out.to(x.dtype)
         flat = x.reshape(-1, self.in_features)  # (M, I)
         cpu = x.device.type == "cpu"
         if cpu and self.in_features % PACK_K_MULTIPLE == 0 and not emulated_bf16_rows(flat.shape[0]):
