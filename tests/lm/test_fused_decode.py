@@ -16,7 +16,9 @@ from vlbridge.errors import ContextOverflowError
 from vlbridge.lm import DecoderLM, fused_decode, native
 from vlbridge.lm.int8 import quantize_linears
 
-pytestmark = pytest.mark.skipif(native._cpu_supported() is not None, reason="the fused decode runs on AVX2-only CPUs")
+pytestmark = pytest.mark.skipif(
+    native._cpu_supported() is not None, reason="the fused decode runs on x86 CPUs with AVX2"
+)
 
 CFG = LMConfig(
     vocab_size=97,

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from vlbridge.lm.int8 import (
+    PACK_ALIGNMENT,
     PACK_K_MULTIPLE,
     Int8Embedding,
     Int8Linear,
+    align_weights,
     int8_skeleton,
     quantize_linears,
     quantize_weight,
@@ -46,7 +48,8 @@ def test_a_weight_stored_transposed_quantises_to_a_row_major_int8_weight() -> No
 
 @pytest.mark.parametrize("in_features", [PACK_K_MULTIPLE * 3, 24])  # the int8 kernel's path, the dequantising one
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 5])  # decode; a prompt, dequantised to float32 where bf16 is emulated
+@pytest.mark.parametrize("rows", [1, 5, 12])  # decode (native kernel on x86); a prompt, dequantised to float32 where
+# bf16 is emulated
 def test_int8_linear_matches_the_dequantised_product(in_features: int, dtype: torch.dtype, rows: int) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(in_features, 37)
@@ -63,6 +66,23 @@ def test_int8_linear_matches_the_dequantised_product(in_features: int, dtype: to
         float_out = linear(x.float())
     # against the float layer: int8 weights add at most half a step per weight, ~1% of the output here
     assert (out.float() - float_out).abs().max() <= 3e-2 * float_out.abs().max()
+
+
+def test_a_weight_off_the_int8_kernels_boundary_dequantises_and_align_weights_copies_it() -> None:
+    """PyTorch's int8 kernel crashed the process on a weight off a 16-byte boundary (an AVX-512 CPU), as a weight
+    mapped from a checkpoint file can be: such a layer must dequantise instead, and loading copies it onto one."""
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(nn.Linear(PACK_K_MULTIPLE * 2, 24))
+    aligned = layer.weight
+    storage = torch.zeros(aligned.numel() + PACK_ALIGNMENT, dtype=torch.int8)
+    layer.weight = storage[4 : 4 + aligned.numel()].view_as(aligned).copy_(aligned)  # 4 bytes off the boundary
+    x = torch.randn(12, PACK_K_MULTIPLE * 2)  # more rows than the native kernel takes: PyTorch's product path
+    with torch.no_grad():
+        off = layer(x)
+        model = nn.Sequential(layer)
+        assert align_weights(model) == 1 and align_weights(model) == 0
+        assert layer.weight.data_ptr() % 64 == 0 and torch.equal(layer.weight, aligned)
+        torch.testing.assert_close(off, layer(x), rtol=1e-2, atol=1e-2)  # bf16 activations on the kernel's path
 
 
 def test_quantize_linears_swaps_every_linear_and_skeleton_matches_its_state_dict() -> None:

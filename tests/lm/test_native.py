@@ -16,7 +16,7 @@ from vlbridge.cache_dir import CACHE_ENV
 from vlbridge.lm import native
 from vlbridge.lm.int8 import quantize_weight
 
-needs_native = pytest.mark.skipif(native._cpu_supported() is not None, reason="the kernels run on AVX2-only x86 CPUs")
+needs_native = pytest.mark.skipif(native._cpu_supported() is not None, reason="the kernels run on x86 CPUs with AVX2")
 
 
 @pytest.fixture

@@ -77,6 +77,8 @@ def test_int8_checkpoint_round_trip_loads_int8_without_requantising(default_pair
     assert not text_only.has_vision and text_only.language_model.lm_head.weight.dtype == torch.int8
     lm = again.language_model
     assert isinstance(lm.model.embed_tokens, int8.Int8Embedding) and lm.model.embed_tokens.weight is lm.lm_head.weight
+    layers = [m for m in lm.modules() if isinstance(m, int8.Int8Linear)]
+    assert all(m.weight.data_ptr() % 64 == 0 for m in layers)  # int8.align_weights: PyTorch's int8 kernel reads them
 
 
 def test_int8_checkpoint_with_a_float_embedding_table_still_loads(default_pair, tmp_path: Path) -> None:

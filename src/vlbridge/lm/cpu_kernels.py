@@ -4,9 +4,10 @@ measured faster.
 decoder.py reads as the plain Llama model; what runs each product and each attention lives here, every exception to
 PyTorch's default with the measurement that justifies it:
 
-- `Linear`: float32 CPU products of a few rows (decode) as W @ x^T on AVX-512 CPUs, and in vlbridge's own AVX2 kernel
-  (`native`) on AVX2-only ones; bf16 ones of a few rows left to PyTorch, and why; bf16 ones of more rows
-  computed in float32 on CPUs without native bf16 (`native_bf16`).
+- `Linear`: inference products of a few rows (decode) in vlbridge's own kernel (`native`) on x86 CPUs with AVX2
+  (AVX-512 ones included); other float32 products of a few rows as W @ x^T on AVX-512 CPUs; other bf16 ones of a
+  few rows left to PyTorch, and why; bf16 ones of more rows computed in float32 on CPUs without native bf16
+  (`native_bf16`).
 - `attention`: one query per row (decode) folds each kv group's query heads into the query axis; causal attention
   under bf16 autocast on CPU runs eager up to EAGER_MAX_TOKENS and SDPA's flash kernel in float32 above.
 
@@ -34,9 +35,9 @@ on CPUs where `thin_path_pays`."""
 def thin_path_pays() -> bool:
     """Whether few-row float32 products run faster as W @ x^T than as MKL's x @ W^T on this CPU: on AVX-512 ones
     (measured on a 2-core Xeon, see `Linear`). On an AVX2-only AMD EPYC (Zen3) MKL's one-row GEMV was the faster,
-    2.5-3x at SmolLM2-135M's layer shapes, single-threaded (experiments/thin_rows_avx2.py), and vlbridge's own kernel
-    faster still (`native`), so there few-row products take that kernel instead. A read of the CPU's capability,
-    cached; nothing is switched."""
+    2.5-3x at SmolLM2-135M's layer shapes, single-threaded (experiments/thin_rows_avx2.py). Inference products take
+    vlbridge's own kernel (`native`) before this path on both. A read of the CPU's capability, cached; nothing is
+    switched."""
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
@@ -72,10 +73,12 @@ class Linear(nn.Linear):
     same product as W @ x^T, with a single row duplicated into two, streams W faster. Measured over a 130M model's
     decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
     threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
-    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`) and
-    inference products of up to `native.MAX_ROWS` rows, float32 or bf16 weights, run in `native` instead:
-    streaming SmolLM2-135M's decode weights took 0.43x the time of MKL's one-row product at two threads in float32,
-    0.92x PyTorch's in bf16 (experiments/decode_products.py; docs/benchmarks.md, "Real LLM speed").
+    gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`).
+    Inference products of up to `native.MAX_ROWS` rows, float32 or bf16 weights, run in `native` before either,
+    wherever it runs: streaming SmolLM2-135M's decode weights at two threads took 0.43x the time of MKL's one-row
+    product in float32 and 0.92x PyTorch's in bf16 on an AVX2-only AMD EPYC, 0.61x oneDNN's packed float32 product
+    and 0.48x PyTorch's bf16 one on an AVX-512 AMD EPYC with native bf16 (experiments/decode_products.py;
+    docs/benchmarks.md, "Real LLM speed").
 
     Elsewhere, bf16 products of one or two rows (decode at batch 1-2) go through PyTorch's own dispatch. They once ran
     with oneDNN switched off process-wide (`torch.backends.mkldnn.enabled`) for ATen's kernels, measured 2x faster than

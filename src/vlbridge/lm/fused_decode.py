@@ -1,5 +1,5 @@
-"""All decoder layers of a decode step in one native call on AVX2 CPUs: the check that the layers and their inputs
-are what `native.decode_stack` computes, and the call.
+"""All decoder layers of a decode step in one native call on x86 CPUs with AVX2: the check that the layers and
+their inputs are what `native.decode_stack` computes, and the call.
 
 At SmolLM2-135M's size a decode step in eager PyTorch spent as long on its ~25 small operations per layer (norms,
 RoPE, cache writes, attention, the MLP's gating, each a few microseconds of dispatch) as on reading the weights.
@@ -8,8 +8,7 @@ or bf16 KV cache) for one new token per row, all layers in one call, padded batc
 lengths included (a key mask, and each row's write position from `KVCache.write_positions`). Everything else falls
 back to the eager layers: training and autograd, autocast, prompts (more than one token), hooks between layers
 (gated cross-attention), LoRA-wrapped or other projection types, other activations, head widths not a
-multiple of 8, and CPUs where the native kernels do not run (`native.status()`: AVX-512 ones, unmeasured there,
-and any without AVX2 or a C compiler).
+multiple of 8, and CPUs where the native kernels do not run (`native.status()`: without AVX2 or a C compiler).
 
 Reading the layer's seven projections through nn.Module attributes and building the kernel's pointer table took
 ~100 us a layer in Python, a third of SmolLM2's int8 decode step. So each layer keeps the table it was last given

@@ -27,6 +27,11 @@ INT8_MAX = 127
 PACK_K_MULTIPLE = 16
 """PyTorch's CPU `_weight_int8pack_mm` is only correct when in_features is a multiple of this: at other widths it
 returned garbage or crashed the process (PyTorch 2.13, K in 8..136). Such layers dequantise instead."""
+PACK_ALIGNMENT = 16
+"""Byte boundary PyTorch's CPU `_weight_int8pack_mm` needs its int8 weight on: on an AVX-512 CPU (AMD EPYC with
+avx512_bf16, PyTorch 2.13) it crashed the process on weights 1, 4, 8 or 20 bytes off one, as a weight mapped from a
+safetensors file is when a tensor of odd size precedes it (`align_weights` copies such weights when a checkpoint
+loads). Weights off it dequantise instead."""
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,8 +48,9 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights and float32 per-output-channel scales: y = (x @ q^T) * scale + bias.
 
-    On AVX2-only CPUs products of a few rows (decode) run in vlbridge's own kernel (`native`), which widens the
-    int8 weight in registers and so reads a quarter of float32's bytes: there PyTorch's int8 kernel is compute-bound.
+    On x86 CPUs with AVX2 products of a few rows (decode) run in vlbridge's own kernel (`native`), which widens the
+    int8 weight in registers and so reads a quarter of float32's bytes: PyTorch's int8 kernel was compute-bound on an
+    AVX2-only CPU and 1.5x slower on an AVX-512 one with native bf16.
     Elsewhere on CPU the product runs in PyTorch's int8 weight-only kernel (`aten._weight_int8pack_mm`) on bf16
     activations, the result cast back to the input's dtype: that kernel reads the int8 weight as it is, and it is
     vectorised for bf16 activations, not for float32 ones. Other devices, widths the kernel gets
@@ -79,7 +85,8 @@ class Int8Linear(nn.Module):
             return out.to(x.dtype)
         flat = x.reshape(-1, self.in_features)  # (M, I)
         cpu = x.device.type == "cpu"
-        if cpu and self.in_features % PACK_K_MULTIPLE == 0 and not emulated_bf16_rows(flat.shape[0]):
+        packable = self.in_features % PACK_K_MULTIPLE == 0 and self.weight.data_ptr() % PACK_ALIGNMENT == 0
+        if cpu and packable and not emulated_bf16_rows(flat.shape[0]):
             packed = flat.to(torch.bfloat16).contiguous()
             out = torch.ops.aten._weight_int8pack_mm(packed, self.weight, self.weight_scale.to(torch.bfloat16))
         else:
@@ -138,6 +145,18 @@ def _replace_linears(module: nn.Module, quantize: bool) -> int:
         else:
             swapped += _replace_linears(child, quantize)
     return swapped
+
+
+def align_weights(module: nn.Module) -> int:
+    """Copy every Int8Linear weight under `module` that lies off a 64-byte boundary (mapped in place from a checkpoint
+    file) onto one, the CPU allocator's alignment, so PyTorch's int8 kernel can read it (`PACK_ALIGNMENT`); returns
+    how many were copied. A tied LM must re-tie afterwards (`DecoderLM.tie_weights`)."""
+    copied = 0
+    for layer in module.modules():
+        if isinstance(layer, Int8Linear) and layer.weight.device.type == "cpu" and layer.weight.data_ptr() % 64:
+            layer.weight = layer.weight.clone()
+            copied += 1
+    return copied
 
 
 def quantize_linears(module: nn.Module) -> int:

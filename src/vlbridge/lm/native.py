@@ -13,9 +13,8 @@ on each of a layer's ~25 operations, which at SmolLM2-135M's size was as long as
 The library is compiled from the shipped source with `$CC` (default `cc`) on first use into the user's cache folder
 (`vlbridge.cache_dir`), named by a hash of the source, the flags and the compiler, and loaded with ctypes (which
 drops the GIL during a call, so server threads decode in parallel). It links the OpenMP runtime torch already loaded.
-Where it cannot be used (a CPU without AVX2 and FMA, an AVX-512 CPU where it was not measured, or no working
-compiler: one warning says why and how to fix it), `linear` returns None and the caller runs PyTorch's product.
-`status()` says which.
+Where it cannot be used (a CPU without AVX2 and FMA, or no working compiler: one warning says why and how to fix
+it), `linear` returns None and the caller runs PyTorch's product. `status()` says which.
 """
 
 from __future__ import annotations
@@ -47,15 +46,13 @@ _KERNEL_BY_DTYPE = {torch.float32: "gemv_f32", torch.bfloat16: "gemv_bf16", torc
 
 
 def _cpu_supported() -> str | None:
-    """None if the kernels run on this CPU, else why not: they are x86 AVX2 + FMA code (torch's AVX2 capability
-    implies both), measured on AVX2-only CPUs. AVX-512 CPUs keep the paths measured there (`cpu_kernels.Linear`'s
-    W @ x^T, PyTorch's int8 kernel): the kernels were not measured on one."""
+    """None if the kernels run on this CPU, else why not: they are x86 AVX2 + FMA code (torch's AVX2 or AVX512
+    capability implies both). Measured faster than PyTorch's products on AVX2-only CPUs and on an AVX-512 one with
+    native bf16 (docs/benchmarks.md, "Real LLM speed")."""
     if platform.machine().lower() not in X86_MACHINES:
         return f"the kernels are x86 AVX2 code and this CPU is {platform.machine()}"
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability.startswith("AVX512"):
-        return f"not measured on AVX-512 CPUs (torch reports capability {capability}); PyTorch's measured paths run"
-    if capability != "AVX2":
+    if capability != "AVX2" and not capability.startswith("AVX512"):
         return f"this CPU lacks AVX2/FMA (torch reports capability {capability})"
     return None
 

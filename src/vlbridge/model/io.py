@@ -23,7 +23,7 @@ from vlbridge.devices import resolve_device
 from vlbridge.dtypes import resolve_dtype
 from vlbridge.errors import CheckpointError, ConfigError
 from vlbridge.files import open_safetensors
-from vlbridge.lm.int8 import QUANTIZATIONS, int8_skeleton, quantize_linears
+from vlbridge.lm.int8 import QUANTIZATIONS, align_weights, int8_skeleton, quantize_linears
 from vlbridge.lm.tokenizer import Tokenizer
 from vlbridge.model import chain
 from vlbridge.model.processor import processor_for
@@ -249,6 +249,8 @@ def load(
             int8_skeleton(model.language_model)
             model.language_model.tie_weights()
     load_weights(model, path, rules, stored=dtype == STORED)
+    if config.quantization is not None and align_weights(model.language_model):
+        model.language_model.tie_weights()
     if quantize is not None:
         quantize_model(model, quantize)
     model.processor = processor_for(model, tokenizer)
