@@ -24,6 +24,20 @@ def test_write_replaces_whole_file_with_umask_permissions(tmp_path: Path) -> Non
     assert [p.name for p in target.parent.iterdir()] == ["config.json"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="the kernel reports the umask on Linux only")
+def test_a_write_reads_the_umask_without_changing_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting the umask to read it would, for a moment, give files other threads create (a server's, a trainer's
+    loader's) a wrong mode."""
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("atomic writes must not set the umask"))
+        write_text(tmp_path / "a.json", "{}")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "weights.bin"
     target.write_bytes(b"old")
