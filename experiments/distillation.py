@@ -1,17 +1,20 @@
 """Knowledge distillation on the synthetic world: a student of under a quarter of the embedded default's parameters,
-trained with the default as its teacher (`objective: distill` in its instruct stage, after stages trained once for
-both arms) and without it (plain `causal_lm`), on the same data, steps, batches and seed. Reports held-out accuracy
-per question type of the teacher and both students, their parameter counts, and prefill and decode latency, timed
-side by side in interleaved rounds.
+trained with the default as its teacher (`objective: distill` in its instruct stage, or from an earlier stage on with
+--distill-stages, after the stages before trained once for both arms) and without it (plain `causal_lm`), on the same
+data, steps, batches and seed. Reports held-out accuracy per question type of the teacher and both students, their
+parameter counts, and prefill and decode latency, timed side by side in interleaved rounds.
 
-    python experiments/distillation.py [--phase train|eval|latency] [--alpha 0.5] [--temperature 2.0]
-        [--instruct-steps N]
+    python experiments/distillation.py [--phase train|teacher-check|heldout|eval|latency] [--alpha 0.5]
+        [--temperature 2.0] [--instruct-steps N] [--student-layers LM VISION] [--distill-stages align drills instruct]
+        [--arms plain distilled]
 
 `train` renders the teacher's synthetic world (configs/default.yaml's, with 8000 scenes: `student_world`) into OUT/data
 and trains both arms at once, one thread each, so machine load falls on both alike;
-`eval` scores the three models on the test split; `latency` times them. Without a phase, all three run. Writes
-experiments/results/distillation.{json,txt,png} (the first run's, at 900 instruct steps: distillation_900_steps.*);
-docs/distillation.md holds the tables.
+`teacher-check` scores the teacher on the student's instruct batches as the distill objective shows them (its soft
+targets are only as good as that score); `heldout` counts the test scenes the teacher trained on; `eval` scores the
+three models on the test split; `latency` times them. Without a phase, all run. Writes
+experiments/results/distillation.{json,txt,png} (earlier runs': distillation_900_steps.*,
+distillation_17pct_1800_steps.*); docs/distillation.md holds the tables.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 RECIPE = Path(__file__).with_name("distillation_student.yaml")
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("plain", "distilled")
+PHASES = ["train", "teacher-check", "heldout", "eval", "latency"]
 
 
 def teacher_world() -> SynthOptions:
@@ -70,9 +74,9 @@ def wait(job: subprocess.Popen, name: str, start: float) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """Render the data (once), train the student recipe's stages before instruct once (OUT/prefix, both arms share
-    them), then its instruct stage from that model two ways at once, one thread each: as the recipe says (OUT/plain)
-    and with `objective: distill` (OUT/distilled)."""
+    """Render the data (once), train the student recipe's stages before the first of --distill-stages once
+    (OUT/prefix, both arms share them), then the rest from that model two ways at once, one thread each: as the
+    recipe says (OUT/plain) and with `objective: distill` in --distill-stages (OUT/distilled); --arms: only those."""
     data = args.out / "data"
     if not (data / "test.jsonl").is_file():
         from vlbridge.data.synthetic import synthesize
@@ -80,9 +84,20 @@ def train(args: argparse.Namespace) -> None:
         synthesize(data, student_world())
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["data"]["root"] = str(data)
-    *before, instruct = recipe["stages"]
-    assert instruct["name"] == "instruct" and instruct["objective"] == "causal_lm"
-    instruct["steps"] = args.instruct_steps or instruct["steps"]
+    if args.student_layers:
+        recipe["model"]["language_model"]["num_hidden_layers"], recipe["model"]["vision"]["num_hidden_layers"] = (
+            args.student_layers
+        )
+    stages = recipe["stages"]
+    for stage in stages:
+        if stage["name"] == "instruct":
+            stage["steps"] = args.instruct_steps or stage["steps"]
+    names = [stage["name"] for stage in stages]
+    if not set(args.distill_stages) <= set(names):
+        raise SystemExit(f"--distill-stages: the student recipe's stages are {names}")
+    first = min(names.index(name) for name in args.distill_stages)
+    before, after = stages[:first], stages[first:]
+    assert all(stage["objective"] == "causal_lm" for stage in after if stage["name"] in args.distill_stages)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     prefix = args.out / "prefix"
     if not (prefix / "config.json").is_file():
@@ -90,18 +105,22 @@ def train(args: argparse.Namespace) -> None:
         job = run({**recipe, "run_dir": str(prefix), "stages": before}, args.out / "prefix.yaml", env, resume=True)
         wait(job, "prefix", start)
     distill = {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
-    stages = {"plain": instruct, "distilled": {**instruct, "objective": "distill", "distill": distill}}
+    distilled = [
+        {**stage, "objective": "distill", "distill": distill} if stage["name"] in args.distill_stages else stage
+        for stage in after
+    ]
+    branches = {"plain": after, "distilled": distilled}
     branch = {key: value for key, value in recipe.items() if key != "model"}  # the prefix's model, as it is
     jobs = {
         arm: (
             run(
-                {**branch, "run_dir": str(args.out / arm), "init_from": str(prefix), "stages": [stage]},
+                {**branch, "run_dir": str(args.out / arm), "init_from": str(prefix), "stages": branches[arm]},
                 args.out / f"{arm}.yaml",
                 env,
             ),
             time.time(),
         )
-        for arm, stage in stages.items()
+        for arm in args.arms
     }
     for arm, (job, start) in jobs.items():
         wait(job, arm, start)
@@ -130,6 +149,37 @@ def held_out_for_the_teacher(data: Path) -> dict[str, int]:
     rows = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
     test = [Scene.from_dict(row["scene"]).signature() for row in rows if row["split"] == "test"]
     return {"test_scenes": len(test), "seen_by_teacher": sum(signature in seen for signature in test)}
+
+
+def teacher_check(args: argparse.Namespace, samples: int = 256, batch_size: int = 16) -> dict[str, float]:
+    """How well the teacher predicts the student's instruct training targets, as the distill objective shows it them
+    (the student's processor and template, the trainer's collation): the share of supervised tokens whose argmax is
+    the label, and of samples with every supervised token right. Near the teacher's held-out accuracy, its soft targets
+    carry the answers; far below it, the objective feeds it wrong inputs."""
+    from vlbridge.data.collate import SupervisedDataset, collate, pad_id
+    from vlbridge.data.llava_json import load_llava
+    from vlbridge.model.io import load
+
+    teacher, processor = load(None)
+    data = args.out / "data"
+    records = load_llava(data / "instruct.json", data).items[:samples]
+    dataset = SupervisedDataset(records, data, processor, "chatml_no_system", 384)
+    tokens = right = whole = 0
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            rows = range(start, min(start + batch_size, len(dataset)))
+            batch = collate([dataset[i] for i in rows], pad_id(processor))
+            logits, targets = teacher.supervised_logits(
+                batch["input_ids"], batch["labels"], batch["attention_mask"], batch.get("pixel_values")
+            )
+            hits = logits.argmax(-1) == targets  # (N,) in row order
+            per_row = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+            tokens += len(hits)
+            right += int(hits.sum())
+            whole += sum(bool(row.all()) for row in hits.split(per_row))
+    out = {"samples": len(dataset), "token_accuracy": right / tokens, "sample_accuracy": whole / len(dataset)}
+    print("teacher on the student's instruct batches:", out)
+    return out
 
 
 def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
@@ -211,8 +261,8 @@ def table(scores: dict[str, dict], timing: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(scores: dict[str, dict], path: Path) -> None:
-    """Accuracy per question type, one bar per model."""
+def plot(scores: dict[str, dict], path: Path, student_share: float) -> None:
+    """Accuracy per question type, one bar per model; `student_share`: the students' parameters over the teacher's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +277,7 @@ def plot(scores: dict[str, dict], path: Path) -> None:
     ax.set_xticks(range(len(types)), types, rotation=20)
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title("Synthetic test questions: the embedded default (teacher) and a 17.7%-size student")
+    ax.set_title(f"Synthetic test questions: the embedded default (teacher) and a {student_share:.1%}-size student")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -235,9 +285,7 @@ def plot(scores: dict[str, dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--phase", action="append", choices=["train", "heldout", "eval", "latency"], help="default: all"
-    )
+    parser.add_argument("--phase", action="append", choices=PHASES, help="default: all, in this order")
     parser.add_argument("--out", type=Path, default=Path("runs/distill"))
     parser.add_argument("--alpha", type=float, default=0.5, help="the KL term's weight")
     parser.add_argument("--temperature", type=float, default=2.0)
@@ -245,18 +293,32 @@ def main() -> None:
     parser.add_argument(
         "--instruct-steps", type=int, default=None, help="the instruct stage's steps (default: the recipe's 900)"
     )
+    parser.add_argument(
+        "--student-layers", type=int, nargs=2, metavar=("LM", "VISION"), help="the student's depths (default: 2 2)"
+    )
+    parser.add_argument(
+        "--distill-stages",
+        nargs="+",
+        default=["instruct"],
+        help="the distilled arm's distill stages (default: instruct)",
+    )
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms `train` trains")
     parser.add_argument("--models", nargs="+", default=["teacher", *ARMS], help="the models `eval` scores")
     parser.add_argument("--limit", type=int, default=None, help="`eval` scores the first N test questions only")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per latency round")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved latency rounds")
     args = parser.parse_args()
-    phases = args.phase or ["train", "heldout", "eval", "latency"]
+    phases = args.phase or PHASES
     args.out.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     settings = {"alpha": args.alpha, "temperature": args.temperature, "teacher_dtype": args.teacher_dtype}
+    settings["student_layers"] = args.student_layers or [2, 2]
+    settings["distill_stages"] = args.distill_stages
     new: dict = {"settings": {**settings, "instruct_steps": args.instruct_steps}}
     if "train" in phases:
         train(args)
+    if "teacher-check" in phases:
+        new["teacher_check"] = teacher_check(args)
     if "heldout" in phases:
         new["held_out"] = held_out_for_the_teacher(args.out / "data")
         print(new["held_out"])
@@ -273,7 +335,8 @@ def main() -> None:
     if "latency" in results and {"teacher", *ARMS} <= results["accuracy"].keys():
         text = table(results["accuracy"], results["latency"])
         (RESULTS / "distillation.txt").write_text(text)
-        plot(results["accuracy"], RESULTS / "distillation.png")
+        timing = results["latency"]
+        plot(results["accuracy"], RESULTS / "distillation.png", timing["plain"]["params"] / timing["teacher"]["params"])
         print(text)
 
 
