@@ -37,6 +37,27 @@ def test_the_kernels_are_on_wherever_the_cpu_runs_them() -> None:
     assert native.status().startswith("on (")
 
 
+@pytest.mark.parametrize(
+    ("machine", "capability", "runs"),
+    [
+        ("x86_64", "AVX2", True),
+        ("x86_64", "AVX512", True),  # measured faster there too (docs/benchmarks.md, "Real LLM speed")
+        ("AMD64", "AVX512", True),
+        ("x86_64", "DEFAULT", False),  # no AVX2/FMA
+        ("aarch64", "DEFAULT", False),
+    ],
+)
+def test_the_kernels_run_on_x86_cpus_with_avx2_avx512_ones_included(
+    machine: str, capability: str, runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    monkeypatch.setattr(native.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    reason = native._cpu_supported()
+    assert (reason is None) == runs
+    if not runs:
+        assert capability in reason or machine in reason
+
+
 SHAPES = [(1, 576, 192), (3, 37, 13), (8, 8, 5), (2, 1, 3), (5, 45, 7), (4, 576, 33)]
 """(rows, in_features, out_features) of the product tests."""
 
