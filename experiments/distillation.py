@@ -127,8 +127,9 @@ def train(args: argparse.Namespace) -> None:
 
 
 def models(args: argparse.Namespace) -> dict[str, Path | None]:
-    """name -> checkpoint (None: the embedded default)."""
-    return {"teacher": None, **{arm: args.out / arm for arm in ARMS}}
+    """name -> checkpoint (None: the embedded default): the teacher, both arms, and any --also models."""
+    also = dict(item.split("=", 1) for item in args.also)
+    return {"teacher": None, **{arm: args.out / arm for arm in ARMS}, **{k: Path(v) for k, v in also.items()}}
 
 
 def held_out_for_the_teacher(data: Path) -> dict[str, int]:
@@ -190,7 +191,7 @@ def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
 
     scores = {}
     for name, path in models(args).items():
-        if name not in args.models:
+        if args.models and name not in args.models:
             continue
         model, processor = load(path)
         result = evaluate(
@@ -203,7 +204,10 @@ def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
 
 def latency(args: argparse.Namespace) -> dict[str, dict]:
     """Prefill ms and decode ms/token of every model on the sample image and a test question, greedy, EOS off;
-    interleaved rounds (one of each model per round), medians; with parameter counts."""
+    interleaved rounds (one of each model per round), medians; with parameter counts. Then the decode again with the
+    native call that runs every decoder layer skipped (`fixed_ms_per_token`: what a step costs besides its layers,
+    the embedding, final norm, head, sampling and Python, which a smaller student pays as the teacher does)."""
+    from vlbridge.lm import native
     from vlbridge.model.io import default_model_dir, load
     from vlbridge.vision.processor import load_image
 
@@ -214,31 +218,43 @@ def latency(args: argparse.Namespace) -> dict[str, dict]:
     for name, (_, processor) in loaded.items():
         prompt = processor.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}])
         batches[name] = dict(processor(text=prompt, images=[image], return_tensors="pt"))
-    prefill: dict[str, list[float]] = {name: [] for name in loaded}
-    full: dict[str, list[float]] = {name: [] for name in loaded}
 
     def timed(name: str, n: int) -> float:
         start = time.perf_counter()
         loaded[name][0].generate(**batches[name], max_new_tokens=n, do_sample=False, eos_token_id=())
         return time.perf_counter() - start
 
-    with torch.inference_mode():
-        for name in loaded:
-            timed(name, 2)  # warm-up
+    def rounds() -> dict[str, tuple[float, float]]:
+        """{name: (prefill ms, decode ms/token)}, medians over interleaved rounds."""
+        prefill: dict[str, list[float]] = {name: [] for name in loaded}
+        decode: dict[str, list[float]] = {name: [] for name in loaded}
         for _ in range(args.repeats):
             for name in loaded:
                 prefill[name].append(timed(name, 1))
-                full[name].append(timed(name, args.new_tokens + 1))
-    out = {}
-    for name, (model, _) in loaded.items():
-        decode = statistics.median(f - p for f, p in zip(full[name], prefill[name], strict=True)) / args.new_tokens
-        out[name] = {
+                decode[name].append((timed(name, args.new_tokens + 1) - prefill[name][-1]) / args.new_tokens)
+        return {
+            name: (statistics.median(prefill[name]) * 1e3, statistics.median(decode[name]) * 1e3) for name in prefill
+        }
+
+    with torch.inference_mode():
+        for name in loaded:
+            timed(name, 2)  # warm-up
+        whole = rounds()
+        layers, native.decode_stack = native.decode_stack, lambda *args: None
+        try:
+            fixed = rounds() if native.available() else None
+        finally:
+            native.decode_stack = layers
+    return {
+        name: {
             "params": sum(p.numel() for p in model.parameters()),
             "prompt_tokens": int(batches[name]["input_ids"].shape[1]),
-            "prefill_ms": statistics.median(prefill[name]) * 1e3,
-            "decode_ms_per_token": decode * 1e3,
+            "prefill_ms": whole[name][0],
+            "decode_ms_per_token": whole[name][1],
+            "fixed_ms_per_token": None if fixed is None else fixed[name][1],
         }
-    return out
+        for name, (model, _) in loaded.items()
+    }
 
 
 def table(scores: dict[str, dict], timing: dict[str, dict]) -> str:
@@ -250,12 +266,16 @@ def table(scores: dict[str, dict], timing: dict[str, dict]) -> str:
         row = [f"{scores[name][kind]['accuracy']:.3f}" for name in names]
         lines.append(f"| {kind} | {scores['teacher'][kind]['n']} | " + " | ".join(row) + " |")
     teacher = timing["teacher"]
-    lines += ["", "| model | parameters | prefill ms | decode ms/token | prefill vs teacher | decode vs teacher |"]
-    lines.append("|---|---|---|---|---|---|")
+    header = (
+        "| model | parameters | prefill ms | decode ms/token | of it fixed | prefill vs teacher | decode vs teacher |"
+    )
+    lines += ["", header]
+    lines.append("|---|---|---|---|---|---|---|")
     for name, t in timing.items():
+        fixed = "" if t.get("fixed_ms_per_token") is None else f"{t['fixed_ms_per_token']:.2f}"
         lines.append(
             f"| {name} | {t['params']:,} ({t['params'] / teacher['params']:.1%}) | {t['prefill_ms']:.2f} | "
-            f"{t['decode_ms_per_token']:.2f} | {t['prefill_ms'] / teacher['prefill_ms']:.2f}x | "
+            f"{t['decode_ms_per_token']:.2f} | {fixed} | {t['prefill_ms'] / teacher['prefill_ms']:.2f}x | "
             f"{t['decode_ms_per_token'] / teacher['decode_ms_per_token']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
@@ -303,7 +323,10 @@ def main() -> None:
         help="the distilled arm's distill stages (default: instruct)",
     )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms `train` trains")
-    parser.add_argument("--models", nargs="+", default=["teacher", *ARMS], help="the models `eval` scores")
+    parser.add_argument(
+        "--also", action="append", default=[], metavar="NAME=PATH", help="another student `eval` and `latency` take"
+    )
+    parser.add_argument("--models", nargs="+", help="the models `eval` scores (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="`eval` scores the first N test questions only")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per latency round")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved latency rounds")
