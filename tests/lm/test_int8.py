@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from vlbridge.atomic import ALIGNMENT
 from vlbridge.lm.int8 import (
     PACK_ALIGNMENT,
     PACK_K_MULTIPLE,
@@ -81,7 +82,7 @@ def test_a_weight_off_the_int8_kernels_boundary_dequantises_and_align_weights_co
         off = layer(x)
         model = nn.Sequential(layer)
         assert align_weights(model) == 1 and align_weights(model) == 0
-        assert layer.weight.data_ptr() % 64 == 0 and torch.equal(layer.weight, aligned)
+        assert layer.weight.data_ptr() % ALIGNMENT == 0 and torch.equal(layer.weight, aligned)
         torch.testing.assert_close(off, layer(x), rtol=1e-2, atol=1e-2)  # bf16 activations on the kernel's path
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import vlbridge
+from vlbridge.atomic import ALIGNMENT
 from vlbridge.errors import ConfigError
 from vlbridge.lm import int8
 from vlbridge.model.io import default_model_dir
@@ -78,7 +79,9 @@ def test_int8_checkpoint_round_trip_loads_int8_without_requantising(default_pair
     lm = again.language_model
     assert isinstance(lm.model.embed_tokens, int8.Int8Embedding) and lm.model.embed_tokens.weight is lm.lm_head.weight
     layers = [m for m in lm.modules() if isinstance(m, int8.Int8Linear)]
-    assert all(m.weight.data_ptr() % 64 == 0 for m in layers)  # int8.align_weights: PyTorch's int8 kernel reads them
+    assert all(
+        m.weight.data_ptr() % ALIGNMENT == 0 for m in layers
+    )  # int8.align_weights: PyTorch's int8 kernel reads them
 
 
 def test_int8_checkpoint_with_a_float_embedding_table_still_loads(default_pair, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vlbridge.atomic import ALIGNMENT
 from vlbridge.lm import native
 from vlbridge.lm.cpu_kernels import emulated_bf16_rows, native_bf16
 
@@ -148,12 +149,13 @@ def _replace_linears(module: nn.Module, quantize: bool) -> int:
 
 
 def align_weights(module: nn.Module) -> int:
-    """Copy every Int8Linear weight under `module` that lies off a 64-byte boundary (mapped in place from a checkpoint
-    file) onto one, the CPU allocator's alignment, so PyTorch's int8 kernel can read it (`PACK_ALIGNMENT`); returns
-    how many were copied. A tied LM must re-tie afterwards (`DecoderLM.tie_weights`)."""
+    """Copy every Int8Linear weight under `module` that lies off an ALIGNMENT boundary (the CPU allocator's; mapped in
+    place from a checkpoint file) onto one, so PyTorch's int8 kernel can read it (`PACK_ALIGNMENT`); returns how many
+    were copied. A tied LM must re-tie afterwards (`DecoderLM.tie_weights`)."""
     copied = 0
     for layer in module.modules():
-        if isinstance(layer, Int8Linear) and layer.weight.device.type == "cpu" and layer.weight.data_ptr() % 64:
+        weight = layer.weight if isinstance(layer, Int8Linear) else None
+        if weight is not None and weight.device.type == "cpu" and weight.data_ptr() % ALIGNMENT:
             layer.weight = layer.weight.clone()
             copied += 1
     return copied
