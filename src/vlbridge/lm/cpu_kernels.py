@@ -26,9 +26,12 @@ from torch.nn import functional as F
 from vlbridge.devices import native_bf16 as device_native_bf16
 from vlbridge.lm import native
 
-THIN_ROWS = (4, 256)
+THIN_ROWS = (4, 8)
 """Float32 CPU products of up to this many rows run as W @ x^T: (single-threaded, multi-threaded) (see `Linear`),
-on CPUs where `thin_path_pays`."""
+on CPUs where `thin_path_pays`. Up to 256 rows with several threads once: the products alone were faster so (a Xeon;
+0.62-0.83x the time at 16-100 rows on an AVX-512 AMD EPYC too), but the transposed result they return sent a
+prompt's attention to SDPA's slower math kernel and made the elementwise operations strided, and a SmolLM2-135M
+prefill ran 1.09x (100 tokens) and 1.21x (30 tokens) faster without it on that EPYC (2 threads, alternating)."""
 
 
 @cache
@@ -71,8 +74,8 @@ class Linear(nn.Linear):
 
     MKL's x @ W^T for a handful of rows (a decode step has one row per sequence) runs far below memory bandwidth; the
     same product as W @ x^T, with a single row duplicated into two, streams W faster. Measured over a 130M model's
-    decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); with several
-    threads it also wins up to a few hundred rows, single-threaded only up to 4. The result is a transposed view;
+    decode products at one row: 36 -> 15 ms with two threads (2.4x), 36 -> 24 ms with one (1.5x); single-threaded
+    it wins up to 4 rows, and it is kept to decode batches with several (THIN_ROWS). The result is a transposed view;
     gradients flow as usual. That was an AVX-512 Xeon; on AVX2-only CPUs the path is off (`thin_path_pays`).
     Inference products of up to `native.MAX_ROWS` rows, float32 or bf16 weights, run in `native` before either,
     wherever it runs: streaming SmolLM2-135M's decode weights at two threads took 0.43x the time of MKL's one-row
