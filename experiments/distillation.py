@@ -294,7 +294,7 @@ def plot(scores: dict[str, dict], path: Path, student_share: float) -> None:
     for i, (name, by_type) in enumerate(scores.items()):
         xs = [j + (i - (len(scores) - 1) / 2) * width for j in range(len(types))]
         ax.bar(xs, [by_type[t]["accuracy"] for t in types], width, label=name)
-    ax.set_xticks(range(len(types)), types, rotation=20)
+    ax.set_xticks(range(len(types)), types, rotation=25, ha="right")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
     ax.set_title(f"Synthetic test questions: the embedded default (teacher) and a {student_share:.1%}-size student")
@@ -352,7 +352,8 @@ def main() -> None:
         new["threads"] = torch.get_num_threads()
     saved = RESULTS / "distillation.json"  # read now: phases may run in several processes at once
     results = json.loads(saved.read_text()) if saved.is_file() else {}
-    new["accuracy"] = {**results.get("accuracy", {}), **new.get("accuracy", {})}
+    merged = {**results.get("accuracy", {}), **new.get("accuracy", {})}
+    new["accuracy"] = {name: merged[name] for name in sorted(merged, key=lambda name: name != "teacher")}
     results.update(new)
     saved.write_text(json.dumps(results, indent=2) + "\n")
     if "latency" in results and {"teacher", *ARMS} <= results["accuracy"].keys():
