@@ -161,10 +161,12 @@ def teacher_check(args: argparse.Namespace, samples: int = 256, batch_size: int 
     from vlbridge.data.llava_json import load_llava
     from vlbridge.model.io import load
 
+    recipe = yaml.safe_load(RECIPE.read_text())
+    instruct = next(stage for stage in recipe["stages"] if stage["name"] == "instruct")
     teacher, processor = load(None)
     data = args.out / "data"
-    records = load_llava(data / "instruct.json", data).items[:samples]
-    dataset = SupervisedDataset(records, data, processor, "chatml_no_system", 384)
+    records = load_llava(data / instruct["data"], data).items[:samples]
+    dataset = SupervisedDataset(records, data, processor, recipe["model"]["template"], instruct["max_length"])
     tokens = right = whole = 0
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
@@ -240,7 +242,7 @@ def latency(args: argparse.Namespace) -> dict[str, dict]:
         for name in loaded:
             timed(name, 2)  # warm-up
         whole = rounds()
-        layers, native.decode_stack = native.decode_stack, lambda *args: None
+        layers, native.decode_stack = native.decode_stack, lambda *_: None
         try:
             fixed = rounds() if native.available() else None
         finally:

@@ -28,7 +28,7 @@ _MARK = "vlbridge-"
 _TEMP_NAME = re.compile(rf"^\..+\.{_MARK}[^./]+\.tmp$")  # mkstemp's random part has no dot
 
 
-def current_umask() -> int:
+def _current_umask() -> int:
     """The process's umask, read without changing it where the OS reports it (Linux: /proc/self/status). Elsewhere it
     is read by setting and restoring it, during which a file another thread creates would get a wrong mode."""
     with contextlib.suppress(OSError):
@@ -50,7 +50,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file a plain open()'s mode
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file a plain open()'s mode
         with tmp_path.open("rb+") as handle:
             os.fsync(handle.fileno())  # on disk before the rename, so a machine crash cannot leave a torn file
         os.replace(tmp_path, target)

@@ -208,7 +208,7 @@ class DecoderLM(nn.Module):
         rope, mask = self._rope_and_mask(x, past, attention_mask, position_ids)
         fused = None
         if not hooks and all(type(layer) is DecoderLayer for layer in self.model.layers):
-            fused = fused_decode_stack(self.model.layers, x, rope, mask, kv_cache)  # decode on AVX2 CPUs
+            fused = fused_decode_stack(self.model.layers, x, rope, mask, kv_cache)  # decode on x86 CPUs with AVX2
         if fused is not None:
             x = fused
         else:

@@ -99,7 +99,7 @@ def load_weights(
                 wrong += _load_chunk(model, file, [(name, index[name][1]) for name in chunk], params, keep, pool)
     if wrong:
         raise CheckpointError(f"checkpoint {path} has weights of the wrong shape: {preview(wrong)}")
-    model.language_model.tie_weights()
+    _settle(model)
 
 
 CHUNK_BYTES = 32 << 20
@@ -181,6 +181,13 @@ def _load_chained(
                 assign(model, name, value.to(_target_dtype(name, value, params[name].dtype, keep)))
             else:
                 params[name].copy_(value)
+    _settle(model)
+
+
+def _settle(model: VisionLanguageModel) -> None:
+    """After a load put the tensors in place: int8 weights mapped off the allocator's boundary copied onto it
+    (`int8.align_weights`, which PyTorch's int8 kernel needs), then the LM's tied weights tied."""
+    align_weights(model.language_model)
     model.language_model.tie_weights()
 
 
@@ -249,8 +256,6 @@ def load(
             int8_skeleton(model.language_model)
             model.language_model.tie_weights()
     load_weights(model, path, rules, stored=dtype == STORED)
-    if config.quantization is not None and align_weights(model.language_model):
-        model.language_model.tie_weights()
     if quantize is not None:
         quantize_model(model, quantize)
     model.processor = processor_for(model, tokenizer)
